@@ -1,0 +1,164 @@
+"""The launcher's one exception tree and its exit codes.
+
+Every failure the launcher reports derives from :class:`LauncherError`. Each class
+carries the process exit code the CLI returns for it, so the composition root maps an
+exception to an exit code in one place (``exit_code_for``). Messages are one sentence
+naming the offending value; wrap lower-level errors with ``raise … from err``; never
+convert :class:`asyncio.CancelledError`.
+
+::
+
+    LauncherError                     exit 1  (unexpected: a bug)
+    ├── UsageError                    exit 2  bad command line
+    ├── SpecError                     exit 2  invalid VM spec (carries every Problem)
+    ├── PodInfoError                  exit 3  downward-API / Multus annotations / device-plugin env
+    ├── NetworkError                  exit 3  pod network discovery, plan or apply failed
+    │   └── StateCacheError           exit 3  the state dir holds a half-done or foreign phase
+    ├── HypervisorError               exit 4  the VMM failed to start, crashed or refused a request
+    │   ├── StateError                exit 4  an operation called in the wrong VmState
+    │   └── ApiError                  exit 4  the VMM API answered an error (endpoint, status, body)
+    ├── GraceExpiredError             exit 5  the guest did not power off within the grace period
+    └── StatusServerError             exit 6  the local status endpoint could not be served
+
+The DHCP package (``dhcp``) is reusable on its own and has its own small tree
+(``dhcp.errors``); the launcher wraps its failures in :class:`NetworkError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "EXIT_GRACE_EXPIRED",
+    "EXIT_HYPERVISOR",
+    "EXIT_INTERNAL",
+    "EXIT_INVALID",
+    "EXIT_NETWORK",
+    "EXIT_OK",
+    "EXIT_STATUS_SERVER",
+    "ApiError",
+    "GraceExpiredError",
+    "HypervisorError",
+    "LauncherError",
+    "NetworkError",
+    "PodInfoError",
+    "Problem",
+    "SpecError",
+    "StateCacheError",
+    "StateError",
+    "StatusServerError",
+    "UsageError",
+    "exit_code_for",
+]
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_INVALID = 2
+EXIT_NETWORK = 3
+EXIT_HYPERVISOR = 4
+EXIT_GRACE_EXPIRED = 5
+EXIT_STATUS_SERVER = 6
+
+
+class LauncherError(Exception):
+    """Base of every error the launcher reports; ``exit_code`` is the process exit code."""
+
+    exit_code: int = EXIT_INTERNAL
+
+
+class UsageError(LauncherError):
+    """The command line is wrong (unknown option value, missing argument)."""
+
+    exit_code = EXIT_INVALID
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One validation problem: the field path in the manifest and what is wrong there."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(LauncherError):
+    """The VM spec is invalid; ``problems`` lists every problem found, in document order."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        if not self.problems:
+            raise ValueError("SpecError needs at least one problem")
+        count = len(self.problems)
+        first = str(self.problems[0])
+        summary = first if count == 1 else f"{first} (and {count - 1} more)"
+        super().__init__(summary)
+
+    def lines(self) -> list[str]:
+        """Every problem as one ``path: message`` line."""
+        return [str(p) for p in self.problems]
+
+
+class PodInfoError(LauncherError):
+    """The downward-API files, the Multus network-status or a device-plugin variable is wrong."""
+
+    exit_code = EXIT_NETWORK
+
+
+class NetworkError(LauncherError):
+    """Discovering, planning or applying the pod network failed."""
+
+    exit_code = EXIT_NETWORK
+
+
+class StateCacheError(NetworkError):
+    """The state dir records a phase the launcher cannot safely continue from."""
+
+
+class HypervisorError(LauncherError):
+    """The hypervisor process failed to start, exited unexpectedly or refused a request."""
+
+    exit_code = EXIT_HYPERVISOR
+
+
+class StateError(HypervisorError):
+    """An operation was called in a VmState that does not allow it."""
+
+    def __init__(self, state: object, required: Iterable[object]) -> None:
+        self.state = state
+        self.required = tuple(required)
+        names = ", ".join(str(r) for r in self.required)
+        super().__init__(f"operation needs state {names} but the VM is {state}")
+
+
+class ApiError(HypervisorError):
+    """The hypervisor API answered with an error status."""
+
+    def __init__(self, endpoint: str, status: int, body: str) -> None:
+        self.endpoint = endpoint
+        self.status = status
+        self.body = body
+        super().__init__(f"{endpoint} answered HTTP {status}: {body.strip()[:500]!r}")
+
+
+class GraceExpiredError(LauncherError):
+    """The guest did not power off within the termination grace period and was stopped hard."""
+
+    exit_code = EXIT_GRACE_EXPIRED
+
+
+class StatusServerError(LauncherError):
+    """The local status endpoint could not bind or serve."""
+
+    exit_code = EXIT_STATUS_SERVER
+
+
+def exit_code_for(err: BaseException) -> int:
+    """The documented process exit code for ``err`` (1 for anything unexpected)."""
+    if isinstance(err, LauncherError):
+        return err.exit_code
+    return EXIT_INTERNAL

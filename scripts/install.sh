@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything the launcher, its tests and its benchmarks need on Debian 12:
+# Debian packages (real DHCP clients, QEMU, nftables, perfdhcp, dnsmasq, ...) and a
+# Python venv in .venv with the package installed in editable mode. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev gcc make
+  iproute2 nftables iputils-ping ethtool socat tcpdump tshark
+  isc-dhcp-client dhcpcd5 udhcpc busybox wide-dhcpv6-client ndisc6 systemd
+  dnsmasq-base kea-admin wrk iperf3
+  qemu-system-x86 qemu-utils cpio
+  shellcheck
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install.sh: run as root (it installs Debian packages)" >&2
+  exit 2
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install.sh: installing Debian packages: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "install.sh: ready (.venv)" >&2

@@ -1,0 +1,234 @@
+"""Typed client for cloud-hypervisor's REST API (HTTP/1.1 over its ``--api-socket``).
+
+Used by :mod:`hypervisor.cloud_hypervisor.adapter`. Requests go through aiohttp with a
+``UnixConnector``; every request has a timeout; a non-2xx answer raises
+:class:`~launcher.errors.ApiError` carrying the endpoint, status and body (cloud-hypervisor
+answers errors with a JSON list of messages, outermost first); a socket that cannot be
+reached raises :class:`~launcher.errors.HypervisorError` naming its path.
+
+``vm.add-net`` with pre-opened tap fds is the one exception: cloud-hypervisor takes those
+fds from the SCM_RIGHTS ancillary data of the request's *own* connection, and aiohttp
+cannot send ancillary data. :meth:`CloudHypervisorClient.add_net` therefore sends that one
+request with the standard library's ``http.client`` over a plain unix socket whose first
+``send`` is a ``socket.send_fds`` (run in a worker thread; the socket timeout bounds it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from launcher.errors import ApiError, HypervisorError
+
+__all__ = ["CloudHypervisorClient", "API_ROOT"]
+
+log = logging.getLogger(__name__)
+
+API_ROOT = "/api/v1"
+
+
+class _UnixFdConnection(http.client.HTTPConnection):
+    """An HTTPConnection over a unix socket that sends ``fds`` with its first bytes."""
+
+    def __init__(self, path: str, fds: Sequence[int], timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+        self._fds = list(fds)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def send(self, data: Any) -> None:
+        if self.sock is None:
+            self.connect()
+        if self._fds and isinstance(data, bytes | bytearray):
+            sent = socket.send_fds(self.sock, [bytes(data)], self._fds)
+            self._fds = []
+            self.sock.sendall(bytes(data)[sent:])
+            return
+        super().send(data)
+
+
+class CloudHypervisorClient:
+    """One cloud-hypervisor API socket. Use as ``async with`` or call :meth:`close`."""
+
+    def __init__(self, socket_path: str, *, timeout: float = 10.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> CloudHypervisorClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session (safe to call twice)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=self.socket_path),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._session
+
+    async def request(self, method: str, endpoint: str, body: Any = None) -> Any:
+        """Send one request; return the decoded JSON answer, or None for an empty answer."""
+        url = f"http://localhost{API_ROOT}/{endpoint}"
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        log.debug("--> %s %s %s", method, endpoint, data.decode() if data else "")
+        try:
+            async with self._get_session().request(method, url, data=data, headers=headers) as resp:
+                status = resp.status
+                text = await resp.text()
+        except TimeoutError as err:
+            raise HypervisorError(
+                f"cloud-hypervisor {endpoint} got no answer within {self.timeout:g} s "
+                f"on {self.socket_path}"
+            ) from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise HypervisorError(
+                f"cloud-hypervisor API socket {self.socket_path} refused {endpoint}: {err}"
+            ) from err
+        return self._answer(endpoint, status, text)
+
+    @staticmethod
+    def _answer(endpoint: str, status: int, text: str) -> Any:
+        log.debug("<-- %s %s %s", endpoint, status, text)
+        if not 200 <= status < 300:
+            raise ApiError(endpoint, status, text)
+        if not text.strip():
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as err:
+            raise HypervisorError(
+                f"cloud-hypervisor {endpoint} answered {status} with non-JSON body {text[:200]!r}"
+            ) from err
+
+    def _put_fds_blocking(self, endpoint: str, body: Any, fds: Sequence[int]) -> tuple[int, str]:
+        conn = _UnixFdConnection(self.socket_path, fds, self.timeout)
+        try:
+            conn.request(
+                "PUT",
+                f"{API_ROOT}/{endpoint}",
+                body=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+            )
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    async def put_with_fds(self, endpoint: str, body: Any, fds: Sequence[int]) -> Any:
+        """PUT ``body`` to ``endpoint`` with ``fds`` as SCM_RIGHTS on the same connection."""
+        log.debug("--> PUT %s %s fds=%s", endpoint, json.dumps(body), list(fds))
+        try:
+            status, text = await asyncio.to_thread(self._put_fds_blocking, endpoint, body, fds)
+        except TimeoutError as err:
+            raise HypervisorError(
+                f"cloud-hypervisor {endpoint} got no answer within {self.timeout:g} s "
+                f"on {self.socket_path}"
+            ) from err
+        except (OSError, http.client.HTTPException) as err:
+            raise HypervisorError(
+                f"cloud-hypervisor API socket {self.socket_path} refused {endpoint}: {err}"
+            ) from err
+        return self._answer(endpoint, status, text)
+
+    # --- endpoints -------------------------------------------------------------------
+
+    async def ping(self) -> dict[str, Any]:
+        """``vmm.ping``: the VMM version (and pid, features)."""
+        answer = await self.request("GET", "vmm.ping")
+        if not isinstance(answer, dict):
+            raise HypervisorError(f"cloud-hypervisor vmm.ping answered {answer!r}, not an object")
+        return answer
+
+    async def create(self, vm_config: dict[str, Any]) -> None:
+        """``vm.create`` with a VmConfig body (no fds: cloud-hypervisor would ignore them)."""
+        await self.request("PUT", "vm.create", vm_config)
+
+    async def boot(self) -> None:
+        """``vm.boot``."""
+        await self.request("PUT", "vm.boot")
+
+    async def info(self) -> dict[str, Any]:
+        """``vm.info``: config and state (``Created``, ``Running``, ``Shutdown``, ``Paused``)."""
+        answer = await self.request("GET", "vm.info")
+        if not isinstance(answer, dict):
+            raise HypervisorError(f"cloud-hypervisor vm.info answered {answer!r}, not an object")
+        return answer
+
+    async def counters(self) -> dict[str, dict[str, int]]:
+        """``vm.counters``: per-device integer counters."""
+        answer = await self.request("GET", "vm.counters")
+        if not isinstance(answer, dict) or not all(
+            isinstance(v, dict) and all(isinstance(n, int) for n in v.values())
+            for v in answer.values()
+        ):
+            raise HypervisorError(
+                f"cloud-hypervisor vm.counters answered {answer!r}, not device → counter → int"
+            )
+        return {str(k): {str(n): int(c) for n, c in v.items()} for k, v in answer.items()}
+
+    async def power_button(self) -> None:
+        """``vm.power-button``: ACPI power button (graceful guest shutdown)."""
+        await self.request("PUT", "vm.power-button")
+
+    async def shutdown(self) -> None:
+        """``vm.shutdown``: stop the VM without asking the guest (the VMM keeps running)."""
+        await self.request("PUT", "vm.shutdown")
+
+    async def pause(self) -> None:
+        """``vm.pause``."""
+        await self.request("PUT", "vm.pause")
+
+    async def resume(self) -> None:
+        """``vm.resume``."""
+        await self.request("PUT", "vm.resume")
+
+    async def vmm_shutdown(self) -> None:
+        """``vmm.shutdown``: make the VMM process exit."""
+        await self.request("PUT", "vmm.shutdown")
+
+    async def add_net(self, net_config: dict[str, Any], fds: Sequence[int] = ()) -> Any:
+        """``vm.add-net``; with ``fds`` the taps travel as SCM_RIGHTS (see module docstring).
+
+        Returns the PciDeviceInfo (``{"id", "bdf"}``) when the VM is running, else None.
+        """
+        if fds:
+            return await self.put_with_fds("vm.add-net", net_config, fds)
+        return await self.request("PUT", "vm.add-net", net_config)
+
+    async def add_device(self, device_config: dict[str, Any]) -> Any:
+        """``vm.add-device`` (VFIO by sysfs path); PciDeviceInfo when running, else None."""
+        return await self.request("PUT", "vm.add-device", device_config)
+
+    async def add_vdpa(self, vdpa_config: dict[str, Any]) -> Any:
+        """``vm.add-vdpa``; PciDeviceInfo when running, else None."""
+        return await self.request("PUT", "vm.add-vdpa", vdpa_config)
+
+    async def remove_device(self, device_id: str) -> None:
+        """``vm.remove-device`` by id."""
+        await self.request("PUT", "vm.remove-device", {"id": device_id})

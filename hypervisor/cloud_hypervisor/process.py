@@ -1,0 +1,192 @@
+"""Spawning and watching the ``cloud-hypervisor`` process.
+
+:meth:`VmmProcess.spawn` starts ``<binary> --api-socket path=<sock> --event-monitor fd=<N>
+[extra args]`` with asyncio's subprocess support, the write end of a pipe passed as fd N,
+and stdout (the guest serial console, ``serial: Tty``) and stderr captured. Called by
+:mod:`hypervisor.cloud_hypervisor.adapter`, which reads :attr:`VmmProcess.events` (the
+pipe's read end) and uses :meth:`VmmProcess.wait_for_socket` before the first request.
+The process exit is noticed at once (a task awaits it; no polling of the pid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from launcher.errors import HypervisorError
+
+__all__ = ["VmmProcess", "describe_exit"]
+
+log = logging.getLogger(__name__)
+serial_log = logging.getLogger("hypervisor.cloud_hypervisor.serial")
+
+_STDERR_LINES = 20
+_SOCKET_POLL = 0.02
+
+
+def describe_exit(returncode: int, stderr_tail: str, name: str = "cloud-hypervisor") -> str:
+    """One sentence for how the process ended, with the last stderr line when it failed."""
+    if returncode < 0:
+        try:
+            signame = signal.Signals(-returncode).name
+        except ValueError:
+            signame = f"signal {-returncode}"
+        return f"{name} was killed by {signame}"
+    last = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else ""
+    if returncode == 0:
+        return f"{name} exited with code 0"
+    return f"{name} exited with code {returncode}" + (f": {last}" if last else "")
+
+
+class VmmProcess:
+    """A spawned VMM: pid, event-monitor stream, stderr tail, exit notification."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        events: asyncio.StreamReader,
+        events_transport: asyncio.ReadTransport,
+        on_serial: Callable[[str], None] | None,
+    ) -> None:
+        self._proc = proc
+        self.events = events
+        self._events_transport = events_transport
+        self._on_serial = on_serial
+        self._stderr: deque[str] = deque(maxlen=_STDERR_LINES)
+        self._readers = [
+            asyncio.create_task(self._pump_stderr(), name=f"ch-stderr-{proc.pid}"),
+            asyncio.create_task(self._pump_stdout(), name=f"ch-serial-{proc.pid}"),
+        ]
+        self._exited = asyncio.create_task(self._wait_exit(), name=f"ch-wait-{proc.pid}")
+
+    @classmethod
+    async def spawn(
+        cls,
+        binary: str,
+        api_socket: str,
+        *,
+        extra_args: Sequence[str] = (),
+        on_serial: Callable[[str], None] | None = None,
+    ) -> VmmProcess:
+        """Start the VMM; raise HypervisorError naming ``binary`` if it cannot be executed."""
+        read_fd, write_fd = os.pipe()
+        argv = [
+            binary,
+            "--api-socket",
+            f"path={api_socket}",
+            "--event-monitor",
+            f"fd={write_fd}",
+            *extra_args,
+        ]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(write_fd,),
+            )
+        except OSError as err:
+            os.close(read_fd)
+            raise HypervisorError(
+                f"cannot execute cloud-hypervisor binary {binary!r}: {err}"
+            ) from err
+        finally:
+            os.close(write_fd)
+        log.info("cloud-hypervisor started", extra={"pid": proc.pid, "argv": argv})
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+        )
+        return cls(proc, reader, transport, on_serial)
+
+    @property
+    def pid(self) -> int:
+        """The VMM's process id."""
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once the process has exited (negative: killed by that signal)."""
+        return self._proc.returncode if self._exited.done() else None
+
+    def stderr_tail(self) -> str:
+        """The last lines the VMM wrote to stderr."""
+        return "\n".join(self._stderr)
+
+    async def _pump_stderr(self) -> None:
+        assert self._proc.stderr is not None
+        while line := await self._proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            self._stderr.append(text)
+            log.info("cloud-hypervisor: %s", text)
+
+    async def _pump_stdout(self) -> None:
+        assert self._proc.stdout is not None
+        while line := await self._proc.stdout.readline():
+            text = line.decode(errors="replace").rstrip("\r\n")
+            serial_log.info("%s", text)
+            if self._on_serial is not None:
+                self._on_serial(text)
+
+    async def _wait_exit(self) -> int:
+        code = await self._proc.wait()
+        # Drain what the process wrote before it died (bounded: the pipes are at EOF soon).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._readers), 2.0)
+        log.info("cloud-hypervisor exited", extra={"pid": self.pid, "returncode": code})
+        return code
+
+    async def wait(self, within: float | None = None) -> int:
+        """The exit status, once the process has exited (TimeoutError after ``within`` s)."""
+        return await asyncio.wait_for(asyncio.shield(self._exited), within)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` unless the process has already exited."""
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signum)
+
+    async def wait_for_socket(self, path: str, within: float) -> None:
+        """Return once ``path`` accepts connections; fail if the VMM exits or ``within`` s pass."""
+        deadline = time.monotonic() + within
+        for _ in range(int(within / _SOCKET_POLL) + 2):
+            if self._exited.done():
+                raise HypervisorError(
+                    f"{describe_exit(self._exited.result(), self.stderr_tail())} "
+                    f"before its API socket {path} appeared"
+                )
+            if _connectable(path):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.wait({self._exited}, timeout=min(_SOCKET_POLL, left))
+        raise HypervisorError(
+            f"cloud-hypervisor API socket {path} did not appear within {within:g} s"
+        )
+
+    async def close(self) -> None:
+        """Release the pipes and reader tasks (the process must have exited or be killed)."""
+        self._events_transport.close()
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+def _connectable(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+        return True

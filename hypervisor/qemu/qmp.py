@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 _RETRY = 0.02  # seconds between connection attempts while QEMU creates the socket
 
 
+def _exists(path: str) -> bool:
+    """Whether the socket file exists yet (a single stat: cheap enough for the event loop)."""
+    return os.path.exists(path)
+
+
 class QmpGoneError(HypervisorError):
     """The QMP connection closed before the command was answered (QEMU exited)."""
 
@@ -81,7 +86,7 @@ class QmpSession:
         while True:
             if not alive():
                 raise HypervisorError(f"QEMU exited before its QMP socket {path} accepted")
-            if os.path.exists(path):  # before that, retry without qemu.qmp logging an error
+            if _exists(path):  # before that, retry without qemu.qmp logging an error
                 client = QMPClient(name)
                 try:
                     async with asyncio.timeout(max(0.1, deadline - time.monotonic())):

@@ -1,0 +1,344 @@
+"""The ONE pyroute2 adapter: typed reads and idempotent-friendly writes of links, addresses, routes.
+
+Called by ``discover`` (reads) and ``apply``/``cleanup`` (writes). pyroute2 message
+objects never leave this module: reads return the frozen :class:`Link` and
+:class:`Route` values; every netlink failure becomes a :class:`NetworkError` naming the
+interface. ``run_in_netns`` runs a callable in a thread that entered a named network
+namespace, so sysctl writes and the ``nft`` child land in the pod netns in tests (in
+production the launcher already lives in the pod netns and ``netns`` is ``None``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from launcher.errors import NetworkError
+
+__all__ = ["Link", "Netlink", "Route", "run_in_netns"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_RTPROT_KERNEL = 2
+_RT_TABLE_MAIN = 254
+_RTN_UNICAST = 1
+_RTNH_F_ONLINK = 4
+_IFF_UP = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One network interface as netlink reports it."""
+
+    name: str
+    index: int
+    mac: str
+    mtu: int
+    kind: str | None  # "bridge", "veth", "tun", "dummy", … or None for a plain device
+    master: str | None
+    up: bool
+    addresses: tuple[IPInterface, ...]
+    learning: bool | None = None  # bridge-port MAC learning, None when not a bridge port
+    multi_queue: bool | None = None  # tun/tap only
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A unicast route of the main table that is not a kernel prefix route."""
+
+    dst: IPNetwork
+    gateway: IPAddress | None
+    ifname: str
+    onlink: bool = False
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+def _nested(msg: Any, *names: str) -> Any:
+    cur = msg
+    for name in names:
+        if cur is None:
+            return None
+        cur = cur.get_attr(name)
+    return cur
+
+
+class Netlink:
+    """A netlink socket in ``netns`` (a name under /run/netns) or in the current netns."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        try:
+            self._ip = IPRoute(netns=netns) if netns else IPRoute()
+        except (OSError, NetlinkError) as err:
+            raise NetworkError(f"cannot open netlink in netns {netns!r}: {err}") from err
+
+    def __enter__(self) -> Netlink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        self._ip.close()
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def links(self) -> tuple[Link, ...]:
+        """Every link with its addresses, sorted by index."""
+        try:
+            raw_links = list(self._ip.get_links())
+            raw_addrs = list(self._ip.get_addr())
+        except NetlinkError as err:
+            raise NetworkError(f"cannot list links in netns {self.netns!r}: {err}") from err
+        names = {m["index"]: _attr(m, "IFLA_IFNAME") for m in raw_links}
+        addrs: dict[int, list[IPInterface]] = {}
+        for a in raw_addrs:
+            text = _attr(a, "IFA_ADDRESS")
+            if a["family"] == socket.AF_INET:
+                text = _attr(a, "IFA_LOCAL") or text
+            addrs.setdefault(a["index"], []).append(
+                ipaddress.ip_interface(f"{text}/{a['prefixlen']}")
+            )
+        out = []
+        for m in raw_links:
+            info = _attr(m, "IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+            learning = None
+            slave = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
+            if slave is not None and slave.get_attr("IFLA_BRPORT_LEARNING") is not None:
+                learning = bool(slave.get_attr("IFLA_BRPORT_LEARNING"))
+            multi_queue = None
+            if kind == "tun":
+                data = info.get_attr("IFLA_INFO_DATA")
+                if data is not None:
+                    multi_queue = bool(data.get_attr("IFLA_TUN_MULTI_QUEUE"))
+            master = _attr(m, "IFLA_MASTER")
+            out.append(
+                Link(
+                    name=names[m["index"]],
+                    index=m["index"],
+                    mac=(_attr(m, "IFLA_ADDRESS") or "").lower(),
+                    mtu=int(_attr(m, "IFLA_MTU") or 0),
+                    kind=kind,
+                    master=names.get(master) if master else None,
+                    up=bool(m["flags"] & _IFF_UP),
+                    addresses=tuple(addrs.get(m["index"], ())),
+                    learning=learning,
+                    multi_queue=multi_queue,
+                )
+            )
+        return tuple(sorted(out, key=lambda lk: lk.index))
+
+    def link(self, name: str) -> Link | None:
+        """The link called ``name``, or None."""
+        for lk in self.links():
+            if lk.name == name:
+                return lk
+        return None
+
+    def routes(self) -> tuple[Route, ...]:
+        """Unicast routes of the main table except kernel prefix routes, IPv4 then IPv6."""
+        names = {lk.index: lk.name for lk in self.links()}
+        out: list[Route] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                raw = list(self._ip.get_routes(family=family, table=_RT_TABLE_MAIN))
+            except NetlinkError as err:
+                raise NetworkError(f"cannot list routes in netns {self.netns!r}: {err}") from err
+            for r in raw:
+                if r["proto"] == _RTPROT_KERNEL or r["type"] != _RTN_UNICAST:
+                    continue
+                oif = _attr(r, "RTA_OIF")
+                if oif not in names:
+                    continue
+                zero = "0.0.0.0" if family == socket.AF_INET else "::"
+                dst = ipaddress.ip_network(f"{_attr(r, 'RTA_DST') or zero}/{r['dst_len']}")
+                gw = _attr(r, "RTA_GATEWAY")
+                out.append(
+                    Route(
+                        dst=dst,
+                        gateway=ipaddress.ip_address(gw) if gw else None,
+                        ifname=names[oif],
+                        onlink=bool(r["flags"] & _RTNH_F_ONLINK),
+                    )
+                )
+        return tuple(out)
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def _index(self, name: str) -> int:
+        found = self._ip.link_lookup(ifname=name)
+        if not found:
+            raise NetworkError(f"interface {name!r} does not exist in netns {self.netns!r}")
+        return int(found[0])
+
+    def _do(self, what: str, fn: Callable[[], object]) -> None:
+        log.debug("--> netlink %s", what, extra={"netns": self.netns})
+        try:
+            fn()
+        except NetlinkError as err:
+            raise NetworkError(f"netlink {what} failed in netns {self.netns!r}: {err}") from err
+
+    def add_bridge(self, name: str, mac: str, mtu: int) -> None:
+        """Create a bridge (down) with a fixed MAC, so its IPv6 link-local is predictable."""
+        self._do(
+            f"add bridge {name}",
+            lambda: self._ip.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu),
+        )
+
+    def add_tap(self, name: str, mtu: int, multi_queue: bool) -> None:
+        """Create a persistent tap (no packet info, vnet header; multiqueue when asked)."""
+        ifr = {"no_pi": True, "vnet_hdr": True, "multi_queue": multi_queue}
+        self._do(
+            f"add tap {name}",
+            lambda: self._ip.link("add", ifname=name, kind="tuntap", mode="tap", ifr=ifr),
+        )
+        self.set_link(name, mtu=mtu)
+
+    def add_veth(self, name: str, peer: str, peer_netns: str, mtu: int) -> None:
+        """Create a veth pair whose ``peer`` end lives in ``peer_netns`` (test stand-in)."""
+        self._do(
+            f"add veth {name}",
+            lambda: self._ip.link(
+                "add",
+                ifname=name,
+                kind="veth",
+                mtu=mtu,
+                peer={"ifname": peer, "net_ns_fd": peer_netns, "mtu": mtu},
+            ),
+        )
+
+    def set_link(
+        self,
+        name: str,
+        *,
+        mac: str | None = None,
+        mtu: int | None = None,
+        master: str | None = None,
+        up: bool | None = None,
+    ) -> None:
+        """Change a link's MAC, MTU, bridge master or admin state (only what is given)."""
+        index = self._index(name)
+        args: dict[str, Any] = {}
+        if mac is not None:
+            args["address"] = mac
+        if mtu is not None:
+            args["mtu"] = mtu
+        if master is not None:
+            args["master"] = self._index(master)
+        if args:
+            self._do(f"set {name} {args}", lambda: self._ip.link("set", index=index, **args))
+        if up is not None:
+            state = "up" if up else "down"
+            self._do(f"set {name} {state}", lambda: self._ip.link("set", index=index, state=state))
+
+    def set_learning(self, name: str, learning: bool) -> None:
+        """Turn MAC learning on or off on the bridge port ``name``."""
+        index = self._index(name)
+        self._do(
+            f"brport {name} learning={learning}",
+            lambda: self._ip.brport("set", index=index, learning=int(learning)),
+        )
+
+    def add_address(self, name: str, address: IPInterface) -> None:
+        """Add ``address`` to ``name`` (without DAD for IPv6, the address is ours)."""
+        index = self._index(name)
+        extra: dict[str, Any] = {}
+        if address.version == 6:
+            extra["flags"] = 0x02  # IFA_F_NODAD
+        self._do(
+            f"add address {address} to {name}",
+            lambda: self._ip.addr(
+                "add",
+                index=index,
+                address=str(address.ip),
+                prefixlen=address.network.prefixlen,
+                **extra,
+            ),
+        )
+
+    def del_address(self, name: str, address: IPInterface) -> None:
+        """Remove ``address`` from ``name``."""
+        index = self._index(name)
+        self._do(
+            f"delete address {address} from {name}",
+            lambda: self._ip.addr(
+                "del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
+            ),
+        )
+
+    def add_route(self, route: Route) -> None:
+        """Add ``route`` (replacing an equal one)."""
+        index = self._index(route.ifname)
+        args: dict[str, Any] = {
+            "dst": str(route.dst.network_address),
+            "dst_len": route.dst.prefixlen,
+            "oif": index,
+            "family": socket.AF_INET if route.dst.version == 4 else socket.AF_INET6,
+        }
+        if route.gateway is not None:
+            args["gateway"] = str(route.gateway)
+        if route.onlink:
+            args["flags"] = _RTNH_F_ONLINK
+        self._do(f"replace route {route}", lambda: self._ip.route("replace", **args))
+
+    def delete(self, name: str) -> None:
+        """Delete link ``name`` if it exists."""
+        found = self._ip.link_lookup(ifname=name)
+        if found:
+            self._do(f"delete {name}", lambda: self._ip.link("del", index=found[0]))
+
+
+def run_in_netns(netns: str | None, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread that entered the named netns (or directly when None).
+
+    setns(2) affects only the calling thread, and children forked from it inherit its
+    netns, so /proc/sys/net writes and an ``nft`` subprocess land in the pod netns.
+    """
+    if netns is None:
+        return fn()
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            pr_netns.setns(netns, flags=0)
+            result.append(fn())
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(err)
+
+    thread = threading.Thread(target=target, name=f"netns-{netns}", daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    if thread.is_alive():
+        raise NetworkError(f"work in netns {netns!r} did not finish within 60 s")
+    if failure:
+        err = failure[0]
+        if isinstance(err, NetworkError):
+            raise err
+        raise NetworkError(f"work in netns {netns!r} failed: {err}") from err
+    return result[0]

@@ -1,0 +1,312 @@
+"""The network plan: a PURE function from (VmSpec, PodState, PlanOptions) to frozen data.
+
+Called by the composition root and by ``virt-launcher plan`` (which prints
+``NetworkPlan.to_json()``). Each guest NIC is planned by its binding module (see
+``bindings``); this module owns the plan types, the shared helpers the bindings use, and
+the assembly of the whole plan: links to create, MAC changes, sysctls, the nftables
+document, the DHCPv4/DHCPv6/RA configuration per NIC and the hypervisor ``NetDevice``
+per NIC. Nothing here touches the system.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from hypervisor.machine import NetDevice
+from launcher.errors import NetworkError
+from launcher.spec.model import BindingKind, Interface, InterfaceState, VmSpec
+
+from .discover import PodLink, PodState
+from .names import pod_interface_name, stand_in_peer_name
+from .netlink import Route
+from .nftables import NftFragment, render
+from .sysctl import Sysctl
+
+__all__ = [
+    "NetworkPlan",
+    "PlanOptions",
+    "plan",
+    "BridgeLink",
+    "Dhcp4Config",
+    "Dhcp6Config",
+    "NicContext",
+    "NicPlan",
+    "PodPort",
+    "RaConfig",
+    "TapLink",
+    "DEFAULT_STATUS_PORT",
+    "ISTIO_PORTS",
+    "MIGRATION_PORTS",
+    "link_local_from_mac",
+]
+
+DEFAULT_STATUS_PORT = 8186
+MIGRATION_PORTS = (49152, 49153)
+ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
+ISTIO_ANNOTATION = "sidecar.istio.io/inject"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    """Knobs of the plan that do not come from the spec."""
+
+    status_port: int = DEFAULT_STATUS_PORT  # the launcher's own port, never DNATed
+    lease_time_s: int = 86400
+    router_lifetime_s: int = 1800
+    # Test mode: a tap carries nothing without a VMM, so each "tap" is a veth whose
+    # peer (``vlg<N>``) is moved into this netns, where a DHCP client plays the guest.
+    stand_in_netns: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeLink:
+    """The in-pod bridge of one guest NIC."""
+
+    name: str
+    mac: str  # fixed, so the bridge's IPv6 link-local is known in the plan
+    mtu: int
+    addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TapLink:
+    """The tap the hypervisor opens (or, in test mode, the veth standing in for it)."""
+
+    name: str
+    bridge: str
+    mtu: int
+    queues: int = 1
+    stand_in_netns: str | None = None
+    stand_in_peer: str | None = None
+    stand_in_mac: str | None = None  # the guest MAC, as the VMM would use it
+
+    @property
+    def multi_queue(self) -> bool:
+        """A tap with more than one queue pair must be created multiqueue."""
+        return self.queues > 1
+
+
+@dataclass(frozen=True, slots=True)
+class PodPort:
+    """Bridge binding: the pod interface becomes a bridge port without its addresses."""
+
+    name: str
+    bridge: str
+    new_mac: str | None  # the guest took the original MAC; None = keep it
+    learning: bool = False
+    remove_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Dhcp4Config:
+    """What the DHCPv4 server on ``interface`` hands to the one client ``client_mac``."""
+
+    interface: str
+    server_address: ipaddress.IPv4Address
+    client_mac: str
+    address: ipaddress.IPv4Interface  # option 1 from the prefix length
+    routers: tuple[ipaddress.IPv4Address, ...] = ()  # option 3
+    classless_routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...] = ()  # 121
+    dns: tuple[ipaddress.IPv4Address, ...] = ()  # option 6
+    search: tuple[str, ...] = ()  # option 119
+    domain_name: str | None = None  # option 15
+    hostname: str | None = None  # option 12
+    mtu: int | None = None  # option 26
+    lease_time_s: int = 86400  # option 51 (58/59 derived by the server)
+    ntp_servers: tuple[ipaddress.IPv4Address, ...] = ()  # option 42
+    boot_file_name: str | None = None  # option 67
+    tftp_server_name: str | None = None  # option 66
+    private_options: tuple[tuple[int, str], ...] = ()  # 224-254
+
+
+@dataclass(frozen=True, slots=True)
+class Dhcp6Config:
+    """What the DHCPv6 server on ``interface`` hands to the client with ``client_mac``."""
+
+    interface: str
+    server_address: ipaddress.IPv6Address  # the bridge's link-local
+    client_mac: str
+    address: ipaddress.IPv6Address  # IA_NA
+    dns: tuple[ipaddress.IPv6Address, ...] = ()
+    search: tuple[str, ...] = ()
+    hostname: str | None = None
+    preferred_lifetime_s: int = 86400
+    valid_lifetime_s: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class RaConfig:
+    """Router advertisements on ``interface`` (DHCPv6 cannot carry a default route)."""
+
+    interface: str
+    source: ipaddress.IPv6Address  # the bridge's link-local
+    source_mac: str
+    managed: bool = True  # M: addresses from DHCPv6
+    other: bool = True  # O: DNS etc. from DHCPv6
+    router_lifetime_s: int = 1800  # 0 = not a default router
+    prefixes: tuple[ipaddress.IPv6Network, ...] = ()  # on-link, not autonomous
+    mtu: int | None = None
+    rdnss: tuple[ipaddress.IPv6Address, ...] = ()
+    dnssl: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NicPlan:
+    """Everything planned for one guest NIC."""
+
+    name: str  # the spec interface name
+    index: int
+    binding: BindingKind
+    pod_interface: str
+    original: PodLink  # the pod interface as the CNI left it (cached in the state dir)
+    bridge: BridgeLink
+    tap: TapLink
+    device: NetDevice
+    pod_port: PodPort | None = None
+    routes: tuple[Route, ...] = ()  # routes to (re)create in the pod netns
+    sysctls: tuple[Sysctl, ...] = ()
+    dhcp4: Dhcp4Config | None = None
+    dhcp6: Dhcp6Config | None = None
+    ra: RaConfig | None = None
+    guest_ipv4: ipaddress.IPv4Interface | None = None
+    guest_ipv6: ipaddress.IPv6Interface | None = None
+    nft: NftFragment = field(default_factory=NftFragment)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPlan:
+    """The whole plan: per-NIC plans, sysctls and the one nftables document."""
+
+    nics: tuple[NicPlan, ...]
+    sysctls: tuple[Sysctl, ...] = ()
+    nftables: str = ""
+
+    @property
+    def devices(self) -> tuple[NetDevice, ...]:
+        """The guest NICs for the hypervisor config, in spec order."""
+        return tuple(n.device for n in self.nics)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain JSON-compatible data."""
+        out = _jsonable(self)
+        assert isinstance(out, dict)
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The plan as JSON text (what ``virt-launcher plan`` prints)."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(
+        value,
+        ipaddress.IPv4Address
+        | ipaddress.IPv6Address
+        | ipaddress.IPv4Interface
+        | ipaddress.IPv6Interface
+        | ipaddress.IPv4Network
+        | ipaddress.IPv6Network,
+    ):
+        return str(value)
+    return value
+
+
+def link_local_from_mac(mac: str) -> ipaddress.IPv6Address:
+    """The EUI-64 IPv6 link-local address the kernel gives an interface with ``mac``."""
+    octets = [int(b, 16) for b in mac.split(":")]
+    octets[0] ^= 0x02
+    eui = [*octets[:3], 0xFF, 0xFE, *octets[3:]]
+    return ipaddress.IPv6Address(bytes([0xFE, 0x80, 0, 0, 0, 0, 0, 0, *eui]))
+
+
+@dataclass(frozen=True, slots=True)
+class NicContext:
+    """What a binding gets to plan one guest NIC."""
+
+    spec: VmSpec
+    interface: Interface
+    index: int
+    pod_link: PodLink
+    pod: PodState
+    options: PlanOptions
+
+    @property
+    def queues(self) -> int:
+        """Queue pairs: the vCPU count when the spec asks for multiqueue, else 1."""
+        return self.spec.cpu.vcpus if self.spec.network_interface_multiqueue else 1
+
+    @property
+    def hostname(self) -> str:
+        """The guest hostname: the spec's, else the pod's, else the VM name."""
+        return self.spec.hostname or self.pod.hostname or self.spec.name
+
+    @property
+    def reserved_ports(self) -> tuple[int, ...]:
+        """Ports the pod itself uses: never DNATed into the guest."""
+        ports = [self.options.status_port, *MIGRATION_PORTS]
+        if (self.spec.annotation(ISTIO_ANNOTATION) or "").lower() == "true":
+            ports += ISTIO_PORTS
+        return tuple(sorted(set(ports)))
+
+    def tap(self, name: str, bridge: str, mtu: int, guest_mac: str) -> TapLink:
+        """The tap (or test stand-in veth) for this NIC."""
+        stand_in = self.options.stand_in_netns
+        return TapLink(
+            name=name,
+            bridge=bridge,
+            mtu=mtu,
+            queues=self.queues,
+            stand_in_netns=stand_in,
+            stand_in_peer=stand_in_peer_name(self.index) if stand_in else None,
+            stand_in_mac=guest_mac if stand_in else None,
+        )
+
+
+def plan(spec: VmSpec, pod: PodState, options: PlanOptions = PlanOptions()) -> NetworkPlan:
+    """Plan every guest NIC of ``spec`` against ``pod``; pure, raises NetworkError."""
+    from .bindings import binding_for  # noqa: PLC0415 - the bindings import this module
+
+    nics: list[NicPlan] = []
+    used: dict[str, str] = {}
+    index = 0
+    for iface in spec.interfaces:
+        if iface.state is InterfaceState.ABSENT:
+            continue
+        binding = binding_for(iface)
+        pod_if = pod_interface_name(spec, iface)
+        if pod_if in used:
+            raise NetworkError(
+                f"interfaces {used[pod_if]!r} and {iface.name!r} both use pod interface {pod_if!r}"
+            )
+        used[pod_if] = iface.name
+        ctx = NicContext(
+            spec=spec,
+            interface=iface,
+            index=index,
+            pod_link=pod.link(pod_if),
+            pod=pod,
+            options=options,
+        )
+        nics.append(binding.plan_nic(ctx))
+        index += 1
+    sysctls: dict[str, Sysctl] = {}
+    for nic in nics:
+        for s in nic.sysctls:
+            sysctls[s.key] = s
+    return NetworkPlan(
+        nics=tuple(nics),
+        sysctls=tuple(sysctls.values()),
+        nftables=render(n.nft for n in nics),
+    )

@@ -1,0 +1,323 @@
+"""The asyncio DHCPv4 server for one guest-facing interface: sockets, counters, events.
+
+:class:`Dhcp4Server` is created by the launcher (one per guest-facing interface, from
+the network plan) and by ``python -m dhcp serve``. Use ``async with``, or ``start()`` /
+``close()``, or ``run()`` as a task in a ``TaskGroup``; ``snapshot()`` returns typed
+counters and the recent events for the status endpoint. Decisions live in
+``dhcp.v4.logic``; this module only moves bytes.
+
+Sockets:
+
+* one UDP socket on ``0.0.0.0:67`` with ``SO_BINDTODEVICE`` (so only the guest's
+  interface is served — a request arriving on any other interface never reaches it),
+  ``SO_BROADCAST`` and ``SO_REUSEADDR`` (several servers, one per interface). Replies to
+  ciaddr, to the broadcast address and to a relay go out through it with ``IP_PKTINFO``
+  naming the server address as the source, so the source is the link-local server
+  address even when the interface carries others.
+* one ``AF_PACKET``/``SOCK_DGRAM`` socket for the RFC 2131 4.1 case "no ciaddr, no
+  broadcast flag: unicast to yiaddr at chaddr". The client has no address yet and
+  cannot answer ARP, so the reply is sent as an IPv4/UDP datagram built here and
+  addressed to the link-layer chaddr directly. This was chosen over adding a neighbour
+  entry for yiaddr: it needs no netlink write, leaves no state behind in the pod's
+  neighbour table, and cannot race with the kernel's own ARP resolution.
+
+A client flooding requests is limited per chaddr (``dhcp.ratelimit``) before parsing;
+malformed datagrams are counted and dropped; nothing a client sends raises out of the
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from types import TracebackType
+
+from dhcp.errors import MalformedPacket, ServerError
+from dhcp.ratelimit import RateLimiter
+from dhcp.v4.codec import parse
+from dhcp.v4.config import Dhcp4Config
+from dhcp.v4.logic import Decision, Destination, DestKind, Responder
+
+__all__ = ["Dhcp4Server", "Dhcp4Snapshot", "Dhcp4Counters", "Dhcp4Event"]
+
+log = logging.getLogger(__name__)
+
+_ETH_P_IP = 0x0800
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; typeshed lacks it
+_BATCH = 64  # datagrams read per wake-up before yielding to the loop
+
+
+@dataclass(frozen=True, slots=True)
+class Dhcp4Event:
+    """One recorded exchange: wall-clock time, kind, client MAC, address, transaction id."""
+
+    time: float
+    kind: str  # offer ack nak inform decline release
+    mac: str
+    address: str | None
+    xid: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dhcp4Counters:
+    """Monotonic per-server counters since start."""
+
+    received: int = 0
+    malformed: int = 0
+    rate_limited: int = 0
+    ignored: int = 0
+    offers: int = 0
+    acks: int = 0
+    naks: int = 0
+    informs: int = 0
+    declines: int = 0
+    releases: int = 0
+    send_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dhcp4Snapshot:
+    """What the status endpoint reports for one interface's DHCPv4 server."""
+
+    interface: str
+    server_address: str
+    running: bool
+    counters: Dhcp4Counters
+    events: tuple[Dhcp4Event, ...]
+
+
+_EVENT_COUNTER = {
+    "offer": "offers",
+    "ack": "acks",
+    "nak": "naks",
+    "inform": "informs",
+    "decline": "declines",
+    "release": "releases",
+    "ignored": "ignored",
+}
+
+
+class Dhcp4Server:
+    """DHCPv4 server bound to ``config.interface``; see the module docstring."""
+
+    def __init__(self, config: Dhcp4Config) -> None:
+        self.config = config
+        self.responder = Responder(config)
+        self._limiter = RateLimiter(rate=config.rate, burst=config.burst)
+        self._counts: dict[str, int] = {f.name: 0 for f in dataclasses.fields(Dhcp4Counters)}
+        self._events: collections.deque[Dhcp4Event] = collections.deque(maxlen=config.max_events)
+        self._udp: socket.socket | None = None
+        self._raw: socket.socket | None = None
+        self._ifindex = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Open and bind the sockets; ServerError if the interface cannot be served."""
+        if self._udp is not None:
+            return
+        iface = self.config.interface
+        try:
+            self._ifindex = socket.if_nametoindex(iface)
+        except OSError as err:
+            raise ServerError(f"interface {iface!r} does not exist") from err
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+            udp.bind(("0.0.0.0", self.config.port))
+            udp.setblocking(False)
+            raw = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(_ETH_P_IP))
+        except OSError as err:
+            udp.close()
+            raise ServerError(
+                f"cannot bind DHCPv4 on {iface!r} port {self.config.port}: {err.strerror}"
+            ) from err
+        try:
+            raw.bind((iface, _ETH_P_IP))
+            raw.setblocking(False)
+            # A packet socket bound to ETH_P_IP would also queue every incoming IPv4
+            # frame; it is only for sending, so let the kernel keep it empty.
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+        except OSError as err:
+            udp.close()
+            raw.close()
+            raise ServerError(f"cannot open a packet socket on {iface!r}: {err.strerror}") from err
+        self._udp, self._raw = udp, raw
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(udp.fileno(), self._on_readable)
+        log.info(
+            "DHCPv4 server listening",
+            extra={
+                "iface": iface,
+                "server_address": str(self.config.server_address),
+                "leases": len(self.config.leases),
+            },
+        )
+
+    async def close(self) -> None:
+        """Stop serving and close the sockets (idempotent)."""
+        if self._udp is not None and self._loop is not None:
+            self._loop.remove_reader(self._udp.fileno())
+        for sock in (self._udp, self._raw):
+            if sock is not None:
+                sock.close()
+        if self._udp is not None:
+            log.info("DHCPv4 server stopped", extra={"iface": self.config.interface})
+        self._udp = self._raw = None
+
+    async def run(self) -> None:
+        """Serve until cancelled (for a ``TaskGroup``)."""
+        await self.start()
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            await self.close()
+
+    async def __aenter__(self) -> Dhcp4Server:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def snapshot(self) -> Dhcp4Snapshot:
+        """Counters and the most recent events (at most ``config.max_events``)."""
+        return Dhcp4Snapshot(
+            interface=self.config.interface,
+            server_address=str(self.config.server_address),
+            running=self._udp is not None,
+            counters=Dhcp4Counters(**self._counts),
+            events=tuple(self._events),
+        )
+
+    # ------------------------------------------------------------- datagrams
+
+    def _on_readable(self) -> None:
+        udp = self._udp
+        if udp is None:
+            return
+        for _ in range(_BATCH):
+            try:
+                data, _peer = udp.recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                log.warning("DHCPv4 receive failed", extra={"error": str(err)})
+                return
+            self.handle(data)
+
+    def handle(self, data: bytes) -> Decision | None:
+        """Process one datagram: rate-limit, parse, decide, send, record."""
+        counts = self._counts
+        counts["received"] += 1
+        if len(data) < 34:
+            counts["malformed"] += 1
+            return None
+        if not self._limiter.allow(data[28:34]):
+            counts["rate_limited"] += 1
+            return None
+        try:
+            msg = parse(data)
+        except MalformedPacket as err:
+            counts["malformed"] += 1
+            log.debug("dropped malformed DHCPv4 packet", extra={"error": str(err)})
+            return None
+        decision = self.responder.decide(msg)
+        counts[_EVENT_COUNTER[decision.event]] += 1
+        mac = msg.chaddr.hex(":")
+        if decision.event == "ignored":
+            log.debug("<-- ignored", extra={"mac": mac, "reason": decision.reason})
+            return decision
+        self._events.append(
+            Dhcp4Event(
+                time=time.time(),
+                kind=decision.event,
+                mac=mac,
+                address=str(decision.address) if decision.address is not None else None,
+                xid=msg.xid,
+                reason=decision.reason,
+            )
+        )
+        level = logging.DEBUG if decision.event in ("offer", "inform") else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                f"--> {decision.event}",
+                extra={"mac": mac, "address": str(decision.address), "reason": decision.reason},
+            )
+        if decision.reply is not None and decision.destination is not None:
+            self._send(decision.reply.build(), decision.destination)
+        return decision
+
+    def _send(self, payload: bytes, dest: Destination) -> None:
+        try:
+            if dest.kind is DestKind.CHADDR:
+                assert self._raw is not None
+                frame = _ipv4_udp(self.config.server_address, dest.address, 67, dest.port, payload)
+                self._raw.sendto(frame, (self.config.interface, _ETH_P_IP, 0, 0, dest.mac))
+            else:
+                assert self._udp is not None
+                pktinfo = struct.pack(
+                    "@I4s4s", self._ifindex, self.config.server_address.packed, bytes(4)
+                )
+                self._udp.sendmsg(
+                    [payload],
+                    [(socket.IPPROTO_IP, _IP_PKTINFO, pktinfo)],
+                    0,
+                    (str(dest.address), dest.port),
+                )
+        except OSError as err:
+            self._counts["send_errors"] += 1
+            log.warning(
+                "DHCPv4 reply could not be sent",
+                extra={"destination": str(dest.address), "error": str(err)},
+            )
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _ipv4_udp(src: IPv4Address, dst: IPv4Address, sport: int, dport: int, payload: bytes) -> bytes:
+    """An IPv4 header + UDP header (both with checksums) + payload."""
+    udp_len = 8 + len(payload)
+    pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, socket.IPPROTO_UDP, udp_len)
+    udp_head = struct.pack("!HHHH", sport, dport, udp_len, 0)
+    csum = _checksum(pseudo + udp_head + payload) or 0xFFFF
+    udp_head = struct.pack("!HHHH", sport, dport, udp_len, csum)
+    ip_head = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0x10,  # low-delay TOS, as ISC dhcpd and dnsmasq send
+        20 + udp_len,
+        0,
+        0x4000,  # don't fragment
+        64,
+        socket.IPPROTO_UDP,
+        0,
+        src.packed,
+        dst.packed,
+    )
+    ip_head = ip_head[:10] + struct.pack("!H", _checksum(ip_head)) + ip_head[12:]
+    return ip_head + udp_head + payload

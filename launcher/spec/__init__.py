@@ -1,0 +1,79 @@
+"""The VM spec: loading, validation and the frozen normalized model.
+
+``load(path)`` reads the manifest kubelet mounted into the pod (YAML or JSON, Virtink
+or KubeVirt shape) and returns a :class:`VmSpec`; ``parse(document)`` does the same for
+an in-memory document (hot-plug). Both raise :class:`launcher.errors.SpecError` listing
+every problem as ``path: message``. Called by the CLI and the composition root.
+"""
+
+from __future__ import annotations
+
+from launcher.spec.loader import load, parse
+from launcher.spec.model import (
+    Binding,
+    BindingKind,
+    Bridge,
+    CloudInitNoCloud,
+    ContainerDisk,
+    Cpu,
+    DataVolume,
+    DhcpOptions,
+    DhcpPrivateOption,
+    Disk,
+    EmptyDisk,
+    HostDisk,
+    Interface,
+    InterfaceState,
+    KernelBoot,
+    Masquerade,
+    MultusNetwork,
+    Network,
+    NetworkSource,
+    PersistentVolumeClaim,
+    PodNetwork,
+    Port,
+    Protocol,
+    SourceShape,
+    Sriov,
+    Vdpa,
+    VmSpec,
+    Volume,
+    VolumeSource,
+)
+from launcher.spec.quantity import format_bytes, parse_quantity
+
+__all__ = [
+    "load",
+    "parse",
+    "VmSpec",
+    "SourceShape",
+    "Interface",
+    "Network",
+    "Binding",
+    "BindingKind",
+    "Bridge",
+    "Masquerade",
+    "Sriov",
+    "Vdpa",
+    "Port",
+    "Protocol",
+    "InterfaceState",
+    "DhcpOptions",
+    "DhcpPrivateOption",
+    "NetworkSource",
+    "PodNetwork",
+    "MultusNetwork",
+    "Cpu",
+    "KernelBoot",
+    "Disk",
+    "Volume",
+    "VolumeSource",
+    "ContainerDisk",
+    "CloudInitNoCloud",
+    "PersistentVolumeClaim",
+    "HostDisk",
+    "DataVolume",
+    "EmptyDisk",
+    "parse_quantity",
+    "format_bytes",
+]

@@ -1,0 +1,97 @@
+# Shell helpers shared by /init, the DHCP event scripts and the power-button action
+# of the virt-launcher test guest. Every VL-* line goes to the serial console in one write.
+
+say() { echo "$*" > /dev/console; }
+
+uptime_s() { read -r up _rest < /proc/uptime; echo "$up"; }
+
+# csv a b c -> a,b,c (word-split on purpose)
+csv() { echo $* | tr ' ' ','; }
+
+write_pages() {
+  h=$(hostname)
+  for p in 80 8080; do
+    printf 'VL-HTTP-OK port=%s hostname=%s\n' "$p" "$h" > "/www/$p/index.html.new"
+    mv "/www/$p/index.html.new" "/www/$p/index.html"
+  done
+}
+
+# Wait (bounded, 10 s) until the NIC has a non-tentative link-local address: udhcpc6
+# sends from it.
+wait_linklocal() {
+  i=0
+  while [ "$i" -lt 100 ]; do
+    if ip -6 -o addr show dev "$1" scope link 2>/dev/null | grep -v tentative | grep -q inet6; then
+      return 0
+    fi
+    sleep 0.1
+    i=$((i + 1))
+  done
+  say "VL-ERROR $1 has no usable link-local address after 10 s"
+  return 1
+}
+
+start_nic() {
+  ip link set dev "$1" up
+  udhcpc -f -i "$1" -s /etc/vl/dhcp4 -p "/run/vl/udhcpc.$1.pid" -t 3 -T 1 -A 2 \
+    -O mtu -O staticroutes -O search > "/run/vl/udhcpc.$1.log" 2>&1 &
+  (
+    wait_linklocal "$1" || exit 1
+    exec udhcpc6 -f -i "$1" -s /etc/vl/dhcp6 -p "/run/vl/udhcpc6.$1.pid" -t 3 -T 1 -A 2 \
+      -O dns -O search
+  ) > "/run/vl/udhcpc6.$1.log" 2>&1 &
+}
+
+stop_nic() {
+  for f in "/run/vl/udhcpc.$1.pid" "/run/vl/udhcpc6.$1.pid"; do
+    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null
+    rm -f "$f"
+  done
+  rm -f "/run/vl/lease4.$1" "/run/vl/lease6.$1" "/run/vl/resolv4.$1" "/run/vl/resolv6.$1"
+  write_resolv
+}
+
+write_resolv() {
+  cat /run/vl/resolv4.* /run/vl/resolv6.* 2>/dev/null > /etc/resolv.conf
+}
+
+# One VL-ADDRS line per NIC, then the default routes, e.g.
+#   VL-ADDRS eth0 10.1.2.3/24 fd00::5/128 fe80::5054:ff:fe12:3456/64
+#   VL-ROUTES default4=10.1.2.1@eth0 default6=fe80::1@eth0
+addr_report() {
+  for dev in /sys/class/net/*; do
+    [ -e "$dev/device" ] || continue
+    n=${dev##*/}
+    echo "VL-ADDRS $n $(ip -o addr show dev "$n" | awk '{a = a (a ? " " : "") $4} END {print a}')"
+  done
+  r4=$(ip -4 route show default | awk '{v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')
+  r6=$(ip -6 route show default | awk '{v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')
+  echo "VL-ROUTES default4=$r4 default6=$r6"
+}
+
+# cloud-init NoCloud: the first virtio disk or CD-ROM whose ISO 9660 volume id is
+# "cidata" is mounted read-only at /mnt/cidata; each file is reported with its sha256,
+# and network-config is echoed between markers.
+scan_cidata() {
+  for dev in /sys/class/block/vd* /sys/class/block/sr*; do
+    [ -e "$dev" ] || continue
+    n=${dev##*/}
+    label=$(dd if="/dev/$n" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' \000')
+    case "$label" in cidata | CIDATA) ;; *) continue ;; esac
+    if ! mount -t iso9660 -o ro "/dev/$n" /mnt/cidata; then
+      say "VL-ERROR cannot mount cidata from /dev/$n"
+      continue
+    fi
+    say "VL-CIDATA-DEVICE $n"
+    (cd /mnt/cidata && find . -type f | sort) | while read -r f; do
+      say "VL-CIDATA ${f#./} $(sha256sum < "/mnt/cidata/$f" | cut -d' ' -f1)"
+    done
+    if [ -f /mnt/cidata/network-config ]; then
+      say "VL-CIDATA-NETWORK-CONFIG-BEGIN"
+      cat /mnt/cidata/network-config > /dev/console
+      say "VL-CIDATA-NETWORK-CONFIG-END"
+    fi
+    return 0
+  done
+  return 0
+}

@@ -27,6 +27,7 @@ from dhcp.errors import DhcpError
 from dhcp.v4 import options as o
 from dhcp.v4.config import DEFAULT_LEASE_TIME, Dhcp4Config, Lease4, Pool4
 from dhcp.v4.server import Dhcp4Server
+from dhcp.v6.cli import add_v6_arguments, build_v6_servers
 from launcher.logs import configure  # the one place that formats log output
 
 __all__ = [
@@ -238,6 +239,8 @@ def build_v4_servers(args: argparse.Namespace) -> list[Runnable]:
 
 ARGUMENT_ADDERS: list[Callable[[argparse.ArgumentParser], None]] = [add_v4_arguments]
 SERVER_BUILDERS: list[Callable[[argparse.Namespace], list[Runnable]]] = [build_v4_servers]
+ARGUMENT_ADDERS.append(add_v6_arguments)  # --lease6, --dns6, --ra... (dhcp.v6.cli)
+SERVER_BUILDERS.append(build_v6_servers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -394,6 +394,13 @@ class RaServer:
         self.counters.last_advert = time.time()
         log.debug("--> RA to %s on %s lifetime %d", dest, self.config.interface, ra.router_lifetime)
 
+    async def run(self) -> None:
+        """Open, serve until cancelled, then send the final advert (lifetime 0) and close."""
+        try:
+            await self.serve()
+        finally:
+            self.close(final=True)
+
     async def serve(self) -> None:
         """Advertise periodically and answer solicitations until cancelled."""
         if self._sock is None:

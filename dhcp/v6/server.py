@@ -371,6 +371,13 @@ class Dhcp6Server:
             self._rx = None
         log.info("DHCPv6 on %s, server DUID %s", ifname, self.duid.hex())
 
+    async def run(self) -> None:
+        """Open, answer clients until cancelled, close."""
+        try:
+            await self.serve()
+        finally:
+            self.close()
+
     async def serve(self) -> None:
         """Answer clients until cancelled."""
         if self._tx is None:

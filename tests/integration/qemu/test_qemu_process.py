@@ -89,7 +89,7 @@ async def test_start_query_status_pause_resume_quit(vm: Qemu) -> None:
     assert state_of(vm) is VmState.CREATED
     assert pid_of(vm) is None
     await vm.start(bare())
-    assert vm.state is VmState.RUNNING
+    assert state_of(vm) is VmState.RUNNING
     assert vm.pid is not None and exists(f"/proc/{vm.pid}")
     assert (await vm._command("query-status"))["status"] == "running"
     events: list[LifecycleEvent] = []
@@ -98,11 +98,11 @@ async def test_start_query_status_pause_resume_quit(vm: Qemu) -> None:
 
     await vm.pause()
     assert (await until_event(stream, "paused")).state is VmState.PAUSED
-    assert vm.state is VmState.PAUSED
+    assert state_of(vm) is VmState.PAUSED
     assert (await vm._command("query-status"))["status"] == "paused"
     await vm.resume()
     assert (await until_event(stream, "resumed")).state is VmState.RUNNING
-    assert vm.state is VmState.RUNNING
+    assert state_of(vm) is VmState.RUNNING
 
     with pytest.raises(StateError):
         await vm.start(bare())
@@ -110,7 +110,7 @@ async def test_start_query_status_pause_resume_quit(vm: Qemu) -> None:
     await vm.stop()
     info = await vm.wait()
     assert info.returncode == 0 and info.signal is None
-    assert info.state is VmState.SHUTDOWN and vm.state is VmState.SHUTDOWN
+    assert info.state is VmState.SHUTDOWN and state_of(vm) is VmState.SHUTDOWN
     assert info.cause == "stopped by the launcher"
     async with asyncio.timeout(5):
         await collector  # the iterator ends when QEMU exits
@@ -145,7 +145,7 @@ async def test_killed_qemu_is_failed_with_cause(vm: Qemu) -> None:
     os.kill(vm.pid, signal.SIGKILL)
     async with asyncio.timeout(10):
         info = await vm.wait()
-    assert info.state is VmState.FAILED and vm.state is VmState.FAILED
+    assert info.state is VmState.FAILED and state_of(vm) is VmState.FAILED
     assert info.returncode == -signal.SIGKILL and info.signal == signal.SIGKILL
     assert info.cause == "qemu was killed by SIGKILL"
 
@@ -165,7 +165,7 @@ async def test_qemu_that_fails_to_start_reports_its_stderr(vm: Qemu, tmp_path: P
     missing = tmp_path / "no-such-disk.img"
     with pytest.raises(HypervisorError) as err:
         await vm.start(bare(disks=(DiskImage("d0", str(missing)),)))
-    assert vm.state is VmState.FAILED
+    assert state_of(vm) is VmState.FAILED
     info = await vm.wait()
     assert info.returncode == 1 and info.state is VmState.FAILED
     assert info.cause.startswith("qemu exited with code 1: ")
@@ -186,20 +186,20 @@ async def test_socket_that_never_appears_times_out_and_kills(tmp_path: Path) -> 
     assert loop.time() - started < 5
     info = await qemu.wait()
     assert info.signal == signal.SIGKILL
-    assert qemu.state is VmState.FAILED
+    assert state_of(qemu) is VmState.FAILED
 
 
 async def test_missing_binary(tmp_path: Path) -> None:
     qemu = Qemu(binary=str(tmp_path / "nope"))
     with pytest.raises(HypervisorError, match="cannot execute QEMU binary"):
         await qemu.start(bare())
-    assert qemu.state is VmState.FAILED
+    assert state_of(qemu) is VmState.FAILED
 
 
 async def test_stop_before_start_is_shutdown() -> None:
     qemu = Qemu()
     await qemu.stop()
-    assert qemu.state is VmState.SHUTDOWN
+    assert state_of(qemu) is VmState.SHUTDOWN
 
 
 # -- devices in a real network namespace ---------------------------------------------------
@@ -307,4 +307,4 @@ async def test_qmp_error_reply_names_the_command(vm: Qemu) -> None:
         await vm._command("no-such-command")
     with pytest.raises(HypervisorError, match="device_del failed: DeviceNotFound"):
         await vm.remove_device("ghost0")
-    assert vm.state is VmState.RUNNING  # a refused command does not change the state
+    assert state_of(vm) is VmState.RUNNING  # a refused command does not change the state

@@ -86,11 +86,15 @@ def _show(value: object) -> str:
 
 def format_bytes(size: int) -> str:
     """The shortest exact quantity for ``size`` bytes: ``1Gi``, ``256Mi``, ``1024M``, ``7``."""
+    candidates = [str(size)]
     for suffix, unit in reversed(_BINARY.items()):
         if size and size % unit == 0:
-            return f"{size // unit}{suffix}"
+            candidates.append(f"{size // unit}{suffix}")
+            break
     for suffix in ("E", "P", "T", "G", "M", "k"):
         unit = int(_DECIMAL[suffix])
         if size and size % unit == 0:
-            return f"{size // unit}{suffix}"
-    return str(size)
+            candidates.append(f"{size // unit}{suffix}")
+            break
+    # Shortest wins; on a tie the binary form (listed before the decimal one) wins.
+    return min(candidates[1:] or candidates, key=len) if size else "0"

@@ -70,7 +70,7 @@ class CloudHypervisor:
         self.stop_timeout = stop_timeout
         self._extra_args = tuple(extra_args)
         self._tap_opener = tap_opener
-        self._on_serial = on_serial
+        self.on_serial = on_serial
         self._state = VmState.CREATED
         self._proc: VmmProcess | None = None
         self._client: CloudHypervisorClient | None = None
@@ -98,6 +98,10 @@ class CloudHypervisor:
         """The VMM process id once spawned."""
         return None if self._proc is None else self._proc.pid
 
+    def _serial_line(self, line: str) -> None:
+        if self.on_serial is not None:
+            self.on_serial(line)
+
     def _set_state(self, new: VmState) -> None:
         if new is self._state:
             return
@@ -115,7 +119,10 @@ class CloudHypervisor:
             os.unlink(self.api_socket)
         try:
             self._proc = await VmmProcess.spawn(
-                self.binary, self.api_socket, extra_args=self._extra_args, on_serial=self._on_serial
+                self.binary,
+                self.api_socket,
+                extra_args=self._extra_args,
+                on_serial=self._serial_line,
             )
             self._events_task = asyncio.create_task(self._pump_events(), name="ch-events")
             self._exit_task = asyncio.create_task(self._watch_exit(), name="ch-exit")

@@ -544,12 +544,19 @@ def main(argv: list[str]) -> int:
     emit = event_writer(int(monitor)) if monitor is not None else None
     if emit is not None:
         emit("vmm", "starting", None)
-    done = threading.Event()
-    result = [0]
+    # Plain assignments, no locks: finish() also runs inside the SIGTERM handler, where
+    # taking a lock the interrupted main thread holds (threading.Event) would deadlock.
+    result: list[int | None] = [None]
 
     def finish(code: int) -> None:
-        result[0] = code
-        done.set()
+        if result[0] is None:
+            result[0] = code
+
+    def wait_done(limit: float) -> int:
+        deadline = time.monotonic() + limit
+        while result[0] is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return result[0] or 0
 
     fake = FakeVmm(
         emit=emit,
@@ -569,11 +576,10 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     if mode == "no-socket":
-        done.wait(60)
-        return result[0]
+        return wait_done(60)
     server = FakeServer(path, fake)
     with server:
-        done.wait(120)
+        code = wait_done(120)
     record = os.environ.get("FAKE_CH_RECORD")
     if record:
         with open(record, "w") as f:
@@ -587,7 +593,7 @@ def main(argv: list[str]) -> int:
                 },
                 f,
             )
-    return result[0]
+    return code
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Real DHCP clients (ISC dhclient, dhcpcd, busybox udhcpc) get leases from ``python -m dhcp serve``.
+"""Real DHCP clients (ISC dhclient, dhcpcd, busybox udhcpc) get leases from `python -m dhcp`.
 
 Each test runs the server in one netns and a client in another, then checks what the
 client actually configured: ``ip -j addr``/``ip -j route``, the link MTU and the
@@ -8,7 +8,6 @@ resolv.conf (or lease dump) the client wrote to a per-test path. Clients run und
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import shutil

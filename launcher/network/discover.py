@@ -36,7 +36,8 @@ class PodLink:
     addresses4: tuple[ipaddress.IPv4Interface, ...] = ()
     addresses6: tuple[ipaddress.IPv6Interface, ...] = ()
     routes: tuple[Route, ...] = ()
-    restored: bool = False  # True when the values come from the state cache
+    # True when the values come from the state cache (not part of equality)
+    restored: bool = field(default=False, compare=False)
 
     def default_gateway(self, version: int) -> Route | None:
         """The default route of IP ``version`` through this link, if any."""
@@ -141,7 +142,7 @@ def _restore(link: PodLink, state_dir: Path) -> PodLink:
         raise StateCacheError(
             f"state file for {link.name!r} in {state_dir} has a bad original: {err}"
         ) from err
-    return replace(original, master=link.master, kind=link.kind)
+    return replace(original, kind=link.kind)
 
 
 def discover(

@@ -236,9 +236,8 @@ class Server:
         line = self.proc.stdout.readline().strip()
         if line != "ready":
             self.proc.kill()
-            raise AssertionError(
-                f"server in {ns} on {host}:{port} did not start: {self.proc.stderr.read() if self.proc.stderr else ''}"
-            )
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"server in {ns} on {host}:{port} did not start: {err}")
 
     def result(self, timeout: float = 10.0) -> str | None:
         out, _ = self.proc.communicate(timeout=timeout)

@@ -30,7 +30,7 @@ from launcher.spec.model import (
     VmSpec,
     Volume,
 )
-from launcher.spec.reader import Problems, join, show
+from launcher.spec.reader import Fields, Problems, join, show
 
 __all__ = [
     "MAX_MEMORY",
@@ -148,6 +148,15 @@ class Draft:
     termination_grace_period_s: int = 30
     annotations: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    # Names of every list item, also those that had problems: pairing rules use them so
+    # one bad network does not also report its interface as unpaired.
+    seen: dict[str, set[str]] = field(default_factory=dict)
+
+    def saw(self, kind: str, item: Fields) -> None:
+        """Remember the ``name`` of an item of list ``kind``, valid or not."""
+        name = item.data.get("name")
+        if isinstance(name, str):
+            self.seen.setdefault(kind, set()).add(name)
 
 
 def _unique(problems: Problems, items: list[tuple[str, str]], what: str) -> dict[str, str]:
@@ -209,9 +218,7 @@ def _check_network_pairs(draft: Draft, problems: Problems) -> None:
     iface_names = _unique(
         problems, [(join(p, "name"), i.name) for p, i in draft.interfaces], "interface name"
     )
-    net_names = _unique(
-        problems, [(join(p, "name"), n.name) for p, n in draft.networks], "network name"
-    )
+    _unique(problems, [(join(p, "name"), n.name) for p, n in draft.networks], "network name")
     _unique(
         problems,
         [(join(p, draft.mac_key), i.mac) for p, i in draft.interfaces if i.mac is not None],
@@ -244,7 +251,10 @@ def _check_network_pairs(draft: Draft, problems: Problems) -> None:
             f"together with the pod network {pod_network}",
         )
     for path, iface in draft.interfaces:
-        if iface.name not in net_names:
+        if iface.name not in networks:
+            if iface.name in draft.seen.get("networks", set()):
+                continue  # its network had problems of its own
+
             problems.add(
                 join(path, "name"),
                 f"interface {show(iface.name)} has no network of the same name in "
@@ -253,7 +263,7 @@ def _check_network_pairs(draft: Draft, problems: Problems) -> None:
             continue
         _check_binding(path, iface, networks[iface.name], problems)
     for path, net in draft.networks:
-        if net.name not in iface_names:
+        if net.name not in iface_names and net.name not in draft.seen.get("interfaces", set()):
             problems.add(
                 join(path, "name"),
                 f"network {show(net.name)} has no interface of the same name in "
@@ -292,14 +302,18 @@ def _check_disk_pairs(draft: Draft, problems: Problems) -> list[Disk]:
         problems, [(join(p, "name"), v.name) for p, v in draft.volumes], "volume name"
     )
     for path, disk in draft.disks:
-        if disk.name not in volume_names:
+        if disk.name not in volume_names and disk.name not in draft.seen.get("volumes", set()):
             problems.add(
                 join(path, "name"),
                 f"disk {show(disk.name)} has no volume of the same name in {draft.volumes_path}",
             )
     disks = [d for _, d in draft.disks]
     # A volume without a disk gets a virtio disk, as KubeVirt's defaulting does.
-    disks.extend(Disk(name=v.name) for _, v in draft.volumes if v.name not in disk_names)
+    disks.extend(
+        Disk(name=v.name)
+        for _, v in draft.volumes
+        if v.name not in disk_names and v.name not in draft.seen.get("disks", set())
+    )
     return disks
 
 

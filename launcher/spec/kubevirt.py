@@ -199,10 +199,12 @@ def _read_vmi_spec(vmi: Fields, draft: Draft) -> None:
         _read_domain(domain, draft)
     cidrs: dict[str, Masquerade] = {}
     for item in vmi.items("networks"):
+        draft.saw("networks", item)
         net = _read_network(item, cidrs)
         if net is not None:
             draft.networks.append((item.path, net))
     for item in vmi.items("volumes"):
+        draft.saw("volumes", item)
         vol = _read_volume(item)
         if vol is not None:
             draft.volumes.append((item.path, vol))
@@ -290,10 +292,12 @@ def _read_devices(devices: Fields, draft: Draft) -> None:
     )
     draft.network_interface_multiqueue = bool(devices.boolean("networkInterfaceMultiqueue"))
     for item in devices.items("interfaces"):
+        draft.saw("interfaces", item)
         iface = _read_interface(item)
         if iface is not None:
             draft.interfaces.append((item.path, iface))
     for item in devices.items("disks"):
+        draft.saw("disks", item)
         disk = _read_disk(item)
         if disk is not None:
             draft.disks.append((item.path, disk))

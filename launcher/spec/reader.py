@@ -80,7 +80,10 @@ class Problems:
 
     def wrong_type(self, path: str, value: object, expected: str) -> None:
         """Record that the value at ``path`` is not of the ``expected`` type."""
-        self.add(path, f"expected {expected}, got {type_name(value)} {show(value)}".rstrip())
+        got = type_name(value)
+        if not isinstance(value, Mapping | list | tuple):
+            got = f"{got} {show(value)}"
+        self.add(path, f"expected {expected}, got {got}")
 
     def fields(self, value: object, path: str) -> Fields | None:
         """``value`` as a :class:`Fields` if it is a mapping, else a problem and None."""

@@ -72,10 +72,12 @@ def read_virtink(doc: Fields) -> Draft:
     if instance is not None:
         _read_instance(instance, draft)
     for item in spec.items("networks"):
+        draft.saw("networks", item)
         net = _read_network(item)
         if net is not None:
             draft.networks.append((item.path, net))
     for item in spec.items("volumes"):
+        draft.saw("volumes", item)
         vol = _read_volume(item)
         if vol is not None:
             draft.volumes.append((item.path, vol))
@@ -105,12 +107,14 @@ def _read_instance(instance: Fields, draft: Draft) -> None:
         kernel.finish()
         draft.kernel = KernelBoot(image=image, cmdline=cmdline)
     for item in instance.items("disks"):
+        draft.saw("disks", item)
         name = read_name(item)
         read_only = bool(item.boolean("readOnly"))
         item.finish()
         if name is not None:
             draft.disks.append((item.path, Disk(name=name, read_only=read_only)))
     for item in instance.items("interfaces"):
+        draft.saw("interfaces", item)
         iface = _read_interface(item)
         if iface is not None:
             draft.interfaces.append((item.path, iface))

@@ -139,7 +139,7 @@ class CloudHypervisor:
         except HypervisorError as err:
             early = await self._exited_on_its_own()
             await self._fail()
-            if early is not None:
+            if early is not None and not str(err).startswith(early):
                 raise HypervisorError(f"{early} while starting the VM ({err})") from err
             raise
         except BaseException:

@@ -66,7 +66,7 @@ def render(fragments: Iterable[NftFragment]) -> str:
         out.append(f"table inet {NFT_TABLE} {{")
         out += [f"\t{line}" for line in inet_sets]
         out += _chain("prerouting", "prerouting", "nat", "dstnat", nat["prerouting"])
-        out += _chain("output", "output", "nat", "dstnat", nat["output"])
+        out += _chain("output", "output", "nat", "-100", nat["output"])
         out += _chain("postrouting", "postrouting", "nat", "srcnat", nat["postrouting"])
         out.append("}")
     if any(br.values()):

@@ -15,6 +15,8 @@ Layout rules (q35):
 * ``config.hotplug_ports`` empty root ports (``hp0``…) are left for hot plug;
 * root ports take the free slots of ``pcie.0`` from 0x02 upwards (0x00 is the host
   bridge, 0x1f the ICH9 functions, 0x01 is left for a display device);
+* a ``pvpanic`` device lets a guest kernel report a panic (QMP ``GUEST_PANICKED``; QEMU's
+  default panic action then powers the VM off and the adapter reports it as Failed);
 * the serial console is a ``stdio`` chardev: QEMU's stdout is a pipe the adapter reads
   line by line (nothing is lost before the launcher connects, unlike a socket chardev).
 """
@@ -180,6 +182,8 @@ def _machine_args(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
         "stdio,id=serial0,signal=off",
         "-serial",
         "chardev:serial0",
+        "-device",
+        "pvpanic",
     ]
     if runtime.pidfile:
         args += ["-pidfile", runtime.pidfile]

@@ -8,6 +8,7 @@ Devices are checked with a real network namespace (``qm-…``) holding real taps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -308,3 +309,50 @@ async def test_qmp_error_reply_names_the_command(vm: Qemu) -> None:
     with pytest.raises(HypervisorError, match="device_del failed: DeviceNotFound"):
         await vm.remove_device("ghost0")
     assert state_of(vm) is VmState.RUNNING  # a refused command does not change the state
+
+
+def panic_firmware(path: Path) -> Path:
+    """A 64 KiB -bios image that spins ~2 s under TCG, then writes 1 to pvpanic (port 0x505).
+
+    Code at 0xfffe0: ``mov ecx, 0x60000000; a32 loop $; mov dx, 0x505; mov al, 1;
+    out dx, al; hlt``; the reset vector at 0xffff0 jumps back to it.
+    """
+    image = bytearray(b"\xf4" * 0x10000)
+    code = bytes.fromhex("66b90000006067e2fdba0505b001eef4")
+    image[0xFFE0 : 0xFFE0 + len(code)] = code
+    image[0xFFF0:0xFFF2] = bytes([0xEB, 0xEE])  # jmp short 0xffe0
+    path.write_bytes(bytes(image))
+    return path
+
+
+async def test_guest_panic_is_failed(vm: Qemu, tmp_path: Path) -> None:
+    firmware = panic_firmware(tmp_path / "panic.bin")
+    await vm.start(bare(firmware=str(firmware)))
+    events = vm.events()
+    panic = await until_event(events, "panic")
+    assert panic.state is VmState.FAILED
+    assert panic.details.get("action") == "poweroff"
+    async with asyncio.timeout(10):
+        info = await vm.wait()
+    assert info.returncode == 0
+    assert info.state is VmState.FAILED and state_of(vm) is VmState.FAILED
+    assert info.cause == "guest panicked"
+
+
+async def test_stop_escalates_when_qemu_does_not_answer(tmp_path: Path) -> None:
+    qemu = Qemu(run_dir=str(tmp_path / "run"), command_timeout=1.0, quit_timeout=1.0)
+    await qemu.start(bare())
+    assert qemu.pid is not None
+    os.kill(qemu.pid, signal.SIGSTOP)  # QMP quit and SIGTERM go unanswered; SIGKILL works
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await qemu.stop()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(qemu.pid, signal.SIGCONT)
+    assert loop.time() - started < 8
+    info = await qemu.wait()
+    assert info.signal == signal.SIGKILL
+    assert info.state is VmState.SHUTDOWN
+    assert info.cause == "stopped by the launcher (qemu was killed by SIGKILL)"

@@ -43,6 +43,8 @@ BASE = [
     "stdio,id=serial0,signal=off",
     "-serial",
     "chardev:serial0",
+    "-device",
+    "pvpanic",
 ]
 
 
@@ -60,6 +62,13 @@ def machine(**kw: object) -> MachineConfig:
 def pairs(argv: list[str], flag: str) -> list[str]:
     """Every value that follows ``flag`` in argv, in order."""
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+def devs(argv: list[str]) -> list[str]:
+    """The ``-device`` values after the fixed pvpanic device every machine has."""
+    values = pairs(argv, "-device")
+    assert values[0] == "pvpanic"
+    return values[1:]
 
 
 def port(rp_id: str, slot: int, chassis: int) -> str:
@@ -139,7 +148,7 @@ def test_multiqueue_tap_by_name_has_queues_mq_and_vectors() -> None:
     cfg = machine(nets=(NetDevice("net0", "tap0", MAC, 9000, queues=4, boot_order=2),))
     argv = build_argv(cfg, RT)
     assert pairs(argv, "-netdev") == ["tap,id=hn-net0,ifname=tap0,script=no,downscript=no,queues=4"]
-    assert pairs(argv, "-device")[-1] == (
+    assert devs(argv)[-1] == (
         f"virtio-net-pci,id=net0,netdev=hn-net0,mac={MAC},host_mtu=9000,"
         "mq=on,vectors=10,bootindex=2,bus=rp-net0"
     )
@@ -155,7 +164,7 @@ def test_taps_by_fd_single_and_multi() -> None:
     )
     argv = build_argv(cfg, rt)
     assert pairs(argv, "-netdev") == ["tap,id=hn-net0,fd=7", "tap,id=hn-net1,fds=8:9"]
-    assert "mq=on,vectors=6" in pairs(argv, "-device")[-1]
+    assert "mq=on,vectors=6" in devs(argv)[-1]
 
 
 def test_fd_count_must_match_queue_pairs() -> None:
@@ -174,9 +183,7 @@ def test_vhost_only_when_vhost_net_exists() -> None:
 
 def test_e1000e_model_and_unknown_model() -> None:
     cfg = machine(nets=(NetDevice("net0", "tap0", MAC, 1500, model="e1000e"),))
-    assert pairs(build_argv(cfg, RT), "-device")[-1] == (
-        f"e1000e,id=net0,netdev=hn-net0,mac={MAC},bus=rp-net0"
-    )
+    assert devs(build_argv(cfg, RT))[-1] == (f"e1000e,id=net0,netdev=hn-net0,mac={MAC},bus=rp-net0")
     bad = machine(nets=(NetDevice("net0", "tap0", MAC, 1500, model="rtl8139"),))
     with pytest.raises(HypervisorError, match="'rtl8139'"):
         build_argv(bad, RT)
@@ -191,7 +198,7 @@ def test_pinned_pci_address_goes_on_root_bus_and_skips_that_slot() -> None:
         hotplug_ports=1,
     )
     argv = build_argv(cfg, RT)
-    assert pairs(argv, "-device") == [
+    assert devs(argv) == [
         port("rp-net1", 0x03, 1),
         port("hp0", 0x04, 2),
         f"virtio-net-pci,id=net0,netdev=hn-net0,mac={MAC},host_mtu=1500,bus=pcie.0,addr=0x02.0x0",
@@ -204,7 +211,7 @@ def test_two_functions_of_one_slot_turn_on_multifunction() -> None:
         nets=(NetDevice("net0", "tap0", MAC, 1500, pci_address="00:07.0"),),
         vfio=(VfioDevice("sriov1", "/sys/bus/pci/devices/0000:58:01.2", "0000:00:07.1"),),
     )
-    devices = pairs(build_argv(cfg, RT), "-device")
+    devices = devs(build_argv(cfg, RT))
     assert devices == [
         f"virtio-net-pci,id=net0,netdev=hn-net0,mac={MAC},host_mtu=1500,"
         "bus=pcie.0,addr=0x07.0x0,multifunction=on",
@@ -269,7 +276,7 @@ def test_vdpa_single_and_multiqueue_with_iommu() -> None:
         "vhost-vdpa,id=hn-vdpa0,vhostdev=/dev/vhost-vdpa-0",
         "vhost-vdpa,id=hn-vdpa1,vhostdev=/dev/vhost-vdpa-1,queues=4",
     ]
-    assert pairs(argv, "-device")[2:] == [
+    assert devs(argv)[2:] == [
         "virtio-net-pci,id=vdpa0,netdev=hn-vdpa0,bus=rp-vdpa0",
         "virtio-net-pci,id=vdpa1,netdev=hn-vdpa1,mq=on,vectors=10,iommu_platform=on,bus=rp-vdpa1",
     ]
@@ -298,7 +305,7 @@ def test_disks_raw_qcow2_readonly_bootindex_and_block_device() -> None:
             "file": {"driver": "host_device", "filename": "/dev/sdb", "read-only": True},
         },
     ]
-    assert pairs(argv, "-device") == [
+    assert devs(argv) == [
         port("rp-root", 0x02, 1),
         port("rp-data", 0x03, 2),
         "virtio-blk-pci,id=root,drive=drive-root,bootindex=1,bus=rp-root",
@@ -315,7 +322,7 @@ def test_cdrom_is_readonly_scsi_cd_on_one_virtio_scsi_controller() -> None:
     )
     argv = build_argv(cfg, RT)
     assert [json.loads(v)["read-only"] for v in pairs(argv, "-blockdev")] == [True, True]
-    assert pairs(argv, "-device") == [
+    assert devs(argv) == [
         port("rp-scsi0", 0x02, 1),
         "virtio-scsi-pci,id=scsi0,bus=rp-scsi0",
         "scsi-cd,id=cd0,drive=drive-cd0,bus=scsi0.0,bootindex=1",
@@ -332,7 +339,7 @@ def test_hotplug_ports_default_four_after_device_ports() -> None:
     cfg = MachineConfig(
         name="vm1", vcpus=2, memory_bytes=512 << 20, nets=(NetDevice("net0", "t", MAC, 1500),)
     )
-    devices = pairs(build_argv(cfg, RT), "-device")
+    devices = devs(build_argv(cfg, RT))
     assert devices[:5] == [
         port("rp-net0", 0x02, 1),
         port("hp0", 0x03, 2),
@@ -348,7 +355,7 @@ def test_hotplug_ports_default_four_after_device_ports() -> None:
 def test_too_many_root_ports() -> None:
     with pytest.raises(HypervisorError, match=r"no free pcie\.0 slot left for root port hp29"):
         build_argv(machine(hotplug_ports=30), RT)
-    assert len(pairs(build_argv(machine(hotplug_ports=29), RT), "-device")) == 29
+    assert len(devs(build_argv(machine(hotplug_ports=29), RT))) == 29
 
 
 @pytest.mark.parametrize(
@@ -402,7 +409,7 @@ def test_everything_together_keeps_a_stable_order() -> None:
         hotplug_ports=2,
     )
     argv = build_argv(cfg, RT)
-    ports = [d.split(",")[1] for d in pairs(argv, "-device") if d.startswith("pcie-root-port")]
+    ports = [d.split(",")[1] for d in devs(argv) if d.startswith("pcie-root-port")]
     assert ports == [
         "id=rp-net0",
         "id=rp-vf0",

@@ -236,7 +236,12 @@ def test_calico_slash32_with_link_local_gateway(net: Net, client: str) -> None:
     """A /32 pod address reaches 169.254.1.1 through option 121's on-link host route."""
     gateway = "169.254.1.1"
     net.serve(*full_args(net, prefix=32, router=gateway))
-    {"dhclient": run_dhclient, "dhcpcd": run_dhcpcd, "udhcpc": run_udhcpc}[client](net)
+    if client == "dhclient":
+        run_dhclient(net)
+    elif client == "dhcpcd":
+        run_dhcpcd(net)
+    else:
+        run_udhcpc(net)
     assert_configured(net, prefix=32, gateway=gateway)
     host_routes = [r for r in net.routes() if r["dst"] in (gateway, f"{gateway}/32")]
     if client == "udhcpc":

@@ -1,0 +1,140 @@
+"""The plan's DHCP configuration served by the project's own ``python -m dhcp serve``.
+
+The guest side (stand-in veth peer in the guest netns) runs real ISC dhclient for
+DHCPv4 and DHCPv6 and must obtain exactly the addresses the plan promises: the pod's
+own addresses for the bridge binding, 10.0.2.2 / fd10:0:2::2 for masquerade. The
+mapping from plan dataclasses to the server's command line (``serve_argv``) is what the
+composition root will do in-process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.network import PlanOptions, apply, discover, plan
+from launcher.network.plan import NicPlan
+
+from .netns import Topology, nsrun, ping, sh, wait_for
+from .runner import build_spec
+
+
+def serve_argv(nic: NicPlan) -> list[str]:
+    """``python -m dhcp serve`` arguments for one planned NIC."""
+    argv = [sys.executable, "-m", "dhcp", "serve", "-i", nic.bridge.name, "--log-level", "debug"]
+    d4 = nic.dhcp4
+    if d4 is not None:
+        argv += [
+            "--lease",
+            f"{d4.client_mac}={d4.address}",
+            "--server-address",
+            str(d4.server_address),
+            "--lease-time",
+            str(d4.lease_time_s),
+        ]
+        if d4.routers:
+            argv += ["--router", str(d4.routers[0])]
+        if d4.mtu:
+            argv += ["--mtu", str(d4.mtu)]
+        if d4.hostname:
+            argv += ["--hostname", d4.hostname]
+        if d4.dns:
+            argv += ["--dns", *map(str, d4.dns)]
+        extra = [f"{dst}={hop}" for dst, hop in d4.classless_routes if dst.prefixlen]
+        if extra:
+            argv += ["--route", *extra]
+    d6, ra = nic.dhcp6, nic.ra
+    if d6 is not None and ra is not None:
+        plen = ra.prefixes[0].prefixlen if ra.prefixes else 128
+        argv += [
+            "--lease6",
+            f"{d6.client_mac}={d6.address}/{plen}",
+            "--ra",
+            "--ra-lifetime",
+            str(ra.router_lifetime_s),
+        ]
+        for prefix in ra.prefixes:
+            argv += ["--ra-prefix", str(prefix)]
+        if d6.dns:
+            argv += ["--dns6", *map(str, d6.dns)]
+    return argv
+
+
+def _dhclient(ns: str, dev: str, family: str, workdir: Path) -> str:
+    lease = workdir / f"lease{family}"
+    lease.unlink(missing_ok=True)
+    nsrun(
+        ns,
+        "dhclient",
+        f"-{family}",
+        "-1",
+        "-v",
+        "-lf",
+        str(lease),
+        "-pf",
+        str(workdir / f"pid{family}"),
+        "-sf",
+        "/bin/true",
+        dev,
+        check=False,
+        timeout=40,
+    )
+    nsrun(ns, "dhclient", f"-{family}", "-x", "-pf", str(workdir / f"pid{family}"), check=False)
+    return lease.read_text() if lease.exists() else ""
+
+
+@pytest.mark.parametrize("binding", ["bridge", "masquerade"])
+def test_guest_side_gets_planned_addresses_by_dhcp(
+    topo: Topology, tmp_path: Path, binding: str
+) -> None:
+    topo.create()
+    state = tmp_path / "state"
+    spec = build_spec(binding, 1, "80")
+    p = plan(
+        spec, discover(topo.pod, state, hostname="pod-host"), PlanOptions(stand_in_netns=topo.guest)
+    )
+    apply(p, state, netns=topo.pod)
+    nic = p.nics[0]
+    assert nic.dhcp4 is not None and nic.dhcp6 is not None
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", topo.pod, *serve_argv(nic)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115
+        cwd=str(Path(__file__).resolve().parents[3]),
+    )
+    try:
+        assert wait_for(
+            lambda: "tentative" not in nsrun(topo.guest, "ip", "-6", "addr", "show", "vlg0").stdout,
+            timeout=10,
+        )
+        lease4 = _dhclient(topo.guest, "vlg0", "4", tmp_path)
+        lease6 = _dhclient(topo.guest, "vlg0", "6", tmp_path)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=5)
+    log = (tmp_path / "server.log").read_text()
+    want4 = "10.77.0.5" if binding == "bridge" else "10.0.2.2"
+    want6 = "fd77::5" if binding == "bridge" else "fd10:0:2::2"
+    assert re.search(rf"fixed-address {re.escape(want4)};", lease4), (lease4, log[-2000:])
+    assert f"option interface-mtu {nic.dhcp4.mtu};" in lease4
+    if nic.dhcp4.routers:
+        assert f"option routers {nic.dhcp4.routers[0]};" in lease4
+    assert re.search(rf"iaaddr {re.escape(want6)} ", lease6), (lease6, log[-2000:])
+    # the leased addresses, put on the guest side, are reachable from the peer
+    if binding == "bridge":
+        plen = re.search(r"option subnet-mask ([\d.]+);", lease4)
+        assert plen is not None
+        mask = ipaddress.IPv4Network(f"0.0.0.0/{plen.group(1)}").prefixlen
+        sh("ip", "-n", topo.guest, "addr", "add", f"{want4}/{mask}", "dev", "vlg0")
+        sh("ip", "-n", topo.guest, "addr", "add", f"{want6}/64", "dev", "vlg0", "nodad")
+        assert wait_for(lambda: ping(topo.peer, want4), timeout=10)
+        assert wait_for(lambda: ping(topo.peer, want6), timeout=10)

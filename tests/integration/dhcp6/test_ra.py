@@ -1,0 +1,104 @@
+"""Router advertisements and guest matching, checked with real tools in real namespaces.
+
+``rdisc6`` (ndisc6) solicits and prints the advert it got; the client kernel
+(``accept_ra=1``) installs and, after the final lifetime-0 advert on SIGTERM, removes
+the default route; ``--ra-slaac`` makes the kernel autoconfigure from the prefix; and
+a dhclient whose DUID carries no MAC (DUID-EN) is still matched by its frame's source
+MAC through the server's AF_PACKET receive path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import subprocess
+import time
+
+from tests.integration.dhcp6.conftest import DNS6, GUEST_ADDR, MTU, SEARCH, V6Net, sh
+
+
+def _rdisc6(v6: V6Net) -> str:
+    res = sh("ip", "netns", "exec", v6.cns, "rdisc6", "-1", "-r", "3", "-w", "1500", v6.cif)
+    return res.stdout
+
+
+def _field(text: str, name: str) -> str:
+    m = re.search(rf"^\s*{re.escape(name)}\s*:\s*(.+?)\s*$", text, re.MULTILINE)
+    assert m, f"{name!r} missing from rdisc6 output:\n{text}"
+    return m.group(1)
+
+
+def test_rdisc6_sees_complete_advert(v6: V6Net) -> None:
+    v6.serve("--ra-lifetime", "900")
+    out = _rdisc6(v6)
+    assert _field(out, "Stateful address conf.") == "Yes"
+    assert _field(out, "Stateful other conf.") == "Yes"
+    assert _field(out, "Router lifetime").startswith("900 ")
+    assert _field(out, "MTU").startswith(f"{MTU} bytes")
+    assert _field(out, "Prefix") == "fd00:d6::/64"
+    assert _field(out, "On-link") == "Yes"
+    assert _field(out, "Autonomous address conf.") == "No"
+    assert _field(out, "Recursive DNS server") == DNS6
+    assert _field(out, "DNS search list").split() == list(SEARCH)
+    m = re.search(r"^\s*from (\S+)\s*$", out, re.MULTILINE)
+    assert m and m.group(1) == v6.server_link_local(), out
+    mac = sh("ip", "netns", "exec", v6.sns, "cat", f"/sys/class/net/{v6.sif}/address").stdout
+    assert _field(out, "Source link-layer address").lower() == mac.strip()
+
+
+def _default_gateways(v6: V6Net) -> list[object]:
+    return [g for g, _dev in v6.client_state()["gateways"]]
+
+
+def test_final_advert_removes_default_route(v6: V6Net) -> None:
+    proc = v6.serve()
+    ll = v6.server_link_local()
+    deadline = time.monotonic() + 15
+    while ll not in _default_gateways(v6) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ll in _default_gateways(v6), "the first unsolicited RA installed no default route"
+    v6.stop(proc)
+    assert proc.returncode == 0
+    deadline = time.monotonic() + 5
+    while ll in _default_gateways(v6) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ll not in _default_gateways(v6), "default route survived the final RA"
+
+
+def test_slaac_mode_lets_the_kernel_autoconfigure(v6: V6Net) -> None:
+    v6.serve(
+        "--ra", "--ra-slaac", "--ra-prefix", "fd00:d6:1::/64", "--dns6", DNS6, default=False
+    )  # fmt: skip
+    out = _rdisc6(v6)
+    assert _field(out, "Stateful address conf.") == "No"
+    assert _field(out, "Stateful other conf.") == "Yes"
+    assert _field(out, "Autonomous address conf.") == "Yes"
+    deadline = time.monotonic() + 10
+    addrs: list[str] = []
+    while time.monotonic() < deadline:
+        addrs = v6.client_state()["addresses"]
+        if any(ipaddress.IPv6Address(a) in ipaddress.IPv6Network("fd00:d6:1::/64") for a in addrs):
+            break
+        time.sleep(0.1)
+    assert any(ipaddress.IPv6Address(a) in ipaddress.IPv6Network("fd00:d6:1::/64") for a in addrs)
+
+
+def test_duid_without_mac_is_matched_by_frame_source(v6: V6Net) -> None:
+    """dhclient with a DUID-EN (no MAC inside) still gets the MAC-keyed lease."""
+    v6.serve()
+    leases = v6.tmp / "dhclient6.leases"
+    # DUID-EN: type 2, enterprise 32473 (documentation), identifier 01020304.
+    leases.write_text('default-duid "\\000\\002\\000\\000\\176\\331\\001\\002\\003\\004";\n')
+    script = v6.tmp / "dhclient-script"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    pidfile = v6.tmp / "dhclient.pid"
+    v6.pidfiles.append(pidfile)
+    subprocess.run(
+        ["ip", "netns", "exec", v6.cns, "dhclient", "-6", "-1", "-sf", str(script),
+         "-lf", str(leases), "-pf", str(pidfile), v6.cif],
+        check=True, timeout=40, capture_output=True,
+    )  # fmt: skip
+    text = leases.read_text()
+    assert "0:2:0:0:7e:d9:1:2:3:4" in text, text
+    assert f"iaaddr {GUEST_ADDR}" in text, text

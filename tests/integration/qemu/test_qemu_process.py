@@ -356,3 +356,66 @@ async def test_stop_escalates_when_qemu_does_not_answer(tmp_path: Path) -> None:
     assert info.signal == signal.SIGKILL
     assert info.state is VmState.SHUTDOWN
     assert info.cause == "stopped by the launcher (qemu was killed by SIGKILL)"
+
+
+def open_tap_in_netns(netns: str, tap: str, queues: int) -> list[int]:
+    """Open ``tap`` inside ``netns`` from a throwaway thread (setns is per thread)."""
+    import ctypes
+    import threading
+
+    from hypervisor.cloud_hypervisor.taps import open_tap
+
+    result: list[int] = []
+    problem: list[BaseException] = []
+
+    def run() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                raise OSError(ctypes.get_errno(), "setns")
+            result.extend(open_tap(tap, queues))
+        except (OSError, HypervisorError) as err:  # handed to the test thread below
+            problem.append(err)
+        finally:
+            os.close(fd)
+
+    worker = threading.Thread(target=run, name=f"open-{tap}")
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "opening the tap hung"
+    if problem:
+        raise problem[0]
+    return result
+
+
+async def test_tap_fds_at_start_and_by_scm_rights_on_hot_plug(tmp_path: Path, netns: str) -> None:
+    start_fds = open_tap_in_netns(netns, "qm-t0", 2)
+    plug_fds = open_tap_in_netns(netns, "qm-t1", 1)
+    config = bare(nets=(NetDevice("net0", "qm-t0", MAC, 1500, queues=2),), hotplug_ports=1)
+    qemu = Qemu(run_dir=str(tmp_path / "run"), tap_fds={"net0": start_fds}, quit_timeout=5.0)
+    try:
+        await qemu.start(config)
+        assert "fds=" in " ".join(qemu.argv)
+        for fd in start_fds:  # QEMU holds its own copies now
+            os.close(fd)
+        start_fds = []
+        await qemu.add_net(NetDevice("net1", "qm-t1", "52:54:00:71:6d:02", 1500), plug_fds)
+        by_id = await numbered_pci(qemu)
+        hp0_bus = by_id["hp0"]["pci_bridge"]["bus"]["secondary"]  # type: ignore[index]
+        assert by_id["net1"]["bus"] == hp0_bus
+        assert by_id["net0"]["bus"] != 0
+        pid = qemu.pid
+        assert pid is not None
+        # QEMU's fd table holds tun fds: two queues for net0 and one for the hot-plugged net1
+        tun = [
+            fd
+            for fd in os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/net/tun"
+        ]
+        assert len(tun) == 3, tun
+    finally:
+        for fd in start_fds + plug_fds:
+            os.close(fd)
+        await qemu.stop()
+    assert (await qemu.wait()).state is VmState.SHUTDOWN

@@ -8,9 +8,10 @@ reached raises :class:`~launcher.errors.HypervisorError` naming its path.
 
 ``vm.add-net`` with pre-opened tap fds is the one exception: cloud-hypervisor takes those
 fds from the SCM_RIGHTS ancillary data of the request's *own* connection, and aiohttp
-cannot send ancillary data. :meth:`CloudHypervisorClient.add_net` therefore sends that one
-request with the standard library's ``http.client`` over a plain unix socket whose first
-``send`` is a ``socket.send_fds`` (run in a worker thread; the socket timeout bounds it).
+cannot send ancillary data. :meth:`CloudHypervisorClient.add_net` therefore writes that one
+request by hand over a plain unix socket — request line, headers and JSON body in a single
+``socket.send_fds`` — and parses the answer with the standard library's
+``http.client.HTTPResponse`` (in a worker thread; the socket timeout bounds every step).
 """
 
 from __future__ import annotations
@@ -32,35 +33,6 @@ __all__ = ["CloudHypervisorClient", "API_ROOT"]
 log = logging.getLogger(__name__)
 
 API_ROOT = "/api/v1"
-
-
-class _UnixFdConnection(http.client.HTTPConnection):
-    """An HTTPConnection over a unix socket that sends ``fds`` with its first bytes."""
-
-    def __init__(self, path: str, fds: Sequence[int], timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-        self._fds = list(fds)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-    def send(self, data: Any) -> None:
-        if self.sock is None:
-            self.connect()
-        if self._fds and isinstance(data, bytes | bytearray):
-            sent = socket.send_fds(self.sock, [bytes(data)], self._fds)
-            self._fds = []
-            self.sock.sendall(bytes(data)[sent:])
-            return
-        super().send(data)
 
 
 class CloudHypervisorClient:
@@ -127,18 +99,28 @@ class CloudHypervisorClient:
             ) from err
 
     def _put_fds_blocking(self, endpoint: str, body: Any, fds: Sequence[int]) -> tuple[int, str]:
-        conn = _UnixFdConnection(self.socket_path, fds, self.timeout)
-        try:
-            conn.request(
-                "PUT",
-                f"{API_ROOT}/{endpoint}",
-                body=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-            )
-            resp = conn.getresponse()
-            return resp.status, resp.read().decode(errors="replace")
-        finally:
-            conn.close()
+        payload = json.dumps(body).encode()
+        head = (
+            f"PUT {API_ROOT}/{endpoint} HTTP/1.1\r\n"
+            "Host: localhost\r\n"
+            "Accept: application/json\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n"
+            "\r\n"
+        ).encode()
+        request = head + payload
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+            # The whole request and the fds in one sendmsg: the VMM gets both together.
+            sent = socket.send_fds(sock, [request], list(fds))
+            sock.sendall(request[sent:])
+            resp = http.client.HTTPResponse(sock, method="PUT")
+            try:
+                resp.begin()
+                return resp.status, resp.read().decode(errors="replace")
+            finally:
+                resp.close()
 
     async def put_with_fds(self, endpoint: str, body: Any, fds: Sequence[int]) -> Any:
         """PUT ``body`` to ``endpoint`` with ``fds`` as SCM_RIGHTS on the same connection."""

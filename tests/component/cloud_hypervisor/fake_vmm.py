@@ -13,8 +13,9 @@ are tested against this server, which *enforces* the real contract instead of ec
   before boot (cold plug) and 200 + PciDeviceInfo after; body on a body-less action → 400;
   wrong method → 400; unknown endpoint → 404; error bodies are a JSON list of messages;
 * file descriptors are received with ``recvmsg``/SCM_RIGHTS on the request's own
-  connection. cloud-hypervisor only uses them on ``vm.add-net`` (and on ``vm.restore``);
-  it silently drops fds sent with ``vm.create`` (``VmCreate`` resets net fds) — the fake
+  connection, and must arrive with the request's first bytes. cloud-hypervisor only
+  uses them on ``vm.add-net`` (and on ``vm.restore``); it silently drops fds sent with
+  ``vm.create`` (``VmCreate`` resets net fds) — the fake
   answers 400 to fds on any endpoint other than ``vm.add-net`` so the client can never rely
   on that. With fds, ``num_queues`` must be 2 × fds and every fd must be open (fstat).
 
@@ -407,6 +408,8 @@ class _FdReader(io.RawIOBase):
         self.sock = sock
         self.fds: list[int] = []
         self.truncated = False
+        self.reads = 0  # reads since the last request was dispatched
+        self.late_fds = False  # fds arrived after the first read of a request
 
     def readable(self) -> bool:
         return True
@@ -420,6 +423,8 @@ class _FdReader(io.RawIOBase):
                 fds = array.array("i")
                 fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
                 self.fds.extend(fds)
+                self.late_fds = self.late_fds or self.reads > 0
+        self.reads += 1
         if flags & socket.MSG_CTRUNC:
             self.truncated = True
         buffer[: len(data)] = data
@@ -444,6 +449,12 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         fds, self._fd_reader.fds = self._fd_reader.fds, []
+        if self._fd_reader.late_fds or self._fd_reader.truncated:
+            self.server.fake.violations.append(
+                f"{self.path}: fds did not arrive with the request's first bytes (or were cut)"
+            )
+        self._fd_reader.reads = 0
+        self._fd_reader.late_fds = False
         answer = self.server.fake.handle(self.command, self.path, raw, fds)
         payload = b"" if answer.body is None else json.dumps(answer.body).encode()
         self.send_response(answer.status)

@@ -21,6 +21,9 @@ GUEST_PANICKED     ``panic``          Failed
 DEVICE_DELETED     ``device-removed`` unchanged
 =================  =================  ===============================================
 
+A STOP whose ``query-status`` says ``internal-error`` (a KVM emulation failure: QEMU stops
+the vCPUs and waits forever) becomes ``internal-error`` and Failed instead of ``paused``.
+
 The process exit is noticed at once (a task awaits ``Process.wait()``, no polling), and
 :meth:`Qemu.wait` returns an :class:`~hypervisor.base.ExitInfo` whose cause says what
 happened: ``guest powered off``, ``stopped by the launcher``, ``guest panicked``,
@@ -171,6 +174,7 @@ class Qemu:
         self._events = _History()
         self._shutdown_event: QmpEvent | None = None
         self._panicked = False
+        self._internal_error = False
         self._stop_requested = False
         self._config: MachineConfig | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -257,7 +261,8 @@ class Qemu:
         except HypervisorError as err:
             await self._kill()
             info = await self.wait()
-            self._set_state(VmState.FAILED)
+            if self._state not in (VmState.SHUTDOWN, VmState.FAILED):
+                self._set_state(VmState.FAILED)
             raise HypervisorError(f"QEMU did not start: {err} ({info.cause})") from err
         except asyncio.CancelledError:
             await self._kill()
@@ -310,11 +315,33 @@ class Qemu:
             mapped = map_event(event)
             if mapped is None:
                 continue
+            if event.name == "STOP":
+                mapped = await self._explain_stop(mapped)
             log.info("qemu event %s", mapped.name, extra={"event": mapped.name, **mapped.details})
             if mapped.state is not None and mapped.state is not VmState.SHUTDOWN:
                 with contextlib.suppress(HypervisorError):
                     self._set_state(mapped.state)
             self._events.append(mapped)
+
+    async def _explain_stop(self, stop: LifecycleEvent) -> LifecycleEvent:
+        """Ask why the vCPUs stopped: a KVM internal error (emulation failure) is a failure.
+
+        QEMU reports ``internal-error`` only as a run state after STOP; the VM then sits
+        stopped forever, so it becomes Failed here instead of an innocent Paused.
+        """
+        try:
+            status = await self._command("query-status")
+        except HypervisorError:
+            return stop  # QEMU is going away; the exit decides the state
+        run_state = str(status.get("status", "")) if isinstance(status, dict) else ""
+        if run_state != "internal-error":
+            return stop
+        self._internal_error = True
+        log.error("the guest stopped with a hypervisor internal error (KVM emulation failure?)")
+        details = {**stop.details, "status": run_state}
+        return LifecycleEvent(
+            "internal-error", stop.source, stop.timestamp, VmState.FAILED, details
+        )
 
     async def _watch_exit(self) -> ExitInfo:
         assert self._proc is not None
@@ -350,6 +377,9 @@ class Qemu:
         reason = str(shutdown.data.get("reason", "")) if shutdown is not None else ""
         if self._panicked or reason == "guest-panic":
             return ExitInfo(code, "guest panicked", VmState.FAILED, sig, tail)
+        if self._internal_error:
+            cause = "the guest stopped with a hypervisor internal error"
+            return ExitInfo(code, cause, VmState.FAILED, sig, tail)
         if code == 0 and shutdown is not None:
             if shutdown.data.get("guest") is True:
                 cause = "guest powered off" if reason != "guest-reset" else "guest reset"

@@ -1,0 +1,102 @@
+"""names, resolv.conf parsing and the state-dir records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from launcher.errors import NetworkError, StateCacheError
+from launcher.network.discover import link_from_json, link_to_json
+from launcher.network.names import bridge_name, derived_mac, stand_in_peer_name, tap_name
+from launcher.network.resolv import parse_resolv_conf
+from launcher.network.state import (
+    PHASE_CONFIGURED,
+    InterfaceRecord,
+    read_record,
+    remove_record,
+    write_record,
+)
+
+from .helpers import pod_link
+
+
+def test_generated_names_fit_ifnamsiz() -> None:
+    for i in (0, 9, 99, 9999):
+        assert len(bridge_name(i)) <= 15 and len(tap_name(i)) <= 15
+        assert len(stand_in_peer_name(i)) <= 15
+    with pytest.raises(NetworkError, match="is not 1-15 characters"):
+        tap_name(10**12)
+
+
+def test_derived_mac_is_stable_local_unicast_and_avoids() -> None:
+    a = derived_mac("seed")
+    assert a == derived_mac("seed") and a != derived_mac("other")
+    first = int(a[:2], 16)
+    assert first & 0x02 and not first & 0x01
+    assert derived_mac("seed", avoid=a) != a
+
+
+def test_parse_resolv_conf() -> None:
+    text = """# kubelet
+nameserver 10.96.0.10
+nameserver fd00:10:96::a%eth0
+nameserver bogus
+nameserver 10.96.0.10
+search ns.svc.cluster.local svc.cluster.local cluster.local.
+options ndots:5
+"""
+    r = parse_resolv_conf(text)
+    assert [str(a) for a in r.nameservers] == ["10.96.0.10", "fd00:10:96::a"]
+    assert [str(a) for a in r.nameservers4] == ["10.96.0.10"]
+    assert r.search == ("ns.svc.cluster.local", "svc.cluster.local", "cluster.local")
+    assert parse_resolv_conf("").nameservers == ()
+
+
+def test_record_roundtrip(tmp_path: Path) -> None:
+    link = pod_link()
+    rec = InterfaceRecord("eth0", "bridge", PHASE_CONFIGURED, link_to_json(link))
+    write_record(tmp_path, rec)
+    got = read_record(tmp_path, "eth0")
+    assert got == rec
+    restored = link_from_json(got.original)
+    assert restored == link and restored.restored
+    remove_record(tmp_path, "eth0")
+    assert read_record(tmp_path, "eth0") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("{nope", "not a valid record"),
+        (
+            json.dumps(
+                {
+                    "version": 9,
+                    "pod_interface": "eth0",
+                    "binding": "bridge",
+                    "phase": "configured",
+                    "original": {},
+                }
+            ),
+            "version 9",
+        ),
+        (
+            json.dumps(
+                {
+                    "version": 1,
+                    "pod_interface": "eth0",
+                    "binding": "bridge",
+                    "phase": "weird",
+                    "original": {},
+                }
+            ),
+            "phase 'weird'",
+        ),
+    ],
+)
+def test_bad_records_are_state_cache_errors(tmp_path: Path, content: str, match: str) -> None:
+    (tmp_path / "net-eth0.json").write_text(content)
+    with pytest.raises(StateCacheError, match=match):
+        read_record(tmp_path, "eth0")

@@ -22,6 +22,7 @@ POD_MAC = "0a:58:0a:f4:01:05"
 
 def pod_link(
     name: str = "eth0",
+    *,
     v4: str | None = "10.244.1.5/24",
     v6: str | None = "fd00:10:244:1::5/64",
     gw4: str | None = "10.244.1.1",

@@ -92,6 +92,9 @@ class Responder:
         self._dynamic: dict[bytes, Lease4] = {}
         self._next = 0
         self._sid = o.enc_ip(config.server_address)
+        # Options depend on the lease's network and hostname, never on the address itself,
+        # so one entry per (network, hostname, kind) serves every lease of a pool.
+        self._cache: dict[tuple[IPv4Network, str | None, int, bool], list[tuple[int, bytes]]] = {}
 
     def lease_for(self, mac: bytes, allocate: bool) -> Lease4 | None:
         """The static lease of ``mac``, else its pool address (allocated on DISCOVER)."""
@@ -101,11 +104,9 @@ class Responder:
         pool = self.config.pool
         if self._next >= pool.size:
             return None
-        address = IPv4Address(int(pool.start) + self._next)
+        address = IPv4Interface((int(pool.start) + self._next, pool.prefix))
         self._next += 1
-        lease = Lease4(
-            mac=":".join(f"{b:02x}" for b in mac), address=IPv4Interface(f"{address}/{pool.prefix}")
-        )
+        lease = Lease4(mac=mac.hex(":"), address=address)
         self._dynamic[mac] = lease
         return lease
 
@@ -223,6 +224,17 @@ class Responder:
         self, lease: Lease4, kind: int, inform: bool, client_id: bytes | None
     ) -> list[tuple[int, bytes]]:
         """Every option this lease can carry, in the order sent without a request list."""
+        key = (lease.address.network, lease.hostname, kind, inform)
+        opts = self._cache.get(key)
+        if opts is None:
+            if len(self._cache) >= 1024:
+                self._cache.clear()
+            opts = self._cache[key] = self._compute_options(lease, kind, inform)
+        if client_id is not None:
+            return [*opts, (o.CLIENT_ID, client_id)]
+        return opts
+
+    def _compute_options(self, lease: Lease4, kind: int, inform: bool) -> list[tuple[int, bytes]]:
         cfg = self.config
         addr = lease.address
         opts: list[tuple[int, bytes]] = [
@@ -261,8 +273,6 @@ class Responder:
         if cfg.boot_file:
             opts.append((o.BOOT_FILE, o.enc_text(cfg.boot_file)))
         opts += list(cfg.private_options)
-        if client_id is not None:
-            opts.append((o.CLIENT_ID, client_id))
         return opts
 
     def routes_for(self, lease: Lease4) -> list[tuple[IPv4Network, IPv4Address]]:

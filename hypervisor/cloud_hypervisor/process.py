@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from launcher.errors import HypervisorError
 
@@ -124,15 +124,13 @@ class VmmProcess:
 
     async def _pump_stderr(self) -> None:
         assert self._proc.stderr is not None
-        while line := await self._proc.stderr.readline():
-            text = line.decode(errors="replace").rstrip()
-            self._stderr.append(text)
-            log.info("cloud-hypervisor: %s", text)
+        async for text in _lines(self._proc.stderr, "stderr"):
+            self._stderr.append(text.rstrip())
+            log.info("cloud-hypervisor: %s", text.rstrip())
 
     async def _pump_stdout(self) -> None:
         assert self._proc.stdout is not None
-        while line := await self._proc.stdout.readline():
-            text = line.decode(errors="replace").rstrip("\r\n")
+        async for text in _lines(self._proc.stdout, "serial console"):
             serial_log.info("%s", text)
             if self._on_serial is not None:
                 self._on_serial(text)
@@ -141,7 +139,7 @@ class VmmProcess:
         code = await self._proc.wait()
         # Drain what the process wrote before it died (bounded: the pipes are at EOF soon).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._readers), 2.0)
+            await asyncio.wait_for(asyncio.gather(*self._readers, return_exceptions=True), 2.0)
         log.info("cloud-hypervisor exited", extra={"pid": self.pid, "returncode": code})
         return code
 
@@ -180,6 +178,22 @@ class VmmProcess:
         for task in self._readers:
             task.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+async def _lines(stream: asyncio.StreamReader, what: str) -> AsyncIterator[str]:
+    """Decoded lines until EOF; a line over the stream limit is dropped, not fatal.
+
+    A reader that stopped would let the pipe fill and block the VMM on its next write.
+    """
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:  # longer than the limit; asyncio has discarded it
+            log.warning("dropped an over-long line from the cloud-hypervisor %s", what)
+            continue
+        if not line:
+            return
+        yield line.decode(errors="replace").rstrip("\r\n")
 
 
 def _connectable(path: str) -> bool:

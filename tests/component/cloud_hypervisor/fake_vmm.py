@@ -28,9 +28,10 @@ path=… --event-monitor fd=N``) it behaves like the ``cloud-hypervisor`` execut
 process-level tests: creates the socket, writes pretty-printed events + blank line to fd
 N, exits 0 on ``vmm.shutdown``/SIGTERM/guest power-off. ``FAKE_CH_MODE`` selects faults:
 ``exit-early`` (exit 1 with an stderr line before the socket exists), ``no-socket``,
-``stubborn`` (ignores vmm.shutdown and SIGTERM), ``die-on-boot`` (exit 3 when vm.boot
-arrives), ``panic`` (guest panic event after boot), ``ignore-power`` (guest ignores the
-power button). ``FAKE_CH_RECORD=<file>`` writes the received fds' metadata as JSON.
+``stubborn`` (ignores vmm.shutdown and SIGTERM), ``long-serial`` (a 200 kB serial line),
+``die-on-boot`` (exit 3 when vm.boot arrives), ``panic`` (guest panic event after
+boot), ``ignore-power`` (guest ignores the power button). ``FAKE_CH_RECORD=<file>``
+writes the received fds' metadata, the requests and any contract violations as JSON.
 """
 
 from __future__ import annotations
@@ -551,6 +552,8 @@ def main(argv: list[str]) -> int:
     if mode == "exit-early":
         sys.stderr.write("Error: Failed to open /dev/kvm: No such file or directory (fake)\n")
         return 1
+    if mode == "long-serial":  # one line far over asyncio's 64 KiB line limit
+        print("x" * 200_000, flush=True)
     print("fake cloud-hypervisor serial console", flush=True)
     emit = event_writer(int(monitor)) if monitor is not None else None
     if emit is not None:

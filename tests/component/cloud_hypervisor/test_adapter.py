@@ -282,6 +282,21 @@ async def test_hot_plug_and_unplug(vmm: CloudHypervisor, taps: PipeTaps, record:
     assert "net2" in data["devices"]
 
 
+async def test_over_long_serial_line_is_dropped_not_fatal(
+    vmm: CloudHypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_CH_MODE", "long-serial")
+    serial: list[str] = []
+    vmm.on_serial = serial.append
+    await vmm.start(MACHINE)
+    for _ in range(100):
+        if serial:
+            break
+        await asyncio.sleep(0.02)
+    assert serial == ["fake cloud-hypervisor serial console"]
+    assert state_of(vmm) is VmState.RUNNING
+
+
 async def test_operations_in_wrong_state(vmm: CloudHypervisor) -> None:
     with pytest.raises(StateError, match="needs state Running but the VM is Created"):
         await vmm.power_button()

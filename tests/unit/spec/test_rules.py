@@ -594,3 +594,116 @@ def test_every_problem_collected_in_one_error() -> None:
     inst["cpu"]["sockets"] = 0
     doc["spec"]["networks"][0]["extra"] = True
     assert len(problems(doc)) == 4
+
+
+# -- more one-of and unsupported rules ---------------------------------------------------------
+
+
+def test_vdpa_not_on_pod_network() -> None:
+    doc = virtink()
+    doc["spec"]["instance"]["interfaces"][0] = {"name": "pod", "vdpa": {"numQueues": 0}}
+    assert problems(doc) == [
+        f"{INST}.interfaces[0].vdpa.numQueues: 0 is less than 1",
+        f"{INST}.interfaces[0].vdpa: vdpa needs a multus (secondary) network, but "
+        '"pod" is the pod network',
+    ]
+    doc["spec"]["instance"]["interfaces"][0]["vdpa"] = {"numQueues": 4, "iommu": True}
+    assert problems(doc) == [
+        f"{INST}.interfaces[0].vdpa: vdpa needs a multus (secondary) network, but "
+        '"pod" is the pod network'
+    ]
+
+
+def test_second_multus_default() -> None:
+    doc = kubevirt_vmi()
+    spec = doc["spec"]
+    spec["domain"]["devices"]["interfaces"] = [
+        {"name": "a", "bridge": {}},
+        {"name": "b", "bridge": {}},
+    ]
+    spec["networks"] = [
+        {"name": "a", "multus": {"networkName": "n1", "default": True}},
+        {"name": "b", "multus": {"networkName": "n2", "default": True}},
+    ]
+    assert problems(doc) == [
+        'spec.networks[1].multus.default: "b" is a second default network '
+        "(spec.networks[0].multus.default is the first)"
+    ]
+
+
+def test_invalid_network_does_not_cascade() -> None:
+    doc = virtink()
+    doc["spec"]["networks"][0] = {"name": "pod", "multus": {"networkName": "Bad_Name"}}
+    assert problems(doc) == [
+        'spec.networks[0].multus.networkName: "Bad_Name" is not a NetworkAttachmentDefinition '
+        "name (name or namespace/name)"
+    ]
+
+
+def test_disk_types_one_of_and_unsupported() -> None:
+    doc = kubevirt_vm()
+    disks = vmi_of(doc)["domain"]["devices"]["disks"]
+    disks[0] = {"name": "root", "disk": {}, "cdrom": {}}
+    assert problems(doc) == [
+        f"{DEV}.disks[0]: has 2 disk types (disk, cdrom); exactly one is allowed"
+    ]
+    disks[0] = {"name": "root", "lun": {}}
+    assert problems(doc) == [f"{DEV}.disks[0].lun: lun disks are not supported"]
+
+
+def test_instancetype_and_cloud_init_secrets_refused() -> None:
+    doc = kubevirt_vm()
+    doc["spec"]["instancetype"] = {"name": "u1.small"}
+    vmi_of(doc)["volumes"].append({"name": "ci", "cloudInitNoCloud": {"secretRef": {"name": "s"}}})
+    assert problems(doc) == [
+        "spec.instancetype: instancetype is not supported: give the launcher the expanded "
+        "instance spec",
+        f"{VM}.volumes[1].cloudInitNoCloud.secretRef: secrets are not supported: inline the "
+        "data or mount it",
+    ]
+
+
+def test_host_disk_type() -> None:
+    doc = kubevirt_vm()
+    vmi_of(doc)["volumes"].append({"name": "h", "hostDisk": {"path": "/x", "type": "File"}})
+    assert problems(doc) == [
+        f'{VM}.volumes[1].hostDisk.type: "File" is not one of Disk, DiskOrCreate'
+    ]
+
+
+def test_metadata_defaults_and_vmi_labels() -> None:
+    spec = ok(kubevirt_vmi())
+    assert (spec.namespace, spec.name, spec.labels) == ("default", "vmi3", ())
+    doc = kubevirt_vmi()
+    doc["metadata"].update({"namespace": "prod", "uid": "u-1", "labels": {"k": "v"}})
+    spec = ok(doc)
+    assert (spec.namespace, spec.uid, spec.labels) == ("prod", "u-1", (("k", "v"),))
+    vm = ok(kubevirt_vm())
+    assert vm.labels == (("app", "x"),)  # from spec.template.metadata, not metadata
+
+
+def test_virtink_cpu_and_kernel() -> None:
+    doc = virtink()
+    doc["spec"]["instance"]["cpu"] = {
+        "sockets": 2,
+        "coresPerSocket": 3,
+        "dedicatedCPUPlacement": True,
+    }
+    doc["spec"]["instance"]["kernel"] = {"image": "k", "cmdline": "console=ttyS0"}
+    spec = ok(doc)
+    assert (spec.cpu.sockets, spec.cpu.cores, spec.cpu.threads, spec.cpu.dedicated) == (
+        2,
+        3,
+        1,
+        True,
+    )
+    assert spec.kernel is not None
+    assert (spec.kernel.image, spec.kernel.cmdline) == ("k", "console=ttyS0")
+    doc["spec"]["instance"]["kernel"] = {"cmdline": "x"}
+    assert problems(doc) == [f"{INST}.kernel.image: is required"]
+
+
+def test_empty_string_refused() -> None:
+    doc = virtink()
+    doc["spec"]["volumes"][0]["containerDisk"]["image"] = "  "
+    assert problems(doc) == ["spec.volumes[0].containerDisk.image: must not be empty"]

@@ -172,8 +172,12 @@ class CloudHypervisor:
     async def power_button(self) -> None:
         """``vm.power-button``: ask the guest to power off."""
         require("power_button", self._state)
-        await self._api().power_button()
-        self._guest_off = True
+        self._guest_off = True  # before the call: the guest may be gone before it returns
+        try:
+            await self._api().power_button()
+        except BaseException:
+            self._guest_off = False
+            raise
 
     async def stop(self) -> None:
         """``vmm.shutdown``, then SIGTERM, then SIGKILL, each bounded by ``stop_timeout``."""

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -37,7 +38,36 @@ SHAPES: dict[tuple[str, str], Callable[[Fields], Draft]] = {
 }
 _API_VERSIONS = sorted({api for api, _ in SHAPES})
 
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """The safe loader (libyaml's when available) refusing duplicate mapping keys.
+
+    PyYAML keeps the last of two equal keys; a manifest with ``interfaces:`` twice would
+    silently lose the first list, so a duplicate is reported like a syntax error.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {show(key_node.value)}", key_node.start_mark
+                    )
+                seen.add(key_node.value)
+        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return result
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {show(key)}")
+        out[key] = value
+    return out
 
 
 def load(path: str | Path) -> VmSpec:
@@ -71,9 +101,11 @@ def _decode(text: str, source: str) -> object:
         raise SpecError([Problem(source, "the spec file is empty")])
     if text.lstrip().startswith(("{", "[")):
         try:
-            return json.loads(text)
-        except (ValueError, RecursionError):
-            pass  # YAML flow style also starts with a brace; let the YAML parser judge
+            return json.loads(text, object_pairs_hook=_no_duplicates)
+        except (ValueError, RecursionError) as err:
+            if str(err).startswith("duplicate key"):
+                raise SpecError([Problem(source, f"is not valid JSON: {err}")]) from err
+            # YAML flow style also starts with a brace; let the YAML parser judge
     try:
         documents = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
     except yaml.MarkedYAMLError as err:

@@ -140,3 +140,29 @@ def test_yaml_flow_style_starting_with_brace(tmp_path: Path) -> None:
     )
     spec = load(path)
     assert (spec.name, spec.memory_bytes) == ("f", 64 << 20)
+
+
+def test_duplicate_yaml_key_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nkind: VirtualMachine\n"
+    )
+    assert lines(path) == [
+        f'{path}: is not valid YAML or JSON: duplicate key "kind" at line 3, column 1'
+    ]
+
+
+def test_duplicate_json_key_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.json"
+    path.write_text('{"kind": "VirtualMachine", "kind": "Pod"}')
+    assert lines(path) == [f'{path}: is not valid JSON: duplicate key "kind"']
+
+
+def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: m}\n"
+        "spec:\n  domain:\n    memory: &mem {guest: 1Gi}\n"
+        "    resources:\n      requests:\n        <<: {memory: 2Gi}\n"
+    )
+    assert load(path).memory_bytes == 1 << 30

@@ -1,4 +1,4 @@
-"""Real DHCP clients (ISC dhclient, dhcpcd, busybox udhcpc) get leases from `python -m dhcp`.
+"""dhclient, dhcpcd, udhcpc and systemd-networkd get leases from `python -m dhcp serve`.
 
 Each test runs the server in one netns and a client in another, then checks what the
 client actually configured: ``ip -j addr``/``ip -j route``, the link MTU and the
@@ -8,10 +8,13 @@ resolv.conf (or lease dump) the client wrote to a per-test path. Clients run und
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import stat
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +170,72 @@ def run_dhcpcd(net: Net) -> dict[str, str]:
     return values
 
 
+NETWORKD_UNIT = """\
+[Match]
+Name={iface}
+[Network]
+DHCP=ipv4
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+[DHCPv4]
+UseDNS=yes
+UseDomains=yes
+UseMTU=yes
+UseHostname=no
+"""
+
+NETWORKD_RUN = """\
+#!/bin/sh
+set -e
+mount --make-rprivate /
+mount --bind {tmp}/network /etc/systemd/network
+chown systemd-network:systemd-network {tmp}/netif
+mount --bind {tmp}/netif /run/systemd/netif
+mount -o remount,ro /sys
+exec /lib/systemd/systemd-networkd
+"""
+
+
+def run_networkd(net: Net) -> dict[str, str]:
+    """systemd-networkd in its own mount namespace: its config dir and /run/systemd/netif
+    are per-test folders, /sys is read-only (so it does not wait for udev). Returns the
+    state it wrote for the link (``links/IFINDEX``: DNS, DOMAINS) merged with its lease."""
+    (net.tmp / "network").mkdir()
+    (net.tmp / "netif").mkdir()
+    (net.tmp / "network" / "10-d4.network").write_text(NETWORKD_UNIT.format(iface=net.cif))
+    script = _executable(net.tmp / "networkd.sh", NETWORKD_RUN.format(tmp=net.tmp))
+    log = (net.tmp / "networkd.log").open("w")
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", net.cns, "unshare", "-m", str(script)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    net.procs.append(proc)
+    ifindex = json.loads(net.client("ip", "-j", "link", "show", "dev", net.cif).stdout)[0]
+    links = net.tmp / "netif" / "links" / str(ifindex["ifindex"])
+    lease = net.tmp / "netif" / "leases" / str(ifindex["ifindex"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if links.exists() and "OPER_STATE=routable" in links.read_text() and lease.exists():
+            break
+        if proc.poll() is not None:
+            output = (net.tmp / "networkd.log").read_text()
+            pytest.fail(f"systemd-networkd exited {proc.returncode}: {output}")
+        time.sleep(0.2)
+    else:
+        pytest.fail(
+            f"systemd-networkd got no lease in 30 s: {(net.tmp / 'networkd.log').read_text()}"
+        )
+    values: dict[str, str] = {}
+    for path in (lease, links):
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key] = value
+    return values
+
+
 # ------------------------------------------------------------------ checks
 
 
@@ -231,7 +300,19 @@ def test_udhcpc_full_lease(net: Net) -> None:
     assert env["hostname"] == "guest1"
 
 
-@pytest.mark.parametrize("client", ["dhclient", "dhcpcd", "udhcpc"])
+def test_systemd_networkd_full_lease(net: Net) -> None:
+    net.serve(*full_args(net))
+    state = run_networkd(net)
+    assert_configured(net)
+    assert net.mtu() == MTU
+    assert state["DNS"].split() == list(DNS), state
+    assert state["DOMAIN_SEARCH_LIST"].split() == list(SEARCH), state
+    # networkd's resolver domains: option 15 first, then the option 119 list.
+    assert state["DOMAINS"].split() == ["cluster.local", *SEARCH], state
+    assert state["SERVER_ADDRESS"] == SERVER_ADDRESS
+
+
+@pytest.mark.parametrize("client", ["dhclient", "dhcpcd", "udhcpc", "networkd"])
 def test_calico_slash32_with_link_local_gateway(net: Net, client: str) -> None:
     """A /32 pod address reaches 169.254.1.1 through option 121's on-link host route."""
     gateway = "169.254.1.1"
@@ -240,6 +321,8 @@ def test_calico_slash32_with_link_local_gateway(net: Net, client: str) -> None:
         run_dhclient(net)
     elif client == "dhcpcd":
         run_dhcpcd(net)
+    elif client == "networkd":
+        run_networkd(net)
     else:
         run_udhcpc(net)
     assert_configured(net, prefix=32, gateway=gateway)

@@ -191,8 +191,12 @@ def _wait_link_local(ns: str, ifname: str, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
-def v6(tmp_path: Path) -> Iterator[V6Net]:
-    """A fresh namespace pair; removed with everything in it afterwards."""
+def v6(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[V6Net]:
+    """A fresh namespace pair; removed with everything in it afterwards.
+
+    With ``D6_CAPTURE_DIR`` set, tcpdump records the link's DHCPv6 and ICMPv6 traffic
+    into ``<dir>/<test>.pcap`` (how tests/data/dhcp6/ was made).
+    """
     net = V6Net(next(_counter), tmp_path)
     for ns in (net.sns, net.cns):
         sh("ip", "netns", "del", ns, check=False)
@@ -211,6 +215,17 @@ def v6(tmp_path: Path) -> Iterator[V6Net]:
         sh("ip", "-n", net.cns, "link", "set", net.cif, "up")
         _wait_link_local(net.sns, net.sif)
         _wait_link_local(net.cns, net.cif)
+        capture = os.environ.get("D6_CAPTURE_DIR")
+        if capture:
+            pcap = Path(capture) / f"{request.node.name}.pcap"
+            dump = subprocess.Popen(
+                ["ip", "netns", "exec", net.sns, "tcpdump", "-i", net.sif,
+                 "-U", "--immediate-mode", "-w", str(pcap),
+                 "udp port 546 or udp port 547 or icmp6"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            net.procs.insert(0, dump)
+            time.sleep(1.0)
         yield net
     finally:
         for pf in net.pidfiles:

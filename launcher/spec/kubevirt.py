@@ -312,7 +312,10 @@ def _read_interface(item: Fields) -> Interface | None:
     binding: Binding = Bridge()  # KubeVirt's default binding
     if chosen is not None:
         key, inner = chosen
-        binding = Masquerade() if key == "masquerade" else Sriov() if key == "sriov" else binding
+        if key == "masquerade":
+            binding = Masquerade()
+        elif key == "sriov":
+            binding = Sriov()
         inner.finish()
     ports = _read_ports(item, binding)
     if ports and isinstance(binding, Masquerade):

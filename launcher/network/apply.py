@@ -20,7 +20,7 @@ from pathlib import Path
 from launcher.errors import NetworkError, StateCacheError
 
 from .discover import link_to_json
-from .netlink import Link, Netlink
+from .netlink import Link, Netlink, Route
 from .nftables import apply_ruleset, delete_tables, list_tables
 from .plan import NetworkPlan, NicPlan
 from .state import (
@@ -48,12 +48,30 @@ class ApplyResult:
 
 
 class _Changes:
-    def __init__(self) -> None:
+    """Counts changes and caches the live link/route view until something changes."""
+
+    def __init__(self, nl: Netlink) -> None:
+        self.nl = nl
         self.count = 0
+        self._links: dict[str, Link] | None = None
+        self._routes: set[Route] | None = None
 
     def __call__(self, what: str) -> None:
         self.count += 1
+        self._links = None
+        self._routes = None
         log.info("network change: %s", what)
+
+    def links(self) -> dict[str, Link]:
+        if self._links is None:
+            self._links = {lk.name: lk for lk in self.nl.links()}
+        return self._links
+
+    def routes(self) -> set[Route]:
+        if self._routes is None:
+            links = self.links()
+            self._routes = set(self.nl.routes({lk.index: n for n, lk in links.items()}))
+        return self._routes
 
 
 def _begin(state_dir: Path, nic: NicPlan) -> None:
@@ -95,12 +113,8 @@ def _finish(state_dir: Path, nic: NicPlan) -> None:
     )
 
 
-def _links(nl: Netlink) -> dict[str, Link]:
-    return {lk.name: lk for lk in nl.links()}
-
-
 def _create_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
-    links = _links(nl)
+    links = changed.links()
     br = nic.bridge
     have = links.get(br.name)
     if have is None:
@@ -130,7 +144,7 @@ def _create_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
 
 
 def _configure_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
-    links = _links(nl)
+    links = changed.links()
     br = nic.bridge
     have = links[br.name]
     if have.mac != br.mac or have.mtu != br.mtu:
@@ -155,7 +169,7 @@ def _configure_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
             nl.set_link(port.name, up=False)
             nl.set_link(port.name, mac=port.new_mac)
             changed(f"changed {port.name} MAC to {port.new_mac}")
-            pod = _links(nl)[port.name]  # link down drops IPv6 addresses
+            pod = changed.links()[port.name]  # link down drops IPv6 addresses
         for addr in port.remove_addresses:
             if addr in pod.addresses:
                 nl.del_address(port.name, addr)
@@ -163,19 +177,19 @@ def _configure_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
         if pod.master != port.bridge:
             nl.set_link(port.name, master=port.bridge)
             changed(f"attached {port.name} to {port.bridge}")
-        pod = _links(nl)[port.name]
+        pod = changed.links()[port.name]
         if pod.learning is not port.learning:
             nl.set_learning(port.name, port.learning)
             changed(f"set learning={port.learning} on {port.name}")
         if not pod.up:
             nl.set_link(port.name, up=True)
             changed(f"set {port.name} up")
-    present = set(_links(nl)[br.name].addresses)
+    present = set(changed.links()[br.name].addresses)
     for addr in br.addresses:
         if addr not in present:
             nl.add_address(br.name, addr)
             changed(f"added {addr} to {br.name}")
-    routes = set(nl.routes())
+    routes = changed.routes()
     for route in nic.routes:
         if route not in routes:
             nl.add_route(route)
@@ -206,16 +220,16 @@ def apply(
 ) -> ApplyResult:
     """Make the pod netns (``netns`` name, or the current one) match ``plan``."""
     state_dir = Path(state_dir)
-    changed = _Changes()
     for nic in plan.nics:
         _begin(state_dir, nic)
     with Netlink(netns) as nl:
+        changed = _Changes(nl)
         for nic in plan.nics:
             _create_links(nl, nic, changed)
         changed.count += apply_sysctls(plan.sysctls, netns)
         for nic in plan.nics:
             _configure_links(nl, nic, changed)
-    _apply_nft(plan, state_dir, netns, changed)
+        _apply_nft(plan, state_dir, netns, changed)
     for nic in plan.nics:
         _finish(state_dir, nic)
     return ApplyResult(changes=changed.count)

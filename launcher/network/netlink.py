@@ -160,9 +160,13 @@ class Netlink:
                 return lk
         return None
 
-    def routes(self) -> tuple[Route, ...]:
-        """Unicast routes of the main table except kernel prefix routes, IPv4 then IPv6."""
-        names = {lk.index: lk.name for lk in self.links()}
+    def routes(self, names: dict[int, str] | None = None) -> tuple[Route, ...]:
+        """Unicast routes of the main table except kernel prefix routes, IPv4 then IPv6.
+
+        ``names`` maps link index to name (from a ``links()`` the caller already has).
+        """
+        if names is None:
+            names = {lk.index: lk.name for lk in self.links()}
         out: list[Route] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             try:

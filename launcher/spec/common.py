@@ -37,6 +37,7 @@ __all__ = [
     "MAX_VCPUS",
     "MIN_MEMORY",
     "Draft",
+    "check_memory",
     "finalize",
     "parse_cidr",
     "parse_mac",
@@ -138,7 +139,6 @@ class Draft:
     cpu: Cpu = field(default_factory=Cpu)
     cpu_path: str = ""
     memory_bytes: int | None = None
-    memory_path: str = ""
     kernel: KernelBoot | None = None
     interfaces: list[tuple[str, Interface]] = field(default_factory=list)
     networks: list[tuple[str, Network]] = field(default_factory=list)
@@ -172,7 +172,7 @@ def _unique(problems: Problems, items: list[tuple[str, str]], what: str) -> dict
 
 def finalize(draft: Draft, problems: Problems) -> VmSpec | None:
     """Apply the cross-field rules; the :class:`VmSpec`, or None if any problem exists."""
-    _check_cpu_memory(draft, problems)
+    _check_cpu(draft, problems)
     _check_network_pairs(draft, problems)
     disks = _check_disk_pairs(draft, problems)
     _check_boot_order(draft, problems)
@@ -199,7 +199,20 @@ def finalize(draft: Draft, problems: Problems) -> VmSpec | None:
     )
 
 
-def _check_cpu_memory(draft: Draft, problems: Problems) -> None:
+def check_memory(fields: Fields, key: str, size: int | None) -> int | None:
+    """``size`` if it is within 16Mi..16Ti, else a problem at ``key`` and None."""
+    if size is None:
+        return None
+    if size < MIN_MEMORY:
+        fields.problems.add(fields.at(key), f"{size} bytes is less than the minimum of 16Mi")
+        return None
+    if size > MAX_MEMORY:
+        fields.problems.add(fields.at(key), f"{size} bytes is more than the maximum of 16Ti")
+        return None
+    return size
+
+
+def _check_cpu(draft: Draft, problems: Problems) -> None:
     vcpus = draft.cpu.vcpus
     if vcpus > MAX_VCPUS:
         problems.add(
@@ -207,11 +220,6 @@ def _check_cpu_memory(draft: Draft, problems: Problems) -> None:
             f"{draft.cpu.sockets} sockets x {draft.cpu.cores} cores x {draft.cpu.threads} "
             f"threads = {vcpus} vCPUs, more than the maximum of {MAX_VCPUS}",
         )
-    size = draft.memory_bytes
-    if size is not None and size < MIN_MEMORY:
-        problems.add(draft.memory_path, f"{size} bytes is less than the minimum of 16Mi")
-    elif size is not None and size > MAX_MEMORY:
-        problems.add(draft.memory_path, f"{size} bytes is more than the maximum of 16Ti")
 
 
 def _check_network_pairs(draft: Draft, problems: Problems) -> None:

@@ -15,6 +15,7 @@ import ipaddress
 
 from launcher.spec.common import (
     Draft,
+    check_memory,
     parse_cidr,
     parse_dns_label,
     parse_network_name,
@@ -180,7 +181,6 @@ def _draft(shape: SourceShape, base: str) -> Draft:
         disks_path=f"{base}.domain.devices.disks",
         volumes_path=f"{base}.volumes",
         mac_key="macAddress",
-        memory_path=f"{base}.domain.memory.guest",
         cpu_path=f"{base}.domain.cpu",
     )
 
@@ -226,7 +226,7 @@ def _read_domain(domain: Fields, draft: Draft) -> None:
         cpu.finish()
     memory = domain.mapping("memory")
     if memory is not None:
-        draft.memory_bytes = memory.quantity("guest")
+        draft.memory_bytes = check_memory(memory, "guest", memory.quantity("guest"))
         memory.ignore("hugepages", "maxGuest")
         memory.finish()
     resources = domain.mapping("resources")
@@ -238,9 +238,8 @@ def _read_domain(domain: Fields, draft: Draft) -> None:
             requested = requests.quantity("memory")
             requests.ignore(*(k for k in requests.data if isinstance(k, str)))
             requests.finish()
-            if draft.memory_bytes is None and requested is not None:
-                draft.memory_bytes = requested
-                draft.memory_path = requests.at("memory")
+            if draft.memory_bytes is None:
+                draft.memory_bytes = check_memory(requests, "memory", requested)
         resources.ignore("limits", "overcommitGuestOverhead")
         resources.finish()
     memory_given = (memory is not None and memory.present("guest")) or requests_memory

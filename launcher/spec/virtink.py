@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from launcher.spec.common import Draft, parse_cidr, parse_network_name
+from launcher.spec.common import Draft, check_memory, parse_cidr, parse_network_name
 from launcher.spec.model import (
     Binding,
     Bridge,
@@ -59,7 +59,6 @@ def read_virtink(doc: Fields) -> Draft:
         disks_path="spec.instance.disks",
         volumes_path="spec.volumes",
         mac_key="mac",
-        memory_path="spec.instance.memory.size",
         cpu_path="spec.instance.cpu",
     )
     read_metadata(doc, draft)
@@ -97,7 +96,7 @@ def _read_instance(instance: Fields, draft: Draft) -> None:
         cpu.finish()
     memory = instance.mapping("memory", required=True)
     if memory is not None:
-        draft.memory_bytes = memory.quantity("size", required=True)
+        draft.memory_bytes = check_memory(memory, "size", memory.quantity("size", required=True))
         memory.ignore("hugepages")
         memory.finish()
     kernel = instance.mapping("kernel")

@@ -45,7 +45,7 @@ def test_validate_invalid_lists_every_problem(capsys: pytest.CaptureFixture[str]
     assert out == ""
     lines = err.splitlines()
     assert len(lines) == 5
-    assert lines[2] == 'spec.instance.interfaces[1].mac: "zz:11:22:33:44:55" is not a MAC address'
+    assert lines[3] == 'spec.instance.interfaces[1].mac: "zz:11:22:33:44:55" is not a MAC address'
     assert "Traceback" not in err
 
 

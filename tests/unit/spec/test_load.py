@@ -103,14 +103,14 @@ def test_missing_api_version_and_kind(tmp_path: Path) -> None:
     assert lines(path) == ["apiVersion: is required", "kind: is required"]
 
 
-def test_many_problems_all_reported() -> None:
+def test_many_problems_all_reported_in_document_order() -> None:
     assert lines(DATA / "many-problems.yaml") == [
         'spec.instance.cpu.sockets: expected an integer, got a string "two"',
+        "spec.instance.memory.size: 8388608 bytes is less than the minimum of 16Mi",
         'spec.instance.interfaces[0].masquerade.cidr: "10.0.2.0/31" is too small: it needs '
         "at least 4 addresses",
         'spec.instance.interfaces[1].mac: "zz:11:22:33:44:55" is not a MAC address',
         'spec.colour: unknown field "colour"',
-        "spec.instance.memory.size: 8388608 bytes is less than the minimum of 16Mi",
     ]
 
 

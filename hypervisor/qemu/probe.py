@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -124,16 +125,11 @@ def _cache_key(binary: str) -> dict[str, str]:
     except OSError:
         boot_id = "unknown"
     resolved = binary
-    with contextlib.suppress(OSError):
-        found = next(
-            (
-                Path(d) / binary
-                for d in os.environ.get("PATH", "").split(os.pathsep)
-                if (Path(d) / binary).is_file()
-            ),
-            Path(binary),
-        )
-        resolved = f"{found.resolve()}@{int(found.stat().st_mtime)}"
+    found = shutil.which(binary)
+    if found is not None:
+        with contextlib.suppress(OSError):
+            path = Path(found).resolve()
+            resolved = f"{path}@{int(path.stat().st_mtime)}"
     return {"boot_id": boot_id, "binary": resolved}
 
 

@@ -440,3 +440,35 @@ def test_sigterm_and_sigint_exit_zero(net: Net) -> None:
         os.kill(proc.pid, sig)
         assert proc.wait(timeout=10) == 0
         assert shutil.which("ip")
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_relayed_requests_only_with_allow_relay(net: Net, allow: bool) -> None:
+    """perfdhcp sent to the server's unicast address acts as a relay (giaddr = its address)."""
+    net.client("ip", "addr", "add", "169.254.75.2/16", "dev", net.cif)
+    args = ["--pool", "169.254.100.10-169.254.100.20/16", "--server-address", SERVER_ADDRESS]
+    net.serve(*args, *(["--allow-relay"] if allow else []))
+    res = net.client(
+        "perfdhcp",
+        "-4",
+        "-n",
+        "3",
+        "-r",
+        "10",
+        "-R",
+        "3",
+        "-W",
+        "2000000",  # wait 2 s for the last replies before exiting
+        "-l",
+        net.cif,
+        SERVER_ADDRESS,
+        timeout=30,
+        check=False,
+    )
+    if allow:
+        assert res.returncode == 0, res.stdout
+        assert len([e for e in net.server_log() if e["msg"] == "--> ack"]) == 3
+    else:
+        assert res.returncode == 3, res.stdout  # exchanges not completed
+        ignored = [e for e in net.server_log() if e["msg"] == "<-- ignored"]
+        assert ignored and all("relay" in e["reason"] for e in ignored)

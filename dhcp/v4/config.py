@@ -40,8 +40,13 @@ class Lease4:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", normalize_mac(self.mac))
-        if self.hostname is not None and not self.hostname:
-            raise ValueError(f"lease for {self.mac} has an empty hostname")
+        if self.hostname is not None:
+            try:
+                check_domain(self.hostname)
+            except ValueError as err:
+                raise ValueError(
+                    f"hostname {self.hostname!r} of lease {self.mac} is not a DNS name"
+                ) from err
 
     @property
     def mac_bytes(self) -> bytes:
@@ -129,6 +134,8 @@ class Dhcp4Config:
             check_domain(name)
         if self.domain is not None:
             check_domain(self.domain)
+        if self.hostname is not None:
+            check_domain(self.hostname)
         for code, value in self.private_options:
             if not o.PRIVATE_FIRST <= code <= o.PRIVATE_LAST:
                 raise ValueError(f"private option code {code} is not between 224 and 254")

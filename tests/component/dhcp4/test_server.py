@@ -8,6 +8,8 @@ import struct
 from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dhcp.errors import ServerError
 from dhcp.v4 import options as o
@@ -145,3 +147,49 @@ def test_raw_reply_frame_has_valid_checksums() -> None:
     pseudo = frame[12:20] + struct.pack("!BBH", 0, 17, len(udp))
     assert _checksum(pseudo + udp) == 0
     assert struct.unpack("!HH", udp[:4]) == (67, 68) and udp[8:] == payload
+
+
+_fuzz_server, _fuzz_sent = make(rate=1e9, burst=10**9, allow_relay=True)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(1, 8),
+    st.lists(st.tuples(st.integers(1, 254), st.binary(max_size=20)), max_size=8),
+    st.integers(0, 0xFFFF),
+    st.tuples(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4)),
+    st.sampled_from([MAC, bytes(6), b"\x01\x02"]),
+)
+def test_handle_never_raises_for_any_request(
+    kind: int,
+    opts: list[tuple[int, bytes]],
+    flags: int,
+    addrs: tuple[bytes, bytes],
+    chaddr: bytes,
+) -> None:
+    """Whatever option values a client sends, handle() answers, ignores or counts it."""
+    raw = bytearray(
+        Message(
+            op=1,
+            xid=1,
+            chaddr=chaddr,
+            flags=flags,
+            options=((o.MESSAGE_TYPE, bytes((kind,))), *opts),
+        ).build()
+    )
+    raw[12:16], raw[24:28] = addrs  # ciaddr, giaddr
+    before = _fuzz_server.snapshot().counters.received
+    _fuzz_server.handle(bytes(raw))
+    after = _fuzz_server.snapshot().counters
+    assert after.received == before + 1
+    handled = (
+        after.malformed
+        + after.ignored
+        + after.offers
+        + after.acks
+        + after.naks
+        + after.informs
+        + after.declines
+        + after.releases
+    )
+    assert handled == after.received

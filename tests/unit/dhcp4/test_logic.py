@@ -252,6 +252,7 @@ def test_pool_allocates_distinct_addresses_until_full() -> None:
         ({"search": ("bad domain",)}, "bad domain"),
         ({"private_options": ((100, b"x"),)}, "private option code 100"),
         ({"interface": "x" * 16}, "over 15"),
+        ({"hostname": "gäst"}, "gäst"),
         ({"server_address": ADDR}, "equals the server address"),
     ],
 )
@@ -263,5 +264,7 @@ def test_config_validation_names_the_value(kw: dict[str, object], fragment: str)
 def test_lease_mac_validation() -> None:
     with pytest.raises(ValueError, match="zz"):
         Lease4("zz:00:00:00:00:00", IPv4Interface("10.0.0.1/24"))
+    with pytest.raises(ValueError, match="is not a DNS name"):
+        Lease4("02:00:00:00:00:01", IPv4Interface("10.0.0.1/24"), "vm 1")
     with pytest.raises(ValueError, match="more than one lease"):
         config(leases=(Lease4("02:00:00:00:00:01", IPv4Interface("10.0.0.1/24")),) * 2)

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   dnsmasq-base kea-admin wrk iperf3
   qemu-system-x86 qemu-utils cpio
   shellcheck
+  dpkg-dev libc6-dev bzip2 xz-utils debian-archive-keyring curl  # tests/guest build + e2e
 )
 
 if [ "$(id -u)" -ne 0 ]; then

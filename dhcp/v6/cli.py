@@ -21,6 +21,7 @@ from typing import Protocol
 
 from dhcp.errors import DhcpError
 from dhcp.ra import RaConfig, RaServer
+from dhcp.ratelimit import RateLimiter
 from dhcp.v6.lease import Config6, parse_lease6
 from dhcp.v6.server import Dhcp6Server
 
@@ -135,6 +136,7 @@ def _build(args: argparse.Namespace) -> list[Serving]:
     leases = tuple(parse_lease6(text) for text in args.lease6)
     dns = tuple(ipaddress.IPv6Address(a) for a in args.dns6)
     search = tuple(args.search)
+    rate = float(getattr(args, "rate_limit", 10.0))  # dhcp.cli's shared --rate-limit
     dhcp6: Dhcp6Server | None = None
     if leases or dns:
         dhcp6 = Dhcp6Server(
@@ -145,7 +147,8 @@ def _build(args: argparse.Namespace) -> list[Serving]:
                 search=search,
                 rapid_commit=not args.no_rapid_commit,
                 state_file=args.server_duid_file,
-            )
+            ),
+            limiter=RateLimiter(rate=rate, burst=max(1, int(rate * 2))),
         )
     ra: RaServer | None = None
     if args.ra:

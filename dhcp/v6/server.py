@@ -18,7 +18,8 @@ SOCK_DGRAM socket bound to the interface with a classic BPF filter that passes o
 IPv6/UDP to port 547 (the guest's data traffic never reaches Python), and the
 sockaddr_ll gives the source MAC. Answers are *sent* from an ordinary UDP socket
 bound to [::]:547 on that device (SO_BINDTODEVICE), which is also joined to
-ff02::1:2; what that socket receives is drained and discarded. Without CAP_NET_RAW
+ff02::1:2 and carries a BPF filter that accepts nothing, so the kernel does not
+queue a second copy of each message. Without CAP_NET_RAW
 the server falls back to receiving on the UDP socket and matches by DUID only.
 """
 
@@ -366,6 +367,9 @@ class Dhcp6Server:
         self._tx = tx
         try:
             self._rx = _packet_socket(ifname)
+            # The UDP socket only sends now: a filter that accepts nothing keeps the
+            # kernel from queueing a second copy of every client message for it.
+            _attach_filter(tx, ((0x06, 0, 0, 0),))
         except PermissionError:
             log.warning("no CAP_NET_RAW: DHCPv6 on %s matches guests by DUID only", ifname)
             self._rx = None
@@ -386,29 +390,52 @@ class Dhcp6Server:
         if self._rx is None:
             await self._serve_udp(loop)
             return
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._drain(loop), name=f"dhcp6-drain-{self.config.interface}")
-            tg.create_task(self._serve_packet(loop), name=f"dhcp6-{self.config.interface}")
-
-    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._tx is not None
-        while True:
-            await loop.sock_recv(self._tx, 4096)
+        await self._serve_packet(loop)
 
     async def _serve_packet(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._rx is not None
-        while True:
-            data, addr = await loop.sock_recvfrom(self._rx, 4096)
-            if addr[2] == _PACKET_OUTGOING:
-                continue
+        """Read every queued frame each time the socket is readable (fewer wakeups)."""
+        rx = self._rx
+        assert rx is not None
+        fd = rx.fileno()
+        failed: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
             try:
-                pkt = parse_ipv6_udp(data)
-            except MalformedPacket as err:
-                self.counters["malformed"] += 1
-                log.debug("dropped frame: %s", err)
-                continue
-            mac = ":".join(f"{b:02x}" for b in addr[4][:6])
-            self._answer(Packet6(pkt.src, pkt.dst, pkt.sport, pkt.payload, mac))
+                for _ in range(64):
+                    data, addr = rx.recvfrom(4096)
+                    if addr[2] != _PACKET_OUTGOING:
+                        self._frame_guarded(data, addr[4])
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if not failed.done():
+                    failed.set_exception(
+                        ServerError(f"DHCPv6 socket on {self.config.interface} failed: {err}")
+                    )
+
+        loop.add_reader(fd, readable)
+        try:
+            await failed
+        finally:
+            loop.remove_reader(fd)
+
+    def _frame_guarded(self, data: bytes, lladdr: bytes) -> None:
+        try:
+            self._frame(data, lladdr)
+        except Exception:
+            # A bug in handling one packet must not stop the server for the guest.
+            self.counters["errors"] += 1
+            log.exception("DHCPv6 packet on %s could not be handled", self.config.interface)
+
+    def _frame(self, data: bytes, lladdr: bytes) -> None:
+        try:
+            pkt = parse_ipv6_udp(data)
+        except MalformedPacket as err:
+            self.counters["malformed"] += 1
+            log.debug("dropped frame: %s", err)
+            return
+        mac = ":".join(f"{b:02x}" for b in lladdr[:6])
+        self._answer(Packet6(pkt.src, pkt.dst, pkt.sport, pkt.payload, mac))
 
     async def _serve_udp(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._tx is not None
@@ -444,13 +471,17 @@ def _iface_mac(ifname: str) -> str:
         return f.read().strip()
 
 
+def _attach_filter(sock: socket.socket, insns: tuple[tuple[int, int, int, int], ...]) -> None:
+    """SO_ATTACH_FILTER with a classic BPF program (struct sock_fprog)."""
+    buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
+    prog = struct.pack("HL", len(insns), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog)
+
+
 def _packet_socket(ifname: str) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
     try:
-        insns = b"".join(struct.pack("HBBI", *i) for i in _BPF)
-        buf = ctypes.create_string_buffer(insns)
-        prog = struct.pack("HL", len(_BPF), ctypes.addressof(buf))
-        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog)
+        _attach_filter(sock, _BPF)
         sock.bind((ifname, _ETH_P_IPV6))
         sock.setblocking(False)
     except OSError:

@@ -57,7 +57,11 @@ def read_metadata(doc: Fields, draft: Draft, *, labels: bool = True) -> None:
 
 
 def pick_one(fields: Fields, choices: tuple[str, ...], what: str) -> tuple[str, Fields] | None:
-    """The single present key of ``choices``; none or several is a problem (None)."""
+    """The single present key of ``choices`` and its mapping.
+
+    None when none is present (the caller decides whether that is a default or a
+    problem) and when several are (recorded as a problem here).
+    """
     present = [key for key in choices if fields.present(key)]
     fields.ignore(*choices)  # a null choice is simply absent
     if len(present) > 1:

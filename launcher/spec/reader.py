@@ -160,10 +160,9 @@ class Fields:
             if required:
                 self.problems.add(self.at(key), "is required")
             return None
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            self.problems.wrong_type(self.at(key), value, expected)
-            return None
-        if not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int subclass: `sockets: true` must not read as 1.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             self.problems.wrong_type(self.at(key), value, expected)
             return None
         return value  # type: ignore[return-value]

@@ -54,14 +54,14 @@ class DestKind(enum.Enum):
     """Where a reply goes (RFC 2131 section 4.1)."""
 
     RELAY = "relay"  # giaddr, port 67
-    CIADDR = "ciaddr"  # unicast to the client's configured address, port 68
+    CIADDR = "ciaddr"  # unicast to the client's configured address at chaddr, port 68
     BROADCAST = "broadcast"  # 255.255.255.255, port 68
     CHADDR = "chaddr"  # unicast to yiaddr at chaddr, no ARP possible
 
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """Reply destination: kind, IP address, UDP port and (for CHADDR) the MAC."""
+    """Reply destination: kind, IP address, UDP port and (CHADDR, CIADDR) the client's MAC."""
 
     kind: DestKind
     address: IPv4Address
@@ -328,7 +328,7 @@ def _destination(msg: Message, reply: Message) -> Destination:
     if msg.giaddr != _ZERO:
         return Destination(DestKind.RELAY, msg.giaddr, 67)
     if msg.ciaddr != _ZERO:
-        return Destination(DestKind.CIADDR, msg.ciaddr, 68)
-    if msg.flags & FLAG_BROADCAST:
+        return Destination(DestKind.CIADDR, msg.ciaddr, 68, msg.chaddr)
+    if msg.flags & FLAG_BROADCAST or reply.yiaddr == _ZERO:
         return Destination(DestKind.BROADCAST, _BROADCAST, 68)
     return Destination(DestKind.CHADDR, reply.yiaddr, 68, msg.chaddr)

@@ -11,7 +11,7 @@ Sockets:
 * one UDP socket on ``0.0.0.0:67`` with ``SO_BINDTODEVICE`` (so only the guest's
   interface is served — a request arriving on any other interface never reaches it),
   ``SO_BROADCAST`` and ``SO_REUSEADDR`` (several servers, one per interface). Replies to
-  ciaddr, to the broadcast address and to a relay go out through it with ``IP_PKTINFO``
+  the broadcast address and to a relay go out through it with ``IP_PKTINFO``
   naming the server address as the source, so the source is the link-local server
   address even when the interface carries others.
 * one ``AF_PACKET``/``SOCK_DGRAM`` socket for the RFC 2131 4.1 case "no ciaddr, no
@@ -19,7 +19,10 @@ Sockets:
   cannot answer ARP, so the reply is sent as an IPv4/UDP datagram built here and
   addressed to the link-layer chaddr directly. This was chosen over adding a neighbour
   entry for yiaddr: it needs no netlink write, leaves no state behind in the pod's
-  neighbour table, and cannot race with the kernel's own ARP resolution.
+  neighbour table, and cannot race with the kernel's own ARP resolution. Replies to
+  ciaddr (renewals, INFORM) go the same way, to ciaddr at chaddr: the pod namespace
+  has no route to the guest's address (it was moved to the guest), so a routed UDP
+  send would fail with "network unreachable".
 
 A client flooding requests is limited per chaddr (``dhcp.ratelimit``) before parsing;
 malformed datagrams are counted and dropped; nothing a client sends raises out of the
@@ -269,7 +272,7 @@ class Dhcp4Server:
 
     def _send(self, payload: bytes, dest: Destination) -> None:
         try:
-            if dest.kind is DestKind.CHADDR:
+            if dest.kind in (DestKind.CHADDR, DestKind.CIADDR):
                 assert self._raw is not None
                 frame = _ipv4_udp(self.config.server_address, dest.address, 67, dest.port, payload)
                 self._raw.sendto(frame, (self.config.interface, _ETH_P_IP, 0, 0, dest.mac))

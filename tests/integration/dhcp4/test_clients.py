@@ -472,3 +472,68 @@ def test_relayed_requests_only_with_allow_relay(net: Net, allow: bool) -> None:
         assert res.returncode == 3, res.stdout  # exchanges not completed
         ignored = [e for e in net.server_log() if e["msg"] == "<-- ignored"]
         assert ignored and all("relay" in e["reason"] for e in ignored)
+
+
+def test_renewal_ack_reaches_client_without_a_route_and_release_is_recorded(net: Net) -> None:
+    """udhcpc renews on SIGUSR1 (unicast REQUEST with ciaddr) and releases on SIGUSR2.
+
+    The server netns has no route to 10.244.1.0/24 — like a pod whose address moved to
+    the guest — so the ACK must go to ciaddr at chaddr, not through the routing table.
+    """
+    import signal
+
+    net.serve(*full_args(net))
+    resolv = net.tmp / "resolv.conf"
+    resolv.write_text("")
+    wrapper = _executable(
+        net.tmp / "udhcpc.script",
+        f'#!/bin/sh\nenv > "{net.tmp}/udhcpc.$1.env"\n'
+        "case $1 in bound) busybox ifconfig $interface $ip netmask $subnet ;; esac\n",
+    )
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            net.cns,
+            "busybox",
+            "udhcpc",
+            "-i",
+            net.cif,
+            "-f",
+            "-t",
+            "3",
+            "-T",
+            "2",
+            "-s",
+            str(wrapper),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    net.procs.append(proc)
+
+    def wait_for(path: Path) -> None:
+        deadline = time.monotonic() + 20
+        while not path.exists():
+            assert time.monotonic() < deadline, f"{path.name} never appeared"
+            time.sleep(0.1)
+
+    wait_for(net.tmp / "udhcpc.bound.env")
+    os.kill(proc.pid, signal.SIGUSR1)
+    wait_for(net.tmp / "udhcpc.renew.env")
+    renew = dict(
+        line.split("=", 1)
+        for line in (net.tmp / "udhcpc.renew.env").read_text().splitlines()
+        if "=" in line
+    )
+    assert renew["ip"] == ADDR
+    acks = [e for e in net.server_log() if e["msg"] == "--> ack"]
+    assert [a["reason"] for a in acks] == ["selecting", "renewing/rebinding"], acks
+    assert not [e for e in net.server_log() if e["msg"] == "DHCPv4 reply could not be sent"]
+    os.kill(proc.pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    while not [e for e in net.server_log() if e["msg"] == "--> release"]:
+        assert time.monotonic() < deadline, "no RELEASE recorded"
+        time.sleep(0.1)

@@ -72,7 +72,7 @@ def test_counters_and_events_snapshot() -> None:
         DestKind.CHADDR,
         DestKind.CHADDR,
         DestKind.BROADCAST,
-        DestKind.CHADDR,
+        DestKind.BROADCAST,  # INFORM without ciaddr: nowhere to unicast
     ]
     assert snap.interface == "lo" and snap.server_address == str(SERVER)
     assert snap.running is False

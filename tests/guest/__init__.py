@@ -1,8 +1,9 @@
-"""The tiny test guest: cached build (``build``) and serial-console line protocol (``console``).
+"""The tiny test guest for e2e tests, benchmarks and the demo (see docs/guest.md).
 
-Used by the e2e tests, the benchmarks and the demo; see docs/guest.md.
+``tests.guest.build`` builds and caches it (``ensure_guest()``, ``ensure_busybox()``);
+``tests.guest.console`` parses its serial-console ``VL-*`` line protocol. Import those
+modules directly; this package re-exports nothing so ``python -m tests.guest.build`` runs
+cleanly.
 """
 
-from tests.guest.build import GuestImage, ensure_busybox, ensure_guest
-
-__all__ = ["ensure_guest", "ensure_busybox", "GuestImage"]
+__all__: list[str] = []

@@ -60,7 +60,21 @@ BUSYBOX_CONFIG_SET = (
     "CONFIG_FEATURE_UDHCPC6_RFC4833",
     "CONFIG_FEATURE_UDHCPC6_RFC5970",
 )
-BUSYBOX_RECIPE = "1"  # bump to force a busybox rebuild when the recipe changes
+BUSYBOX_RECIPE = "2"  # bump to force a busybox rebuild when the recipe changes
+# busybox 1.35 udhcpc6 exports the IAADDR/IAPREFIX valid lifetime ("lease",
+# "ipv6prefix_lease") in network byte order (3600 shows as 269352960): add the ntohl.
+BUSYBOX_PATCHES = (
+    (
+        "networking/udhcp/d6_dhcpc.c",
+        '*new_env() = xasprintf("lease=%u", (unsigned)v32);',
+        '*new_env() = xasprintf("lease=%u", (unsigned)ntohl(v32));',
+    ),
+    (
+        "networking/udhcp/d6_dhcpc.c",
+        '*new_env() = xasprintf("ipv6prefix_lease=%u", (unsigned)v32);',
+        '*new_env() = xasprintf("ipv6prefix_lease=%u", (unsigned)ntohl(v32));',
+    ),
+)
 
 # Modules the guest loads (their dependencies are added from each module's modinfo):
 # virtio NICs and disks, a virtio-scsi CD-ROM with ISO 9660 (cloud-init NoCloud),
@@ -120,6 +134,7 @@ def _busybox_key() -> str:
             BUSYBOX_SOURCE_PACKAGE.encode(),
             BUSYBOX_CONFIG_BASE.encode(),
             "\n".join(BUSYBOX_CONFIG_SET).encode(),
+            repr(BUSYBOX_PATCHES).encode(),
         ]
     )
 
@@ -259,6 +274,12 @@ def _build_busybox(apt: _Apt, work: Path) -> Path:
         timeout=APT_TIMEOUT_S,
         what=f"dpkg-source -x {dsc.name}",
     )
+    for rel, before, after in BUSYBOX_PATCHES:
+        target = src / rel
+        text = target.read_text()
+        if text.count(before) != 1:
+            raise GuestBuildError(f"busybox patch for {rel} does not apply: {before!r}")
+        target.write_text(text.replace(before, after))
     config = (src / BUSYBOX_CONFIG_BASE).read_text().splitlines()
     wanted = set(BUSYBOX_CONFIG_SET)
     out = []

@@ -64,8 +64,8 @@ addr_report() {
     n=${dev##*/}
     echo "VL-ADDRS $n $(ip -o addr show dev "$n" | awk '{a = a (a ? " " : "") $4} END {print a}')"
   done
-  r4=$(ip -4 route show default | awk '{v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')
-  r6=$(ip -6 route show default | awk '{v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')
+  r4=$(ip -4 route show | awk '$1 == "default" {v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')
+  r6=$(ip -6 route show | awk '$1 == "default" {v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')
   echo "VL-ROUTES default4=$r4 default6=$r6"
 }
 
@@ -94,4 +94,23 @@ scan_cidata() {
     return 0
   done
   return 0
+}
+
+# v6short fd77:0000:...:0005 -> fd77::5 (udhcpc6 reports addresses in full form; this is
+# the RFC 5952 text form: leading zeros dropped, the longest run of 2+ zero groups as ::).
+v6short() {
+  echo "$1" | awk -F: '{
+    n = NF; bs = 0; bl = 0; cs = 0; cl = 0
+    for (i = 1; i <= n; i++) {
+      g = $i; sub(/^0+/, "", g); if (g == "") g = "0"; h[i] = tolower(g)
+      if (h[i] == "0") { if (cl == 0) cs = i; cl++; if (cl > bl) { bl = cl; bs = cs } } else cl = 0
+    }
+    out = ""
+    for (i = 1; i <= n; i++) {
+      if (bl >= 2 && i == bs) { out = out "::"; i += bl - 1; continue }
+      if (out != "" && substr(out, length(out)) != ":") out = out ":"
+      out = out h[i]
+    }
+    print out
+  }'
 }

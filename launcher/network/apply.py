@@ -48,29 +48,42 @@ class ApplyResult:
 
 
 class _Changes:
-    """Counts changes and caches the live link/route view until something changes."""
+    """Counts changes and keeps a view of the live links: one dump up front, then only
+    the links a change touched are fetched again (a full dump per change is slow)."""
 
     def __init__(self, nl: Netlink) -> None:
         self.nl = nl
         self.count = 0
-        self._links: dict[str, Link] | None = None
+        self._links = {lk.name: lk for lk in nl.links()}
+        self._stale: set[str] = set()
         self._routes: set[Route] | None = None
 
-    def __call__(self, what: str) -> None:
+    def __call__(self, what: str, *names: str) -> None:
         self.count += 1
-        self._links = None
+        self._stale.update(names)
         self._routes = None
         log.info("network change: %s", what)
 
-    def links(self) -> dict[str, Link]:
-        if self._links is None:
-            self._links = {lk.name: lk for lk in self.nl.links()}
-        return self._links
+    def get(self, name: str) -> Link | None:
+        if name in self._stale or name not in self._links:
+            self._stale.discard(name)
+            fresh = self.nl.link(name)
+            if fresh is None:
+                self._links.pop(name, None)
+                return None
+            self._links[name] = fresh
+        return self._links[name]
+
+    def need(self, name: str) -> Link:
+        link = self.get(name)
+        if link is None:
+            raise NetworkError(f"interface {name!r} disappeared from the pod while applying")
+        return link
 
     def routes(self) -> set[Route]:
         if self._routes is None:
-            links = self.links()
-            self._routes = set(self.nl.routes({lk.index: n for n, lk in links.items()}))
+            names = {lk.index: name for name, lk in self._links.items()}
+            self._routes = set(self.nl.routes(names))
         return self._routes
 
 
@@ -114,16 +127,15 @@ def _finish(state_dir: Path, nic: NicPlan) -> None:
 
 
 def _create_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
-    links = changed.links()
     br = nic.bridge
-    have = links.get(br.name)
+    have = changed.get(br.name)
     if have is None:
         nl.add_bridge(br.name, br.mac, br.mtu)
-        changed(f"created bridge {br.name}")
+        changed(f"created bridge {br.name}", br.name)
     elif have.kind != "bridge":
         raise NetworkError(f"{br.name!r} exists in the pod but is a {have.kind!r}, not a bridge")
     tap = nic.tap
-    have = links.get(tap.name)
+    have = changed.get(tap.name)
     if have is None:
         if tap.stand_in_netns and tap.stand_in_peer:
             nl.add_veth(tap.name, tap.stand_in_peer, tap.stand_in_netns, tap.mtu)
@@ -131,7 +143,7 @@ def _create_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
                 guest.set_link(tap.stand_in_peer, mac=tap.stand_in_mac, up=True)
         else:
             nl.add_tap(tap.name, tap.mtu, tap.multi_queue)
-        changed(f"created tap {tap.name}")
+        changed(f"created tap {tap.name}", tap.name)
     else:
         want_kind = "veth" if tap.stand_in_netns else "tun"
         if have.kind != want_kind:
@@ -144,51 +156,48 @@ def _create_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
 
 
 def _configure_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
-    links = changed.links()
     br = nic.bridge
-    have = links[br.name]
+    have = changed.need(br.name)
     if have.mac != br.mac or have.mtu != br.mtu:
         nl.set_link(br.name, mac=br.mac, mtu=br.mtu)
-        changed(f"set {br.name} mac/mtu")
+        changed(f"set {br.name} mac/mtu", br.name)
     if not have.up:
         nl.set_link(br.name, up=True)
-        changed(f"set {br.name} up")
-    tap = links[nic.tap.name]
+        changed(f"set {br.name} up", br.name)
+    tap = changed.need(nic.tap.name)
     if tap.mtu != nic.tap.mtu or tap.master != br.name:
         nl.set_link(tap.name, mtu=nic.tap.mtu, master=br.name)
-        changed(f"attached {tap.name} to {br.name}")
+        changed(f"attached {tap.name} to {br.name}", tap.name)
     if not tap.up:
         nl.set_link(tap.name, up=True)
-        changed(f"set {tap.name} up")
+        changed(f"set {tap.name} up", tap.name)
     port = nic.pod_port
     if port is not None:
-        pod = links.get(port.name)
-        if pod is None:
-            raise NetworkError(f"pod interface {port.name!r} disappeared while applying")
+        pod = changed.need(port.name)
         if port.new_mac and pod.mac != port.new_mac:
             nl.set_link(port.name, up=False)
             nl.set_link(port.name, mac=port.new_mac)
-            changed(f"changed {port.name} MAC to {port.new_mac}")
-            pod = changed.links()[port.name]  # link down drops IPv6 addresses
+            changed(f"changed {port.name} MAC to {port.new_mac}", port.name)
+            pod = changed.need(port.name)  # link down drops IPv6 addresses
         for addr in port.remove_addresses:
             if addr in pod.addresses:
                 nl.del_address(port.name, addr)
-                changed(f"removed {addr} from {port.name}")
+                changed(f"removed {addr} from {port.name}", port.name)
         if pod.master != port.bridge:
             nl.set_link(port.name, master=port.bridge)
-            changed(f"attached {port.name} to {port.bridge}")
-        pod = changed.links()[port.name]
+            changed(f"attached {port.name} to {port.bridge}", port.name)
+            pod = changed.need(port.name)
         if pod.learning is not port.learning:
             nl.set_learning(port.name, port.learning)
-            changed(f"set learning={port.learning} on {port.name}")
+            changed(f"set learning={port.learning} on {port.name}", port.name)
         if not pod.up:
             nl.set_link(port.name, up=True)
-            changed(f"set {port.name} up")
-    present = set(changed.links()[br.name].addresses)
+            changed(f"set {port.name} up", port.name)
+    present = set(changed.need(br.name).addresses)
     for addr in br.addresses:
         if addr not in present:
             nl.add_address(br.name, addr)
-            changed(f"added {addr} to {br.name}")
+            changed(f"added {addr} to {br.name}", br.name)
     routes = changed.routes()
     for route in nic.routes:
         if route not in routes:

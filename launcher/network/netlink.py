@@ -39,6 +39,7 @@ _RT_TABLE_MAIN = 254
 _RTN_UNICAST = 1
 _RTNH_F_ONLINK = 4
 _IFF_UP = 1
+_ENODEV = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,50 +116,30 @@ class Netlink:
         except NetlinkError as err:
             raise NetworkError(f"cannot list links in netns {self.netns!r}: {err}") from err
         names = {m["index"]: _attr(m, "IFLA_IFNAME") for m in raw_links}
-        addrs: dict[int, list[IPInterface]] = {}
-        for a in raw_addrs:
-            text = _attr(a, "IFA_ADDRESS")
-            if a["family"] == socket.AF_INET:
-                text = _attr(a, "IFA_LOCAL") or text
-            addrs.setdefault(a["index"], []).append(
-                ipaddress.ip_interface(f"{text}/{a['prefixlen']}")
-            )
-        out = []
-        for m in raw_links:
-            info = _attr(m, "IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-            learning = None
-            slave = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
-            if slave is not None and slave.get_attr("IFLA_BRPORT_LEARNING") is not None:
-                learning = bool(slave.get_attr("IFLA_BRPORT_LEARNING"))
-            multi_queue = None
-            if kind == "tun":
-                data = info.get_attr("IFLA_INFO_DATA")
-                if data is not None:
-                    multi_queue = bool(data.get_attr("IFLA_TUN_MULTI_QUEUE"))
-            master = _attr(m, "IFLA_MASTER")
-            out.append(
-                Link(
-                    name=names[m["index"]],
-                    index=m["index"],
-                    mac=(_attr(m, "IFLA_ADDRESS") or "").lower(),
-                    mtu=int(_attr(m, "IFLA_MTU") or 0),
-                    kind=kind,
-                    master=names.get(master) if master else None,
-                    up=bool(m["flags"] & _IFF_UP),
-                    addresses=tuple(addrs.get(m["index"], ())),
-                    learning=learning,
-                    multi_queue=multi_queue,
-                )
-            )
+        addrs = _addresses(raw_addrs)
+        out = [_to_link(m, names, addrs.get(m["index"], ())) for m in raw_links]
         return tuple(sorted(out, key=lambda lk: lk.index))
 
     def link(self, name: str) -> Link | None:
-        """The link called ``name``, or None."""
-        for lk in self.links():
-            if lk.name == name:
-                return lk
-        return None
+        """The link called ``name`` (fetched alone, cheaper than ``links()``), or None."""
+        try:
+            raw = list(self._ip.link("get", ifname=name))
+        except NetlinkError as err:
+            if err.code == _ENODEV:
+                return None
+            raise NetworkError(f"cannot read link {name!r} in netns {self.netns!r}: {err}") from err
+        if not raw:
+            return None
+        msg = raw[0]
+        names = {msg["index"]: name}
+        master = _attr(msg, "IFLA_MASTER")
+        try:
+            if master:
+                names[master] = _attr(next(iter(self._ip.link("get", index=master))), "IFLA_IFNAME")
+            raw_addrs = list(self._ip.get_addr(index=msg["index"]))
+        except NetlinkError as err:
+            raise NetworkError(f"cannot read link {name!r} in netns {self.netns!r}: {err}") from err
+        return _to_link(msg, names, _addresses(raw_addrs).get(msg["index"], ()))
 
     def routes(self, names: dict[int, str] | None = None) -> tuple[Route, ...]:
         """Unicast routes of the main table except kernel prefix routes, IPv4 then IPv6.
@@ -195,10 +176,18 @@ class Netlink:
     # ---- writes ------------------------------------------------------------------------
 
     def _index(self, name: str) -> int:
-        found = self._ip.link_lookup(ifname=name)
+        # one RTM_GETLINK for this name; get_links(ifname=…) would dump and decode every link
+        try:
+            found = list(self._ip.link("get", ifname=name))
+        except NetlinkError as err:
+            if err.code != _ENODEV:
+                raise NetworkError(
+                    f"cannot look up {name!r} in netns {self.netns!r}: {err}"
+                ) from err
+            found = []
         if not found:
             raise NetworkError(f"interface {name!r} does not exist in netns {self.netns!r}")
-        return int(found[0])
+        return int(found[0]["index"])
 
     def _do(self, what: str, fn: Callable[[], object]) -> None:
         log.debug("--> netlink %s", what, extra={"netns": self.netns})
@@ -312,9 +301,48 @@ class Netlink:
 
     def delete(self, name: str) -> None:
         """Delete link ``name`` if it exists."""
-        found = self._ip.link_lookup(ifname=name)
-        if found:
-            self._do(f"delete {name}", lambda: self._ip.link("del", index=found[0]))
+        try:
+            index = self._index(name)
+        except NetworkError:
+            return
+        self._do(f"delete {name}", lambda: self._ip.link("del", index=index))
+
+
+def _addresses(raw_addrs: list[Any]) -> dict[int, list[IPInterface]]:
+    addrs: dict[int, list[IPInterface]] = {}
+    for a in raw_addrs:
+        text = _attr(a, "IFA_ADDRESS")
+        if a["family"] == socket.AF_INET:
+            text = _attr(a, "IFA_LOCAL") or text
+        addrs.setdefault(a["index"], []).append(ipaddress.ip_interface(f"{text}/{a['prefixlen']}"))
+    return addrs
+
+
+def _to_link(m: Any, names: dict[int, str], addresses: Any) -> Link:
+    info = _attr(m, "IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    learning = None
+    slave = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
+    if slave is not None and slave.get_attr("IFLA_BRPORT_LEARNING") is not None:
+        learning = bool(slave.get_attr("IFLA_BRPORT_LEARNING"))
+    multi_queue = None
+    if kind == "tun":
+        data = info.get_attr("IFLA_INFO_DATA")
+        if data is not None:
+            multi_queue = bool(data.get_attr("IFLA_TUN_MULTI_QUEUE"))
+    master = _attr(m, "IFLA_MASTER")
+    return Link(
+        name=names[m["index"]],
+        index=m["index"],
+        mac=(_attr(m, "IFLA_ADDRESS") or "").lower(),
+        mtu=int(_attr(m, "IFLA_MTU") or 0),
+        kind=kind,
+        master=names.get(master) if master else None,
+        up=bool(m["flags"] & _IFF_UP),
+        addresses=tuple(addresses),
+        learning=learning,
+        multi_queue=multi_queue,
+    )
 
 
 def run_in_netns(netns: str | None, fn: Callable[[], T]) -> T:

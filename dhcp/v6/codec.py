@@ -15,8 +15,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dnslib import DNSBuffer, DNSLabel
-
+from dhcp.common import encode_search_list
 from dhcp.errors import MalformedPacket
 
 __all__ = [
@@ -228,14 +227,12 @@ def parse_oro(data: bytes) -> tuple[int, ...]:
 
 
 def encode_domain_list(names: Iterable[str]) -> bytes:
-    """Domain names in uncompressed DNS wire format (RFC 1035 3.1), as options 24 and DNSSL use."""
-    buf = DNSBuffer()
-    for name in names:
-        try:
-            buf.encode_name_nocompress(DNSLabel(name))
-        except Exception as err:  # dnslib raises its own errors for long labels
-            raise ValueError(f"search domain {name!r} is not a valid DNS name") from err
-    return bytes(buf.data)
+    """Domain names in uncompressed DNS wire format (RFC 3646: option 24 and DNSSL)."""
+    listed = list(names)
+    try:
+        return encode_search_list(listed, compress=False)
+    except ValueError as err:
+        raise ValueError(f"search domain list {listed!r} is not valid: {err}") from err
 
 
 def decode_domain_list(data: bytes) -> tuple[str, ...]:

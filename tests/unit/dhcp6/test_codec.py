@@ -76,7 +76,7 @@ def test_domain_list_is_uncompressed_dns_wire_format() -> None:
     raw = codec.encode_domain_list(["svc.cluster.local", "cluster.local"])
     assert raw == b"\x03svc\x07cluster\x05local\x00\x07cluster\x05local\x00"
     assert codec.decode_domain_list(raw) == ("svc.cluster.local", "cluster.local")
-    with pytest.raises(ValueError, match="not a valid DNS name"):
+    with pytest.raises(ValueError, match="not valid"):
         codec.encode_domain_list(["a" * 64 + ".com"])
 
 

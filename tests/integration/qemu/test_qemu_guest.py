@@ -21,7 +21,9 @@ from hypervisor.machine import KernelBoot, MachineConfig, NetDevice, VmState
 from hypervisor.qemu import Qemu
 from tests.guest.build import ensure_guest
 
-pytestmark = pytest.mark.timeout(600)
+# ensure_guest() may have to build the guest first (apt download + busybox compile, bounded by
+# its own 2400 s lock timeout); the VM part itself takes about 20 s.
+pytestmark = pytest.mark.timeout(3000)
 
 
 @pytest.fixture

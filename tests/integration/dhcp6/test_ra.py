@@ -4,7 +4,8 @@
 (``accept_ra=1``) installs and, after the final lifetime-0 advert on SIGTERM, removes
 the default route; ``--ra-slaac`` makes the kernel autoconfigure from the prefix; and
 a dhclient whose DUID carries no MAC (DUID-EN) is still matched by its frame's source
-MAC through the server's AF_PACKET receive path.
+MAC through the server's AF_PACKET receive path. One ``python -m dhcp serve`` serves
+udhcpc (v4) and dhclient -6 together, and the server DUID survives restarts.
 """
 
 from __future__ import annotations
@@ -102,3 +103,41 @@ def test_duid_without_mac_is_matched_by_frame_source(v6: V6Net) -> None:
     text = leases.read_text()
     assert "0:2:0:0:7e:d9:1:2:3:4" in text, text
     assert f"iaaddr {GUEST_ADDR}" in text, text
+
+
+def test_v4_and_v6_served_together_by_one_process(v6: V6Net) -> None:
+    """``python -m dhcp serve`` with --lease and --lease6: udhcpc and dhclient -6 both bind."""
+    sh("ip", "-n", v6.sns, "addr", "add", "169.254.75.1/16", "dev", v6.sif)
+    proc = v6.serve("--lease", f"{v6.mac}=10.0.2.2/24", "--router", "10.0.2.1")
+    script = v6.tmp / "udhcpc.script"
+    script.write_text(f'#!/bin/sh\necho "$1 ip=$ip router=$router" >> {v6.tmp}/udhcpc.log\n')
+    script.chmod(0o755)
+    sh("ip", "netns", "exec", v6.cns, "busybox", "udhcpc", "-i", v6.cif, "-f", "-q", "-n",
+       "-t", "5", "-T", "1", "-s", str(script), timeout=30)  # fmt: skip
+    assert "bound ip=10.0.2.2 router=10.0.2.1" in (v6.tmp / "udhcpc.log").read_text()
+    leases = v6.tmp / "dhclient6.leases"
+    noop = v6.tmp / "noop"
+    noop.write_text("#!/bin/sh\n")
+    noop.chmod(0o755)
+    pidfile = v6.tmp / "dhclient.pid"
+    v6.pidfiles.append(pidfile)
+    sh("ip", "netns", "exec", v6.cns, "dhclient", "-6", "-1", "-sf", str(noop),
+       "-lf", str(leases), "-pf", str(pidfile), v6.cif, timeout=40)  # fmt: skip
+    assert f"iaaddr {GUEST_ADDR}" in leases.read_text()
+    assert proc.poll() is None
+
+
+def test_server_duid_survives_restart(v6: V6Net) -> None:
+    """DUID-LL from the interface MAC by default; DUID-UUID kept in --server-duid-file."""
+    state = v6.tmp / "server-duid"
+    seen: list[str] = []
+    for args in ((), (), ("--server-duid-file", str(state)), ("--server-duid-file", str(state))):
+        proc = v6.serve(*args)
+        log = (v6.tmp / f"server{len(v6.procs) - 1}.log").read_text()
+        m = re.search(r"server DUID ([0-9a-f]+)", log)
+        assert m, log
+        seen.append(m.group(1))
+        v6.stop(proc)
+    mac = sh("ip", "netns", "exec", v6.sns, "cat", f"/sys/class/net/{v6.sif}/address").stdout
+    assert seen[0] == seen[1] == "00030001" + mac.strip().replace(":", "")
+    assert seen[2] == seen[3] and seen[2].startswith("0004") and len(seen[2]) == 36

@@ -5,7 +5,7 @@ The composition root calls :func:`choose_accel` once, then creates a :class:`Qem
 builder behind it, exported for ``virt-launcher plan`` and tests.
 """
 
-from hypervisor.qemu.adapter import Qemu, describe_exit, map_event
+from hypervisor.qemu.adapter import Qemu, describe_exit, map_event, serial_to_stdout
 from hypervisor.qemu.argv import QemuRuntime, build_argv
 from hypervisor.qemu.probe import AccelChoice, choose_accel
 from hypervisor.qemu.qmp import QmpEvent, QmpGoneError, QmpSession
@@ -13,6 +13,7 @@ from hypervisor.qemu.qmp import QmpEvent, QmpGoneError, QmpSession
 __all__ = [
     "Qemu",
     "choose_accel",
+    "serial_to_stdout",
     "AccelChoice",
     "build_argv",
     "QemuRuntime",

@@ -37,11 +37,12 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from hypervisor.base import ExitInfo, LifecycleEvent, advance, require
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
@@ -49,7 +50,7 @@ from hypervisor.qemu.argv import QemuRuntime, build_argv, netdev_id
 from hypervisor.qemu.qmp import QmpEvent, QmpSession
 from launcher.errors import HypervisorError
 
-__all__ = ["Qemu", "describe_exit", "map_event"]
+__all__ = ["Qemu", "serial_to_stdout", "describe_exit", "map_event"]
 
 log = logging.getLogger(__name__)
 serial_log = logging.getLogger("hypervisor.qemu.serial")
@@ -76,6 +77,23 @@ def map_event(event: QmpEvent) -> LifecycleEvent | None:
     if event.name == "DEVICE_DELETED" and "device" not in event.data:
         return None  # a backend (e.g. a netdev's QOM path) was deleted, not a device
     return LifecycleEvent(name, "qmp", event.timestamp, state, details)
+
+
+def serial_to_stdout(
+    prefix: str = "serial: ", stream: TextIO | None = None
+) -> Callable[[str], None]:
+    """An ``on_serial`` callback that writes each console line to stdout after ``prefix``.
+
+    The composition root passes it to :class:`Qemu` so the guest console shows up in the
+    pod's log next to the launcher's JSON lines (which go to stderr).
+    """
+
+    def forward(line: str) -> None:
+        out = stream or sys.stdout
+        out.write(f"{prefix}{line}\n")
+        out.flush()
+
+    return forward
 
 
 def describe_exit(returncode: int, stderr_tail: str, name: str = "qemu") -> str:
@@ -136,7 +154,8 @@ class Qemu:
     socket and pidfile (a fresh temporary directory when None); ``tap_fds`` maps a NIC id
     to tap fds opened by the launcher (passed with ``pass_fds``); ``on_serial`` receives
     every console line (default: logged by ``hypervisor.qemu.serial`` with a ``serial:``
-    prefix). ``vhost_net`` defaults to whether ``/dev/vhost-net`` exists.
+    prefix; :func:`serial_to_stdout` forwards to stdout instead). ``vhost_net`` defaults
+    to whether ``/dev/vhost-net`` exists.
     """
 
     def __init__(

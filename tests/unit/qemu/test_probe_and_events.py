@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import signal
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from hypervisor.base import Hypervisor
 from hypervisor.machine import VmState
 from hypervisor.qemu import probe
-from hypervisor.qemu.adapter import describe_exit, map_event
+from hypervisor.qemu.adapter import Qemu, describe_exit, map_event, serial_to_stdout
 from hypervisor.qemu.probe import AccelChoice, choose_accel, probe_image
 from hypervisor.qemu.qmp import QmpEvent
 from launcher.errors import HypervisorError
@@ -119,3 +121,19 @@ def test_describe_exit() -> None:
         "qemu exited with code 1: qemu-system-x86_64: -netdev tap: could not open /dev/net/tun"
     )
     assert describe_exit(1, "") == "qemu exited with code 1"
+
+
+def test_serial_to_stdout_prefixes_each_line() -> None:
+    out = io.StringIO()
+    forward = serial_to_stdout("[vm1] ", out)
+    forward("Linux version 6.1")
+    forward("")
+    assert out.getvalue() == "[vm1] Linux version 6.1\n[vm1] \n"
+
+
+def test_qemu_satisfies_the_hypervisor_protocol() -> None:
+    qemu: Hypervisor = Qemu()  # mypy checks the structure; isinstance checks the members
+    assert isinstance(qemu, Hypervisor)
+    assert qemu.kind == "qemu"
+    assert qemu.state is VmState.CREATED
+    assert qemu.pid is None

@@ -120,8 +120,10 @@ def encode_options(options: Iterable[tuple[int, bytes]]) -> bytes:
     for code, value in options:
         if not 1 <= code <= 254:
             raise ValueError(f"option code {code} is not between 1 and 254")
-        if not value:
-            out += bytes((code, 0))
+        if len(value) <= 255:
+            out.append(code)
+            out.append(len(value))
+            out += value
             continue
         for start in range(0, len(value), 255):
             chunk = value[start : start + 255]
@@ -213,14 +215,18 @@ def parse(data: bytes) -> Message:
         hops=hops,
         secs=secs,
         flags=flags,
-        ciaddr=IPv4Address(ciaddr),
-        yiaddr=IPv4Address(yiaddr),
-        siaddr=IPv4Address(siaddr),
-        giaddr=IPv4Address(giaddr),
+        ciaddr=_addr(ciaddr),
+        yiaddr=_addr(yiaddr),
+        siaddr=_addr(siaddr),
+        giaddr=_addr(giaddr),
         sname=b"" if sname_used else sname.rstrip(b"\0"),
         file=b"" if file_used else file.rstrip(b"\0"),
         options=tuple((code, bytes(values[code])) for code in order),
     )
+
+
+def _addr(packed: bytes) -> IPv4Address:
+    return _ZERO if packed == b"\0\0\0\0" else IPv4Address(packed)
 
 
 def ip(value: bytes) -> IPv4Address:

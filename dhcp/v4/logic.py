@@ -313,14 +313,16 @@ def _max_size(msg: Message) -> int:
 
 def _fit(options: list[tuple[int, bytes]], max_size: int) -> list[tuple[int, bytes]]:
     budget = max_size - _IP_UDP - _HEADER_SIZE - 1  # end option
+    used = sum(encoded_size(c, v) for c, v in options)
+    if used <= budget:
+        return options
     kept = list(options)
-    while kept and sum(encoded_size(c, v) for c, v in kept) > budget:
-        for i in range(len(kept) - 1, -1, -1):
-            if kept[i][0] not in MANDATORY:
-                del kept[i]
-                break
-        else:
+    for i in range(len(kept) - 1, -1, -1):
+        if used <= budget:
             break
+        if kept[i][0] not in MANDATORY:
+            used -= encoded_size(*kept[i])
+            del kept[i]
     return kept
 
 

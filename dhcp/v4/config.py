@@ -88,7 +88,9 @@ class Dhcp4Config:
     extra classless routes; the router's default route (and, when the router is not
     inside the lease's subnet, e.g. a Calico /32, an on-link host route to it) are added
     per lease. ``private_options`` carries KubeVirt ``dhcpOptions.privateOptions``
-    (codes 224–254, raw values).
+    (codes 224–254, raw values). ``pool`` and ``allow_relay`` exist for benchmarking with
+    perfdhcp; ``rate``/``burst`` bound each client MAC; ``max_events`` bounds the event
+    list in snapshots; ``port`` is 67 except in tests.
     """
 
     interface: str

@@ -98,6 +98,7 @@ class Dhcp4Snapshot:
     events: tuple[Dhcp4Event, ...]
 
 
+_LEVELS = {"offer": logging.DEBUG, "inform": logging.DEBUG, "decline": logging.WARNING}
 _EVENT_COUNTER = {
     "offer": "offers",
     "ack": "acks",
@@ -259,7 +260,9 @@ class Dhcp4Server:
                 reason=decision.reason,
             )
         )
-        level = logging.DEBUG if decision.event in ("offer", "inform") else logging.INFO
+        # A DECLINE means something answered ARP for the guest's address (check arp_ignore
+        # on the pod side): worth a warning. Offers and informs are routine traffic.
+        level = _LEVELS.get(decision.event, logging.INFO)
         if log.isEnabledFor(level):
             log.log(
                 level,

@@ -384,7 +384,8 @@ class Qemu:
         self._exit_info = info
         if self._tmp is not None:
             self._tmp.cleanup()
-        log.info(
+        log.log(
+            logging.WARNING if info.state is VmState.FAILED else logging.INFO,
             "qemu exited: %s",
             info.cause,
             extra={"returncode": code, "vm_state": str(info.state)},

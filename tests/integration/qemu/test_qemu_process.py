@@ -312,13 +312,15 @@ async def test_qmp_error_reply_names_the_command(vm: Qemu) -> None:
 
 
 def panic_firmware(path: Path) -> Path:
-    """A 64 KiB -bios image that spins ~2 s under TCG, then writes 1 to pvpanic (port 0x505).
+    """A 64 KiB -bios image: spin ~3-4 s under TCG, then write 1 to pvpanic (port 0x505).
 
-    Code at 0xfffe0: ``mov ecx, 0x60000000; a32 loop $; mov dx, 0x505; mov al, 1;
+    The spin leaves time for the adapter to connect QMP before the panic.
+
+    Code at 0xfffe0: ``mov ecx, 0xa0000000; a32 loop $; mov dx, 0x505; mov al, 1;
     out dx, al; hlt``; the reset vector at 0xffff0 jumps back to it.
     """
     image = bytearray(b"\xf4" * 0x10000)
-    code = bytes.fromhex("66b90000006067e2fdba0505b001eef4")
+    code = bytes.fromhex("66b9000000a067e2fdba0505b001eef4")
     image[0xFFE0 : 0xFFE0 + len(code)] = code
     image[0xFFF0:0xFFF2] = bytes([0xEB, 0xEE])  # jmp short 0xffe0
     path.write_bytes(bytes(image))

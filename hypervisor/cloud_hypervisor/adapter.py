@@ -34,7 +34,7 @@ from hypervisor.cloud_hypervisor.events import EventParser
 from hypervisor.cloud_hypervisor.process import VmmProcess, describe_exit
 from hypervisor.cloud_hypervisor.taps import open_tap
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
-from launcher.errors import HypervisorError, StateError
+from launcher.errors import ApiError, HypervisorError, StateError
 
 __all__ = ["CloudHypervisor"]
 
@@ -137,7 +137,8 @@ class CloudHypervisor:
             if self._state is VmState.CREATED:  # the booted event may have come first
                 self._set_state(VmState.RUNNING)
         except HypervisorError as err:
-            early = await self._exited_on_its_own()
+            # A refused connection usually means the VMM died: give its exit time to show.
+            early = await self._exited_on_its_own(0.1 if isinstance(err, ApiError) else 3.0)
             await self._fail()
             if early is not None and not str(err).startswith(early):
                 raise HypervisorError(f"{early} while starting the VM ({err})") from err
@@ -146,12 +147,12 @@ class CloudHypervisor:
             await self._fail()
             raise
 
-    async def _exited_on_its_own(self) -> str | None:
-        """If the VMM has died by itself (checked for up to 0.5 s), how it ended."""
+    async def _exited_on_its_own(self, within: float) -> str | None:
+        """If the VMM has died by itself (checked for up to ``within`` s), how it ended."""
         if self._proc is None:
             return None
         with contextlib.suppress(TimeoutError):
-            code = await self._proc.wait(0.5)
+            code = await self._proc.wait(within)
             return describe_exit(code, self._proc.stderr_tail())
         return None
 

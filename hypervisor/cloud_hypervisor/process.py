@@ -29,6 +29,7 @@ serial_log = logging.getLogger("hypervisor.cloud_hypervisor.serial")
 
 _STDERR_LINES = 20
 _SOCKET_POLL = 0.02
+_LINE_LIMIT = 64 * 1024
 
 
 def describe_exit(returncode: int, stderr_tail: str, name: str = "cloud-hypervisor") -> str:
@@ -181,19 +182,29 @@ class VmmProcess:
 
 
 async def _lines(stream: asyncio.StreamReader, what: str) -> AsyncIterator[str]:
-    """Decoded lines until EOF; a line over the stream limit is dropped, not fatal.
+    """Decoded lines until EOF; a line longer than 64 KiB is dropped whole, not fatal.
 
-    A reader that stopped would let the pipe fill and block the VMM on its next write.
+    Split here rather than with ``readline()``, which fails on an over-long line and
+    leaves its remainder to come back as a fragment; a reader that stopped would let
+    the pipe fill and block the VMM on its next write.
     """
-    while True:
-        try:
-            line = await stream.readline()
-        except ValueError:  # longer than the limit; asyncio has discarded it
-            log.warning("dropped an over-long line from the cloud-hypervisor %s", what)
-            continue
-        if not line:
-            return
-        yield line.decode(errors="replace").rstrip("\r\n")
+    pending = b""
+    skipping = False  # inside an over-long line: drop up to its newline
+    while chunk := await stream.read(65536):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for raw in complete:
+            if skipping or len(raw) > _LINE_LIMIT:
+                if not skipping:
+                    log.warning("dropped an over-long line from the cloud-hypervisor %s", what)
+                skipping = False
+                continue
+            yield raw.decode(errors="replace").rstrip("\r")
+        if len(pending) > _LINE_LIMIT:
+            if not skipping:
+                log.warning("dropped an over-long line from the cloud-hypervisor %s", what)
+            skipping, pending = True, b""
+    if pending and not skipping:
+        yield pending.decode(errors="replace").rstrip("\r")
 
 
 def _connectable(path: str) -> bool:

@@ -237,7 +237,7 @@ async def test_guest_panic_fails_the_vm(
 ) -> None:
     monkeypatch.setenv("FAKE_CH_MODE", "panic")
     await vmm.start(MACHINE)
-    for _ in range(100):
+    for _ in range(250):
         if vmm.state is VmState.FAILED:
             break
         await asyncio.sleep(0.02)
@@ -289,7 +289,7 @@ async def test_over_long_serial_line_is_dropped_not_fatal(
     serial: list[str] = []
     vmm.on_serial = serial.append
     await vmm.start(MACHINE)
-    for _ in range(100):
+    for _ in range(250):
         if serial:
             break
         await asyncio.sleep(0.02)
@@ -338,3 +338,22 @@ async def test_process_sigterm_ends_it_and_events_flow(binary: str, sock_dir: st
     finally:
         proc.signal(signal.SIGKILL)
         await proc.close()
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ([b"a\nb", b"c\r\n"], ["a", "bc"]),
+        ([b"x" * 70000, b"x" * 70000 + b"\nok\n"], ["ok"]),
+        ([b"x" * 70000 + b"\nok\nlast"], ["ok", "last"]),
+        ([b"y" * 65537 + b"\nz\n"], ["z"]),
+    ],
+)
+async def test_console_line_splitting(chunks: list[bytes], expected: list[str]) -> None:
+    from hypervisor.cloud_hypervisor.process import _lines
+
+    reader = asyncio.StreamReader()
+    for chunk in chunks:
+        reader.feed_data(chunk)
+    reader.feed_eof()
+    assert [line async for line in _lines(reader, "test")] == expected

@@ -34,6 +34,13 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+log=$(mktemp)
+if ! .venv/bin/python -m pip install -q -e '.[test]' >"$log" 2>&1; then
+  cat "$log" >&2
+  rm -f "$log"
+  echo "install.sh: pip install failed" >&2
+  exit 1
+fi
+rm -f "$log"
 echo "install.sh: ready (.venv)" >&2

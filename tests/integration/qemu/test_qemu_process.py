@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hypervisor.base import Hypervisor, LifecycleEvent
-from hypervisor.machine import DiskImage, MachineConfig, NetDevice, VmState
+from hypervisor.machine import DiskImage, MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
 from hypervisor.qemu import Qemu, choose_accel
 from launcher.errors import HypervisorError, StateError
 
@@ -421,3 +421,28 @@ async def test_tap_fds_at_start_and_by_scm_rights_on_hot_plug(tmp_path: Path, ne
             os.close(fd)
         await qemu.stop()
     assert (await qemu.wait()).state is VmState.SHUTDOWN
+
+
+async def test_refused_hot_plug_frees_its_port(tmp_path: Path, netns: str) -> None:
+    wrapper = tmp_path / "qemu-in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} qemu-system-x86_64 "$@"\n')
+    wrapper.chmod(0o755)
+    qemu = Qemu(binary=str(wrapper), run_dir=str(tmp_path / "run"), quit_timeout=5.0)
+    try:
+        await qemu.start(bare(hotplug_ports=1))
+        # no such host device / vDPA device here: QEMU refuses, the adapter says which
+        with pytest.raises(HypervisorError, match="device_add failed") as vfio_err:
+            await qemu.add_vfio(VfioDevice("vf0", "/sys/bus/pci/devices/0000:99:1f.7"))
+        assert "0000:99:1f.7" in str(vfio_err.value)
+        with pytest.raises(HypervisorError, match="netdev_add failed") as vdpa_err:
+            await qemu.add_vdpa(VdpaDevice("vd0", str(tmp_path / "vhost-vdpa-9")))
+        assert "vhost-vdpa-9" in str(vdpa_err.value)
+        # the single hot-plug port is still free for a NIC that works
+        await qemu.add_net(NetDevice("net9", "qm-t1", "52:54:00:71:6d:09", 1500))
+        by_id = await numbered_pci(qemu)
+        hp0_bus = by_id["hp0"]["pci_bridge"]["bus"]["secondary"]  # type: ignore[index]
+        assert by_id["net9"]["bus"] == hp0_bus
+        with pytest.raises(HypervisorError, match="no free hot-plug port for net10"):
+            await qemu.add_net(NetDevice("net10", "qm-t2", "52:54:00:71:6d:0a", 1500))
+    finally:
+        await qemu.stop()

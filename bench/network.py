@@ -50,6 +50,66 @@ def time_apply(binding: str, nics: int, ports: str, repeat: int) -> tuple[float,
     return statistics.median(plans), statistics.median(firsts), statistics.median(seconds)
 
 
+def batch_peer(nics: int, repeat: int) -> float:
+    """Median ms for iproute2 ``ip -batch`` doing the bridge binding's link steps."""
+    times = []
+    for _ in range(repeat):
+        topo = Topology(pod_ifaces=nics)
+        try:
+            topo.create()
+            lines = []
+            for i in range(nics):
+                pod_if = "eth0" if i == 0 else f"net{i}"
+                lines += [
+                    f"link add vlbr{i} address 02:00:00:00:01:{i:02x} mtu 1440 type bridge",
+                    f"tuntap add vltap{i} mode tap vnet_hdr",
+                    f"link set vltap{i} mtu 1440 master vlbr{i} up",
+                    f"link set {pod_if} down",
+                    f"link set {pod_if} address 02:00:00:00:02:{i:02x}",
+                    f"addr flush dev {pod_if}",
+                    f"link set {pod_if} master vlbr{i} up",
+                    f"link set {pod_if} type bridge_slave learning off",
+                    f"addr add 169.254.75.{10 + i}/32 dev vlbr{i}",
+                    f"link set vlbr{i} up",
+                ]
+            t0 = time.perf_counter()
+            subprocess.run(
+                ["ip", "-n", topo.pod, "-batch", "-"],
+                input="\n".join(lines) + "\n",
+                text=True,
+                check=True,
+                timeout=60,
+            )
+            times.append((time.perf_counter() - t0) * 1000)
+        finally:
+            topo.destroy()
+    return statistics.median(times)
+
+
+def nft_peer(ports: str, repeat: int) -> float:
+    """Median ms for ``nft -f`` loading the same masquerade document alone."""
+    times = []
+    for _ in range(repeat):
+        topo = Topology()
+        try:
+            topo.create()
+            with tempfile.TemporaryDirectory() as state:
+                pod = discover(netns=topo.pod, state_dir=Path(state), hostname="bench")
+                doc = plan(build_spec("masquerade", 1, ports), pod, PlanOptions()).nftables
+            t0 = time.perf_counter()
+            subprocess.run(
+                ["ip", "netns", "exec", topo.pod, "nft", "-f", "-"],
+                input=doc,
+                text=True,
+                check=True,
+                timeout=60,
+            )
+            times.append((time.perf_counter() - t0) * 1000)
+        finally:
+            topo.destroy()
+    return statistics.median(times)
+
+
 def iperf(server_ns: str, client_ns: str, host: str, seconds: int, port: int = 5201) -> float:
     """Gbit/s of one TCP stream client → server."""
     srv = subprocess.Popen(
@@ -111,19 +171,26 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    print("| case | plan ms | apply ms | 2nd apply ms |")
-    print("|---|---|---|---|")
+    print("| case | discover+plan ms | apply ms | 2nd apply ms | peer ms | peer is |")
+    print("|---|---|---|---|---|---|")
     for nics in (1, 4, 16):
         pl, first, second = time_apply("bridge", nics, "", args.repeat)
-        print(f"| bridge, {nics} NIC(s) | {pl:.1f} | {first:.1f} | {second:.1f} |", flush=True)
-    for count in (1, 100, 1000):
+        peer = batch_peer(nics, args.repeat)
+        print(
+            f"| bridge, {nics} NIC(s) | {pl:.1f} | {first:.1f} | {second:.1f} | {peer:.1f} "
+            "| `ip -batch`, same link steps, no state/nft |",
+            flush=True,
+        )
+    for count in (1, 100, 1000, 0):
         ports = ",".join(str(20000 + i) for i in range(count))
         pl, first, second = time_apply("masquerade", 1, ports, args.repeat)
+        peer = nft_peer(ports, args.repeat)
+        label = f"{count} port(s)" if count else "all ports"
         print(
-            f"| masquerade, {count} port(s) | {pl:.1f} | {first:.1f} | {second:.1f} |", flush=True
+            f"| masquerade, {label} | {pl:.1f} | {first:.1f} | {second:.1f} | {peer:.1f} "
+            "| `nft -f` of the same document alone |",
+            flush=True,
         )
-    pl, first, second = time_apply("masquerade", 1, "", args.repeat)
-    print(f"| masquerade, all ports | {pl:.1f} | {first:.1f} | {second:.1f} |", flush=True)
     print()
     print(f"| path (1 TCP stream, iperf3 -t {args.seconds}) | Gbit/s |")
     print("|---|---|")

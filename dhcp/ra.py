@@ -35,6 +35,7 @@ __all__ = [
     "PrefixInfo",
     "RouterSolicit",
     "RaCounters",
+    "RaSnapshot",
     "encode_ra",
     "parse_ra",
     "parse_rs",

@@ -5,7 +5,8 @@
 the default route; ``--ra-slaac`` makes the kernel autoconfigure from the prefix; and
 a dhclient whose DUID carries no MAC (DUID-EN) is still matched by its frame's source
 MAC through the server's AF_PACKET receive path. One ``python -m dhcp serve`` serves
-udhcpc (v4) and dhclient -6 together, and the server DUID survives restarts.
+udhcpc (v4) and dhclient -6 together, the server DUID survives restarts, and nothing
+is served on another interface of the server namespace.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import subprocess
+import sys
 import time
 
+from dhcp.v6.codec import MsgType
 from tests.integration.dhcp6.conftest import DNS6, GUEST_ADDR, MTU, SEARCH, V6Net, sh
 
 
@@ -141,3 +144,43 @@ def test_server_duid_survives_restart(v6: V6Net) -> None:
     mac = sh("ip", "netns", "exec", v6.sns, "cat", f"/sys/class/net/{v6.sif}/address").stdout
     assert seen[0] == seen[1] == "00030001" + mac.strip().replace(":", "")
     assert seen[2] == seen[3] and seen[2].startswith("0004") and len(seen[2]) == 36
+
+
+_SOLICIT_PROBE = """
+import socket, struct, sys
+ifname, duid_hex = sys.argv[1], sys.argv[2]
+duid = bytes.fromhex(duid_hex)
+msg = b"\\x01\\x00\\x00\\x2a" + struct.pack("!HH", 1, len(duid)) + duid
+msg += struct.pack("!HHIII", 3, 12, 1, 0, 0) + struct.pack("!HHH", 8, 2, 0)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 25, ifname.encode())
+s.bind(("::", 546))
+s.settimeout(2.0)
+s.sendto(msg, ("ff02::1:2", 547, 0, socket.if_nametoindex(ifname)))
+try:
+    data = s.recv(2048)
+except TimeoutError:
+    print("silence")
+else:
+    print("answer", data[0])
+"""
+
+
+def test_nothing_is_served_on_other_interfaces(v6: V6Net) -> None:
+    """A second link into the server netns, with the guest's own MAC: no RA, no DHCPv6."""
+    other_s, other_c = f"d6x{v6.n}", f"d6y{v6.n}"
+    sh("ip", "link", "add", other_s, "netns", v6.sns, "type", "veth",
+       "peer", "name", other_c, "netns", v6.cns, "address", v6.mac)  # fmt: skip
+    sh("ip", "-n", v6.sns, "link", "set", other_s, "up")
+    sh("ip", "-n", v6.cns, "link", "set", other_c, "up")
+    v6.serve()
+    time.sleep(1.0)  # link-local addresses on the new pair (DAD is off)
+    duid = "00030001" + v6.mac.replace(":", "")
+    probe = [sys.executable, "-c", _SOLICIT_PROBE]
+    other = sh("ip", "netns", "exec", v6.cns, *probe, other_c, duid).stdout.split()
+    served = sh("ip", "netns", "exec", v6.cns, *probe, v6.cif, duid).stdout.split()
+    assert other == ["silence"]
+    assert served == ["answer", str(int(MsgType.ADVERTISE))]
+    rd = sh("ip", "netns", "exec", v6.cns, "rdisc6", "-1", "-r", "2", "-w", "800", other_c,
+            check=False)  # fmt: skip
+    assert rd.returncode != 0 and "Stateful" not in rd.stdout, rd.stdout

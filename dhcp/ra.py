@@ -348,7 +348,12 @@ class RaServer:
         while True:
             index, mac, ll = link_facts(ifname)
             if ll is not None:
-                sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+                try:
+                    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+                except PermissionError as err:
+                    raise ServerError(
+                        f"router advertisements on {ifname!r} need CAP_NET_RAW: {err}"
+                    ) from err
                 try:
                     self._setup(sock, ifname, index, ll)
                 except OSError as err:

@@ -76,8 +76,11 @@ class V6Net:
                 return str(a["local"])
         pytest.fail(f"{self.sif} has no link-local address")
 
-    def serve(self, *args: str, default: bool = True) -> subprocess.Popen[str]:
-        """Start ``python -m dhcp serve``; ``default`` adds the standard lease/DNS/RA flags."""
+    def serve(
+        self, *args: str, default: bool = True, wrap: tuple[str, ...] = ()
+    ) -> subprocess.Popen[str]:
+        """Start ``python -m dhcp serve``; ``default`` adds the standard lease/DNS/RA flags,
+        ``wrap`` is a command prefix (e.g. setpriv) inside the namespace."""
         std = (
             [
                 "--lease6", f"{self.mac}={GUEST_ADDR}/64",
@@ -91,7 +94,7 @@ class V6Net:
         log_path = self.tmp / f"server{len(self.procs)}.log"
         proc = subprocess.Popen(
             [
-                "ip", "netns", "exec", self.sns, sys.executable, "-m", "dhcp", "serve",
+                "ip", "netns", "exec", self.sns, *wrap, sys.executable, "-m", "dhcp", "serve",
                 "--interface", self.sif, "--log-level", "debug", *std, *args,
             ],
             cwd=REPO,

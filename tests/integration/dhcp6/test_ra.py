@@ -184,3 +184,28 @@ def test_nothing_is_served_on_other_interfaces(v6: V6Net) -> None:
     rd = sh("ip", "netns", "exec", v6.cns, "rdisc6", "-1", "-r", "2", "-w", "800", other_c,
             check=False)  # fmt: skip
     assert rd.returncode != 0 and "Stateful" not in rd.stdout, rd.stdout
+
+
+def test_without_cap_net_raw_the_server_falls_back_to_duid_matching(v6: V6Net) -> None:
+    """No AF_PACKET socket: dhclient's DUID-LL (it carries the MAC) still gets the lease;
+    --ra then fails with a clear error instead of a traceback."""
+    nocap = ("setpriv", "--bounding-set", "-net_raw", "--inh-caps", "-net_raw", "--")
+    v6.serve("--lease6", f"{v6.mac}={GUEST_ADDR}/64", default=False, wrap=nocap)
+    log = (v6.tmp / "server0.log").read_text()
+    assert "no CAP_NET_RAW" in log, log
+    leases = v6.tmp / "dhclient6.leases"
+    noop = v6.tmp / "noop"
+    noop.write_text("#!/bin/sh\n")
+    noop.chmod(0o755)
+    pidfile = v6.tmp / "dhclient.pid"
+    v6.pidfiles.append(pidfile)
+    sh("ip", "netns", "exec", v6.cns, "dhclient", "-6", "-1", "-D", "LL", "-sf", str(noop),
+       "-lf", str(leases), "-pf", str(pidfile), v6.cif, timeout=40)  # fmt: skip
+    assert f"iaaddr {GUEST_ADDR}" in leases.read_text()
+    proc = subprocess.run(
+        ["ip", "netns", "exec", v6.sns, *nocap, sys.executable, "-m", "dhcp", "serve",
+         "-i", v6.sif, "--ra", "--ra-prefix", "fd00:d6::/64"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "need CAP_NET_RAW" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -144,3 +144,31 @@ def test_spoofed_source_from_guest_is_dropped(topo: Topology, tmp_path: Path) ->
     assert wait_for(lambda: ping(topo.guest, "10.77.0.1"), timeout=10)
     sh("ip", "-n", topo.guest, "addr", "add", "10.0.2.3/30", "dev", "vlg0")
     assert not ping(topo.guest, "10.77.0.1", count=2, wait=1, source="10.0.2.3")
+
+
+def test_thousand_ports_are_one_set(topo: Topology, tmp_path: Path) -> None:
+    topo.create()
+    ports = ",".join(str(p) for p in range(20000, 21000))
+    p = _apply(topo, tmp_path, ports)
+    configure_guest(topo, p)
+    ruleset = nsrun(topo.pod, "nft", "list", "chain", "inet", "virt_launcher", "prerouting").stdout
+    assert ruleset.count("dnat") == 2  # one IPv4 and one IPv6 rule for all 1,000 ports
+    assert wait_for(lambda: ping(topo.guest, "10.0.2.1"), timeout=10)
+    assert _reaches_guest(topo, topo.peer, "10.77.0.5", 20999) == "10.77.0.1"
+    assert _reaches_guest(topo, topo.peer, "10.77.0.5", 21000) is None
+
+
+def test_cleanup_removes_everything(topo: Topology, tmp_path: Path) -> None:
+    from launcher.network import cleanup
+
+    topo.create()
+    before = topo.settled_dump()
+    p = _apply(topo, tmp_path, "80")
+    assert "vlbr0" in nsrun(topo.pod, "ip", "-o", "link").stdout
+    cleanup(p, tmp_path, netns=topo.pod)
+    links = nsrun(topo.pod, "ip", "-o", "link").stdout
+    assert "vlbr0" not in links and "vltap0" not in links
+    assert nsrun(topo.pod, "nft", "list", "tables").stdout.strip() == ""
+    assert "10.77.0.5/24" in nsrun(topo.pod, "ip", "-o", "addr", "show", "eth0").stdout
+    assert list(tmp_path.iterdir()) == []
+    assert "10.77.0.5" in before

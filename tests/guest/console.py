@@ -104,6 +104,11 @@ class ConsoleReader:
         parsed = (parse_line(text, ts) for ts, text in snapshot)
         return [p for p in parsed if p is not None and (kind is None or p.kind == kind)]
 
+    def first_line_time(self) -> float:
+        """time.monotonic() when the first line arrived (0.0 if none yet)."""
+        with self._cond:
+            return self._lines[0][0] if self._lines else 0.0
+
     def mark(self) -> int:
         """Position to pass as ``since`` so wait_for() only looks at later lines."""
         with self._cond:

@@ -8,7 +8,8 @@ acts as a relay (giaddr = 169.254.80.2); both servers hand out the same pool
 and each rate it runs full DORA exchanges for ``duration`` seconds (fresh server per
 run, the two servers interleaved at each rate), then prints drops and the
 request→reply latency p50/p99 computed from perfdhcp's per-exchange timestamps
-(``-x t``). The highest rate with < 1 % drops is "sustained".
+(``-x t``) and the server's CPU time per completed exchange (from /proc, so it does not
+depend on what else the machine runs). The highest rate with < 1 % drops is "sustained".
 
 dnsmasq runs with ``--no-ping --quiet-dhcp --leasefile-ro`` so it does the same work as
 the embedded server (no ICMP probe before offering, no per-lease syslog line, no lease
@@ -18,6 +19,7 @@ file rewrite); the embedded server runs at ``--log-level warning`` for the same 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -127,9 +129,16 @@ class Result:
     drops: float  # percent of all requests (DISCOVER + REQUEST) without a reply
     p50: float  # ms
     p99: float  # ms
+    cpu_us: float  # server CPU time (user + system) per completed exchange, microseconds
 
 
-def perfdhcp(rate: int, duration: int) -> tuple[float, float, list[float]]:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (independent of other load on the machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def perfdhcp(rate: int, duration: int) -> tuple[float, float, list[float], int]:
     out = sh(
         "ip",
         "netns",
@@ -160,13 +169,16 @@ def perfdhcp(rate: int, duration: int) -> tuple[float, float, list[float]]:
         for a, b in re.findall(r"sent / received: ([\d.]+) / ([\d.]+)", out)
     ]
     drops = 100.0 * (sent - received) / sent if sent else 100.0
-    return (float(achieved.group(1)) if achieved else 0.0), drops, delays
+    acks = [int(x) for x in re.findall(r"^received packets: (\d+)", out, re.M)][1:2] or [0]
+    return (float(achieved.group(1)) if achieved else 0.0), drops, delays, acks[0]
 
 
 def run(server: str, rate: int, duration: int, tmp: Path) -> Result:
     proc = start_embedded(tmp) if server == "embedded" else start_dnsmasq(tmp)
     try:
-        achieved, drops, delays = perfdhcp(rate, duration)
+        cpu0 = cpu_seconds(proc.pid)
+        achieved, drops, delays, exchanges = perfdhcp(rate, duration)
+        cpu = cpu_seconds(proc.pid) - cpu0
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -175,7 +187,8 @@ def run(server: str, rate: int, duration: int, tmp: Path) -> Result:
         p50, p99 = statistics.median(delays), q[98]
     else:
         p50 = p99 = float("nan")
-    return Result(server, rate, achieved, drops, p50, p99)
+    cpu_us = cpu * 1e6 / exchanges if exchanges else float("nan")
+    return Result(server, rate, achieved, drops, p50, p99, cpu_us)
 
 
 def main() -> None:
@@ -189,8 +202,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="d4bench") as tmpdir:
             tmp = Path(tmpdir)
-            head = ("server", "rate", "achieved", "drops%", "p50 ms", "p99 ms")
-            print("{:<9} {:>6} {:>9} {:>7} {:>7} {:>7}".format(*head))
+            head = ("server", "rate", "achieved", "drops%", "p50 ms", "p99 ms", "cpu us/x")
+            print("{:<9} {:>6} {:>9} {:>7} {:>7} {:>7} {:>9}".format(*head))
             failed: set[str] = set()
             for rate in rates:  # interleaved, so both servers see the same background load
                 for server in ("embedded", "dnsmasq"):
@@ -200,7 +213,7 @@ def main() -> None:
                     results.append(r)
                     print(
                         f"{r.server:<9} {r.rate:>6} {r.achieved:>9.1f} {r.drops:>7.2f} "
-                        f"{r.p50:>7.2f} {r.p99:>7.2f}",
+                        f"{r.p50:>7.2f} {r.p99:>7.2f} {r.cpu_us:>9.0f}",
                         flush=True,
                     )
                     if r.drops >= 1.0:

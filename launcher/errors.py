@@ -11,6 +11,7 @@ convert :class:`asyncio.CancelledError`.
     LauncherError                     exit 1  (unexpected: a bug)
     ├── UsageError                    exit 2  bad command line
     ├── SpecError                     exit 2  invalid VM spec (carries every Problem)
+    ├── VolumeError                   exit 2  a file the spec names (kernel, disk) is not in the pod
     ├── PodInfoError                  exit 3  downward-API / Multus annotations / device-plugin env
     ├── NetworkError                  exit 3  pod network discovery, plan or apply failed
     │   └── StateCacheError           exit 3  the state dir holds a half-done or foreign phase
@@ -49,6 +50,7 @@ __all__ = [
     "StateError",
     "StatusServerError",
     "UsageError",
+    "VolumeError",
     "exit_code_for",
 ]
 
@@ -101,6 +103,15 @@ class SpecError(LauncherError):
     def lines(self) -> list[str]:
         """Every problem as one ``path: message`` line."""
         return [str(p) for p in self.problems]
+
+
+class VolumeError(LauncherError):
+    """A kernel, initrd or disk file the spec names is missing or unusable in the pod.
+
+    Exit 2 like an invalid spec: the pod's inputs are wrong and a restart will not help.
+    """
+
+    exit_code = EXIT_INVALID
 
 
 class PodInfoError(LauncherError):

@@ -1,0 +1,209 @@
+"""launcher.volumes: the documented layout, format detection, problems and sparse creation.
+
+Real files in a temporary directory; block devices are covered by
+tests/integration/test_plan_cli.py (a real loop device).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from launcher.errors import EXIT_INVALID, VolumeError
+from launcher.spec.model import (
+    CloudInitNoCloud,
+    ContainerDisk,
+    DataVolume,
+    Disk,
+    EmptyDisk,
+    HostDisk,
+    KernelBoot,
+    PersistentVolumeClaim,
+    SourceShape,
+    VmSpec,
+    Volume,
+    VolumeSource,
+)
+from launcher.volumes import (
+    QCOW2_MAGIC,
+    FileState,
+    VolumeKind,
+    VolumeLayout,
+    detect_format,
+    prepare,
+    require_present,
+    resolve,
+)
+
+GIB = 1 << 30
+
+
+def spec_with(
+    *volumes: tuple[str, VolumeSource],
+    shape: SourceShape = SourceShape.KUBEVIRT_VMI,
+    kernel: KernelBoot | None = None,
+    cdrom: tuple[str, ...] = (),
+) -> VmSpec:
+    return VmSpec(
+        shape=shape,
+        name="vm1",
+        kernel=kernel,
+        disks=tuple(Disk(name=n, cdrom=n in cdrom) for n, _ in volumes),
+        volumes=tuple(Volume(name=n, source=s) for n, s in volumes),
+    )
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> VolumeLayout:
+    return VolumeLayout(volumes_dir=tmp_path / "volumes", scratch_dir=tmp_path / "scratch")
+
+
+def put(path: Path, data: bytes = b"\0" * 512) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_virtink_kernel_is_vmlinux_in_the_kernel_dir(layout: VolumeLayout) -> None:
+    spec = spec_with(shape=SourceShape.VIRTINK, kernel=KernelBoot(image="k:1", cmdline="c=1"))
+    missing = resolve(spec, layout)
+    assert missing.kernel is not None and missing.kernel.state is FileState.MISSING
+    expected = layout.volumes_dir / "kernel" / "vmlinux"
+    assert missing.problems == (f"kernel 'kernel': no file at {expected}",)
+    put(expected)
+    found = resolve(spec, layout)
+    assert found.kernel is not None and found.kernel.path == str(expected)
+    assert found.kernel.state is FileState.PRESENT and found.initrd is None
+    assert found.cmdline == "c=1" and found.problems == ()
+
+
+def test_kubevirt_kernel_boot_paths_are_rooted_in_the_kernel_dir(layout: VolumeLayout) -> None:
+    boot = KernelBoot(
+        image="k:1", kernel_path="/boot/vmlinuz", initrd_path="/boot/initrd.img", cmdline="a"
+    )
+    spec = spec_with(kernel=boot)
+    put(layout.volumes_dir / "kernel/boot/vmlinuz")
+    resolved = resolve(spec, layout)
+    assert resolved.kernel is not None and resolved.kernel.state is FileState.PRESENT
+    assert resolved.initrd is not None and resolved.initrd.state is FileState.MISSING
+    initrd = layout.volumes_dir / "kernel/boot/initrd.img"
+    assert resolved.problems == (f"initrd 'initrd': no file at {initrd}",)
+
+
+@pytest.mark.parametrize("path", ["../../etc/shadow", "/boot/../../x", "/"])
+def test_kernel_path_cannot_leave_the_kernel_dir(layout: VolumeLayout, path: str) -> None:
+    spec = spec_with(kernel=KernelBoot(image="k", kernel_path=path))
+    with pytest.raises(VolumeError, match="does not name a file below"):
+        resolve(spec, layout)
+
+
+def test_volume_name_dotdot_is_refused(layout: VolumeLayout) -> None:
+    with pytest.raises(VolumeError, match=r"volume name '\.\.'"):
+        resolve(spec_with(("..", ContainerDisk(image="x"))), layout)
+
+
+def test_container_disk_format_and_kubevirt_path(layout: VolumeLayout) -> None:
+    put(layout.volumes_dir / "root/disk.img", QCOW2_MAGIC + b"\0" * 100)
+    put(layout.volumes_dir / "data/fedora.raw", b"\x55" * 100)
+    spec = spec_with(
+        ("root", ContainerDisk(image="a")),
+        ("data", ContainerDisk(image="b", path="/disk/fedora.raw")),
+    )
+    disks = resolve(spec, layout).disks
+    assert [(d.name, d.file.kind, d.file.format, d.file.size_bytes) for d in disks] == [
+        ("root", VolumeKind.CONTAINER_DISK, "qcow2", 104),
+        ("data", VolumeKind.CONTAINER_DISK, "raw", 100),
+    ]
+    assert disks[1].file.path == str(layout.volumes_dir / "data/fedora.raw")
+
+
+def test_container_disk_with_path_falls_back_to_disk_img(layout: VolumeLayout) -> None:
+    spec = spec_with(("data", ContainerDisk(image="b", path="/disk/f.qcow2")))
+    missing = resolve(spec, layout).disks[0].file
+    looked = (str(layout.volumes_dir / "data/f.qcow2"), str(layout.volumes_dir / "data/disk.img"))
+    assert missing.state is FileState.MISSING and missing.looked_at == looked
+    assert missing.problem == f"containerDisk 'data': no file at {looked[0]} or {looked[1]}"
+    put(layout.volumes_dir / "data/disk.img")
+    assert resolve(spec, layout).disks[0].file.path == looked[1]
+
+
+def test_pvc_and_data_volume_are_keyed_by_volume_name(layout: VolumeLayout) -> None:
+    put(layout.volumes_dir / "pvcvol/disk.img")
+    put(layout.volumes_dir / "dvvol/disk.img")
+    spec = spec_with(
+        ("pvcvol", PersistentVolumeClaim(claim_name="claim-a")),
+        ("dvvol", DataVolume(name="dv-b")),
+    )
+    disks = resolve(spec, layout).disks
+    assert [d.file.kind for d in disks] == [
+        VolumeKind.PERSISTENT_VOLUME_CLAIM,
+        VolumeKind.DATA_VOLUME,
+    ]
+    assert [d.file.path for d in disks] == [
+        str(layout.volumes_dir / "pvcvol/disk.img"),
+        str(layout.volumes_dir / "dvvol/disk.img"),
+    ]
+
+
+def test_pvc_directory_without_disk_img_is_missing(layout: VolumeLayout) -> None:
+    (layout.volumes_dir / "pvcvol").mkdir(parents=True)
+    spec = spec_with(("pvcvol", PersistentVolumeClaim(claim_name="c")))
+    resolved = resolve(spec, layout)
+    assert resolved.disks[0].file.state is FileState.MISSING
+    with pytest.raises(VolumeError) as info:
+        require_present(resolved)
+    assert info.value.exit_code == EXIT_INVALID
+    assert "persistentVolumeClaim 'pvcvol'" in str(info.value)
+    assert str(layout.volumes_dir / "pvcvol/disk.img") in str(info.value)
+
+
+def test_require_present_counts_the_rest(layout: VolumeLayout) -> None:
+    spec = spec_with(("a", ContainerDisk(image="x")), ("b", ContainerDisk(image="y")))
+    with pytest.raises(VolumeError, match=r"containerDisk 'a': .* \(and 1 more missing\)$"):
+        require_present(resolve(spec, layout))
+
+
+def test_host_disk(layout: VolumeLayout, tmp_path: Path) -> None:
+    there = put(tmp_path / "node/there.img")
+    spec = spec_with(
+        ("there", HostDisk(path=str(there))),
+        ("gone", HostDisk(path=str(tmp_path / "node/gone.img"))),
+        ("made", HostDisk(path=str(tmp_path / "node/made.img"), type="DiskOrCreate",
+                          capacity_bytes=GIB)),
+    )  # fmt: skip
+    states = [d.file.state for d in resolve(spec, layout).disks]
+    assert states == [FileState.PRESENT, FileState.MISSING, FileState.CREATE]
+
+
+def test_prepare_creates_sparse_disks_and_keeps_existing_ones(layout: VolumeLayout) -> None:
+    spec = spec_with(("scratch", EmptyDisk(capacity_bytes=2 * GIB)))
+    resolved = resolve(spec, layout)
+    planned = resolved.disks[0].file
+    assert planned.state is FileState.CREATE
+    assert planned.path == str(layout.scratch_dir / "empty/scratch.img")
+    assert not Path(planned.path).exists()  # resolve only reads
+    ready = prepare(resolved)
+    made = Path(ready.disks[0].file.path)
+    st = made.stat()
+    assert st.st_size == 2 * GIB and st.st_blocks * 512 < 1 << 20  # sparse
+    assert ready.disks[0].file.state is FileState.PRESENT
+    with made.open("r+b") as f:
+        f.write(b"guest data")
+    prepare(resolve(spec, layout))  # a restarted launcher keeps the scratch disk
+    assert made.read_bytes()[:10] == b"guest data" and made.stat().st_size == 2 * GIB
+
+
+def test_cloud_init_is_a_planned_read_only_iso(layout: VolumeLayout) -> None:
+    spec = spec_with(("cidata", CloudInitNoCloud(user_data="#cloud-config\n")), cdrom=("cidata",))
+    disk = resolve(spec, layout).disks[0]
+    assert disk.file.state is FileState.BUILD and disk.file.kind is VolumeKind.CLOUD_INIT
+    assert disk.file.path == str(layout.scratch_dir / "cloud-init/cidata.iso")
+    assert disk.read_only and disk.cdrom and disk.file.problem is None
+
+
+def test_detect_format_of_short_and_unreadable_files(tmp_path: Path) -> None:
+    assert detect_format(put(tmp_path / "short", b"QF")) == "raw"
+    assert detect_format(put(tmp_path / "q", QCOW2_MAGIC)) == "qcow2"
+    with pytest.raises(VolumeError, match="cannot read the image header"):
+        detect_format(tmp_path / "absent")

@@ -292,11 +292,17 @@ class RaCounters:
     adverts: int = 0
     malformed: int = 0
     rate_limited: int = 0
+    ignored: int = 0
     last_advert: float = 0.0
 
     def snapshot(self) -> RaSnapshot:
         return RaSnapshot(
-            self.solicits, self.adverts, self.malformed, self.rate_limited, self.last_advert
+            self.solicits,
+            self.adverts,
+            self.malformed,
+            self.rate_limited,
+            self.ignored,
+            self.last_advert,
         )
 
 
@@ -308,7 +314,30 @@ class RaSnapshot:
     adverts: int
     malformed: int
     rate_limited: int
+    ignored: int
     last_advert: float
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Wait until ``sock`` has data (recvmsg has no asyncio equivalent)."""
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(sock.fileno(), ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+def _hop_limit(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT and len(data) >= 4:
+            return int(struct.unpack("@i", data[:4])[0])
+    return None
 
 
 def link_facts(ifname: str) -> tuple[int, str, ipaddress.IPv6Address | None]:
@@ -340,6 +369,7 @@ class RaServer:
     _sock: socket.socket | None = None
     _index: int = 0
     _mac: str | None = None
+    _last_multicast: float = 0.0
 
     async def open(self) -> None:
         """Create the socket; waits (bounded) for the link-local address to leave DAD."""
@@ -377,6 +407,7 @@ class RaServer:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
         # ICMP6_FILTER: block everything but Router Solicitations.
         blocked = [0xFFFFFFFF] * 8
         blocked[ICMP6_RS >> 5] &= ~(1 << (ICMP6_RS & 31))
@@ -428,30 +459,46 @@ class RaServer:
             await asyncio.sleep(min(delay, self.config.interval))
 
     async def _answer(self) -> None:
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
         loop = asyncio.get_running_loop()
-        last_multicast = 0.0
         while True:
-            data, addr = await loop.sock_recvfrom(self._sock, 2048)
-            src = addr[0].split("%")[0]
-            try:
-                rs = parse_rs(data)
-            except MalformedPacket as err:
-                self.counters.malformed += 1
-                log.debug("dropped RS from %s: %s", src, err)
-                continue
-            if not self.limiter.allow(rs.source_mac or src):
-                self.counters.rate_limited += 1
-                continue
-            self.counters.solicits += 1
-            log.debug("<-- RS from %s (%s)", src, rs.source_mac)
-            # RFC 4861 6.2.6: answers to solicitations are multicast, at most every 3 s;
-            # a solicitation from a known source address may be answered by unicast.
-            if src != "::" and rs.source_mac is not None:
-                self._send(src)
-            elif time.monotonic() - last_multicast >= 3.0:
-                last_multicast = time.monotonic()
-                self._send(ALL_NODES)
+            await _readable(loop, sock)
+            for _ in range(64):
+                try:
+                    data, anc, _flags, addr = sock.recvmsg(2048, socket.CMSG_SPACE(4))
+                except BlockingIOError:
+                    break
+                self.solicitation(data, addr[0].split("%")[0], _hop_limit(anc))
+
+    def solicitation(self, data: bytes, src: str, hop_limit: int | None) -> None:
+        """Answer one received Router Solicitation (RFC 4861 6.1.1 and 6.2.6)."""
+        if hop_limit is not None and hop_limit != 255:
+            # Not from this link: a router must ignore it.
+            self.counters.ignored += 1
+            log.debug("dropped RS from %s with hop limit %d", src, hop_limit)
+            return
+        try:
+            rs = parse_rs(data)
+        except MalformedPacket as err:
+            self.counters.malformed += 1
+            log.debug("dropped RS from %s: %s", src, err)
+            return
+        if src == "::" and rs.source_mac is not None:
+            self.counters.malformed += 1
+            return
+        if not self.limiter.allow(rs.source_mac or src):
+            self.counters.rate_limited += 1
+            return
+        self.counters.solicits += 1
+        log.debug("<-- RS from %s (%s)", src, rs.source_mac)
+        # Answers are multicast at most every 3 s; a solicitation from a known source
+        # address with its link-layer address may be answered by unicast.
+        if src != "::" and rs.source_mac is not None:
+            self._send(src)
+        elif time.monotonic() - self._last_multicast >= 3.0:
+            self._last_multicast = time.monotonic()
+            self._send(ALL_NODES)
 
     def close(self, *, final: bool = True) -> None:
         """Send the goodbye advert (router lifetime 0) unless told not to, then close."""

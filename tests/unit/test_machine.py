@@ -1,0 +1,115 @@
+"""launcher.machine: hypervisor choice and VmSpec + NetworkPlan + volumes → MachineConfig,
+checked through the real QEMU argv and cloud-hypervisor config builders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from hypervisor.cloud_hypervisor.config import vm_config
+from hypervisor.qemu.argv import QemuRuntime, build_argv
+from launcher.errors import UsageError, VolumeError
+from launcher.machine import build_machine, choose_hypervisor
+from launcher.network import plan
+from launcher.spec.model import (
+    CloudInitNoCloud,
+    ContainerDisk,
+    Cpu,
+    Disk,
+    KernelBoot,
+    SourceShape,
+    Volume,
+)
+from launcher.volumes import QCOW2_MAGIC, VolumeLayout, resolve
+from tests.unit.network.helpers import POD_MAC, pod_state, vm_spec
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("shape", "override", "expected"),
+    [
+        (SourceShape.VIRTINK, None, "cloud-hypervisor"),
+        (SourceShape.KUBEVIRT_VM, None, "qemu"),
+        (SourceShape.KUBEVIRT_VMI, None, "qemu"),
+        (SourceShape.VIRTINK, "qemu", "qemu"),
+        (SourceShape.KUBEVIRT_VMI, "cloud-hypervisor", "cloud-hypervisor"),
+    ],
+)
+def test_choose_hypervisor(shape: SourceShape, override: str | None, expected: str) -> None:
+    assert choose_hypervisor(replace(vm_spec(), shape=shape), override) == expected
+
+
+def test_choose_hypervisor_refuses_unknown_names() -> None:
+    with pytest.raises(UsageError, match="hypervisor 'firecracker' is not one of"):
+        choose_hypervisor(vm_spec(), "firecracker")
+
+
+def test_machine_from_spec_plan_and_volumes(tmp_path: Path) -> None:
+    layout = VolumeLayout(volumes_dir=tmp_path / "v", scratch_dir=tmp_path / "s")
+    for rel, data in [("kernel/boot/vmlinuz", b"k"), ("kernel/boot/initrd.img", b"i")]:
+        (layout.volumes_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (layout.volumes_dir / rel).write_bytes(data)
+    (layout.volumes_dir / "root").mkdir()
+    (layout.volumes_dir / "root/disk.img").write_bytes(QCOW2_MAGIC + b"\0" * 60)
+    spec = replace(
+        vm_spec(),
+        shape=SourceShape.KUBEVIRT_VMI,
+        cpu=Cpu(cores=2),
+        memory_bytes=300 * MIB + 1,
+        kernel=KernelBoot(
+            image="k",
+            kernel_path="/boot/vmlinuz",
+            initrd_path="/boot/initrd.img",
+            cmdline="console=ttyS0",
+        ),
+        disks=(Disk(name="root", boot_order=1), Disk(name="cidata", cdrom=True)),
+        volumes=(
+            Volume(name="root", source=ContainerDisk(image="r")),
+            Volume(name="cidata", source=CloudInitNoCloud(user_data="#cloud-config\n")),
+        ),
+    )
+    net = plan(spec, pod_state())
+    machine = build_machine(spec, net, resolve(spec, layout))
+    assert machine.name == "vm1" and machine.vcpus == 2
+    assert machine.memory_bytes == 301 * MIB  # rounded up to whole MiB
+    assert machine.kernel is not None
+    assert machine.kernel.kernel == str(layout.volumes_dir / "kernel/boot/vmlinuz")
+    assert machine.kernel.initrd == str(layout.volumes_dir / "kernel/boot/initrd.img")
+    assert machine.kernel.cmdline == "console=ttyS0" and machine.firmware is None
+    assert machine.nets == net.devices and machine.nets[0].mac == POD_MAC
+    # the cloud-init ISO is not built yet, so only the root disk is attached
+    assert [(d.id, d.format, d.boot_order) for d in machine.disks] == [("disk0", "qcow2", 1)]
+
+    argv = build_argv(machine, QemuRuntime(qmp_socket=str(tmp_path / "qmp")))
+    assert argv[argv.index("-kernel") + 1] == machine.kernel.kernel
+    assert argv[argv.index("-append") + 1] == "console=ttyS0"
+    assert argv[argv.index("-m") + 1] == "301M"
+    assert any(f"mac={POD_MAC}" in a for a in argv)
+    body = vm_config(machine)
+    assert body["payload"]["initramfs"] == machine.kernel.initrd
+    assert body["disks"][0]["path"] == str(layout.volumes_dir / "root/disk.img")
+
+
+def test_firmware_only_without_kernel(tmp_path: Path) -> None:
+    spec = vm_spec()
+    layout = VolumeLayout(volumes_dir=tmp_path, scratch_dir=tmp_path)
+    machine = build_machine(
+        spec, plan(spec, pod_state()), resolve(spec, layout), firmware="/fw/hypervisor-fw"
+    )
+    assert machine.kernel is None and machine.firmware == "/fw/hypervisor-fw"
+    assert vm_config(machine)["payload"] == {"firmware": "/fw/hypervisor-fw"}
+
+
+def test_initrd_without_kernel_is_refused(tmp_path: Path) -> None:
+    spec = replace(
+        vm_spec(),
+        shape=SourceShape.KUBEVIRT_VMI,
+        kernel=KernelBoot(image="k", initrd_path="/initrd"),
+    )
+    layout = VolumeLayout(volumes_dir=tmp_path, scratch_dir=tmp_path)
+    with pytest.raises(VolumeError, match="is given without a kernel"):
+        build_machine(spec, plan(spec, pod_state()), resolve(spec, layout))

@@ -1,8 +1,8 @@
 """Command line of ``virt-launcher`` (also ``python -m launcher``).
 
 ``validate`` checks the spec and prints a one-line summary, ``plan`` prints the
-normalized model as JSON without changing anything, ``run`` is the pod entrypoint (for
-now it only loads the spec: the composition root plugs in behind :func:`run`). Exit
+normalized model as JSON without changing anything, ``run`` is the pod entrypoint (the composition root,
+:mod:`launcher.run`, imported only by :func:`run`). Exit
 codes come from :mod:`launcher.errors`: 0 ok, 2 invalid spec or usage, 1 unexpected.
 Expected errors never print a traceback; an unexpected one prints one ERROR line (the
 traceback only at ``--log-level debug``).
@@ -16,9 +16,9 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from launcher import logs
 from launcher.errors import EXIT_INTERNAL, EXIT_OK, LauncherError, SpecError
@@ -51,6 +51,7 @@ class Options:
     command: str
     spec_path: Path
     log_level: str = "info"
+    run_args: Mapping[str, Any] = field(default_factory=dict)  # ``run`` options (RUN_ARGS)
 
 
 def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text, description=text)
         _add_common(sub, argparse.SUPPRESS)  # so --spec works before or after the command
+        if name == "run":
+            _add_run_arguments(sub)
     return parser
 
 
@@ -93,7 +96,13 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     env = os.environ if environ is None else environ
     ns = build_parser().parse_args(list(argv))
     spec = ns.spec or env.get(SPEC_ENV) or str(DEFAULT_SPEC_PATH)
-    return Options(command=ns.command, spec_path=Path(spec), log_level=ns.log_level or "info")
+    run_args = {k: v for k, v in vars(ns).items() if k in RUN_ARGS and v is not None}
+    return Options(
+        command=ns.command,
+        spec_path=Path(spec),
+        log_level=ns.log_level or "info",
+        run_args=run_args,
+    )
 
 
 def summary(spec: VmSpec) -> str:
@@ -124,15 +133,71 @@ def plan(options: Options, out: TextIO) -> int:
     return EXIT_OK
 
 
-def run(options: Options) -> int:
-    """``virt-launcher run``: the pod entrypoint. Only the spec stage exists so far."""
-    spec = load(options.spec_path)
-    logs.set_context(vm=f"{spec.namespace}/{spec.name}")
-    log.info("spec loaded", extra={"event": "spec-loaded", "summary": summary(spec)})
-    raise LauncherError(
-        "virt-launcher run is not implemented yet: network setup and the hypervisor "
-        "supervisor have not landed (use validate or plan)"
+RUN_ARGS = (
+    "state_dir",
+    "hypervisor",
+    "qemu_binary",
+    "cloud_hypervisor_binary",
+    "accel",
+    "volumes_dir",
+    "termination_log",
+    "pod_interface",
+    "console_log",
+)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``run`` (docs/run.md); defaults live in ``launcher.run.RunOptions``."""
+    g = parser.add_argument_group("run")
+    g.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the network state survives a launcher restart (default /var/run/virt-launcher)",
     )
+    g.add_argument(
+        "--hypervisor",
+        choices=("qemu", "cloud-hypervisor"),
+        help="the VMM (default: from the spec, Virtink -> cloud-hypervisor, KubeVirt -> qemu)",
+    )
+    g.add_argument("--qemu-binary", metavar="PATH", help="default qemu-system-x86_64")
+    g.add_argument("--cloud-hypervisor-binary", metavar="PATH", help="default cloud-hypervisor")
+    g.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        help="QEMU accelerator; auto probes whether KVM can really run a guest (default auto)",
+    )
+    g.add_argument(
+        "--volumes-dir",
+        type=Path,
+        metavar="DIR",
+        help="where kernel and disk files are mounted (default /var/run/virt-launcher/volumes)",
+    )
+    g.add_argument(
+        "--termination-log",
+        type=Path,
+        metavar="FILE",
+        help="why the launcher exited, for kubelet (default /dev/termination-log; skipped "
+        "when its directory does not exist)",
+    )
+    g.add_argument(
+        "--pod-interface", metavar="NAME", help="the pod network interface (default eth0)"
+    )
+    g.add_argument(
+        "--console-log",
+        type=Path,
+        metavar="FILE",
+        help="write the guest serial console to FILE (default: stdout, each line prefixed "
+        "'serial: ')",
+    )
+
+
+def run(options: Options) -> int:
+    """``virt-launcher run``: the pod entrypoint (:mod:`launcher.run`)."""
+    from launcher.run import RunOptions  # noqa: PLC0415 - keeps validate/plan start-up light
+    from launcher.run import run as run_vm  # noqa: PLC0415
+
+    return run_vm(RunOptions(spec_path=options.spec_path, **options.run_args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

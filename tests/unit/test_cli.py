@@ -89,14 +89,28 @@ def test_plan_invalid(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.startswith('kind: "Pod" is not supported for kubevirt.io/v1')
 
 
-def test_run_not_implemented_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "run", "--spec", str(EXAMPLES / "demo-vm.yaml"))
-    assert (code, out) == (1, "")
+def test_run_missing_kernel_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    log_file = tmp_path / "termination-log"
+    code, out, err = run(
+        capsys,
+        "run",
+        "--spec",
+        str(EXAMPLES / "demo-vm.yaml"),
+        "--volumes-dir",
+        str(tmp_path / "volumes"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--termination-log",
+        str(log_file),
+    )
+    assert (code, out) == (2, "")
     records = [json.loads(line) for line in err.splitlines()]
-    assert [r["level"] for r in records] == ["info", "error"]
-    assert records[1]["msg"].startswith("virt-launcher run is not implemented yet")
-    assert records[1]["vm"] == "default/demo-vm"
-    assert "traceback" not in records[1]
+    assert records[-1]["level"] == "error"
+    assert records[-1]["vm"] == "default/demo-vm"
+    assert f"{tmp_path}/volumes/kernel/boot/initrd.img does not exist" in records[-1]["msg"]
+    assert "traceback" not in records[-1]
+    assert log_file.read_text().strip() == records[-1]["msg"]
+    assert not (tmp_path / "state").exists()  # nothing touched before the files were found
 
 
 def test_run_invalid_spec_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

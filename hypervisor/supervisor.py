@@ -1,0 +1,384 @@
+"""Supervision of one VMM: start, wait, the shutdown sequence, PID-1 reaping, termination log.
+
+Called by the composition root (:mod:`launcher.run`), which creates one
+:class:`Supervisor` around a :class:`~hypervisor.base.Hypervisor` adapter and runs
+:meth:`Supervisor.run` as a task of its TaskGroup. The supervisor talks to the VMM only
+through the protocol.
+
+How a run ends (and the exit code the composition root derives from it):
+
+* the VMM exits on its own: noticed at once (the adapter awaits the process, no polling).
+  A clean guest power-off (terminal state Shutdown) returns an :class:`Outcome` (exit 0);
+  anything else (crash, kill, guest panic) raises :class:`~launcher.errors.HypervisorError`
+  naming the cause (exit 4);
+* SIGTERM or SIGINT (:meth:`Supervisor.request_stop`): the ACPI power button is pressed,
+  then the supervisor waits up to the grace period (the spec's
+  ``terminationGracePeriodSeconds``) for the guest to power off (exit 0). If it does not,
+  the adapter's ``stop()`` makes the VMM quit (QMP ``quit`` / ``vmm.shutdown``), then
+  SIGTERM, then SIGKILL, each step bounded, and
+  :class:`~launcher.errors.GraceExpiredError` is raised (exit 5). A second signal during
+  the grace period skips the rest of it;
+* the supervisor task is cancelled (another task of the run failed): the VMM is stopped
+  hard (bounded) and the cancellation propagates.
+
+:class:`ChildReaper` reaps zombies when the launcher is PID 1 (see its docstring for why
+it never steals asyncio's own children), :func:`raise_memlock` lifts ``RLIMIT_MEMLOCK``
+for VFIO, :func:`write_termination_log` writes the message kubelet shows as the
+container's termination reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypervisor.base import ExitInfo, Hypervisor
+from hypervisor.machine import MachineConfig, VmState
+from launcher.errors import GraceExpiredError, HypervisorError
+
+__all__ = [
+    "Supervisor",
+    "Outcome",
+    "ChildReaper",
+    "raise_memlock",
+    "write_termination_log",
+    "zombie_children",
+    "DEFAULT_TERMINATION_LOG",
+    "TERMINATION_LOG_LIMIT",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+#: kubelet reads at most 4096 bytes of the termination message.
+TERMINATION_LOG_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A run that ended well: ``cause`` is one sentence, ``exit_info`` the VMM's exit (None
+    when the stop request came before the VMM was started)."""
+
+    cause: str
+    exit_info: ExitInfo | None = None
+    stop_requested: bool = False
+
+
+class Supervisor:
+    """Runs one VM through ``hypervisor`` and decides how the run ended.
+
+    ``grace_s`` is the termination grace period; ``stop_timeout_s`` bounds the adapter's
+    whole hard-stop sequence (quit → SIGTERM → SIGKILL; each adapter bounds its own steps);
+    ``exit_timeout_s`` bounds waiting for the process exit after a hard stop.
+    """
+
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        *,
+        grace_s: float = 30.0,
+        stop_timeout_s: float = 45.0,
+        exit_timeout_s: float = 10.0,
+    ) -> None:
+        self.hypervisor = hypervisor
+        self.grace_s = grace_s
+        self.stop_timeout_s = stop_timeout_s
+        self.exit_timeout_s = exit_timeout_s
+        self.stop_reason: str | None = None
+        self.phase = "created"  # created, starting, running, stopping, exited
+        self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._signals: list[int] = []
+
+    # -- stop requests -------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Start the graceful shutdown (first call) or skip the rest of the grace (second)."""
+        if self._stop.is_set():
+            log.warning("second stop request (%s): stopping the VM now", reason)
+            self._hurry.set()
+            return
+        self.stop_reason = reason
+        log.info("stop requested: %s", reason, extra={"event": "stop-requested"})
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop.is_set()
+
+    def install_signal_handlers(
+        self, signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
+        """Route ``signals`` to :meth:`request_stop` on the running loop."""
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+            self._signals.append(sig)
+
+    def remove_signal_handlers(self) -> None:
+        """Undo :meth:`install_signal_handlers`."""
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            loop.remove_signal_handler(sig)
+        self._signals.clear()
+
+    # -- the run -------------------------------------------------------------------------
+
+    async def run(self, config: MachineConfig) -> Outcome:
+        """Start the VM, wait for its end or a stop request; see the module docstring."""
+        hv = self.hypervisor
+        if self._stop.is_set():
+            self.phase = "exited"
+            return Outcome(f"stopped by {self.stop_reason} before the VM started", None, True)
+        self.phase = "starting"
+        try:
+            await hv.start(config)
+        except asyncio.CancelledError:
+            await self._hard_stop()
+            raise
+        self.phase = "running"
+        log.info(
+            "VM running",
+            extra={"event": "vm-running", "hypervisor": hv.kind, "pid": hv.pid},
+        )
+        exit_task = asyncio.ensure_future(hv.wait())
+        stop_task = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({exit_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if exit_task.done():
+                return self._unrequested_exit(exit_task.result())
+            return await self._shutdown(exit_task)
+        except asyncio.CancelledError:
+            await self._hard_stop()
+            raise
+        finally:
+            stop_task.cancel()
+            if not exit_task.done():
+                exit_task.cancel()
+            self.phase = "exited"
+
+    def _unrequested_exit(self, info: ExitInfo) -> Outcome:
+        if info.state is VmState.SHUTDOWN:
+            log.info("the VM ended: %s", info.cause, extra={"event": "vm-exited"})
+            return Outcome(info.cause, info)
+        raise HypervisorError(f"the {self.hypervisor.kind} VMM ended unexpectedly: {info.cause}")
+
+    async def _shutdown(self, exit_task: asyncio.Future[ExitInfo]) -> Outcome:
+        hv = self.hypervisor
+        self.phase = "stopping"
+        reason = self.stop_reason or "a stop request"
+        pressed = False
+        if hv.state is VmState.RUNNING:
+            try:
+                await hv.power_button()
+                pressed = True
+                log.info(
+                    "pressed the power button; waiting up to %s s for the guest to power off",
+                    self.grace_s,
+                    extra={"event": "power-button", "grace_s": self.grace_s},
+                )
+            except HypervisorError as err:
+                log.warning("could not press the power button: %s", err)
+        else:
+            log.warning("the VM is %s, so the power button cannot be pressed", hv.state)
+        if pressed:
+            hurry = asyncio.ensure_future(self._hurry.wait())
+            waiters: set[asyncio.Future[Any]] = {exit_task, hurry}
+            try:
+                await asyncio.wait(waiters, timeout=self.grace_s)
+            finally:
+                hurry.cancel()
+        if exit_task.done():
+            info = exit_task.result()
+            if info.state is VmState.SHUTDOWN:
+                cause = f"{info.cause} after {reason}"
+                log.info("the VM ended: %s", cause, extra={"event": "vm-exited"})
+                return Outcome(cause, info, True)
+            raise HypervisorError(
+                f"the {hv.kind} VMM failed while shutting down after {reason}: {info.cause}"
+            )
+        started = time.monotonic()
+        await self._hard_stop()
+        stopped = await self._exit_info(exit_task)
+        waited = "" if stopped is None else f" ({stopped.cause})"
+        if not pressed:
+            raise GraceExpiredError(
+                f"the guest could not be asked to power off after {reason}, so the "
+                f"{hv.kind} VMM was stopped{waited}"
+            )
+        raise GraceExpiredError(
+            f"the guest did not power off within the {self.grace_s:g} s grace period after "
+            f"{reason}; the {hv.kind} VMM was stopped in "
+            f"{time.monotonic() - started:.1f} s{waited}"
+        )
+
+    async def _hard_stop(self) -> None:
+        """The adapter's quit → SIGTERM → SIGKILL sequence, bounded as a whole."""
+        try:
+            async with asyncio.timeout(self.stop_timeout_s):
+                await self.hypervisor.stop()
+        except (TimeoutError, HypervisorError) as err:
+            pid = self.hypervisor.pid
+            log.error("could not stop the VMM (pid %s): %s", pid, err or "timed out")
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+    async def _exit_info(self, exit_task: asyncio.Future[ExitInfo]) -> ExitInfo | None:
+        try:
+            async with asyncio.timeout(self.exit_timeout_s):
+                return await asyncio.shield(exit_task)
+        except (TimeoutError, HypervisorError):
+            return None
+
+
+# --------------------------------------------------------------------------- PID 1
+
+
+def zombie_children(parent: int | None = None, proc: Path = Path("/proc")) -> list[int]:
+    """Pids of zombie processes whose parent is ``parent`` (default: this process)."""
+    me = os.getpid() if parent is None else parent
+    out: list[int] = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it went away meanwhile
+        # "pid (comm) S ppid ...": comm may contain spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 2 and fields[0] == "Z" and int(fields[1]) == me:
+            out.append(int(entry.name))
+    return out
+
+
+class ChildReaper:
+    """Reaps zombie children that nobody else waits for (the launcher as PID 1).
+
+    asyncio's child watchers (the threaded one in Python 3.11, the pidfd one later) and
+    ``subprocess.run`` each wait for one specific pid right after it exits; reaping with
+    ``waitpid(-1)`` would steal those results (``Process.wait()`` would then report a
+    wrong exit status). So this reaper never waits for "any child": it lists this
+    process's zombie children (``/proc/*/stat``: state ``Z``, parent = us) and reaps one
+    only after it has stayed a zombie for ``min_age_s`` — a child someone waits for is
+    collected within milliseconds, an orphan re-parented to PID 1 stays a zombie forever.
+    Scans run on SIGCHLD and every ``interval_s`` (neither default asyncio watcher uses
+    SIGCHLD, so the handler takes nothing away from them). The composition root starts
+    :meth:`run` only when ``os.getpid() == 1`` (or when forced for tests).
+    """
+
+    def __init__(self, *, min_age_s: float = 2.0, interval_s: float = 5.0) -> None:
+        self.min_age_s = min_age_s
+        self.interval_s = interval_s
+        self.reaped: list[tuple[int, int]] = []  # (pid, raw wait status), bounded below
+        self._seen: dict[int, float] = {}
+        self._wake = asyncio.Event()
+
+    def scan(
+        self, now: float | None = None, list_zombies: Callable[[], list[int]] | None = None
+    ) -> int:
+        """Reap the zombies old enough; returns how many were reaped."""
+        now = time.monotonic() if now is None else now
+        zombies = (list_zombies or zombie_children)()
+        current = set(zombies)
+        for pid in list(self._seen):
+            if pid not in current:
+                del self._seen[pid]  # someone else reaped it
+        count = 0
+        for pid in zombies:
+            first = self._seen.setdefault(pid, now)
+            if now - first < self.min_age_s:
+                continue
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                got, status = 0, 0
+            self._seen.pop(pid, None)
+            if got == pid:
+                count += 1
+                self.reaped.append((pid, status))
+                del self.reaped[:-64]
+                log.info("reaped orphaned child %d", pid, extra={"event": "reaped", "pid": pid})
+        return count
+
+    async def run(self) -> None:
+        """Scan on SIGCHLD and periodically until cancelled."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGCHLD, self._wake.set)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.interval_s):
+                        await self._wake.wait()
+                self._wake.clear()
+                self.scan()
+                if self._seen:  # come back once the youngest zombie is old enough
+                    await asyncio.sleep(self.min_age_s)
+                    self.scan()
+        finally:
+            loop.remove_signal_handler(signal.SIGCHLD)
+
+
+# --------------------------------------------------------------------------- limits, log
+
+
+def raise_memlock() -> tuple[int, int]:
+    """Raise RLIMIT_MEMLOCK to unlimited, or to the hard limit when that is not allowed.
+
+    VFIO pins all guest memory, so the VMM (which inherits the limit) needs it. Returns
+    the new (soft, hard) pair.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    inf = resource.RLIM_INFINITY
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (inf, inf))
+    except (ValueError, OSError) as err:
+        log.warning("cannot lift RLIMIT_MEMLOCK to unlimited (%s); using the hard limit", err)
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+        except (ValueError, OSError) as err2:
+            log.warning("cannot raise RLIMIT_MEMLOCK to %s: %s", hard, err2)
+    new = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    log.info(
+        "RLIMIT_MEMLOCK for VFIO: %s -> %s",
+        _limit(soft),
+        _limit(new[0]),
+        extra={"event": "memlock"},
+    )
+    return new
+
+
+def _limit(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+
+
+def write_termination_log(path: Path | None, message: str) -> bool:
+    """Write ``message`` (at most 4096 bytes) to ``path``; False when skipped or failed.
+
+    A missing directory (no kubelet, e.g. on a laptop) is silently skipped; a write
+    error is logged, never fatal (the exit code still tells what happened).
+    """
+    if path is None:
+        return False
+    if not path.parent.is_dir():
+        log.debug("no termination log: %s does not exist", path.parent)
+        return False
+    data = message.strip().encode()[:TERMINATION_LOG_LIMIT]
+    try:
+        with open(path, "wb") as f:
+            f.write(data + (b"\n" if len(data) < TERMINATION_LOG_LIMIT else b""))
+    except OSError as err:
+        log.warning("cannot write the termination log %s: %s", path, err)
+        return False
+    return True

@@ -1,0 +1,519 @@
+"""``virt-launcher run``: the composition root: spec in, VM on the pod network, exit code out.
+
+Called by :func:`launcher.cli.run` with :class:`RunOptions`. The sequence (docs/run.md):
+
+1. load the spec (``launcher.spec.load``; invalid → exit 2);
+2. resolve the files it names and build the hypervisor-neutral machine description
+   (kernel/initrd under ``--volumes-dir``); pick the hypervisor (``--hypervisor`` or the
+   spec's shape: Virtink → cloud-hypervisor, KubeVirt → QEMU);
+3. discover → plan → apply the pod network (``launcher.network``; state in
+   ``--state-dir``, so a restarted launcher in the same pod re-applies the same plan and
+   the guest gets the same addresses; failure → exit 3);
+4. open the DHCPv4, DHCPv6 and router-advertisement servers of every guest NIC in
+   process, from the plan;
+5. start the VMM through :class:`hypervisor.supervisor.Supervisor` (failure → exit 4);
+6. the status server hook (issue 7) runs as one more task;
+7. wait: the VMM's exit or SIGTERM/SIGINT (power button → grace period → hard stop,
+   exit 0 or 5);
+8. shut down and clean up: every server task cancelled (the RA server sends its final
+   advert with router lifetime 0), the network cleaned up, the termination log written.
+
+Every long-lived task (DHCP/RA servers, the supervisor, the PID-1 reaper, the status
+server) is a named task of ONE ``asyncio.TaskGroup``; a task that fails ends the run
+with its error and that error's exit code. :class:`RunContext` holds what a status
+server reads (phase, spec, plan, hypervisor, DHCP server snapshots).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from dhcp.errors import DhcpError
+from dhcp.ra import RaConfig as RaServerConfig
+from dhcp.ra import RaServer
+from dhcp.v4.config import Dhcp4Config as Dhcp4ServerConfig
+from dhcp.v4.config import Lease4
+from dhcp.v4.server import Dhcp4Server
+from dhcp.v6.lease import Config6, Lease6
+from dhcp.v6.server import Dhcp6Server
+from hypervisor.base import Hypervisor
+from hypervisor.machine import KernelBoot, MachineConfig
+from hypervisor.supervisor import (
+    DEFAULT_TERMINATION_LOG,
+    ChildReaper,
+    Outcome,
+    Supervisor,
+    raise_memlock,
+    write_termination_log,
+)
+from launcher import logs
+from launcher.errors import (
+    EXIT_OK,
+    LauncherError,
+    NetworkError,
+    UsageError,
+    VolumeError,
+    exit_code_for,
+)
+from launcher.network import DEFAULT_STATE_DIR, NetworkPlan, NicPlan, PlanOptions
+from launcher.network import apply as apply_network
+from launcher.network import cleanup as cleanup_network
+from launcher.network import discover as discover_network
+from launcher.network import plan as plan_network
+from launcher.network.names import POD_INTERFACE
+from launcher.spec import VmSpec, load
+from launcher.spec.model import SourceShape
+
+__all__ = [
+    "RunOptions",
+    "RunContext",
+    "run",
+    "run_async",
+    "dhcp_servers",
+    "choose_hypervisor",
+    "StatusHook",
+    "HYPERVISORS",
+    "DEFAULT_VOLUMES_DIR",
+    "SERIAL_PREFIX",
+]
+
+log = logging.getLogger(__name__)
+
+HYPERVISORS = ("qemu", "cloud-hypervisor")
+DEFAULT_VOLUMES_DIR = Path("/var/run/virt-launcher/volumes")
+SERIAL_PREFIX = "serial: "
+CLEANUP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What ``virt-launcher run`` is told on its command line (see docs/run.md)."""
+
+    spec_path: Path
+    state_dir: Path = DEFAULT_STATE_DIR
+    hypervisor: str | None = None  # None: from the spec's shape
+    qemu_binary: str = "qemu-system-x86_64"
+    cloud_hypervisor_binary: str = "cloud-hypervisor"
+    accel: str = "auto"
+    volumes_dir: Path = DEFAULT_VOLUMES_DIR
+    termination_log: Path | None = DEFAULT_TERMINATION_LOG
+    pod_interface: str = POD_INTERFACE
+    console_log: Path | None = None  # None: serial lines on stdout after SERIAL_PREFIX
+    reap: bool | None = None  # None: reap orphans only when PID 1
+
+
+StatusHook = Callable[["RunContext"], Coroutine[Any, Any, None]]
+
+
+@dataclass(slots=True)
+class RunContext:
+    """The state of one run; the status server (issue 7) reads it, nothing else writes it.
+
+    ``phase`` is one of ``starting``, ``network``, ``dhcp``, ``hypervisor``, ``running``,
+    ``stopping``, ``cleanup``, ``exited``.
+    """
+
+    options: RunOptions
+    phase: str = "starting"
+    started_monotonic: float = field(default_factory=time.monotonic)
+    spec: VmSpec | None = None
+    machine: MachineConfig | None = None
+    plan: NetworkPlan | None = None
+    hypervisor: Hypervisor | None = None
+    supervisor: Supervisor | None = None
+    dhcp4: list[Dhcp4Server] = field(default_factory=list)
+    dhcp6: list[Dhcp6Server] = field(default_factory=list)
+    ra: list[RaServer] = field(default_factory=list)
+    exit_code: int | None = None
+    cause: str | None = None
+
+    def set_phase(self, phase: str) -> None:
+        """Move to ``phase`` and log it."""
+        self.phase = phase
+        log.info("phase %s", phase, extra={"event": "phase", "phase": phase})
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def choose_hypervisor(spec: VmSpec, override: str | None) -> str:
+    """``override`` when given, else from the spec's shape (Virtink → cloud-hypervisor)."""
+    if override is not None:
+        if override not in HYPERVISORS:
+            raise UsageError(f"hypervisor {override!r} is not one of {', '.join(HYPERVISORS)}")
+        return override
+    return "cloud-hypervisor" if spec.shape is SourceShape.VIRTINK else "qemu"
+
+
+def _volume_path(volumes_dir: Path, relative: str, what: str) -> Path:
+    path = volumes_dir / "kernel" / relative.lstrip("/")
+    if not path.is_file():
+        raise VolumeError(f"the {what} file {path} does not exist (looked under {volumes_dir})")
+    return path
+
+
+def build_machine(spec: VmSpec, plan: NetworkPlan, volumes_dir: Path) -> MachineConfig:
+    """The machine description: vCPUs, memory, direct kernel boot, the planned NICs.
+
+    A minimal stand-in for ``launcher.machine.build_machine`` (volumes, disks) until it
+    lands: kernel files follow its layout (``<volumes-dir>/kernel/<path>``, Virtink
+    ``<volumes-dir>/kernel/vmlinux``); specs with disks are refused.
+    """
+    if spec.disks:
+        raise UsageError(
+            f"spec {spec.namespace}/{spec.name} has {len(spec.disks)} disk(s); this launcher "
+            "build boots direct-kernel VMs without disks only"
+        )
+    kernel: KernelBoot | None = None
+    if spec.kernel is not None:
+        k = spec.kernel
+        kernel_file = k.kernel_path or "vmlinux"
+        initrd = _volume_path(volumes_dir, k.initrd_path, "initrd") if k.initrd_path else None
+        kernel = KernelBoot(
+            kernel=str(_volume_path(volumes_dir, kernel_file, "kernel")),
+            initrd=str(initrd) if initrd is not None else None,
+            cmdline=k.cmdline,
+        )
+    else:
+        raise UsageError(f"spec {spec.namespace}/{spec.name} has no kernel to boot")
+    return MachineConfig(
+        name=spec.name,
+        vcpus=spec.cpu.vcpus,
+        memory_bytes=spec.memory_bytes,
+        kernel=kernel,
+        nets=plan.devices,
+    )
+
+
+def dhcp_servers(
+    nic: NicPlan, state_dir: Path
+) -> tuple[Dhcp4Server | None, Dhcp6Server | None, RaServer | None]:
+    """The DHCPv4, DHCPv6 and RA servers for one planned guest NIC (None where not planned)."""
+    try:
+        return _dhcp4(nic), _dhcp6(nic, state_dir), _ra(nic)
+    except ValueError as err:
+        raise NetworkError(
+            f"the DHCP configuration planned for interface {nic.name!r} is invalid: {err}"
+        ) from err
+
+
+def _dhcp4(nic: NicPlan) -> Dhcp4Server | None:
+    d4 = nic.dhcp4
+    if d4 is None:
+        return None
+    router = d4.routers[0] if d4.routers else None
+    # The server adds the default route and, for a router outside the subnet, the
+    # on-link host route to it; pass only the other classless routes.
+    routes = tuple(
+        (dst, hop)
+        for dst, hop in d4.classless_routes
+        if dst.prefixlen and not (router is not None and dst.prefixlen == 32 and dst[0] == router)
+    )
+    config = Dhcp4ServerConfig(
+        interface=d4.interface,
+        server_address=d4.server_address,
+        leases=(Lease4(mac=d4.client_mac, address=d4.address, hostname=d4.hostname),),
+        router=router,
+        dns=d4.dns,
+        search=d4.search,
+        domain=d4.domain_name,
+        hostname=d4.hostname,
+        mtu=d4.mtu,
+        routes=routes,
+        lease_time=d4.lease_time_s,
+        ntp=d4.ntp_servers,
+        tftp_server=d4.tftp_server_name,
+        boot_file=d4.boot_file_name,
+        private_options=tuple((code, value.encode()) for code, value in d4.private_options),
+    )
+    return Dhcp4Server(config)
+
+
+def _dhcp6(nic: NicPlan, state_dir: Path) -> Dhcp6Server | None:
+    d6 = nic.dhcp6
+    if d6 is None:
+        return None
+    plen = nic.ra.prefixes[0].prefixlen if nic.ra is not None and nic.ra.prefixes else 128
+    config = Config6(
+        interface=d6.interface,
+        leases=(
+            Lease6(address=ipaddress.IPv6Interface(f"{d6.address}/{plen}"), mac=d6.client_mac),
+        ),
+        dns=d6.dns,
+        search=d6.search,
+        preferred_lifetime=d6.preferred_lifetime_s,
+        valid_lifetime=d6.valid_lifetime_s,
+        state_file=state_dir / f"dhcp6-duid-{nic.pod_interface}",
+    )
+    return Dhcp6Server(config)
+
+
+def _ra(nic: NicPlan) -> RaServer | None:
+    ra = nic.ra
+    if ra is None:
+        return None
+    mtu = ra.mtu if ra.mtu is not None and ra.mtu >= 1280 else None
+    return RaServer(
+        RaServerConfig(
+            interface=ra.interface,
+            prefixes=ra.prefixes,
+            managed=ra.managed,
+            other=ra.other,
+            router_lifetime=ra.router_lifetime_s,
+            mtu=mtu,
+            rdnss=ra.rdnss,
+            dnssl=ra.dnssl,
+        )
+    )
+
+
+def _serial_sink(options: RunOptions) -> tuple[Callable[[str], None], TextIO | None]:
+    if options.console_log is None:
+        from hypervisor.qemu import serial_to_stdout  # noqa: PLC0415
+
+        return serial_to_stdout(SERIAL_PREFIX), None
+    try:
+        out = open(options.console_log, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+    except OSError as err:
+        raise UsageError(f"cannot open the console log {options.console_log}: {err}") from err
+
+    def write(line: str) -> None:
+        out.write(line + "\n")
+
+    return write, out
+
+
+async def _make_hypervisor(
+    kind: str, options: RunOptions, on_serial: Callable[[str], None]
+) -> Hypervisor:
+    run_dir = options.state_dir / kind
+    if kind == "qemu":
+        from hypervisor.qemu import Qemu, choose_accel  # noqa: PLC0415
+
+        choice = await choose_accel(
+            options.accel, binary=options.qemu_binary, cache_dir=options.state_dir
+        )
+        return Qemu(
+            accel=choice.accel,
+            binary=options.qemu_binary,
+            run_dir=str(run_dir),
+            on_serial=on_serial,
+        )
+    from hypervisor.cloud_hypervisor import CloudHypervisor  # noqa: PLC0415
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return CloudHypervisor(
+        binary=options.cloud_hypervisor_binary,
+        api_socket=str(run_dir / "api.sock"),
+        on_serial=on_serial,
+    )
+
+
+async def _serve(what: str, server_run: Awaitable[None]) -> None:
+    """Run one DHCP/RA server until cancelled; its failure becomes a NetworkError."""
+    try:
+        await server_run
+    except (DhcpError, OSError) as err:
+        raise NetworkError(f"{what} failed: {err}") from err
+    raise NetworkError(f"{what} stopped on its own")
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that ended the run: a LauncherError first, else the first exception."""
+    flat: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            flat.append(exc)
+
+    walk(group)
+    for exc in flat:
+        if isinstance(exc, LauncherError):
+            return exc
+    return flat[0]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+async def run_async(
+    options: RunOptions, ctx: RunContext | None = None, *, status: StatusHook | None = None
+) -> Outcome:
+    """The whole run; returns the Outcome of a clean end, raises the error of any other.
+
+    ``status`` is the status server (issue 7): started as the task ``status`` once the
+    VMM is being started, given the :class:`RunContext`, cancelled at the end.
+    """
+    ctx = ctx or RunContext(options)
+    spec = load(options.spec_path)
+    ctx.spec = spec
+    logs.set_context(vm=f"{spec.namespace}/{spec.name}")
+    kind = choose_hypervisor(spec, options.hypervisor)
+    log.info(
+        "spec loaded",
+        extra={
+            "event": "spec-loaded",
+            "hypervisor": kind,
+            "grace_s": spec.termination_grace_period_s,
+        },
+    )
+    build_machine(spec, NetworkPlan(nics=()), options.volumes_dir)  # files, before the netns
+    on_serial, console = _serial_sink(options)
+    loop = asyncio.get_running_loop()
+    stop_early: list[str] = []
+
+    def early_stop(name: str) -> None:
+        if ctx.supervisor is not None:
+            ctx.supervisor.request_stop(name)
+        else:
+            stop_early.append(name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, early_stop, sig.name)
+    plan: NetworkPlan | None = None
+    try:
+        options.state_dir.mkdir(parents=True, exist_ok=True)
+        ctx.set_phase("network")
+        pod = await asyncio.to_thread(discover_network, None, options.state_dir)
+        if not any(link.name == options.pod_interface for link in pod.links):
+            raise NetworkError(
+                f"pod interface {options.pod_interface!r} does not exist in this network "
+                f"namespace (found: {', '.join(lk.name for lk in pod.links) or 'none'})"
+            )
+        if options.pod_interface != POD_INTERFACE:
+            raise UsageError(
+                f"--pod-interface {options.pod_interface!r}: the network plan names the pod "
+                f"network interface {POD_INTERFACE!r}; other names are not supported yet"
+            )
+        planned = plan_network(spec, pod, PlanOptions())
+        machine = build_machine(spec, planned, options.volumes_dir)
+        ctx.machine = machine
+        if machine.vfio:
+            raise_memlock()
+        result = await asyncio.to_thread(apply_network, planned, options.state_dir)
+        plan = planned
+        ctx.plan = planned
+        log.info("network applied", extra={"event": "network-applied", "changes": result.changes})
+        ctx.set_phase("dhcp")
+        hypervisor = await _make_hypervisor(kind, options, on_serial)
+        ctx.hypervisor = hypervisor
+        supervisor = Supervisor(hypervisor, grace_s=float(spec.termination_grace_period_s))
+        ctx.supervisor = supervisor
+        for name in stop_early:
+            supervisor.request_stop(name)
+        return await _supervise(ctx, supervisor, machine, planned, status)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        ctx.set_phase("cleanup")
+        if plan is not None:
+            try:
+                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                    await asyncio.to_thread(cleanup_network, plan, options.state_dir)
+            except (LauncherError, TimeoutError, OSError) as err:
+                log.error("network cleanup failed: %s", err or "timed out")
+        if console is not None:
+            console.close()
+
+
+async def _supervise(
+    ctx: RunContext,
+    supervisor: Supervisor,
+    machine: MachineConfig,
+    plan: NetworkPlan,
+    status: StatusHook | None,
+) -> Outcome:
+    options = ctx.options
+    reap = options.reap if options.reap is not None else os.getpid() == 1
+    try:
+        async with asyncio.TaskGroup() as group:
+            servers: list[asyncio.Task[None]] = []
+            for nic in plan.nics:
+                d4, d6, ra = dhcp_servers(nic, options.state_dir)
+                if d4 is not None:
+                    await _open(f"DHCPv4 server on {d4.config.interface}", d4.start())
+                    ctx.dhcp4.append(d4)
+                    what = f"DHCPv4 server on {d4.config.interface}"
+                    servers.append(
+                        group.create_task(_serve(what, d4.run()), name=f"dhcp4-{nic.name}")
+                    )
+                if d6 is not None:
+                    await _open(f"DHCPv6 server on {d6.config.interface}", d6.open())
+                    ctx.dhcp6.append(d6)
+                    what = f"DHCPv6 server on {d6.config.interface}"
+                    servers.append(
+                        group.create_task(_serve(what, d6.run()), name=f"dhcp6-{nic.name}")
+                    )
+                if ra is not None:
+                    ctx.ra.append(ra)
+                    what = f"router advertisements on {ra.config.interface}"
+                    servers.append(group.create_task(_serve(what, ra.run()), name=f"ra-{nic.name}"))
+            if reap:
+                servers.append(group.create_task(ChildReaper().run(), name="reaper"))
+            ctx.set_phase("hypervisor")
+            supervised = group.create_task(supervisor.run(machine), name="supervisor")
+            if status is not None:
+                servers.append(group.create_task(status(ctx), name="status"))
+            running = asyncio.ensure_future(_mark_running(ctx, supervisor))
+            try:
+                outcome = await supervised
+            finally:
+                running.cancel()
+            ctx.set_phase("stopping")
+            for task in servers:
+                task.cancel()
+    except BaseExceptionGroup as group_error:
+        raise _first_error(group_error) from None
+    return outcome
+
+
+async def _mark_running(ctx: RunContext, supervisor: Supervisor) -> None:
+    for _ in range(1200):  # the phase mirror for the status server; bounded (10 min)
+        if supervisor.phase in ("running", "stopping"):
+            ctx.set_phase(supervisor.phase)
+            return
+        await asyncio.sleep(0.5)
+
+
+async def _open(what: str, opening: Awaitable[None]) -> None:
+    try:
+        async with asyncio.timeout(10.0):
+            await opening
+    except (DhcpError, OSError, TimeoutError) as err:
+        raise NetworkError(f"{what} could not start: {err or 'timed out'}") from err
+
+
+def run(options: RunOptions, *, status: StatusHook | None = None) -> int:
+    """``virt-launcher run``: the exit code of the run (0 on a clean end).
+
+    Writes the termination log for every end; an error is re-raised after that, so the
+    CLI reports it in its one place (one ERROR line) and returns its exit code.
+    """
+    ctx = RunContext(options)
+    try:
+        outcome = asyncio.run(run_async(options, ctx, status=status))
+    except LauncherError as err:
+        ctx.exit_code, ctx.cause = err.exit_code, str(err)
+        write_termination_log(options.termination_log, str(err))
+        raise
+    except Exception as err:
+        ctx.exit_code, ctx.cause = exit_code_for(err), f"{type(err).__name__}: {err}"
+        write_termination_log(options.termination_log, f"unexpected error: {ctx.cause}")
+        raise
+    ctx.exit_code, ctx.cause = EXIT_OK, outcome.cause
+    ctx.set_phase("exited")
+    log.info("exit 0: %s", outcome.cause, extra={"event": "exit", "exit_code": EXIT_OK})
+    write_termination_log(options.termination_log, outcome.cause)
+    return EXIT_OK

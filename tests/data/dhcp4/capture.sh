@@ -6,8 +6,8 @@ set -eu
 out=$(cd "$(dirname "$0")" && pwd)
 tmp=$(mktemp -d)
 cleanup() {
-    [ -f "$tmp/dnsmasq.pid" ] && kill "$(cat "$tmp/dnsmasq.pid")" 2>/dev/null || true
-    [ -n "${tcpdump_pid:-}" ] && kill "$tcpdump_pid" 2>/dev/null || true
+    if [ -f "$tmp/dnsmasq.pid" ]; then kill "$(cat "$tmp/dnsmasq.pid")" 2>/dev/null || true; fi
+    if [ -n "${tcpdump_pid:-}" ]; then kill "$tcpdump_pid" 2>/dev/null || true; fi
     ip netns del d4-cap-s 2>/dev/null || true
     ip netns del d4-cap-c 2>/dev/null || true
     rm -rf "$tmp"
@@ -39,10 +39,28 @@ capture() {  # name, command...
             [ -f "$out/$name-$t.hex" ] || echo "$payload" > "$out/$name-$t.hex"
         done
     ip -n d4-cap-c addr flush dev d4cc0
+    rm -f /var/lib/dhcpcd/d4cc0.lease
 }
 capture dhclient dhclient -1 -v -lf "$tmp/dhclient.lease" -pf "$tmp/dhclient.pid" -sf /bin/true d4cc0
 capture dhclient-reboot dhclient -1 -v -lf "$tmp/dhclient.lease" -pf "$tmp/dhclient.pid" -sf /bin/true d4cc0
 ip netns exec d4-cap-c dhclient -x -pf "$tmp/dhclient.pid" >/dev/null 2>&1 || true
 capture dhcpcd dhcpcd -1 -4 -f /dev/null -c /bin/true --nohook resolv.conf -t 20 d4cc0
 capture udhcpc busybox udhcpc -i d4cc0 -n -q -f -s /bin/true -x hostname:guest1
+# systemd-networkd: its own mount namespace with a private config dir and state dir and
+# /sys read-only (otherwise it waits for udev); stopped once it has the lease.
+mkdir -p "$tmp/network" "$tmp/netif"
+printf '[Match]\nName=d4cc0\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' \
+    > "$tmp/network/10-d4.network"
+cat > "$tmp/networkd.sh" <<NWD
+#!/bin/sh
+set -e
+mount --make-rprivate /
+mount --bind $tmp/network /etc/systemd/network
+chown systemd-network:systemd-network $tmp/netif
+mount --bind $tmp/netif /run/systemd/netif
+mount -o remount,ro /sys
+exec timeout 8 /lib/systemd/systemd-networkd
+NWD
+chmod +x "$tmp/networkd.sh"
+capture networkd unshare -m "$tmp/networkd.sh"
 ls -l "$out"

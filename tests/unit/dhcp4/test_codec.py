@@ -26,7 +26,7 @@ ALL = sorted(p.stem for p in DATA.glob("*.hex"))
 
 
 def test_every_client_was_captured() -> None:
-    assert {n.split("-")[0] for n in ALL} >= {"dhclient", "dhcpcd", "udhcpc"}
+    assert {n.split("-")[0] for n in ALL} >= {"dhclient", "dhcpcd", "udhcpc", "networkd"}
     assert len(ALL) >= 6
 
 
@@ -37,8 +37,8 @@ def test_captured_packets_parse(name: str) -> None:
     assert msg.htype == 1
     assert msg.chaddr == CLIENT_MAC
     assert msg.giaddr == IPv4Address(0)
-    expected = o.DISCOVER if name.endswith("discover") else o.REQUEST
-    assert msg.message_type == expected
+    kinds = {"discover": o.DISCOVER, "request": o.REQUEST, "release": o.RELEASE}
+    assert msg.message_type == kinds[name.rsplit("-", 1)[1]]
 
 
 def test_dhclient_discover_fields() -> None:
@@ -58,6 +58,18 @@ def test_dhclient_selecting_and_init_reboot_requests() -> None:
     assert reboot.option(o.SERVER_ID) is None  # init-reboot: no server identifier
     assert reboot.option(o.REQUESTED_ADDRESS) == IPv4Address("169.254.75.19").packed
     assert reboot.ciaddr == IPv4Address(0)
+
+
+def test_networkd_fields() -> None:
+    discover = parse(captured("networkd-discover"))
+    cid = discover.option(o.CLIENT_ID)
+    assert cid is not None and cid[0] == 0xFF  # RFC 4361: IAID + DUID by default
+    assert discover.option(o.MAX_SIZE) is not None
+    prl = discover.option(o.PARAMETER_LIST)
+    assert prl is not None and {1, 3, 6, 121} <= set(prl)
+    release = parse(captured("networkd-release"))
+    assert release.ciaddr == IPv4Address("169.254.75.20")
+    assert release.option(o.CLIENT_ID) == cid  # its RELEASE carries no server identifier
 
 
 def test_dhcpcd_fields() -> None:

@@ -65,6 +65,33 @@ def serve_argv(nic: NicPlan) -> list[str]:
     return argv
 
 
+def _offers(log: Path) -> int:
+    return log.read_text().count('"msg":"--> offer"')
+
+
+def _udhcpc(ns: str, dev: str) -> bool:
+    done = nsrun(
+        ns,
+        "udhcpc",
+        "-i",
+        dev,
+        "-n",
+        "-q",
+        "-f",
+        "-t",
+        "4",
+        "-T",
+        "1",
+        "-A",
+        "1",
+        "-s",
+        "/bin/true",
+        check=False,
+        timeout=30,
+    )
+    return done.returncode == 0
+
+
 def _dhclient(ns: str, dev: str, family: str, workdir: Path) -> str:
     lease = workdir / f"lease{family}"
     lease.unlink(missing_ok=True)
@@ -114,6 +141,20 @@ def test_guest_side_gets_planned_addresses_by_dhcp(
         )
         lease4 = _dhclient(topo.guest, "vlg0", "4", tmp_path)
         lease6 = _dhclient(topo.guest, "vlg0", "6", tmp_path)
+        # the peer, even wearing the guest's MAC, gets no answer: its DISCOVERs never
+        # reach the pod's server (no new offer is logged)
+        offers = _offers(tmp_path / "server.log")
+        peer_mac = nsrun(topo.peer, "cat", "/sys/class/net/peer0/address").stdout.strip()
+        sh("ip", "-n", topo.peer, "link", "set", "peer0", "address", nic.dhcp4.client_mac)
+        assert not _udhcpc(topo.peer, "peer0")
+        assert _offers(tmp_path / "server.log") == offers
+        if binding == "bridge":
+            # control: without the containment rules the server does answer them (the
+            # offer then goes to the guest port, where the bridge learned that MAC)
+            nsrun(topo.pod, "nft", "delete", "table", "bridge", "virt_launcher")
+            _udhcpc(topo.peer, "peer0")
+            assert _offers(tmp_path / "server.log") > offers
+        sh("ip", "-n", topo.peer, "link", "set", "peer0", "address", peer_mac)
     finally:
         server.terminate()
         try:

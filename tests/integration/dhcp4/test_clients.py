@@ -537,3 +537,57 @@ def test_renewal_ack_reaches_client_without_a_route_and_release_is_recorded(net:
     while not [e for e in net.server_log() if e["msg"] == "--> release"]:
         assert time.monotonic() < deadline, "no RELEASE recorded"
         time.sleep(0.1)
+
+
+def test_two_servers_on_two_interfaces_of_one_netns(net: Net) -> None:
+    """One server per guest NIC (the launcher's layout): each answers only its own link."""
+    second_s, second_c = f"d4t{net.n}", f"d4u{net.n}"
+    second_mac = f"02:d4:00:01:{net.n:02x}:02"
+    sh(
+        "ip",
+        "link",
+        "add",
+        second_s,
+        "netns",
+        net.sns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        second_c,
+        "netns",
+        net.cns,
+    )
+    sh("ip", "-n", net.sns, "link", "set", second_s, "up")
+    sh("ip", "-n", net.sns, "addr", "add", "169.254.76.1/16", "dev", second_s)
+    sh("ip", "-n", net.cns, "link", "set", second_c, "address", second_mac, "up")
+    # Both servers know both MACs, so only the interface binding decides who answers.
+    leases = ["--lease", f"{net.mac}=10.244.1.5/24", "--lease", f"{second_mac}=10.244.2.5/24"]
+    net.serve(*leases, "--server-address", SERVER_ADDRESS)
+    net.serve(*leases, "--server-address", "169.254.76.1", interface=second_s)
+    for iface, serverid in ((net.cif, SERVER_ADDRESS), (second_c, "169.254.76.1")):
+        env_file = net.tmp / f"{iface}.env"
+        script = _executable(net.tmp / f"{iface}.sh", f'#!/bin/sh\nenv > "{env_file}"\n')
+        net.client(
+            "busybox",
+            "udhcpc",
+            "-i",
+            iface,
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "3",
+            "-T",
+            "2",
+            "-s",
+            str(script),
+            timeout=30,
+        )
+        env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+        assert env["serverid"] == serverid, env
+    first = [e for e in net.server_log(0) if e["msg"].startswith("-->")]
+    second = [e for e in net.server_log(1) if e["msg"].startswith("-->")]
+    assert {e["mac"] for e in first} == {net.mac}
+    assert {e["mac"] for e in second} == {second_mac}
+    assert {e["address"] for e in second} == {"10.244.2.5"}

@@ -1,7 +1,8 @@
 """Command line of ``virt-launcher`` (also ``python -m launcher``).
 
-``validate`` checks the spec and prints a one-line summary, ``plan`` prints the
-normalized model as JSON without changing anything, ``run`` is the pod entrypoint (the composition root,
+``validate`` checks the spec and prints a one-line summary, ``plan`` prints spec, network
+plan, resolved volumes and hypervisor config as JSON without changing anything
+(:mod:`launcher.machine`), ``run`` is the pod entrypoint (the composition root,
 :mod:`launcher.run`, imported only by :func:`run`). Exit
 codes come from :mod:`launcher.errors`: 0 ok, 2 invalid spec or usage, 1 unexpected.
 Expected errors never print a traceback; an unexpected one prints one ERROR line (the
@@ -22,7 +23,6 @@ from typing import Any, TextIO
 
 from launcher import logs
 from launcher.errors import EXIT_INTERNAL, EXIT_OK, LauncherError, SpecError
-from launcher.jsonable import to_jsonable
 from launcher.spec import VmSpec, format_bytes, load
 
 __all__ = [
@@ -52,6 +52,7 @@ class Options:
     spec_path: Path
     log_level: str = "info"
     run_args: Mapping[str, Any] = field(default_factory=dict)  # ``run`` options (RUN_ARGS)
+    plan_args: Mapping[str, Any] = field(default_factory=dict)  # ``plan``-only (PLAN_ARGS)
 
 
 def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(sub, argparse.SUPPRESS)  # so --spec works before or after the command
         if name == "run":
             _add_run_arguments(sub)
+        if name == "plan":
+            _add_plan_arguments(sub)
     return parser
 
 
@@ -102,6 +105,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         spec_path=Path(spec),
         log_level=ns.log_level or "info",
         run_args=run_args,
+        plan_args={k: v for k, v in vars(ns).items() if k in PLAN_ARGS and v is not None},
     )
 
 
@@ -125,12 +129,53 @@ def validate(options: Options, out: TextIO) -> int:
     return EXIT_OK
 
 
+PLAN_ARGS = ("offline", "pod_netns")
+
+
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``plan`` (docs/volumes.md): where to read the pod, plus the ``run``
+    options that change what would be started."""
+    g = parser.add_argument_group("plan")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="plan against a synthetic pod (eth0 10.244.1.5/24, fd00:10:244:1::5/64) "
+        "instead of reading a network namespace: for trying examples outside a pod",
+    )
+    where.add_argument(
+        "--pod-netns",
+        metavar="NAME",
+        help="read the named network namespace (/run/netns/NAME) instead of the current one",
+    )
+    g.add_argument("--state-dir", type=Path, metavar="DIR", help="as for run")
+    g.add_argument("--volumes-dir", type=Path, metavar="DIR", help="as for run")
+    g.add_argument("--hypervisor", choices=("qemu", "cloud-hypervisor"), help="as for run")
+    g.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="as for run (never probed)")
+    g.add_argument("--qemu-binary", metavar="PATH", help="as for run")
+    g.add_argument("--cloud-hypervisor-binary", metavar="PATH", help="as for run")
+
+
 def plan(options: Options, out: TextIO) -> int:
-    """``virt-launcher plan``: the normalized model as JSON (``{"spec": ...}``)."""
+    """``virt-launcher plan``: spec, network plan, resolved volumes and the hypervisor
+    config as one JSON document (:func:`launcher.machine.plan_document`); changes nothing.
+
+    Exit 0, or the documented code of the first entry of ``problems`` (the rest of the
+    document is still printed).
+    """
+    from launcher.machine import PlanSettings, plan_document  # noqa: PLC0415 - keeps validate light
+
     spec = load(options.spec_path)
-    json.dump({"spec": to_jsonable(spec)}, out, indent=2)
+    known = set(PlanSettings.__dataclass_fields__)
+    given = {**options.run_args, **options.plan_args}
+    settings = PlanSettings(**{k: v for k, v in given.items() if k in known})
+    document, code = plan_document(spec, settings)
+    json.dump(document, out, indent=2)
     out.write("\n")
-    return EXIT_OK
+    for problem in document["problems"]:
+        log.warning("%s", problem["message"], extra={"event": "plan-problem"})
+    return code
 
 
 RUN_ARGS = (

@@ -1,22 +1,47 @@
-"""VmSpec + NetworkPlan + resolved volumes → the hypervisor-neutral MachineConfig, and the
-choice of hypervisor.
+"""VmSpec + NetworkPlan + resolved volumes → the hypervisor-neutral MachineConfig, the
+choice of hypervisor, and the whole document ``virt-launcher plan`` prints.
 
-Called by the composition root (``launcher.run``) and by ``virt-launcher plan``; both are
-pure functions, so the plan shows exactly what ``run`` would start. The QEMU argv builder
-and the cloud-hypervisor config builder take the :class:`MachineConfig` from here.
+Called by the composition root (``launcher.run``: :func:`choose_hypervisor`,
+:func:`build_machine`) and by ``virt-launcher plan`` (:func:`plan_document`, which uses
+the same functions, so the plan shows exactly what ``run`` would start). The QEMU argv
+builder and the cloud-hypervisor config builder take the :class:`MachineConfig` from here.
+Nothing here changes the system: discovery only reads the pod netns.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from hypervisor.cloud_hypervisor.config import net_config, vm_config
 from hypervisor.machine import DiskImage, KernelBoot, MachineConfig
-from launcher.errors import UsageError, VolumeError
+from hypervisor.qemu.argv import QemuRuntime, build_argv
+from launcher.errors import LauncherError, UsageError, VolumeError
+from launcher.jsonable import to_jsonable
+from launcher.network import DEFAULT_STATE_DIR, PodState, discover
+from launcher.network import plan as plan_network
+from launcher.network.discover import PodLink
+from launcher.network.names import derived_mac, pod_interface_name
+from launcher.network.netlink import Route
 from launcher.network.plan import NetworkPlan
-from launcher.spec.model import SourceShape, VmSpec
-from launcher.volumes import FileState, ResolvedVolumes
+from launcher.network.resolv import Resolv
+from launcher.spec.model import InterfaceState, SourceShape, VmSpec
+from launcher.volumes import DEFAULT_VOLUMES_DIR, FileState, ResolvedVolumes, VolumeLayout, resolve
 
-__all__ = ["HYPERVISORS", "QEMU", "CLOUD_HYPERVISOR", "build_machine", "choose_hypervisor"]
+__all__ = [
+    "HYPERVISORS",
+    "QEMU",
+    "CLOUD_HYPERVISOR",
+    "PlanSettings",
+    "build_machine",
+    "choose_hypervisor",
+    "plan_document",
+    "synthetic_pod",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +121,153 @@ def build_machine(
         disks=tuple(disks),
         nets=network_plan.devices,
     )
+
+
+# --- virt-launcher plan ---------------------------------------------------------------
+
+OFFLINE_POD_MAC = "0a:58:0a:f4:01:05"
+OFFLINE_RESOLV = Resolv(
+    nameservers=(ipaddress.ip_address("10.96.0.10"),),
+    search=("default.svc.cluster.local", "svc.cluster.local", "cluster.local"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    """What ``virt-launcher plan`` was asked for (the run options it shares, plus its own).
+
+    ``offline`` plans against :func:`synthetic_pod` instead of reading a netns;
+    ``pod_netns`` reads that named netns instead of the current one.
+    """
+
+    offline: bool = False
+    pod_netns: str | None = None
+    state_dir: Path = DEFAULT_STATE_DIR
+    volumes_dir: Path = DEFAULT_VOLUMES_DIR
+    hypervisor: str | None = None
+    accel: str = "auto"
+    qemu_binary: str = "qemu-system-x86_64"
+    cloud_hypervisor_binary: str = "cloud-hypervisor"
+
+
+def synthetic_pod(spec: VmSpec) -> PodState:
+    """A pod as a CNI typically leaves it, for ``plan --offline`` (documented in
+    docs/volumes.md): ``eth0`` 10.244.1.5/24 + fd00:10:244:1::5/64 with default routes via
+    10.244.1.1 and fe80::1, MTU 1450; each Multus interface ``netN`` 192.168.N.5/24.
+    """
+    links: dict[str, PodLink] = {}
+    for iface in spec.interfaces:
+        if iface.state is InterfaceState.ABSENT:
+            continue
+        name = pod_interface_name(spec, iface)
+        if name in links:
+            continue
+        if name == "eth0":
+            links[name] = PodLink(
+                name=name,
+                mac=OFFLINE_POD_MAC,
+                mtu=1450,
+                kind="veth",
+                addresses4=(ipaddress.IPv4Interface("10.244.1.5/24"),),
+                addresses6=(ipaddress.IPv6Interface("fd00:10:244:1::5/64"),),
+                routes=(
+                    Route(
+                        ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_address("10.244.1.1"), name
+                    ),
+                    Route(ipaddress.ip_network("::/0"), ipaddress.ip_address("fe80::1"), name),
+                ),
+            )
+        else:
+            index = int(name.removeprefix("net"))
+            links[name] = PodLink(
+                name=name,
+                mac=derived_mac(f"offline-{name}"),
+                mtu=1500,
+                kind="veth",
+                addresses4=(ipaddress.IPv4Interface(f"192.168.{index}.5/24"),),
+            )
+    return PodState(links=tuple(links.values()), resolv=OFFLINE_RESOLV, hostname=spec.name)
+
+
+def _read_pod(settings: PlanSettings) -> PodState:
+    resolv = Path("/etc/resolv.conf")
+    if settings.pod_netns is not None:
+        per_netns = Path("/etc/netns") / settings.pod_netns / "resolv.conf"
+        resolv = per_netns if per_netns.is_file() else resolv
+    state_dir = settings.state_dir if settings.state_dir.is_dir() else None
+    return discover(settings.pod_netns, state_dir=state_dir, resolv_conf=resolv)
+
+
+def _hypervisor_view(kind: str, machine: MachineConfig, settings: PlanSettings) -> dict[str, Any]:
+    view: dict[str, Any] = {"kind": kind, "machine": to_jsonable(machine)}
+    if kind == QEMU:
+        accel = settings.accel
+        if accel == "auto":
+            accel = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
+            view["accel"] = {
+                "mode": "auto",
+                "shown": accel,
+                "note": "run probes whether KVM really boots a guest and falls back to TCG",
+            }
+        else:
+            view["accel"] = {"mode": accel, "shown": accel}
+        runtime = QemuRuntime(
+            qmp_socket=str(settings.state_dir / "qemu" / "qmp.sock"),
+            accel=accel,
+            binary=settings.qemu_binary,
+            pidfile=str(settings.state_dir / "qemu" / "qemu.pid"),
+            vhost_net=os.path.exists("/dev/vhost-net"),
+        )
+        view["argv"] = build_argv(machine, runtime)
+    else:
+        view["binary"] = settings.cloud_hypervisor_binary
+        view["vm_config"] = vm_config(machine)
+        view["add_net"] = [net_config(dev, dev.queues) for dev in machine.nets]
+    return view
+
+
+def _problem(stage: str, err: LauncherError) -> dict[str, Any]:
+    return {"stage": stage, "message": str(err), "exit_code": err.exit_code}
+
+
+def plan_document(spec: VmSpec, settings: PlanSettings) -> tuple[dict[str, Any], int]:
+    """What ``virt-launcher plan`` prints, and its exit code.
+
+    Every stage that can be computed is shown: ``network`` is null when the pod netns
+    could not be read or planned, ``hypervisor`` is null when there is no network plan or
+    the hypervisor config cannot be built. Missing volume files are listed in
+    ``problems`` (and in ``volumes`` as ``"state": "missing"``) without hiding the rest.
+    The exit code is 0 without problems, else the first problem's documented code.
+    """
+    problems: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {"spec": to_jsonable(spec)}
+    kind = choose_hypervisor(spec, settings.hypervisor)
+    pod_source = "offline" if settings.offline else (settings.pod_netns or "current netns")
+    network: NetworkPlan | None = None
+    try:
+        pod = synthetic_pod(spec) if settings.offline else _read_pod(settings)
+        network = plan_network(spec, pod)
+    except LauncherError as err:
+        problems.append(_problem("network", err))
+    doc["network"] = None if network is None else {"pod": pod_source, **network.to_dict()}
+    volumes: ResolvedVolumes | None = None
+    layout = VolumeLayout(volumes_dir=settings.volumes_dir, scratch_dir=settings.state_dir)
+    try:
+        volumes = resolve(spec, layout)
+    except LauncherError as err:
+        problems.append(_problem("volumes", err))
+    doc["volumes"] = None if volumes is None else to_jsonable(volumes)
+    if volumes is not None:
+        problems += [
+            {"stage": "volumes", "message": p, "exit_code": VolumeError.exit_code}
+            for p in volumes.problems
+        ]
+    doc["hypervisor"] = None
+    if network is not None and volumes is not None:
+        try:
+            machine = build_machine(spec, network, volumes)
+            doc["hypervisor"] = _hypervisor_view(kind, machine, settings)
+        except LauncherError as err:
+            problems.append(_problem("hypervisor", err))
+    doc["problems"] = problems
+    return doc, problems[0]["exit_code"] if problems else 0

@@ -234,7 +234,9 @@ class Dhcp6Server:
         if t in _TO_SERVER and (client_id is None or server_id != self.duid):
             self.counters["ignored"] += 1
             return None
-        if t == MsgType.INFORMATION_REQUEST and server_id not in (None, self.duid):
+        if t == MsgType.INFORMATION_REQUEST and (
+            server_id not in (None, self.duid) or msg.get(Opt.IA_NA) is not None
+        ):
             self.counters["ignored"] += 1
             return None
         base: list[tuple[int, bytes]] = []

@@ -200,6 +200,8 @@ def test_information_request_gets_dns_only() -> None:
     assert ans is not None and ans.msg_type == MsgType.REPLY
     assert ans.get(Opt.DNS_SERVERS) is not None and not ans.ia_nas()
     assert ans.get(Opt.CLIENTID) is None
+    # RFC 8415 16.12: an Information-request with an IA option is discarded.
+    assert ask(server(), MsgType.INFORMATION_REQUEST, ia(), duid=None) is None
 
 
 def test_unicast_gets_use_multicast_or_is_dropped() -> None:

@@ -48,7 +48,11 @@ _ZERO = IPv4Address(0)
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One BOOTP/DHCP message; ``options`` keeps wire order, one entry per code."""
+    """One BOOTP/DHCP message; ``options`` keeps wire order, one entry per code.
+
+    ``chaddr`` holds only the first ``hlen`` bytes (the MAC for Ethernet); ``sname`` and
+    ``file`` are empty when they carried overloaded options.
+    """
 
     op: int
     xid: int
@@ -64,11 +68,6 @@ class Message:
     sname: bytes = b""
     file: bytes = b""
     options: tuple[tuple[int, bytes], ...] = field(default=())
-
-    @property
-    def mac(self) -> bytes:
-        """The hardware address (first ``hlen`` bytes of chaddr)."""
-        return self.chaddr
 
     def option(self, code: int) -> bytes | None:
         """The value of option ``code``, or None if the message does not carry it."""

@@ -90,6 +90,8 @@ GUEST_MODULES = (
     "evdev",
 )
 
+KERNEL_RECIPE = "1"  # bump to force a new kernel download and module extraction
+
 DEFAULT_CMDLINE = "console=ttyS0 quiet loglevel=1 panic=-1"
 
 APT_TIMEOUT_S = 600
@@ -139,6 +141,12 @@ def _busybox_key() -> str:
     )
 
 
+def _kernel_key() -> str:
+    return _digest(
+        [KERNEL_RECIPE.encode(), KERNEL_META_PACKAGE.encode(), "\n".join(GUEST_MODULES).encode()]
+    )
+
+
 def _rootfs_files() -> list[Path]:
     return sorted(p for p in ROOTFS.rglob("*") if p.is_file())
 
@@ -146,8 +154,7 @@ def _rootfs_files() -> list[Path]:
 def _guest_key() -> str:
     parts = [
         _busybox_key().encode(),
-        KERNEL_META_PACKAGE.encode(),
-        "\n".join(GUEST_MODULES).encode(),
+        _kernel_key().encode(),
         DEFAULT_CMDLINE.encode(),
         Path(__file__).read_bytes(),
     ]
@@ -513,12 +520,38 @@ def ensure_guest() -> GuestImage:
     )
 
 
+def _ensure_kernel(root: Path) -> tuple[Path, str, list[Path]]:
+    """The cached kernel: vmlinuz, its version, the modules in load order."""
+    final = root / "kernel" / _kernel_key()
+    meta_file = final / "kernel.json"
+    if not meta_file.is_file():
+        with _locked(root / "kernel.lock"):
+            if not meta_file.is_file():
+                final.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=final.parent, prefix=".build-") as tmp:
+                    work = Path(tmp)
+                    vmlinuz, version, modules = _fetch_kernel(_Apt(root / "apt"), work)
+                    stage = work / "out"
+                    (stage / "modules").mkdir(parents=True)
+                    shutil.copy2(vmlinuz, stage / "vmlinuz")
+                    for ko in modules:
+                        shutil.copy2(ko, stage / "modules" / ko.name)
+                    meta = {"kernel_version": version, "modules": [m.name for m in modules]}
+                    (stage / "kernel.json").write_text(json.dumps(meta, indent=2) + "\n")
+                    if final.exists():
+                        shutil.rmtree(final)
+                    stage.rename(final)
+    meta = json.loads(meta_file.read_text())
+    names = [str(n) for n in meta["modules"]]
+    return final / "vmlinuz", str(meta["kernel_version"]), [final / "modules" / n for n in names]
+
+
 def _build_guest(root: Path, final: Path, busybox: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     applets = (busybox.parent / "applets").read_text().split()
+    vmlinuz, version, modules = _ensure_kernel(root)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".build-") as tmp:
         work = Path(tmp)
-        vmlinuz, version, modules = _fetch_kernel(_Apt(root / "apt"), work)
         stage = work / "out"
         stage.mkdir()
         shutil.copy2(vmlinuz, stage / "vmlinuz")
@@ -541,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busybox-only", action="store_true", help="only build busybox")
     args = parser.parse_args(argv)
     if args.force:
-        for sub in ("busybox", "guest"):
+        for sub in ("busybox", "kernel", "guest"):
             shutil.rmtree(cache_root() / sub, ignore_errors=True)
     started = time.monotonic()
     if args.busybox_only:

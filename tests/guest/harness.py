@@ -166,17 +166,19 @@ def boot(
     extra: Sequence[str] = (),
     cmdline_extra: str = "vl.ready_timeout=60",
     root_ports: int = 2,
+    accel: str = "tcg",
 ) -> Iterator[Vm]:
-    """QEMU (TCG, q35, 256 MiB) in the netns with one virtio-net NIC per MAC on the taps.
+    """QEMU (q35, 256 MiB) in the netns with one virtio-net NIC per MAC on the taps.
 
-    ``root_ports`` pcie-root-ports ``rp1..`` are left free for hot plug. The console is
+    ``accel`` is TCG by default: this machine's /dev/kvm cannot boot a guest; on a node
+    with working KVM pass ``"kvm"``. ``root_ports`` pcie-root-ports ``rp1..`` are left free for hot plug. The console is
     also written to ``workdir/console.log``. QEMU is killed on exit if still running."""
     if len(macs) > len(net.taps):
         raise HarnessError(f"{len(macs)} NICs asked for but netns {net.netns} has {net.taps}")
     qmp_path = workdir / "qmp.sock"
     argv = [
         "ip", "netns", "exec", net.netns,
-        "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-m", "256",
+        "qemu-system-x86_64", "-accel", accel, "-machine", "q35", "-m", "256",
         "-nographic", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd),
         "-append", f"{image.cmdline} {cmdline_extra}".strip(),

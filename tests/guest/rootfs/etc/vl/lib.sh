@@ -6,6 +6,7 @@ say() { echo "$*" > /dev/console; }
 uptime_s() { read -r up _rest < /proc/uptime; echo "$up"; }
 
 # csv a b c -> a,b,c (word-split on purpose)
+# shellcheck disable=SC2048,SC2086
 csv() { echo $* | tr ' ' ','; }
 
 write_pages() {

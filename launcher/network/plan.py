@@ -16,15 +16,18 @@ import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from hypervisor.machine import NetDevice
+from hypervisor.machine import NetDevice, VdpaDevice, VfioDevice
 from launcher.errors import NetworkError
+from launcher.podinfo import PodInfo
 from launcher.spec.model import BindingKind, Interface, InterfaceState, VmSpec
 
 from .discover import PodLink, PodState
-from .names import pod_interface_name, stand_in_peer_name
+from .multus import InterfaceMapping, PassthroughContext, PassthroughNic, map_interfaces
+from .names import stand_in_peer_name
 from .netlink import Route
 from .nftables import NftFragment, render
 from .sysctl import Sysctl
+from .sysfs import HostPaths
 
 __all__ = [
     "NetworkPlan",
@@ -60,6 +63,10 @@ class PlanOptions:
     # Test mode: a tap carries nothing without a VMM, so each "tap" is a veth whose
     # peer (``vlg<N>``) is moved into this netns, where a DHCP client plays the guest.
     stand_in_netns: str | None = None
+    # Secondary networks: the Multus network-status and device-plugin env (launcher.podinfo),
+    # and where sysfs and /dev are for the SR-IOV/vDPA checks (a fake tree in tests).
+    podinfo: PodInfo | None = None
+    host: HostPaths = field(default_factory=HostPaths)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +191,23 @@ class NetworkPlan:
     nics: tuple[NicPlan, ...]
     sysctls: tuple[Sysctl, ...] = ()
     nftables: str = ""
+    passthrough: tuple[PassthroughNic, ...] = ()  # SR-IOV VFs and vDPA devices
+    interfaces: tuple[InterfaceMapping, ...] = ()  # spec interface → pod interface, and why
 
     @property
     def devices(self) -> tuple[NetDevice, ...]:
         """The guest NICs for the hypervisor config, in spec order."""
         return tuple(n.device for n in self.nics)
+
+    @property
+    def vfio(self) -> tuple[VfioDevice, ...]:
+        """The SR-IOV VFs for the hypervisor config, in spec order."""
+        return tuple(p.device for p in self.passthrough if isinstance(p.device, VfioDevice))
+
+    @property
+    def vdpa(self) -> tuple[VdpaDevice, ...]:
+        """The vhost-vdpa devices for the hypervisor config, in spec order."""
+        return tuple(p.device for p in self.passthrough if isinstance(p.device, VdpaDevice))
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as plain JSON-compatible data."""
@@ -276,16 +295,39 @@ class NicContext:
 
 def plan(spec: VmSpec, pod: PodState, options: PlanOptions = PlanOptions()) -> NetworkPlan:
     """Plan every guest NIC of ``spec`` against ``pod``; pure, raises NetworkError."""
-    from .bindings import binding_for  # noqa: PLC0415 - the bindings import this module
+    from .bindings import binding_for, passthrough_for  # noqa: PLC0415 - they import this module
 
     nics: list[NicPlan] = []
+    passthrough: list[PassthroughNic] = []
     used: dict[str, str] = {}
+    mappings = map_interfaces(spec, options.podinfo, (lk.name for lk in pod.links))
     index = 0
-    for iface in spec.interfaces:
-        if iface.state is InterfaceState.ABSENT:
+    for position, iface in enumerate(
+        i for i in spec.interfaces if i.state is not InterfaceState.ABSENT
+    ):
+        pt = passthrough_for(iface)
+        if pt is not None:
+            passthrough.append(
+                pt.plan_device(
+                    PassthroughContext(
+                        spec=spec,
+                        interface=iface,
+                        index=position,
+                        mapping=mappings[iface.name],
+                        mappings=mappings,
+                        podinfo=options.podinfo,
+                        host=options.host,
+                    )
+                )
+            )
             continue
         binding = binding_for(iface)
-        pod_if = pod_interface_name(spec, iface)
+        pod_if = mappings[iface.name].pod_interface
+        if pod_if is None:
+            raise NetworkError(
+                f"network {iface.network!r}: its Multus network-status entry names no pod "
+                "interface, so the launcher has nothing to connect the guest NIC to"
+            )
         if pod_if in used:
             raise NetworkError(
                 f"interfaces {used[pod_if]!r} and {iface.name!r} both use pod interface {pod_if!r}"
@@ -309,4 +351,6 @@ def plan(spec: VmSpec, pod: PodState, options: PlanOptions = PlanOptions()) -> N
         nics=tuple(nics),
         sysctls=tuple(sysctls.values()),
         nftables=render(n.nft for n in nics),
+        passthrough=tuple(passthrough),
+        interfaces=tuple(mappings[i.name] for i in spec.interfaces if i.name in mappings),
     )

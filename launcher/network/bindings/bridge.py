@@ -6,6 +6,8 @@ learning off; the guest receives the pod's IPv4 address by DHCPv4 (from a
 169.254.75.x server address on the bridge, never the pod IP) and its IPv6 address by
 DHCPv6 plus router advertisements from the bridge's link-local. DHCP and RA never leave
 through the pod port, and frames from the tap must carry the guest's MAC and addresses.
+On a secondary (Multus) network whose pod interface has no address (no IPAM) the NIC is
+plain L2: no DHCP/RA is served, DHCP may cross the pod port, only the MAC is enforced.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import ipaddress
 
 from hypervisor.machine import NetDevice
 from launcher.errors import NetworkError
-from launcher.spec.model import BindingKind
+from launcher.spec.model import BindingKind, MultusNetwork
 
 from ..discover import PodLink
 from ..names import bridge_name, derived_mac, device_id, tap_name
@@ -90,7 +92,10 @@ class BridgeBinding:
             )
         if link.kind == "bridge":
             raise NetworkError(f"pod interface {link.name!r} is itself a bridge")
-        if not link.addresses4 and not link.addresses6:
+        # A secondary (Multus) network without IPAM: plain L2, the guest brings its own
+        # addresses (or asks a DHCP server on that network); nothing is served here.
+        l2_only = not link.addresses4 and not link.addresses6
+        if l2_only and not isinstance(ctx.spec.network_for(ctx.interface).source, MultusNetwork):
             raise NetworkError(
                 f"pod interface {link.name!r} has no IPv4 or global IPv6 address to hand "
                 "to the guest"
@@ -164,6 +169,8 @@ class BridgeBinding:
             # The bridge is the guest's IPv6 router (DHCPv6 has no default route):
             # the pod netns keeps the pod's IPv6 routes on the bridge and forwards.
             routes += [Route(dst=p, gateway=None, ifname=br) for p in prefixes]
+            if not prefixes:  # a /128 pod address: the pod netns needs a host route to it
+                routes.append(Route(dst=guest6.network, gateway=None, ifname=br))
             routes += [
                 Route(dst=r.dst, gateway=r.gateway, ifname=br, onlink=r.onlink)
                 for r in link.routes
@@ -176,6 +183,8 @@ class BridgeBinding:
         anti = antispoof_rules(
             tap, guest_mac, guest4.ip if guest4 else None, guest6.ip if guest6 else None
         )
+        if l2_only:  # only the MAC is known: no IP anti-spoofing, DHCP may cross the port
+            pre, post, anti = (), (), anti[:2]
         return NicPlan(
             name=ctx.interface.name,
             index=ctx.index,
@@ -183,7 +192,10 @@ class BridgeBinding:
             pod_interface=link.name,
             original=link,
             bridge=BridgeLink(
-                name=br, mac=bridge_mac, mtu=mtu, addresses=(ipaddress.IPv4Interface(server4),)
+                name=br,
+                mac=bridge_mac,
+                mtu=mtu,
+                addresses=() if l2_only else (ipaddress.IPv4Interface(server4),),
             ),
             tap=ctx.tap(tap, br, mtu, guest_mac),
             device=NetDevice(

@@ -178,8 +178,9 @@ def test_multiqueue_uses_vcpus() -> None:
 
 
 @pytest.mark.parametrize("binding", [Sriov(), Vdpa()])
-def test_sriov_and_vdpa_not_supported_yet(binding: Sriov | Vdpa) -> None:
-    with pytest.raises(NetworkError, match=r"which this launcher does not support yet"):
+def test_sriov_and_vdpa_need_a_multus_network(binding: Sriov | Vdpa) -> None:
+    # the SR-IOV/vDPA paths themselves: tests/unit/network/test_sysfs*.py, test_multus*.py
+    with pytest.raises(NetworkError, match=r"binding on the pod network: .* Multus network"):
         plan(vm_spec(binding), pod_state())
 
 
@@ -235,3 +236,9 @@ def test_plan_is_pure_and_json_serialisable() -> None:
 
 def test_link_local_from_mac() -> None:
     assert str(link_local_from_mac("52:54:00:12:34:56")) == "fe80::5054:ff:fe12:3456"
+
+
+def test_bridge_ipv6_slash128_gets_host_route_and_no_prefix() -> None:
+    nic = plan(vm_spec(), pod_state(pod_link(v6="fd00:10:244:1::5/128"))).nics[0]
+    assert nic.ra is not None and nic.ra.prefixes == ()
+    assert [(str(r.dst), r.ifname) for r in nic.routes][0] == ("fd00:10:244:1::5/128", "vlbr0")

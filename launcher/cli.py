@@ -53,6 +53,7 @@ class Options:
     log_level: str = "info"
     run_args: Mapping[str, Any] = field(default_factory=dict)  # ``run`` options (RUN_ARGS)
     plan_args: Mapping[str, Any] = field(default_factory=dict)  # ``plan``-only (PLAN_ARGS)
+    status_args: Mapping[str, Any] = field(default_factory=dict)  # STATUS_ARGS (run, status)
 
 
 def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "validate": "check the spec and print a one-line summary (exit 2 listing every problem)",
         "plan": "print the normalized spec as JSON; changes nothing",
         "run": "start and supervise the VM (the pod entrypoint)",
+        "status": "print what a running launcher's status endpoint serves (--json: raw)",
     }
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text, description=text)
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
             _add_run_arguments(sub)
         if name == "plan":
             _add_plan_arguments(sub)
+        if name in ("run", "status"):
+            _add_status_arguments(sub, name)
     return parser
 
 
@@ -106,6 +110,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         log_level=ns.log_level or "info",
         run_args=run_args,
         plan_args={k: v for k, v in vars(ns).items() if k in PLAN_ARGS and v is not None},
+        status_args={k: v for k, v in vars(ns).items() if k in STATUS_ARGS and v is not None},
     )
 
 
@@ -237,12 +242,46 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+STATUS_ARGS = ("status_listen", "json")
+
+
+def _add_status_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """``--status-listen`` (run, status) and ``--json`` (status); docs/status.md."""
+    g = parser.add_argument_group("status endpoint")
+    g.add_argument(
+        "--status-listen",
+        metavar="ADDR",
+        help="loopback HOST:PORT or a unix socket path of the status endpoint "
+        "(default 127.0.0.1:8186; never the pod IP)",
+    )
+    if command == "status":
+        g.add_argument("--json", action="store_true", default=None, help="print /status as served")
+
+
+def status(options: Options, out: TextIO) -> int:
+    """``virt-launcher status``: print the status a running launcher serves."""
+    from launcher.status.client import show  # noqa: PLC0415
+    from launcher.status.server import DEFAULT_LISTEN  # noqa: PLC0415
+
+    listen = options.status_args.get("status_listen", DEFAULT_LISTEN)
+    return show(listen, out, as_json=bool(options.status_args.get("json")))
+
+
 def run(options: Options) -> int:
     """``virt-launcher run``: the pod entrypoint (:mod:`launcher.run`)."""
     from launcher.run import RunOptions  # noqa: PLC0415 - keeps validate/plan start-up light
     from launcher.run import run as run_vm  # noqa: PLC0415
+    from launcher.status.runsource import status_hook  # noqa: PLC0415
+    from launcher.status.server import DEFAULT_LISTEN, parse_listen  # noqa: PLC0415
 
-    return run_vm(RunOptions(spec_path=options.spec_path, **options.run_args))
+    listen = parse_listen(options.status_args.get("status_listen", DEFAULT_LISTEN))
+    extra: dict[str, Any] = {}
+    if listen.port:
+        extra["status_port"] = listen.port  # masquerade never DNATs the endpoint's port
+    return run_vm(
+        RunOptions(spec_path=options.spec_path, **options.run_args, **extra),
+        status=status_hook(listen),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return validate(options, sys.stdout)
         if options.command == "plan":
             return plan(options, sys.stdout)
+        if options.command == "status":
+            return status(options, sys.stdout)
         return run(options)
     except SpecError as err:
         for line in err.lines():

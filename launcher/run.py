@@ -70,6 +70,7 @@ from launcher.network import cleanup as cleanup_network
 from launcher.network import discover as discover_network
 from launcher.network import plan as plan_network
 from launcher.network.names import POD_INTERFACE
+from launcher.network.plan import DEFAULT_STATUS_PORT
 from launcher.spec import VmSpec, load
 from launcher.spec.model import SourceShape
 
@@ -109,6 +110,7 @@ class RunOptions:
     pod_interface: str = POD_INTERFACE
     console_log: Path | None = None  # None: serial lines on stdout after SERIAL_PREFIX
     reap: bool | None = None  # None: reap orphans only when PID 1
+    status_port: int = DEFAULT_STATUS_PORT  # the status endpoint's port: never DNATed
 
 
 StatusHook = Callable[["RunContext"], Coroutine[Any, Any, None]]
@@ -397,7 +399,7 @@ async def run_async(
                 f"--pod-interface {options.pod_interface!r}: the network plan names the pod "
                 f"network interface {POD_INTERFACE!r}; other names are not supported yet"
             )
-        planned = plan_network(spec, pod, PlanOptions())
+        planned = plan_network(spec, pod, PlanOptions(status_port=options.status_port))
         machine = build_machine(spec, planned, options.volumes_dir)
         ctx.machine = machine
         if machine.vfio:

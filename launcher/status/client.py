@@ -1,0 +1,141 @@
+"""``virt-launcher status``: fetch ``/status`` from a running launcher and print it.
+
+Called by ``launcher.cli``. Connects over TCP (loopback) or the unix socket the launcher
+listens on, with a bounded timeout. ``--json`` prints the document as served; otherwise
+a terminal view: phase, conditions, processes, a table of interfaces and the last events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, TextIO
+
+import aiohttp
+
+from launcher.errors import StatusServerError
+
+from .server import Listen, parse_listen
+
+__all__ = ["fetch_status", "format_status", "show"]
+
+TIMEOUT_S = 5.0
+
+
+async def fetch_status(listen: Listen | str, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    """The ``/status`` document of the launcher listening at ``listen``."""
+    where = parse_listen(listen) if isinstance(listen, str) else listen
+    if where.path is not None:
+        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(where.path))
+        url = "http://localhost/status"
+    else:
+        connector = aiohttp.TCPConnector()
+        host = f"[{where.host}]" if where.host and ":" in where.host else where.host
+        url = f"http://{host}:{where.port}/status"
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as session,
+            session.get(url) as resp,
+        ):
+            if resp.status != 200:
+                raise StatusServerError(f"{url} answered HTTP {resp.status}")
+            body = await resp.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+        raise StatusServerError(
+            f"cannot read the status endpoint at {where}: {err or type(err).__name__}"
+        ) from err
+    if not isinstance(body, dict):
+        raise StatusServerError(f"the status endpoint at {where} sent a non-object document")
+    return body
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _secs(s: float | None) -> str:
+    return "-" if s is None else f"{s:.1f}s"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def format_status(doc: dict[str, Any], events: int = 10) -> str:
+    """A terminal rendering of a ``/status`` document."""
+    lines = [
+        f"VM {doc.get('vm') or '(no spec yet)'}: {doc['phase']}, "
+        + ("ready" if doc["ready"] else f"not ready ({doc.get('notReadyReason')})")
+    ]
+    lines.append("")
+    lines += _table(
+        [["CONDITION", "STATUS", "REASON", "SINCE"]]
+        + [
+            [c["type"], c["status"], c["reason"], c["lastTransitionTime"]]
+            for c in doc["conditions"]
+        ]
+    )
+    la, hv = doc["launcher"], doc.get("hypervisor")
+    lines.append("")
+    lines.append(
+        f"launcher  pid {la['pid']}  up {_secs(la['uptimeSeconds'])}  RSS {_bytes(la['rssBytes'])}"
+        f"  CPU {_secs(la['cpuSeconds'])}  ready after {_secs(la['timeToReadySeconds'])}"
+    )
+    if hv:
+        lines.append(
+            f"{hv['kind']}  pid {hv['pid']}  {hv['state']}  up {_secs(hv['uptimeSeconds'])}"
+            f"  RSS {_bytes(hv['rssBytes'])}  CPU {_secs(hv['cpuSeconds'])}"
+        )
+    else:
+        lines.append("hypervisor  not started")
+    lines.append("")
+    rows = [
+        ["INTERFACE", "BINDING", "MAC", "IP", "LINK", "POD-IF", "TAP", "DHCP O/A/N/D/R", "RX", "TX"]
+    ]
+    for i in doc["interfaces"]:
+        d, t = i["dhcp"], i.get("traffic") or {}
+        rows.append(
+            [
+                i["name"],
+                i["binding"],
+                i.get("mac") or "-",
+                ",".join(i["ipAddresses"]) or "-",
+                i["linkState"],
+                i.get("podInterface") or "-",
+                i.get("tap") or "-",
+                "/".join(str(d[k]) for k in ("offers", "acks", "naks", "declines", "releases")),
+                _bytes(t.get("rxBytes")),
+                _bytes(t.get("txBytes")),
+            ]
+        )
+    lines += _table(rows)
+    digest = (doc.get("nftables") or {}).get("digest")
+    if digest:
+        lines.append(f"nftables {digest}")
+    lines.append("")
+    lines.append(f"LAST {events} EVENTS")
+    for e in doc["events"][-events:]:
+        detail = " ".join(str(e[k]) for k in ("iface", "address", "mac", "message") if e.get(k))
+        lines.append(f"{e['time']}  {e['source']:<10} {e['kind']:<22} {detail}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def show(listen: str, out: TextIO, *, as_json: bool = False) -> int:
+    """``virt-launcher status``: print the status of the launcher at ``listen``; exit code."""
+    doc = asyncio.run(fetch_status(listen))
+    if as_json:
+        json.dump(doc, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(format_status(doc))
+    return 0

@@ -1,0 +1,259 @@
+"""The local HTTP status endpoint: ``/healthz /readyz /status /metrics /`` on loopback.
+
+Started by the composition root as one task of its TaskGroup (``StatusServer.run``),
+and by tests and the benchmark directly (``async with StatusServer(...)``). Uses
+aiohttp's ``web.AppRunner`` (never ``run_app``). It listens on 127.0.0.1 by default, or
+on another loopback address or a unix socket; it refuses any other address, so it is
+never reachable on the pod IP (and masquerade never DNATs its port). Only GET and HEAD
+are served; other methods get 405 and unknown paths 404. A failure to bind raises
+:class:`~launcher.errors.StatusServerError` (exit 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+
+from aiohttp import web
+
+from launcher.errors import StatusServerError, UsageError
+from launcher.network.plan import DEFAULT_STATUS_PORT
+
+from .collect import Collector
+from .metrics import CONTENT_TYPE, Metrics
+from .model import StatusSource
+from .neighbours import NetlinkReader
+from .render import status_json
+
+__all__ = ["StatusServer", "Listen", "parse_listen", "DEFAULT_LISTEN", "LAG_LIMIT_S"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_STATUS_PORT}"
+LAG_LIMIT_S = 1.0  # /healthz fails when the event loop lagged more than this
+_LAG_PERIOD_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Where the endpoint listens: a loopback ``host:port`` or a unix socket ``path``."""
+
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_listen(text: str) -> Listen:
+    """``127.0.0.1:8186``, ``[::1]:8186``, ``:8186``, ``unix:/run/s.sock`` or ``/run/s.sock``.
+
+    Raises UsageError for a malformed value or a non-loopback host.
+    """
+    if text.startswith(("unix:", "/", "./")):
+        path = text.removeprefix("unix:")
+        if not path:
+            raise UsageError(f"--status-listen {text!r} names no unix socket path")
+        return Listen(path=Path(path))
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"--status-listen {text!r} is not HOST:PORT or a unix socket path")
+    host = host.strip("[]") or "127.0.0.1"
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError as err:
+            raise UsageError(f"--status-listen host {host!r} is not an IP address") from err
+        if not loopback:
+            raise UsageError(
+                f"--status-listen host {host!r} is not a loopback address "
+                "(the status endpoint is never served on the pod IP)"
+            )
+    return Listen(host=host, port=int(port_text))
+
+
+def _page() -> bytes:
+    return resources.files(__package__).joinpath("page.html").read_bytes()
+
+
+def _openapi() -> bytes:
+    return resources.files(__package__).joinpath("openapi.yaml").read_bytes()
+
+
+class StatusServer:
+    """Serves a :class:`StatusSource`; ``run()`` for a TaskGroup, or ``async with``."""
+
+    def __init__(
+        self,
+        source: StatusSource,
+        listen: Listen | str = DEFAULT_LISTEN,
+        *,
+        netns: str | None = None,
+        ttl: float = 0.5,
+    ) -> None:
+        self.listen = parse_listen(listen) if isinstance(listen, str) else listen
+        self.collector = Collector(source, netlink=NetlinkReader(netns), ttl=ttl)
+        self.metrics = Metrics()
+        self._runner: web.AppRunner | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self._page = _page()
+        self._openapi = _openapi()
+        self.port: int | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """The aiohttp application (routes only; no middleware)."""
+        app = web.Application()
+        app.router.add_get("/", self._index)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/openapi.yaml", self._openapi_doc)
+        return app
+
+    async def start(self) -> None:
+        """Bind and start serving; StatusServerError if the address cannot be used."""
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site: web.BaseSite
+        if self.listen.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if self.listen.path.is_socket():
+                    self.listen.path.unlink()
+            site = web.UnixSite(runner, str(self.listen.path))
+        else:
+            site = web.TCPSite(runner, self.listen.host, self.listen.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as err:
+            await runner.cleanup()
+            raise StatusServerError(
+                f"cannot serve the status endpoint on {self.listen}: {err.strerror or err}"
+            ) from err
+        if self.listen.path is None:
+            server = getattr(site, "_server", None)
+            sockets = getattr(server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1] if sockets else self.listen.port
+        self._runner = runner
+        self._lag_task = asyncio.create_task(self._measure_lag(), name="status-loop-lag")
+        where = self.listen if self.listen.path else f"{self.listen.host}:{self.port}"
+        log.info(
+            "status endpoint listening", extra={"event": "status-listening", "listen": str(where)}
+        )
+
+    async def close(self) -> None:
+        """Stop serving (idempotent)."""
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+            self._lag_task = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await asyncio.to_thread(self.collector.netlink.close)
+
+    async def run(self) -> None:
+        """Serve until cancelled (a named task in the composition root's TaskGroup)."""
+        await self.start()
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            await self.close()
+
+    async def __aenter__(self) -> StatusServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` for TCP (unix sockets: ``http://localhost``)."""
+        if self.listen.path is not None:
+            return "http://localhost"
+        host = self.listen.host or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    async def _measure_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(_LAG_PERIOD_S)
+            self.collector.loop_lag_s = max(0.0, loop.time() - start - _LAG_PERIOD_S)
+
+    # ---- handlers ----------------------------------------------------------------------
+
+    async def _index(self, request: web.Request) -> web.Response:
+        del request
+        return web.Response(
+            body=self._page,
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _openapi_doc(self, request: web.Request) -> web.Response:
+        del request
+        return web.Response(body=self._openapi, content_type="application/yaml")
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        del request
+        lag = self.collector.loop_lag_s
+        ok = lag <= LAG_LIMIT_S
+        body = {"status": "ok" if ok else "lagging", "loopLagSeconds": round(lag, 6)}
+        if not ok:
+            body["reason"] = f"event loop lagged {lag:.3f} s (limit {LAG_LIMIT_S} s)"
+        return _json(body, 200 if ok else 503)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        del request
+        snap = await self.collector.snapshot()
+        body: dict[str, object] = {
+            "ready": snap.ready,
+            "phase": snap.phase,
+            "conditions": {c.type: c.status for c in snap.conditions},
+        }
+        if not snap.ready:
+            body["reason"] = snap.not_ready_reason
+        return _json(body, 200 if snap.ready else 503)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        del request
+        return _json(status_json(await self.collector.snapshot()), 200)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        del request
+        body = self.metrics.render(await self.collector.snapshot())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _json(body: object, status: int) -> web.Response:
+    return web.Response(
+        text=json.dumps(body, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )

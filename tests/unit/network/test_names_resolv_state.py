@@ -100,3 +100,14 @@ def test_bad_records_are_state_cache_errors(tmp_path: Path, content: str, match:
     (tmp_path / "net-eth0.json").write_text(content)
     with pytest.raises(StateCacheError, match=match):
         read_record(tmp_path, "eth0")
+
+
+def test_sysctl_path_keeps_dotted_interface_names() -> None:
+    from launcher.network.sysctl import Sysctl
+
+    assert str(Sysctl("net.ipv4.ip_forward", "1").path) == "/proc/sys/net/ipv4/ip_forward"
+    assert (
+        str(Sysctl("net.ipv4.conf.eth0.100.arp_ignore", "1").path)
+        == "/proc/sys/net/ipv4/conf/eth0.100/arp_ignore"
+    )
+    assert str(Sysctl("net.ipv6.conf.all.forwarding", "1").path).endswith("conf/all/forwarding")

@@ -241,4 +241,5 @@ def test_link_local_from_mac() -> None:
 def test_bridge_ipv6_slash128_gets_host_route_and_no_prefix() -> None:
     nic = plan(vm_spec(), pod_state(pod_link(v6="fd00:10:244:1::5/128"))).nics[0]
     assert nic.ra is not None and nic.ra.prefixes == ()
-    assert [(str(r.dst), r.ifname) for r in nic.routes][0] == ("fd00:10:244:1::5/128", "vlbr0")
+    first = nic.routes[0]
+    assert (str(first.dst), first.ifname) == ("fd00:10:244:1::5/128", "vlbr0")

@@ -71,8 +71,8 @@ def build_machine(
     *,
     firmware: str | None = None,
 ) -> MachineConfig:
-    """The machine ``run`` starts: CPUs and memory from the spec, NICs from the plan,
-    the kernel and disks from ``volumes``.
+    """The machine ``run`` starts: CPUs and memory from the spec, NICs, VFIO and vDPA
+    devices from the plan, the kernel and disks from ``volumes``.
 
     The memory size is rounded up to whole MiB (QEMU's unit). Disks whose file is built
     at run by a later stage (the cloud-init ISO, :attr:`FileState.BUILD`) are left out
@@ -120,6 +120,8 @@ def build_machine(
         firmware=firmware if kernel is None else None,
         disks=tuple(disks),
         nets=network_plan.devices,
+        vfio=network_plan.vfio,
+        vdpa=network_plan.vdpa,
     )
 
 

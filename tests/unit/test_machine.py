@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 
 from hypervisor.cloud_hypervisor.config import vm_config
+from hypervisor.machine import VdpaDevice, VfioDevice
 from hypervisor.qemu.argv import QemuRuntime, build_argv
 from launcher.errors import UsageError, VolumeError
 from launcher.machine import build_machine, choose_hypervisor
 from launcher.network import plan
+from launcher.network.multus import InterfaceMapping, MappingRule, PassthroughNic
 from launcher.spec.model import (
+    BindingKind,
     CloudInitNoCloud,
     ContainerDisk,
     Cpu,
@@ -113,3 +116,25 @@ def test_initrd_without_kernel_is_refused(tmp_path: Path) -> None:
     layout = VolumeLayout(volumes_dir=tmp_path, scratch_dir=tmp_path)
     with pytest.raises(VolumeError, match="is given without a kernel"):
         build_machine(spec, plan(spec, pod_state()), resolve(spec, layout))
+
+
+def test_passthrough_devices_come_from_the_plan(tmp_path: Path) -> None:
+    spec = vm_spec()
+    net = plan(spec, pod_state())
+    vf = VfioDevice(id="sriov0", sysfs_path="/sys/bus/pci/devices/0000:58:01.2")
+    vdpa = VdpaDevice(id="vdpa0", path="/dev/vhost-vdpa-0", num_queues=4)
+    passthrough = tuple(
+        PassthroughNic(
+            name=dev.id,
+            binding=kind,
+            network=dev.id,
+            mapping=InterfaceMapping(dev.id, dev.id, None, None, next(iter(MappingRule))),
+            device=dev,
+            device_source="test",
+        )
+        for dev, kind in ((vf, BindingKind.SRIOV), (vdpa, BindingKind.VDPA))
+    )
+    layout = VolumeLayout(volumes_dir=tmp_path, scratch_dir=tmp_path)
+    machine = build_machine(spec, replace(net, passthrough=passthrough), resolve(spec, layout))
+    assert machine.vfio == (vf,) and machine.vdpa == (vdpa,)
+    assert machine.nets == net.devices

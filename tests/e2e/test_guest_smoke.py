@@ -109,6 +109,8 @@ def test_guest_gets_leases_serves_http_and_powers_off(
         assert page.strip() == f"VL-HTTP-OK port=8080 hostname={HOSTNAME}"
         page = http_get(net.netns, f"http://[{GUEST6[0]}]/")
         assert page.strip() == f"VL-HTTP-OK port=80 hostname={HOSTNAME}"
+        page = http_get(net.netns, f"http://[{GUEST6[0]}]:8080/")
+        assert page.strip() == f"VL-HTTP-OK port=8080 hostname={HOSTNAME}"
 
         # The RA default route must not flap (it did while the RA sender was no router):
         # watch a bounded 10 s window past the first route for a ROUTES line without it.

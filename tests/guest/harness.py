@@ -171,8 +171,9 @@ def boot(
     """QEMU (q35, 256 MiB) in the netns with one virtio-net NIC per MAC on the taps.
 
     ``accel`` is TCG by default: this machine's /dev/kvm cannot boot a guest; on a node
-    with working KVM pass ``"kvm"``. ``root_ports`` pcie-root-ports ``rp1..`` are left free for hot plug. The console is
-    also written to ``workdir/console.log``. QEMU is killed on exit if still running."""
+    with working KVM pass ``"kvm"``. ``root_ports`` pcie-root-ports ``rp1..`` are left
+    free for hot plug. The console is also written to ``workdir/console.log``. QEMU is
+    killed on exit if still running."""
     if len(macs) > len(net.taps):
         raise HarnessError(f"{len(macs)} NICs asked for but netns {net.netns} has {net.taps}")
     qmp_path = workdir / "qmp.sock"

@@ -267,7 +267,11 @@ class Dhcp4Server:
             log.log(
                 level,
                 f"--> {decision.event}",
-                extra={"mac": mac, "address": str(decision.address), "reason": decision.reason},
+                extra={
+                    "mac": mac,
+                    "address": None if decision.address is None else str(decision.address),
+                    "reason": decision.reason,
+                },
             )
         if decision.reply is not None and decision.destination is not None:
             self._send(decision.reply.build(), decision.destination)

@@ -591,3 +591,33 @@ def test_two_servers_on_two_interfaces_of_one_netns(net: Net) -> None:
     assert {e["mac"] for e in first} == {net.mac}
     assert {e["mac"] for e in second} == {second_mac}
     assert {e["address"] for e in second} == {"10.244.2.5"}
+
+
+def test_dhcpcd_inform_gets_configuration_without_lease(net: Net) -> None:
+    """``dhcpcd --inform ADDR/PREFIX``: the client keeps its address, asks only for options."""
+    net.serve(*full_args(net))
+    conf = net.tmp / "dhcpcd.conf"
+    conf.write_text(DHCPCD_CONF)
+    net.client("ip", "addr", "add", f"{ADDR}/24", "dev", net.cif)  # configured by a "3rd party"
+    net.client(
+        "unshare",
+        "-u",
+        "dhcpcd",
+        "-f",
+        str(conf),
+        "-4",
+        "-w",
+        "-t",
+        "40",
+        f"--inform={ADDR}/24",
+        net.cif,
+        timeout=90,
+    )
+    dump = net.client("dhcpcd", "-f", str(conf), "-4", "-U", net.cif).stdout
+    values = dict(line.partition("=")[::2] for line in dump.splitlines())
+    values = {k: v.strip("'") for k, v in values.items()}
+    assert values["domain_name_servers"].split() == list(DNS), values
+    assert values["domain_search"].split() == list(SEARCH), values
+    assert values["reason"] == "INFORM" and "dhcp_lease_time" not in values, values
+    events = [e for e in net.server_log() if e["msg"].startswith("-->")]
+    assert [e["msg"] for e in events] == ["--> inform"], events

@@ -43,4 +43,10 @@ if ! .venv/bin/python -m pip install -q -e '.[test]' >"$log" 2>&1; then
   exit 1
 fi
 rm -f "$log"
+# The e2e tests' guest (docs/guest.md): a few minutes cold, cached afterwards, so the
+# first e2e test does not spend its timeout building it.
+if ! .venv/bin/python -m tests.guest.build >/dev/null; then
+  echo "install.sh: building the test guest failed (python -m tests.guest.build)" >&2
+  exit 1
+fi
 echo "install.sh: ready (.venv)" >&2

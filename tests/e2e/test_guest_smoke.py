@@ -43,7 +43,8 @@ MTU = 1400
 BOOT_TIMEOUT_S = 90.0  # TCG on 2 shared cores; a lease normally takes about 6 s
 POWEROFF_TIMEOUT_S = 30.0
 
-pytestmark = pytest.mark.timeout(300)
+# Generous: the first test may include a cold guest build (up to ~4 min under load).
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +186,39 @@ def test_guest_reports_cidata_iso(guest_image: GuestImage, net: PodNet, tmp_path
         end = next(i for i, t in enumerate(text) if "VL-CIDATA-NETWORK-CONFIG-END" in t)
         assert "\n".join(text[begin + 1 : end]) + "\n" == files["network-config"].decode()
         powerdown(vm, POWEROFF_TIMEOUT_S)
+
+
+def test_guest_handles_calico_style_slash32_lease(guest_image: GuestImage, tmp_path: Path) -> None:
+    """A /32 lease whose gateway is only reachable through option 121's on-link route.
+
+    Like a Calico pod: 169.254.1.1/32 on-link first, then the default route via it; the
+    router option must be ignored (RFC 3442) and the guest still reachable."""
+    calico_gw = "169.254.1.1"
+    with pod_netns(NS, gateway4=f"{GW4}/24", gateway6=f"{GW6}/64") as pod:
+        subprocess.run(
+            ["ip", "-n", pod.netns, "addr", "add", f"{calico_gw}/32", "dev", pod.bridge],
+            check=True,
+            timeout=10,
+        )
+        options = (
+            "--dhcp-option=1,255.255.255.255",
+            f"--dhcp-option=121,{calico_gw}/32,0.0.0.0,0.0.0.0/0,{calico_gw}",
+        )
+        hosts = [(MACS[0], GUEST4[0], GUEST6[0])]
+        with (
+            dnsmasq(pod, tmp_path, hosts, hostname=HOSTNAME, options=options),
+            boot(guest_image, pod, tmp_path, MACS[:1]) as vm,
+        ):
+            lease = vm.console.wait_for("LEASE4", BOOT_TIMEOUT_S)
+            assert lease.args == ("eth0", f"{GUEST4[0]}/32")
+            assert lease.list_field("routes") == (
+                f"{calico_gw}/32>0.0.0.0",
+                f"0.0.0.0/0>{calico_gw}",
+            )
+            routes = vm.console.wait_for(
+                "ROUTES", BOOT_TIMEOUT_S, where=lambda r: r.fields["default4"] != ""
+            )
+            assert routes.fields["default4"] == f"{calico_gw}@eth0"
+            page = http_get(pod.netns, f"http://{GUEST4[0]}/")
+            assert page.strip() == f"VL-HTTP-OK port=80 hostname={HOSTNAME}"
+            powerdown(vm, POWEROFF_TIMEOUT_S)

@@ -115,10 +115,12 @@ def dnsmasq(
     hostname: str = "gu-guest",
     mtu: int = 1400,
     search: str = "gu.test",
+    options: Sequence[str] = (),
 ) -> Iterator[Path]:
     """dnsmasq on the bridge: static v4 + v6 lease per ``(mac, ipv4, ipv6)``, RA with M flag.
 
-    Yields the path of its log (``--log-dhcp``)."""
+    ``options`` are extra dnsmasq arguments (e.g. ``--dhcp-option=121,...``); later
+    ``--dhcp-option`` values for the same option win. Yields the path of its log."""
     gw4 = net.gateway4.split("/")[0]
     gw6 = net.gateway6.split("/")[0]
     prefix4 = gw4.rsplit(".", 1)[0] + ".0"
@@ -138,6 +140,7 @@ def dnsmasq(
         f"--dhcp-option=option6:domain-search,{search}",
         "--log-dhcp", f"--log-facility={log}",
     ]  # fmt: skip
+    argv += list(options)
     for mac, v4, v6 in hosts:
         argv.append(f"--dhcp-host={mac},{v4},[{v6}],{hostname}")
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

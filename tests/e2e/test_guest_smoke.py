@@ -4,8 +4,9 @@ Boots tests/guest's kernel + initramfs with real qemu-system-x86_64 (TCG here, v
 on a tap joined to a bridge inside a network namespace this test creates (``gu-pod-*``),
 with dnsmasq as the DHCPv4 / DHCPv6 / router-advertisement peer, and checks the guest's
 VL-* console protocol end to end: leases configured, HTTP answering on ports 80 and 8080
-over IPv4 and IPv6, NIC hot plug and unplug, a cloud-init NoCloud ISO, and QMP
-``system_powerdown`` ending in a clean, bounded power-off.
+over IPv4 and IPv6, a stable RA default route, a Calico-style /32 lease with option 121,
+NIC hot plug and unplug, a cloud-init NoCloud ISO, and QMP ``system_powerdown`` ending in
+a clean, bounded power-off.
 """
 
 from __future__ import annotations

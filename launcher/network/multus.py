@@ -167,8 +167,9 @@ def map_interfaces(
     """
     links = frozenset(pod_links)
     status = podinfo.network_status if podinfo is not None else None
-    used: set[int] = set()
     by_network: dict[str, InterfaceMapping] = {}
+    # (spec network, qualified name, expected pod interface, fallback rule) per secondary
+    secondary: list[tuple[str, str, str, MappingRule]] = []
     multus_index = 0
     for index, network in enumerate(spec.networks):
         source = network.source
@@ -179,29 +180,27 @@ def map_interfaces(
             continue
         qualified = qualified_network_name(source.network_name, spec.namespace)
         if source.default:
-            entry = _status_entry(status, qualified, used, POD_INTERFACE)
+            entry = None
+            if status is not None:
+                entry = next(
+                    (e for e in status if e.name == qualified),
+                    next((e for e in status if e.default), None),
+                )
             by_network[network.name] = InterfaceMapping(
                 "", network.name, qualified, POD_INTERFACE, MappingRule.MULTUS_DEFAULT, entry
             )
             continue
-        if status is not None:
-            fallback, _ = _fallback(spec, index, multus_index, network.name, links)
-            entry = _status_entry(status, qualified, used, fallback)
-            if entry is None:
-                listed = ", ".join(repr(e.name) for e in status) or "nothing"
-                raise PodInfoError(
-                    f"network {network.name!r} ({qualified}) has no entry in the Multus "
-                    f"network-status (it lists {listed}): check that the "
-                    f"NetworkAttachmentDefinition {qualified} exists and its CNI succeeded"
-                )
-            mapping = InterfaceMapping(
-                "", network.name, qualified, entry.interface, MappingRule.NETWORK_STATUS, entry
-            )
-        else:
-            pod_if, rule = _fallback(spec, index, multus_index, network.name, links)
-            mapping = InterfaceMapping("", network.name, qualified, pod_if, rule)
-        by_network[network.name] = mapping
+        pod_if, rule = _fallback(spec, index, multus_index, network.name, links)
+        secondary.append((network.name, qualified, pod_if, rule))
         multus_index += 1
+    if status is None:
+        for name, qualified, pod_if, rule in secondary:
+            by_network[name] = InterfaceMapping("", name, qualified, pod_if, rule)
+    else:
+        for name, qualified, entry in _assign(status, secondary):
+            by_network[name] = InterfaceMapping(
+                "", name, qualified, entry.interface, MappingRule.NETWORK_STATUS, entry
+            )
     out: dict[str, InterfaceMapping] = {}
     for iface in spec.interfaces:
         m = by_network.get(iface.network)
@@ -213,22 +212,34 @@ def map_interfaces(
     return out
 
 
-def _status_entry(
-    status: tuple[NetworkStatus, ...] | None, qualified: str, used: set[int], preferred: str
-) -> NetworkStatus | None:
-    """The first unused entry named ``qualified``, preferring one on ``preferred``."""
-    if status is None:
-        return None
-    matches = [
-        i
-        for i, e in enumerate(status)
-        if i not in used and (e.name == qualified or (e.default and e.interface == preferred))
-    ]
-    matches = [i for i in matches if status[i].name == qualified] or (
-        matches if preferred == POD_INTERFACE else []
-    )
-    if not matches:
-        return None
-    pick = next((i for i in matches if status[i].interface == preferred), matches[0])
-    used.add(pick)
-    return status[pick]
+def _assign(
+    status: tuple[NetworkStatus, ...], secondary: list[tuple[str, str, str, MappingRule]]
+) -> list[tuple[str, str, NetworkStatus]]:
+    """Pair each secondary network with its network-status entry.
+
+    An entry on the interface the launcher expects (``net<i>``/``pod<hash>``) is taken
+    first; the remaining networks of one attachment take its remaining entries in order.
+    """
+    used: set[int] = set()
+    picked: dict[str, int] = {}
+    for name, qualified, expected, _ in secondary:
+        for i, e in enumerate(status):
+            if i not in used and e.name == qualified and e.interface == expected:
+                used.add(i)
+                picked[name] = i
+                break
+    out: list[tuple[str, str, NetworkStatus]] = []
+    for name, qualified, _, _ in secondary:
+        if name not in picked:
+            i = next((i for i, e in enumerate(status) if i not in used and e.name == qualified), -1)
+            if i < 0:
+                listed = ", ".join(repr(e.name) for e in status) or "nothing"
+                raise PodInfoError(
+                    f"network {name!r} ({qualified}) has no entry in the Multus "
+                    f"network-status (it lists {listed}): check that the "
+                    f"NetworkAttachmentDefinition {qualified} exists and its CNI succeeded"
+                )
+            used.add(i)
+            picked[name] = i
+        out.append((name, qualified, status[picked[name]]))
+    return out

@@ -189,13 +189,18 @@ class Supervisor:
                 )
             except HypervisorError as err:
                 log.warning("could not press the power button: %s", err)
+                # Often the VMM is already going away (e.g. Ctrl-C reached its process
+                # group too): give its exit a moment to arrive before stopping it hard.
+                await asyncio.wait({exit_task}, timeout=self.exit_timeout_s / 5)
         else:
             log.warning("the VM is %s, so the power button cannot be pressed", hv.state)
         if pressed:
             hurry = asyncio.ensure_future(self._hurry.wait())
             waiters: set[asyncio.Future[Any]] = {exit_task, hurry}
             try:
-                await asyncio.wait(waiters, timeout=self.grace_s)
+                await asyncio.wait(
+                    waiters, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 hurry.cancel()
         if exit_task.done():

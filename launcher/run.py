@@ -46,7 +46,7 @@ from dhcp.v4.server import Dhcp4Server
 from dhcp.v6.lease import Config6, Lease6
 from dhcp.v6.server import Dhcp6Server
 from hypervisor.base import Hypervisor
-from hypervisor.machine import KernelBoot, MachineConfig
+from hypervisor.machine import MachineConfig
 from hypervisor.supervisor import (
     DEFAULT_TERMINATION_LOG,
     ChildReaper,
@@ -61,9 +61,9 @@ from launcher.errors import (
     LauncherError,
     NetworkError,
     UsageError,
-    VolumeError,
     exit_code_for,
 )
+from launcher.machine import build_machine, choose_hypervisor
 from launcher.network import DEFAULT_STATE_DIR, NetworkPlan, NicPlan, PlanOptions
 from launcher.network import apply as apply_network
 from launcher.network import cleanup as cleanup_network
@@ -72,7 +72,7 @@ from launcher.network import plan as plan_network
 from launcher.network.names import POD_INTERFACE
 from launcher.network.plan import DEFAULT_STATUS_PORT
 from launcher.spec import VmSpec, load
-from launcher.spec.model import SourceShape
+from launcher.volumes import DEFAULT_VOLUMES_DIR, VolumeLayout, prepare, require_present, resolve
 
 __all__ = [
     "RunOptions",
@@ -80,17 +80,12 @@ __all__ = [
     "run",
     "run_async",
     "dhcp_servers",
-    "choose_hypervisor",
     "StatusHook",
-    "HYPERVISORS",
-    "DEFAULT_VOLUMES_DIR",
     "SERIAL_PREFIX",
 ]
 
 log = logging.getLogger(__name__)
 
-HYPERVISORS = ("qemu", "cloud-hypervisor")
-DEFAULT_VOLUMES_DIR = Path("/var/run/virt-launcher/volumes")
 SERIAL_PREFIX = "serial: "
 CLEANUP_TIMEOUT_S = 30.0
 
@@ -145,55 +140,6 @@ class RunContext:
 
 
 # --------------------------------------------------------------------------- pieces
-
-
-def choose_hypervisor(spec: VmSpec, override: str | None) -> str:
-    """``override`` when given, else from the spec's shape (Virtink → cloud-hypervisor)."""
-    if override is not None:
-        if override not in HYPERVISORS:
-            raise UsageError(f"hypervisor {override!r} is not one of {', '.join(HYPERVISORS)}")
-        return override
-    return "cloud-hypervisor" if spec.shape is SourceShape.VIRTINK else "qemu"
-
-
-def _volume_path(volumes_dir: Path, relative: str, what: str) -> Path:
-    path = volumes_dir / "kernel" / relative.lstrip("/")
-    if not path.is_file():
-        raise VolumeError(f"the {what} file {path} does not exist (looked under {volumes_dir})")
-    return path
-
-
-def build_machine(spec: VmSpec, plan: NetworkPlan, volumes_dir: Path) -> MachineConfig:
-    """The machine description: vCPUs, memory, direct kernel boot, the planned NICs.
-
-    A minimal stand-in for ``launcher.machine.build_machine`` (volumes, disks) until it
-    lands: kernel files follow its layout (``<volumes-dir>/kernel/<path>``, Virtink
-    ``<volumes-dir>/kernel/vmlinux``); specs with disks are refused.
-    """
-    if spec.disks:
-        raise UsageError(
-            f"spec {spec.namespace}/{spec.name} has {len(spec.disks)} disk(s); this launcher "
-            "build boots direct-kernel VMs without disks only"
-        )
-    kernel: KernelBoot | None = None
-    if spec.kernel is not None:
-        k = spec.kernel
-        kernel_file = k.kernel_path or "vmlinux"
-        initrd = _volume_path(volumes_dir, k.initrd_path, "initrd") if k.initrd_path else None
-        kernel = KernelBoot(
-            kernel=str(_volume_path(volumes_dir, kernel_file, "kernel")),
-            initrd=str(initrd) if initrd is not None else None,
-            cmdline=k.cmdline,
-        )
-    else:
-        raise UsageError(f"spec {spec.namespace}/{spec.name} has no kernel to boot")
-    return MachineConfig(
-        name=spec.name,
-        vcpus=spec.cpu.vcpus,
-        memory_bytes=spec.memory_bytes,
-        kernel=kernel,
-        nets=plan.devices,
-    )
 
 
 def dhcp_servers(
@@ -371,7 +317,9 @@ async def run_async(
             "grace_s": spec.termination_grace_period_s,
         },
     )
-    build_machine(spec, NetworkPlan(nics=()), options.volumes_dir)  # files, before the netns
+    # Every file the spec names must be there before the pod netns is touched.
+    volumes = resolve(spec, VolumeLayout(options.volumes_dir, options.state_dir))
+    require_present(volumes)
     on_serial, console = _serial_sink(options)
     loop = asyncio.get_running_loop()
     stop_early: list[str] = []
@@ -400,7 +348,7 @@ async def run_async(
                 f"network interface {POD_INTERFACE!r}; other names are not supported yet"
             )
         planned = plan_network(spec, pod, PlanOptions(status_port=options.status_port))
-        machine = build_machine(spec, planned, options.volumes_dir)
+        machine = build_machine(spec, planned, prepare(volumes))
         ctx.machine = machine
         if machine.vfio:
             raise_memlock()

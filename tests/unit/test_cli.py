@@ -108,7 +108,7 @@ def test_run_missing_kernel_exit_2(capsys: pytest.CaptureFixture[str], tmp_path:
     records = [json.loads(line) for line in err.splitlines()]
     assert records[-1]["level"] == "error"
     assert records[-1]["vm"] == "default/demo-vm"
-    assert f"{tmp_path}/volumes/kernel/boot/initrd.img does not exist" in records[-1]["msg"]
+    assert f"no file at {tmp_path}/volumes/kernel/boot/vmlinuz" in records[-1]["msg"]
     assert "traceback" not in records[-1]
     assert log_file.read_text().strip() == records[-1]["msg"]
     assert not (tmp_path / "state").exists()  # nothing touched before the files were found

@@ -179,3 +179,80 @@ def test_guest_side_gets_planned_addresses_by_dhcp(
         sh("ip", "-n", topo.guest, "addr", "add", f"{want6}/64", "dev", "vlg0", "nodad")
         assert wait_for(lambda: ping(topo.peer, want4), timeout=10)
         assert wait_for(lambda: ping(topo.peer, want6), timeout=10)
+
+
+DHCPCD_CONF = """\
+option domain_name_servers, domain_name, domain_search, host_name
+option classless_static_routes, interface_mtu
+nohook resolv.conf, hostname, ntp.conf, timesyncd.conf, yp.conf
+noipv6rs
+ipv4only
+"""
+
+
+@pytest.mark.parametrize("pod_answers_arp", [False, True])
+def test_dhcpcd_probes_the_pod_address_and_keeps_it(
+    topo: Topology, tmp_path: Path, pod_answers_arp: bool
+) -> None:
+    """dhcpcd ARP-probes its lease: it only keeps it if nothing in the pod answers ARP.
+
+    The control case keeps the pod IP on lo with arp_ignore=0 on the bridge (what a
+    launcher without arp_ignore and with the IP "kept on a dummy" would do).
+    """
+    topo.create()
+    state = tmp_path / "state"
+    spec = build_spec("bridge", 1, "")
+    p = plan(spec, discover(topo.pod, state), PlanOptions(stand_in_netns=topo.guest))
+    apply(p, state, netns=topo.pod)
+    if pod_answers_arp:
+        sh("ip", "-n", topo.pod, "addr", "add", "10.77.0.5/32", "dev", "lo")
+        nsrun(topo.pod, "sysctl", "-w", "net.ipv4.conf.vlbr0.arp_ignore=0")
+    nic = p.nics[0]
+    assert nic.dhcp4 is not None
+    conf = tmp_path / "dhcpcd.conf"
+    conf.write_text(DHCPCD_CONF)
+    log = tmp_path / "server.log"
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", topo.pod, *serve_argv(nic)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),  # noqa: SIM115
+        cwd=str(Path(__file__).resolve().parents[3]),
+    )
+    try:
+        done = nsrun(
+            topo.guest,
+            "unshare",
+            "-u",
+            "dhcpcd",
+            "-f",
+            str(conf),
+            "-4",
+            "-w",
+            "-t",
+            "15" if pod_answers_arp else "40",
+            "vlg0",
+            check=False,
+            timeout=90,
+        )
+        addrs = nsrun(topo.guest, "ip", "-o", "-4", "addr", "show", "vlg0").stdout
+        mtu = nsrun(topo.guest, "cat", "/sys/class/net/vlg0/mtu").stdout.strip()
+        routes = nsrun(topo.guest, "ip", "route").stdout
+    finally:
+        nsrun(topo.guest, "dhcpcd", "-f", str(conf), "-x", "vlg0", check=False, timeout=20)
+        for path in Path("/var/lib/dhcpcd").glob("vlg0*"):
+            path.unlink()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=5)
+    text = log.read_text()
+    if pod_answers_arp:
+        assert "inet 10.77.0.5/24" not in addrs, addrs
+        assert '"msg":"--> decline"' in text
+        return
+    assert done.returncode == 0, done.stdout + done.stderr + text[-2000:]
+    assert "inet 10.77.0.5/24" in addrs, addrs
+    assert "decline" not in text.lower()
+    assert mtu == str(nic.dhcp4.mtu) and "default via 10.77.0.1" in routes

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hypervisor.cloud_hypervisor.config import net_config, vm_config
 from hypervisor.machine import DiskImage, KernelBoot, MachineConfig
-from hypervisor.qemu.argv import QemuRuntime, build_argv
 from launcher.errors import LauncherError, UsageError, VolumeError
 from launcher.jsonable import to_jsonable
 from launcher.network import DEFAULT_STATE_DIR, PodState, discover
@@ -201,6 +199,11 @@ def _read_pod(settings: PlanSettings) -> PodState:
 
 
 def _hypervisor_view(kind: str, machine: MachineConfig, settings: PlanSettings) -> dict[str, Any]:
+    # Imported here, not at the top: ``run`` imports this module and must not pay for the
+    # builders of the hypervisor it does not run (the cloud-hypervisor package pulls aiohttp).
+    from hypervisor.cloud_hypervisor.config import net_config, vm_config  # noqa: PLC0415
+    from hypervisor.qemu.argv import QemuRuntime, build_argv  # noqa: PLC0415
+
     view: dict[str, Any] = {"kind": kind, "machine": to_jsonable(machine)}
     if kind == QEMU:
         accel = settings.accel

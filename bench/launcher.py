@@ -1,0 +1,295 @@
+"""Benchmark: `virt-launcher run` start → VMM spawned, launcher RSS, guest boot → DHCP lease.
+
+Run as root: ``.venv/bin/python bench/launcher.py [--runs 5] [--accel tcg]``. Builds (or
+reuses) the tiny test guest (tests/guest/build.py), then ``--runs`` times:
+
+* makes a simulated pod: netns ``bm-pod`` (eth0 10.244.9.5/24 + fd00:10:244:9::5/64,
+  default routes via the peer) wired by a veth to ``bm-peer``, a fresh state dir;
+* starts ``ip netns exec bm-pod .venv/bin/virt-launcher run`` (bridge binding, the guest
+  by direct kernel boot) and reads the launcher's JSON log: *spawn* is the ``qemu
+  started`` record's timestamp minus the wall clock just before the launcher was exec'd
+  (the launcher applies the network before it spawns QEMU, so the network is ready then);
+  ``network applied`` gives the split;
+* waits for the guest's ``VL-LEASE4`` / ``VL-LEASE6`` lines; *lease* is host seconds
+  from the QEMU spawn to the line, and the guest's own ``t=`` (seconds since its kernel
+  started) is printed too;
+* samples RSS (psutil) of the launcher process alone and of its children (QEMU), then
+  SIGTERM and waits for exit 0.
+
+Peers in the same run: for spawn, the bare interpreter (``ip netns exec bm-pod
+.venv/bin/python -c pass``); for the lease, the same guest booted by hand
+(tests/guest/harness.py: QEMU on a tap in netns ``bm-dnsm``) with dnsmasq serving the same
+kind of static v4+v6 lease with RA; for RSS, that dnsmasq. Prints one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.guest.build import GuestImage, ensure_guest  # noqa: E402
+from tests.guest.console import ConsoleReader  # noqa: E402
+from tests.guest.harness import boot, dnsmasq, pod_netns  # noqa: E402
+
+POD, PEER, DNSM = "bm-pod", "bm-peer", "bm-dnsm"
+POD4, PEER4 = "10.244.9.5", "10.244.9.1"
+POD6, PEER6 = "fd00:10:244:9::5", "fd00:10:244:9::1"
+MAC = "02:00:00:00:09:01"
+LEASE_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 40.0
+LAUNCHER = REPO / ".venv/bin/virt-launcher"
+PYTHON = REPO / ".venv/bin/python"
+MIB = 1 << 20
+
+
+def sh(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+
+
+@contextmanager
+def simulated_pod() -> Iterator[None]:
+    """bm-pod ↔ bm-peer as a CNI leaves a pod; removed afterwards."""
+    for ns in (POD, PEER):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
+    try:
+        sh("ip", "netns", "add", POD)
+        sh("ip", "netns", "add", PEER)
+        sh("ip", "-n", POD, "link", "add", "eth0", "type", "veth", "peer", "eth0", "netns", PEER)
+        sh("ip", "-n", POD, "addr", "add", f"{POD4}/24", "dev", "eth0")
+        sh("ip", "-n", POD, "addr", "add", f"{POD6}/64", "dev", "eth0", "nodad")
+        sh("ip", "-n", PEER, "addr", "add", f"{PEER4}/24", "dev", "eth0")
+        sh("ip", "-n", PEER, "addr", "add", f"{PEER6}/64", "dev", "eth0", "nodad")
+        for ns in (POD, PEER):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", POD, "route", "add", "default", "via", PEER4)
+        sh("ip", "-n", POD, "-6", "route", "add", "default", "via", PEER6)
+        yield
+    finally:
+        for ns in (POD, PEER):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
+
+
+def spec_text(guest: GuestImage) -> str:
+    return f"""\
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: bm-vm, namespace: bench}}
+spec:
+  hostname: bm-guest
+  terminationGracePeriodSeconds: 20
+  domain:
+    cpu: {{cores: 1}}
+    memory: {{guest: 256Mi}}
+    firmware:
+      kernelBoot:
+        container: {{image: bench/guest, kernelPath: /vmlinuz, initrdPath: /initrd.gz}}
+        kernelArgs: "{guest.cmdline} vl.ready_timeout=60"
+    devices:
+      interfaces: [{{name: pod, bridge: {{}}, macAddress: "{MAC}"}}]
+  networks: [{{name: pod, pod: {{}}}}]
+"""
+
+
+@dataclass
+class LauncherRun:
+    spawn_s: float  # launcher exec → qemu started (log)
+    network_s: float  # launcher exec → network applied (log)
+    lease4_s: float  # qemu spawned → VL-LEASE4 on the launcher's stdout
+    lease6_s: float
+    guest_t4: float  # the guest's own clock at the v4 lease
+    guest_t6: float
+    rss_launcher: int
+    rss_children: int
+    exit_code: int
+
+
+def _log_time(stderr: Path, msg: str) -> float:
+    for line in stderr.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        rec = json.loads(line)
+        if rec.get("msg") == msg:
+            ts = datetime.datetime.strptime(str(rec["ts"]), "%Y-%m-%dT%H:%M:%S.%fZ")
+            return ts.replace(tzinfo=datetime.UTC).timestamp()
+    raise RuntimeError(f"no {msg!r} record in {stderr}")
+
+
+def run_launcher(guest: GuestImage, work: Path, accel: str) -> LauncherRun:
+    volumes = work / "volumes" / "kernel"
+    volumes.mkdir(parents=True)
+    (volumes / "vmlinuz").symlink_to(guest.kernel)
+    (volumes / "initrd.gz").symlink_to(guest.initrd)
+    spec = work / "vm.yaml"
+    spec.write_text(spec_text(guest))
+    stderr = work / "launcher.err"
+    argv = [
+        "ip", "netns", "exec", POD, str(LAUNCHER), "run", "--spec", str(spec),
+        "--volumes-dir", str(work / "volumes"), "--state-dir", str(work / "state"),
+        "--accel", accel, "--termination-log", str(work / "termination-log"),
+    ]  # fmt: skip
+    with stderr.open("wb") as err:
+        t0 = time.time()
+        m0 = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
+    assert proc.stdout is not None
+    console = ConsoleReader(proc.stdout, log_path=str(work / "console.log"))
+    try:
+        lease4 = console.wait_for("LEASE4", LEASE_TIMEOUT_S)
+        lease6 = console.wait_for("LEASE6", LEASE_TIMEOUT_S)
+        launcher = psutil.Process(proc.pid)
+        rss_launcher = launcher.memory_info().rss
+        rss_children = sum(c.memory_info().rss for c in launcher.children(recursive=True))
+        spawn_wall = _log_time(stderr, "qemu started")
+        spawn_mono = m0 + (spawn_wall - t0)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(STOP_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        console.wait_closed(5)
+    return LauncherRun(
+        spawn_s=spawn_wall - t0,
+        network_s=_log_time(stderr, "network applied") - t0,
+        lease4_s=lease4.host_time - spawn_mono,
+        lease6_s=lease6.host_time - spawn_mono,
+        guest_t4=float(lease4.fields["t"]),
+        guest_t6=float(lease6.fields["t"]),
+        rss_launcher=rss_launcher,
+        rss_children=rss_children,
+        exit_code=code,
+    )
+
+
+def interpreter_start() -> float:
+    started = time.monotonic()
+    subprocess.run(["ip", "netns", "exec", POD, str(PYTHON), "-c", "pass"], check=True, timeout=20)
+    return time.monotonic() - started
+
+
+@dataclass
+class DnsmasqRun:
+    lease4_s: float
+    lease6_s: float
+    guest_t4: float
+    guest_t6: float
+    rss_dnsmasq: int
+
+
+def run_dnsmasq(guest: GuestImage, work: Path, accel: str) -> DnsmasqRun:
+    with (
+        pod_netns(DNSM, bridge="bmbr0", taps=("bmtap0",), gateway4="10.244.8.1/24",
+                  gateway6="fd00:10:244:8::1/64") as net,
+        dnsmasq(net, work, [(MAC, "10.244.8.5", "fd00:10:244:8::5")], hostname="bm-guest"),
+        boot(guest, net, work, [MAC], accel=accel) as vm,
+    ):  # fmt: skip
+        lease4 = vm.console.wait_for("LEASE4", LEASE_TIMEOUT_S)
+        lease6 = vm.console.wait_for("LEASE6", LEASE_TIMEOUT_S)
+        rss = psutil.Process(int((work / "dnsmasq.pid").read_text())).memory_info().rss
+        return DnsmasqRun(
+            lease4_s=lease4.host_time - vm.started,
+            lease6_s=lease6.host_time - vm.started,
+            guest_t4=float(lease4.fields["t"]),
+            guest_t6=float(lease6.fields["t"]),
+            rss_dnsmasq=rss,
+        )
+
+
+def _stats(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
+    v = [x * scale for x in values]
+    fmt = "{:.2f}" if unit == "s" else "{:.0f}" if unit == "ms" else "{:.1f}"
+    return f"{fmt.format(statistics.median(v))} {unit} ({fmt.format(min(v))}-{fmt.format(max(v))})"
+
+
+def main() -> int:
+    """Run the launcher and the dnsmasq peer ``--runs`` times each, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--accel",
+        default="tcg",
+        choices=("auto", "kvm", "tcg"),
+        help="passed to the launcher (auto probes KVM once per fresh state dir); "
+        "the dnsmasq peer uses tcg unless kvm is given",
+    )
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/launcher.py: run as root (network namespaces)", file=sys.stderr)
+        return 2
+    guest = ensure_guest()
+    runs: list[LauncherRun] = []
+    peers: list[DnsmasqRun] = []
+    bare: list[float] = []
+    for i in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="bm-") as tmp, simulated_pod():
+            bare.append(interpreter_start())
+            runs.append(run_launcher(guest, Path(tmp), args.accel))
+            print(f"run {i + 1}: {runs[-1]}", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="bm-") as tmp:
+            peers.append(run_dnsmasq(guest, Path(tmp), "kvm" if args.accel == "kvm" else "tcg"))
+            print(f"peer {i + 1}: {peers[-1]}", file=sys.stderr)
+    load = os.getloadavg()[0]
+    print(
+        f"{args.runs} runs, --accel {args.accel}, {os.cpu_count()} CPUs, "
+        f"load average {load:.1f}; median (min-max)"
+    )
+    print("| measurement | virt-launcher | peer | peer is |")
+    print("| --- | --- | --- | --- |")
+    print(
+        f"| start → QEMU spawned (network ready) | {_stats([r.spawn_s for r in runs], 'ms', 1e3)} "
+        f"| {_stats(bare, 'ms', 1e3)} | `ip netns exec … python -c pass` |"
+    )
+    print(f"| start → network applied | {_stats([r.network_s for r in runs], 'ms', 1e3)} | | |")
+    print(
+        f"| QEMU spawned → guest DHCPv4 lease (host clock) | "
+        f"{_stats([r.lease4_s for r in runs])} | {_stats([p.lease4_s for p in peers])} "
+        "| same guest, QEMU by hand + dnsmasq |"
+    )
+    print(
+        f"| guest clock at DHCPv4 lease (`t=`) | {_stats([r.guest_t4 for r in runs])} "
+        f"| {_stats([p.guest_t4 for p in peers])} | same |"
+    )
+    print(
+        f"| QEMU spawned → guest DHCPv6 lease (host clock) | "
+        f"{_stats([r.lease6_s for r in runs])} | {_stats([p.lease6_s for p in peers])} | same |"
+    )
+    print(
+        f"| guest clock at DHCPv6 lease (`t=`) | {_stats([r.guest_t6 for r in runs])} "
+        f"| {_stats([p.guest_t6 for p in peers])} | same |"
+    )
+    print(
+        f"| RSS while the VM runs, launcher only | "
+        f"{_stats([r.rss_launcher / MIB for r in runs], 'MiB')} | "
+        f"{_stats([p.rss_dnsmasq / MIB for p in peers], 'MiB')} | dnsmasq serving the lease |"
+    )
+    print(
+        f"| RSS of the launcher's children (QEMU) | "
+        f"{_stats([r.rss_children / MIB for r in runs], 'MiB')} | | |"
+    )
+    codes = sorted({r.exit_code for r in runs})
+    print(f"| exit code after SIGTERM | {', '.join(map(str, codes))} | | |")
+    return 0 if codes == [0] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -65,7 +65,20 @@ def main() -> int:
     ap.add_argument("--ports", default="")
     ap.add_argument("--nics", type=int, default=1)
     ap.add_argument("--hold", action="store_true")
+    ap.add_argument(
+        "--pause-before-remove",
+        action="store_true",
+        help="test hook: print PAUSED and sleep when apply is about to remove a pod address",
+    )
     args = ap.parse_args()
+    if args.pause_before_remove:
+        from launcher.network.netlink import Netlink
+
+        def paused(self: Netlink, name: str, address: object) -> None:
+            print("PAUSED", flush=True)
+            time.sleep(600)
+
+        Netlink.del_address = paused  # type: ignore[assignment,method-assign]
     spec = build_spec(args.binding, args.nics, args.ports)
     try:
         pod = discover(netns=args.netns, state_dir=Path(args.state_dir), hostname="pod-host")

@@ -117,3 +117,32 @@ def test_corrupt_state_file_is_a_clear_error(topo: Topology, tmp_path: Path) -> 
     )
     assert done.returncode == 3
     assert json.loads(done.stdout)["error"] == "StateCacheError"
+
+
+def test_kill9_half_way_is_a_clear_error_on_restart(topo: Topology, tmp_path: Path) -> None:
+    """Killed after writing the phase but before the pod address was handed over."""
+    topo.create()
+    state = tmp_path / "state"
+    argv = [*_argv(topo, state, "bridge", hold=False), "--pause-before-remove"]
+    first = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline().strip() == "PAUSED"
+        record = json.loads((state / "net-eth0.json").read_text())
+        assert record["phase"] == "configuring"
+        assert record["original"]["addresses4"] == ["10.77.0.5/24"]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    done = subprocess.run(
+        _argv(topo, state, "bridge", hold=False),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3
+    out = json.loads(done.stdout)
+    assert out["error"] == "StateCacheError"
+    assert "'eth0'" in out["message"] and "recreated" in out["message"]

@@ -62,7 +62,7 @@ class _Changes:
         self.count += 1
         self._stale.update(names)
         self._routes = None
-        log.info("network change: %s", what)
+        log.debug("--> %s", what)
 
     def get(self, name: str) -> Link | None:
         if name in self._stale or name not in self._links:
@@ -241,6 +241,10 @@ def apply(
         _apply_nft(plan, state_dir, netns, changed)
     for nic in plan.nics:
         _finish(state_dir, nic)
+    log.info(
+        "pod network applied",
+        extra={"changes": changed.count, "nics": [n.pod_interface for n in plan.nics]},
+    )
     return ApplyResult(changes=changed.count)
 
 

@@ -143,22 +143,15 @@ class Dhcp4Server:
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
             udp.bind(("0.0.0.0", self.config.port))
             udp.setblocking(False)
-            raw = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(_ETH_P_IP))
+            # Protocol 0: the packet socket only sends (the protocol is named per sendto),
+            # so the kernel never clones incoming frames into it.
+            raw = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+            raw.setblocking(False)
         except OSError as err:
             udp.close()
             raise ServerError(
                 f"cannot bind DHCPv4 on {iface!r} port {self.config.port}: {err.strerror}"
             ) from err
-        try:
-            raw.bind((iface, _ETH_P_IP))
-            raw.setblocking(False)
-            # A packet socket bound to ETH_P_IP would also queue every incoming IPv4
-            # frame; it is only for sending, so let the kernel keep it empty.
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
-        except OSError as err:
-            udp.close()
-            raw.close()
-            raise ServerError(f"cannot open a packet socket on {iface!r}: {err.strerror}") from err
         self._udp, self._raw = udp, raw
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(udp.fileno(), self._on_readable)

@@ -487,8 +487,10 @@ def test_renewal_ack_reaches_client_without_a_route_and_release_is_recorded(net:
     resolv.write_text("")
     wrapper = _executable(
         net.tmp / "udhcpc.script",
-        f'#!/bin/sh\nenv > "{net.tmp}/udhcpc.$1.env"\n'
-        "case $1 in bound) busybox ifconfig $interface $ip netmask $subnet ;; esac\n",
+        # Configure first, then record: the test renews as soon as the record appears.
+        "#!/bin/sh\ncase $1 in bound) busybox ifconfig $interface $ip netmask $subnet ;; esac\n"
+        f'env > "{net.tmp}/udhcpc.$1.env.tmp" && mv "{net.tmp}/udhcpc.$1.env.tmp" '
+        f'"{net.tmp}/udhcpc.$1.env"\n',
     )
     proc = subprocess.Popen(
         [
@@ -530,7 +532,12 @@ def test_renewal_ack_reaches_client_without_a_route_and_release_is_recorded(net:
     )
     assert renew["ip"] == ADDR
     acks = [e for e in net.server_log() if e["msg"] == "--> ack"]
-    assert [a["reason"] for a in acks] == ["selecting", "renewing/rebinding"], acks
+    # busybox sends the unicast renew from a short-lived socket and opens its listening
+    # socket afterwards, so an ACK arriving within a millisecond is sometimes missed and
+    # udhcpc retransmits 2 s later (seen with tcpdump: the first ACK is on the wire).
+    reasons = [a["reason"] for a in acks]
+    assert reasons[0] == "selecting" and 1 <= len(reasons) - 1 <= 2, acks
+    assert set(reasons[1:]) == {"renewing/rebinding"}, acks
     assert not [e for e in net.server_log() if e["msg"] == "DHCPv4 reply could not be sent"]
     os.kill(proc.pid, signal.SIGUSR2)
     deadline = time.monotonic() + 10

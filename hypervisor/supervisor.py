@@ -78,7 +78,9 @@ class Supervisor:
 
     ``grace_s`` is the termination grace period; ``stop_timeout_s`` bounds the adapter's
     whole hard-stop sequence (quit → SIGTERM → SIGKILL; each adapter bounds its own steps);
-    ``exit_timeout_s`` bounds waiting for the process exit after a hard stop.
+    ``exit_timeout_s`` bounds waiting for the process exit after a hard stop; ``on_phase``
+    is called with each new :attr:`phase` (the composition root mirrors it for the status
+    server).
     """
 
     def __init__(
@@ -88,16 +90,29 @@ class Supervisor:
         grace_s: float = 30.0,
         stop_timeout_s: float = 45.0,
         exit_timeout_s: float = 10.0,
+        on_phase: Callable[[str], None] | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.grace_s = grace_s
         self.stop_timeout_s = stop_timeout_s
         self.exit_timeout_s = exit_timeout_s
         self.stop_reason: str | None = None
-        self.phase = "created"  # created, starting, running, stopping, exited
+        self._on_phase = on_phase
+        self._phase = "created"
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
         self._signals: list[int] = []
+
+    @property
+    def phase(self) -> str:
+        """``created``, ``starting``, ``running``, ``stopping`` or ``exited``."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._phase = value
+        if self._on_phase is not None:
+            self._on_phase(value)
 
     # -- stop requests -------------------------------------------------------------------
 

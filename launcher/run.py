@@ -56,6 +56,7 @@ from hypervisor.supervisor import (
     write_termination_log,
 )
 from launcher import logs
+from launcher.cloudinit import build_seeds
 from launcher.errors import (
     EXIT_OK,
     LauncherError,
@@ -71,6 +72,7 @@ from launcher.network import discover as discover_network
 from launcher.network import plan as plan_network
 from launcher.network.names import POD_INTERFACE
 from launcher.network.plan import DEFAULT_STATUS_PORT
+from launcher.podinfo import DEFAULT_PODINFO_DIR, load_podinfo
 from launcher.spec import VmSpec, load
 from launcher.volumes import DEFAULT_VOLUMES_DIR, VolumeLayout, prepare, require_present, resolve
 
@@ -106,6 +108,7 @@ class RunOptions:
     console_log: Path | None = None  # None: serial lines on stdout after SERIAL_PREFIX
     reap: bool | None = None  # None: reap orphans only when PID 1
     status_port: int = DEFAULT_STATUS_PORT  # the status endpoint's port: never DNATed
+    podinfo: Path | None = DEFAULT_PODINFO_DIR  # downward API dir (Multus network-status)
 
 
 StatusHook = Callable[["RunContext"], Coroutine[Any, Any, None]]
@@ -347,8 +350,12 @@ async def run_async(
                 f"--pod-interface {options.pod_interface!r}: the network plan names the pod "
                 f"network interface {POD_INTERFACE!r}; other names are not supported yet"
             )
-        planned = plan_network(spec, pod, PlanOptions(status_port=options.status_port))
-        machine = build_machine(spec, planned, prepare(volumes))
+        podinfo = load_podinfo(options.podinfo)
+        planned = plan_network(
+            spec, pod, PlanOptions(status_port=options.status_port, podinfo=podinfo)
+        )
+        # cloud-init seed ISOs need the plan (guest MACs, SR-IOV/vDPA addresses)
+        machine = build_machine(spec, planned, build_seeds(spec, planned, prepare(volumes)))
         ctx.machine = machine
         if machine.vfio:
             raise_memlock()
@@ -359,7 +366,11 @@ async def run_async(
         ctx.set_phase("dhcp")
         hypervisor = await _make_hypervisor(kind, options, on_serial)
         ctx.hypervisor = hypervisor
-        supervisor = Supervisor(hypervisor, grace_s=float(spec.termination_grace_period_s))
+        supervisor = Supervisor(
+            hypervisor,
+            grace_s=float(spec.termination_grace_period_s),
+            on_phase=lambda phase: _mirror_phase(ctx, phase),
+        )
         ctx.supervisor = supervisor
         for name in stop_early:
             supervisor.request_stop(name)
@@ -416,11 +427,7 @@ async def _supervise(
             supervised = group.create_task(supervisor.run(machine), name="supervisor")
             if status is not None:
                 servers.append(group.create_task(status(ctx), name="status"))
-            running = asyncio.ensure_future(_mark_running(ctx, supervisor))
-            try:
-                outcome = await supervised
-            finally:
-                running.cancel()
+            outcome = await supervised
             ctx.set_phase("stopping")
             for task in servers:
                 task.cancel()
@@ -429,12 +436,9 @@ async def _supervise(
     return outcome
 
 
-async def _mark_running(ctx: RunContext, supervisor: Supervisor) -> None:
-    for _ in range(1200):  # the phase mirror for the status server; bounded (10 min)
-        if supervisor.phase in ("running", "stopping"):
-            ctx.set_phase(supervisor.phase)
-            return
-        await asyncio.sleep(0.5)
+def _mirror_phase(ctx: RunContext, phase: str) -> None:
+    if phase in ("running", "stopping"):
+        ctx.set_phase(phase)
 
 
 async def _open(what: str, opening: Awaitable[None]) -> None:

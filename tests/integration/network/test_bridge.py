@@ -279,3 +279,21 @@ def test_sixteen_nics(topo: Topology, tmp_path: Path) -> None:
     for i in range(4):
         assert f"vlbr{i}:" in links and f"vltap{i}@" in links
     assert apply(p, tmp_path, netns=topo.pod).changes == 0
+
+
+def test_ipv6_default_route_via_link_local_gateway(topo: Topology, tmp_path: Path) -> None:
+    """The RA makes the bridge the guest's IPv6 router; the pod netns forwards to the
+    pod's real gateway (a link-local next hop, as most CNIs use)."""
+    topo.create(default_route=False)
+    peer_ll = nsrun(topo.peer, "ip", "-6", "-o", "addr", "show", "dev", "peer0", "scope", "link")
+    gw = peer_ll.stdout.split("inet6 ")[1].split("/")[0]
+    sh("ip", "-n", topo.pod, "-6", "route", "add", "default", "via", gw, "dev", "eth0")
+    # an off-link destination behind the gateway
+    sh("ip", "-n", topo.peer, "addr", "add", "fd99::1/128", "dev", "lo")
+    p = _apply(topo, tmp_path)
+    nic = p.nics[0]
+    assert nic.ra is not None and nic.ra.router_lifetime_s > 0
+    routes = nsrun(topo.pod, "ip", "-6", "route", "show", "default").stdout
+    assert f"via {gw} dev vlbr0" in routes
+    configure_guest_statically(topo, p)
+    assert wait_for(lambda: ping(topo.guest, "fd99::1"), timeout=10)

@@ -628,3 +628,17 @@ def test_dhcpcd_inform_gets_configuration_without_lease(net: Net) -> None:
     assert values["reason"] == "INFORM" and "dhcp_lease_time" not in values, values
     events = [e for e in net.server_log() if e["msg"].startswith("-->")]
     assert [e["msg"] for e in events] == ["--> inform"], events
+
+
+def test_server_on_a_bridge_like_the_bridge_binding(net: Net) -> None:
+    """The real layout: the server address sits on a bridge, the guest's link is a port."""
+    bridge = f"d4b{net.n}"
+    sh("ip", "-n", net.sns, "addr", "flush", "dev", net.sif)
+    sh("ip", "-n", net.sns, "link", "add", bridge, "type", "bridge")
+    sh("ip", "-n", net.sns, "link", "set", net.sif, "master", bridge)
+    sh("ip", "-n", net.sns, "link", "set", bridge, "up")
+    sh("ip", "-n", net.sns, "addr", "add", f"{SERVER_ADDRESS}/16", "dev", bridge)
+    net.serve(*full_args(net), interface=bridge)
+    run_udhcpc(net)
+    assert_configured(net)
+    assert udhcpc_env(net)["serverid"] == SERVER_ADDRESS

@@ -134,7 +134,7 @@ def validate(options: Options, out: TextIO) -> int:
     return EXIT_OK
 
 
-PLAN_ARGS = ("offline", "pod_netns")
+PLAN_ARGS = ("offline", "pod_netns", "host_root")
 
 
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +160,14 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="as for run (never probed)")
     g.add_argument("--qemu-binary", metavar="PATH", help="as for run")
     g.add_argument("--cloud-hypervisor-binary", metavar="PATH", help="as for run")
+    g.add_argument("--podinfo", type=Path, metavar="DIR", help="as for run")
+    g.add_argument(
+        "--host-root",
+        type=Path,
+        metavar="DIR",
+        help="where sys/ and dev/ are for the SR-IOV and vDPA checks (default /; for trying "
+        "examples against a fake tree, docs/secondary-networks.md)",
+    )
 
 
 def plan(options: Options, out: TextIO) -> int:
@@ -193,6 +201,7 @@ RUN_ARGS = (
     "termination_log",
     "pod_interface",
     "console_log",
+    "podinfo",
 )
 
 
@@ -232,6 +241,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--pod-interface", metavar="NAME", help="the pod network interface (default eth0)"
+    )
+    g.add_argument(
+        "--podinfo",
+        type=Path,
+        metavar="DIR",
+        help="the downward API volume with the pod's annotations file (Multus "
+        "network-status; default /etc/podinfo; env NETWORK_STATUS is read when absent)",
     )
     g.add_argument(
         "--console-log",

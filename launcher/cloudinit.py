@@ -36,7 +36,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import pycdlib
 import yaml
 
 from launcher.errors import Problem, SpecError, VolumeError
@@ -209,6 +208,8 @@ def seed_content(spec: VmSpec, volume: Volume, plan: NetworkPlan | None) -> Seed
 
 def build_iso(content: SeedContent, path: Path) -> None:
     """Write ``content`` as a ``cidata`` ISO 9660 image at ``path`` (atomically)."""
+    import pycdlib  # noqa: PLC0415 - only run builds images; plan stays light
+
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=1, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_LABEL)
     files = content.files()

@@ -18,16 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from hypervisor.machine import DiskImage, KernelBoot, MachineConfig
+from launcher.cloudinit import seed_content
 from launcher.errors import LauncherError, UsageError, VolumeError
 from launcher.jsonable import to_jsonable
-from launcher.network import DEFAULT_STATE_DIR, PodState, discover
+from launcher.network import DEFAULT_STATE_DIR, PlanOptions, PodState, discover
 from launcher.network import plan as plan_network
 from launcher.network.discover import PodLink
 from launcher.network.names import derived_mac, pod_interface_name
 from launcher.network.netlink import Route
 from launcher.network.plan import NetworkPlan
 from launcher.network.resolv import Resolv
-from launcher.spec.model import InterfaceState, SourceShape, VmSpec
+from launcher.network.sysfs import HostPaths
+from launcher.podinfo import DEFAULT_PODINFO_DIR, load_podinfo
+from launcher.spec.model import CloudInitNoCloud, InterfaceState, SourceShape, VmSpec
 from launcher.volumes import DEFAULT_VOLUMES_DIR, FileState, ResolvedVolumes, VolumeLayout, resolve
 
 __all__ = [
@@ -148,6 +151,8 @@ class PlanSettings:
     accel: str = "auto"
     qemu_binary: str = "qemu-system-x86_64"
     cloud_hypervisor_binary: str = "cloud-hypervisor"
+    podinfo: Path | None = DEFAULT_PODINFO_DIR  # downward API dir (Multus network-status)
+    host_root: Path = Path("/")  # where /sys and /dev are for the SR-IOV/vDPA checks
 
 
 def synthetic_pod(spec: VmSpec) -> PodState:
@@ -251,7 +256,9 @@ def plan_document(spec: VmSpec, settings: PlanSettings) -> tuple[dict[str, Any],
     network: NetworkPlan | None = None
     try:
         pod = synthetic_pod(spec) if settings.offline else _read_pod(settings)
-        network = plan_network(spec, pod)
+        podinfo = load_podinfo(settings.podinfo)
+        options = PlanOptions(podinfo=podinfo, host=HostPaths(settings.host_root))
+        network = plan_network(spec, pod, options)
     except LauncherError as err:
         problems.append(_problem("network", err))
     doc["network"] = None if network is None else {"pod": pod_source, **network.to_dict()}
@@ -274,5 +281,14 @@ def plan_document(spec: VmSpec, settings: PlanSettings) -> tuple[dict[str, Any],
             doc["hypervisor"] = _hypervisor_view(kind, machine, settings)
         except LauncherError as err:
             problems.append(_problem("hypervisor", err))
+    try:
+        doc["cloud_init"] = {  # the seed ISO contents run would build (launcher.cloudinit)
+            v.name: to_jsonable(seed_content(spec, v, network))
+            for v in spec.volumes
+            if isinstance(v.source, CloudInitNoCloud)
+        }
+    except LauncherError as err:
+        doc["cloud_init"] = None
+        problems.append(_problem("cloud-init", err))
     doc["problems"] = problems
     return doc, problems[0]["exit_code"] if problems else 0

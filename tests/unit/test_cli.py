@@ -71,7 +71,7 @@ def test_plan_prints_the_normalized_spec(capsys: pytest.CaptureFixture[str]) -> 
     code, out, _ = run(capsys, "plan", "--offline", "--spec", example)
     assert code == 2  # the containerDisk is not mounted here (tests/unit/test_volumes.py)
     plan = json.loads(out)
-    assert list(plan) == ["spec", "network", "volumes", "hypervisor", "problems"]
+    assert list(plan) == ["spec", "network", "volumes", "hypervisor", "cloud_init", "problems"]
     spec = plan["spec"]
     assert (spec["shape"], spec["name"], spec["memory_bytes"]) == (
         "kubevirt-vm",

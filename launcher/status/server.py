@@ -29,7 +29,7 @@ from launcher.network.plan import DEFAULT_STATUS_PORT
 
 from .collect import Collector
 from .metrics import CONTENT_TYPE, Metrics
-from .model import StatusSource
+from .model import StatusSnapshot, StatusSource
 from .neighbours import NetlinkReader
 from .render import status_json
 
@@ -112,6 +112,8 @@ class StatusServer:
         self._page = _page()
         self._openapi = _openapi()
         self.port: int | None = None
+        self._status_body: tuple[StatusSnapshot | None, bytes] = (None, b"")
+        self._metrics_body: tuple[StatusSnapshot | None, bytes] = (None, b"")
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -250,12 +252,22 @@ class StatusServer:
 
     async def _status(self, request: web.Request) -> web.Response:
         del request
-        return _json(status_json(await self.collector.snapshot()), 200)
+        snap = await self.collector.snapshot()
+        if self._status_body[0] is not snap:  # encode once per snapshot, not per request
+            body = json.dumps(status_json(snap), separators=(",", ":")).encode()
+            self._status_body = (snap, body)
+        return web.Response(
+            body=self._status_body[1],
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def _metrics(self, request: web.Request) -> web.Response:
         del request
-        body = self.metrics.render(await self.collector.snapshot())
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+        snap = await self.collector.snapshot()
+        if self._metrics_body[0] is not snap:
+            self._metrics_body = (snap, self.metrics.render(snap))
+        return web.Response(body=self._metrics_body[1], headers={"Content-Type": CONTENT_TYPE})
 
 
 def _json(body: object, status: int) -> web.Response:

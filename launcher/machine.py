@@ -24,12 +24,13 @@ from launcher.jsonable import to_jsonable
 from launcher.network import DEFAULT_STATE_DIR, PlanOptions, PodState, discover
 from launcher.network import plan as plan_network
 from launcher.network.discover import PodLink
+from launcher.network.multus import map_interfaces
 from launcher.network.names import derived_mac, pod_interface_name
 from launcher.network.netlink import Route
 from launcher.network.plan import NetworkPlan
 from launcher.network.resolv import Resolv
 from launcher.network.sysfs import HostPaths
-from launcher.podinfo import DEFAULT_PODINFO_DIR, load_podinfo
+from launcher.podinfo import DEFAULT_PODINFO_DIR, PodInfo, load_podinfo
 from launcher.spec.model import CloudInitNoCloud, InterfaceState, SourceShape, VmSpec
 from launcher.volumes import DEFAULT_VOLUMES_DIR, FileState, ResolvedVolumes, VolumeLayout, resolve
 
@@ -155,16 +156,19 @@ class PlanSettings:
     host_root: Path = Path("/")  # where /sys and /dev are for the SR-IOV/vDPA checks
 
 
-def synthetic_pod(spec: VmSpec) -> PodState:
+def synthetic_pod(spec: VmSpec, podinfo: PodInfo | None = None) -> PodState:
     """A pod as a CNI typically leaves it, for ``plan --offline`` (documented in
     docs/volumes.md): ``eth0`` 10.244.1.5/24 + fd00:10:244:1::5/64 with default routes via
-    10.244.1.1 and fe80::1, MTU 1450; each Multus interface ``netN`` 192.168.N.5/24.
+    10.244.1.1 and fe80::1, MTU 1450; each Multus interface ``netN`` 192.168.N.5/24
+    (named as ``podinfo``'s network-status says when given; SR-IOV/vDPA NICs need none).
     """
     links: dict[str, PodLink] = {}
     for iface in spec.interfaces:
         if iface.state is InterfaceState.ABSENT:
             continue
-        name = pod_interface_name(spec, iface)
+        mapped = map_interfaces(spec, podinfo).get(iface.name)  # network-status names first
+        name = mapped.pod_interface if mapped and mapped.pod_interface else None
+        name = name or pod_interface_name(spec, iface)
         if name in links:
             continue
         if name == "eth0":
@@ -183,7 +187,8 @@ def synthetic_pod(spec: VmSpec) -> PodState:
                 ),
             )
         else:
-            index = int(name.removeprefix("net"))
+            suffix = name.removeprefix("net")
+            index = int(suffix) if suffix.isdigit() else len(links) + 1
             links[name] = PodLink(
                 name=name,
                 mac=derived_mac(f"offline-{name}"),
@@ -255,8 +260,8 @@ def plan_document(spec: VmSpec, settings: PlanSettings) -> tuple[dict[str, Any],
     pod_source = "offline" if settings.offline else (settings.pod_netns or "current netns")
     network: NetworkPlan | None = None
     try:
-        pod = synthetic_pod(spec) if settings.offline else _read_pod(settings)
         podinfo = load_podinfo(settings.podinfo)
+        pod = synthetic_pod(spec, podinfo) if settings.offline else _read_pod(settings)
         options = PlanOptions(podinfo=podinfo, host=HostPaths(settings.host_root))
         network = plan_network(spec, pod, options)
     except LauncherError as err:

@@ -122,6 +122,7 @@ class Dhcp4Server:
         self._udp: socket.socket | None = None
         self._raw: socket.socket | None = None
         self._ifindex = 0
+        self._pktinfo = b""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------- lifecycle
@@ -153,6 +154,10 @@ class Dhcp4Server:
                 f"cannot bind DHCPv4 on {iface!r} port {self.config.port}: {err.strerror}"
             ) from err
         self._udp, self._raw = udp, raw
+        # struct in_pktinfo: ifindex, source address to use, (unused) destination.
+        self._pktinfo = struct.pack(
+            "@I4s4s", self._ifindex, self.config.server_address.packed, bytes(4)
+        )
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(udp.fileno(), self._on_readable)
         log.info(
@@ -235,13 +240,17 @@ class Dhcp4Server:
             msg = parse(data)
         except MalformedPacket as err:
             counts["malformed"] += 1
-            log.debug("dropped malformed DHCPv4 packet", extra={"error": str(err)})
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("dropped malformed DHCPv4 packet", extra={"error": str(err)})
             return None
         decision = self.responder.decide(msg)
         counts[_EVENT_COUNTER[decision.event]] += 1
+        if decision.reply is not None and decision.destination is not None:
+            self._send(decision.reply.build(), decision.destination)  # reply first, then record
         mac = msg.chaddr.hex(":")
         if decision.event == "ignored":
-            log.debug("<-- ignored", extra={"mac": mac, "reason": decision.reason})
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("<-- ignored", extra={"mac": mac, "reason": decision.reason})
             return decision
         self._events.append(
             Dhcp4Event(
@@ -266,8 +275,6 @@ class Dhcp4Server:
                     "reason": decision.reason,
                 },
             )
-        if decision.reply is not None and decision.destination is not None:
-            self._send(decision.reply.build(), decision.destination)
         return decision
 
     def _send(self, payload: bytes, dest: Destination) -> None:
@@ -278,12 +285,9 @@ class Dhcp4Server:
                 self._raw.sendto(frame, (self.config.interface, _ETH_P_IP, 0, 0, dest.mac))
             else:
                 assert self._udp is not None
-                pktinfo = struct.pack(
-                    "@I4s4s", self._ifindex, self.config.server_address.packed, bytes(4)
-                )
                 self._udp.sendmsg(
                     [payload],
-                    [(socket.IPPROTO_IP, _IP_PKTINFO, pktinfo)],
+                    [(socket.IPPROTO_IP, _IP_PKTINFO, self._pktinfo)],
                     0,
                     (str(dest.address), dest.port),
                 )

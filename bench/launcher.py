@@ -9,7 +9,7 @@ reuses) the tiny test guest (tests/guest/build.py), then ``--runs`` times:
   by direct kernel boot) and reads the launcher's JSON log: *spawn* is the ``qemu
   started`` record's timestamp minus the wall clock just before the launcher was exec'd
   (the launcher applies the network before it spawns QEMU, so the network is ready then);
-  ``network applied`` gives the split;
+  ``spec-loaded`` and ``network-applied`` give the split;
 * waits for the guest's ``VL-LEASE4`` / ``VL-LEASE6`` lines; *lease* is host seconds
   from the QEMU spawn to the line, and the guest's own ``t=`` (seconds since its kernel
   started) is printed too;
@@ -113,22 +113,25 @@ spec:
 @dataclass
 class LauncherRun:
     spawn_s: float  # launcher exec → qemu started (log)
+    spec_s: float  # launcher exec → spec loaded (log): interpreter start and imports
     network_s: float  # launcher exec → network applied (log)
     lease4_s: float  # qemu spawned → VL-LEASE4 on the launcher's stdout
     lease6_s: float
     guest_t4: float  # the guest's own clock at the v4 lease
     guest_t6: float
+    guest_boot: float  # the guest's clock when its init started (VL-BOOT t=)
     rss_launcher: int
     rss_children: int
     exit_code: int
 
 
 def _log_time(stderr: Path, msg: str) -> float:
+    """Wall-clock time of the first log record whose ``msg`` or ``event`` is ``msg``."""
     for line in stderr.read_text().splitlines():
         if not line.startswith("{"):
             continue
         rec = json.loads(line)
-        if rec.get("msg") == msg:
+        if msg in (rec.get("msg"), rec.get("event")):
             ts = datetime.datetime.strptime(str(rec["ts"]), "%Y-%m-%dT%H:%M:%S.%fZ")
             return ts.replace(tzinfo=datetime.UTC).timestamp()
     raise RuntimeError(f"no {msg!r} record in {stderr}")
@@ -170,11 +173,13 @@ def run_launcher(guest: GuestImage, work: Path, accel: str) -> LauncherRun:
         console.wait_closed(5)
     return LauncherRun(
         spawn_s=spawn_wall - t0,
-        network_s=_log_time(stderr, "network applied") - t0,
+        spec_s=_log_time(stderr, "spec-loaded") - t0,
+        network_s=_log_time(stderr, "network-applied") - t0,
         lease4_s=lease4.host_time - spawn_mono,
         lease6_s=lease6.host_time - spawn_mono,
         guest_t4=float(lease4.fields["t"]),
         guest_t6=float(lease6.fields["t"]),
+        guest_boot=float(console.vl_lines("BOOT")[0].fields["t"]),
         rss_launcher=rss_launcher,
         rss_children=rss_children,
         exit_code=code,
@@ -193,6 +198,7 @@ class DnsmasqRun:
     lease6_s: float
     guest_t4: float
     guest_t6: float
+    guest_boot: float
     rss_dnsmasq: int
 
 
@@ -211,6 +217,7 @@ def run_dnsmasq(guest: GuestImage, work: Path, accel: str) -> DnsmasqRun:
             lease6_s=lease6.host_time - vm.started,
             guest_t4=float(lease4.fields["t"]),
             guest_t6=float(lease6.fields["t"]),
+            guest_boot=float(vm.console.vl_lines("BOOT")[0].fields["t"]),
             rss_dnsmasq=rss,
         )
 
@@ -259,6 +266,7 @@ def main() -> int:
         f"| start → QEMU spawned (network ready) | {_stats([r.spawn_s for r in runs], 'ms', 1e3)} "
         f"| {_stats(bare, 'ms', 1e3)} | `ip netns exec … python -c pass` |"
     )
+    print(f"| start → spec loaded | {_stats([r.spec_s for r in runs], 'ms', 1e3)} | | |")
     print(f"| start → network applied | {_stats([r.network_s for r in runs], 'ms', 1e3)} | | |")
     print(
         f"| QEMU spawned → guest DHCPv4 lease (host clock) | "
@@ -268,6 +276,16 @@ def main() -> int:
     print(
         f"| guest clock at DHCPv4 lease (`t=`) | {_stats([r.guest_t4 for r in runs])} "
         f"| {_stats([p.guest_t4 for p in peers])} | same |"
+    )
+    print(
+        f"| guest clock when init started (`VL-BOOT t=`) | "
+        f"{_stats([r.guest_boot for r in runs])} | {_stats([p.guest_boot for p in peers])} "
+        "| same |"
+    )
+    print(
+        f"| guest init → DHCPv4 lease (guest clock) | "
+        f"{_stats([r.guest_t4 - r.guest_boot for r in runs])} | "
+        f"{_stats([p.guest_t4 - p.guest_boot for p in peers])} | same |"
     )
     print(
         f"| QEMU spawned → guest DHCPv6 lease (host clock) | "

@@ -12,8 +12,9 @@ volume the ISO holds:
     ``local-hostname`` (the spec's hostname, else the VM name).
 ``network-config``
     the user's ``networkData``, merged with a generated netplan v2 document when a NIC
-    cannot use DHCP: an SR-IOV VF or vDPA device (or a plain-L2 bridge) whose addresses
-    the CNI reported in the Multus network-status. Generated entries match the guest
+    cannot use DHCP: an SR-IOV VF or vDPA device, or a plain-L2 bridge NIC (no address
+    on its pod interface, so no DHCP is served) whose addresses the CNI reported in the
+    Multus network-status. Generated entries match the guest
     NIC by MAC. Without user ``networkData`` the DHCP NICs are listed too (``dhcp4``/
     ``dhcp6`` by MAC), since a network-config replaces cloud-init's DHCP fallback; with
     it, the user's entries win and only the static NICs are added (entries the user
@@ -39,6 +40,7 @@ from typing import Any
 import yaml
 
 from launcher.errors import Problem, SpecError, VolumeError
+from launcher.network.bindings.sriov import CniFields, passthrough_fields
 from launcher.network.plan import NetworkPlan
 from launcher.spec.model import CloudInitNoCloud, VmSpec, Volume
 from launcher.volumes import FileState, ResolvedVolumes, VolumeKind
@@ -92,28 +94,52 @@ def _ethernet_dhcp(plan: NetworkPlan) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _static_entry(mac: str, cni: CniFields) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "match": {"macaddress": mac},
+        "addresses": [str(ip) for ip in cni.ips],
+    }
+    if cni.gateways:
+        entry["routes"] = [{"to": "default", "via": str(gw)} for gw in cni.gateways]
+    if cni.nameservers or cni.search:
+        ns: dict[str, Any] = {}
+        if cni.nameservers:
+            ns["addresses"] = [str(a) for a in cni.nameservers]
+        if cni.search:
+            ns["search"] = list(cni.search)
+        entry["nameservers"] = ns
+    if cni.mtu is not None:
+        entry["mtu"] = cni.mtu
+    return entry
+
+
 def _ethernet_static(plan: NetworkPlan) -> dict[str, dict[str, Any]]:
+    """NICs with addresses but no DHCP: SR-IOV/vDPA, and plain-L2 bridge NICs whose
+    network-status lists addresses the pod interface does not carry (static IPAM)."""
     out: dict[str, dict[str, Any]] = {}
-    for nic in plan.passthrough:
-        if not nic.ips or nic.mac is None:
+    mappings = {m.interface: m for m in plan.interfaces}
+    for nic in plan.nics:
+        mapping = mappings.get(nic.name)
+        if nic.dhcp4 is not None or nic.dhcp6 is not None or mapping is None:
             continue
-        entry: dict[str, Any] = {
-            "match": {"macaddress": nic.mac},
-            "addresses": [str(ip) for ip in nic.ips],
-        }
-        if nic.gateways:
-            entry["routes"] = [{"to": "default", "via": str(gw)} for gw in nic.gateways]
-        if nic.nameservers or nic.search:
-            ns: dict[str, Any] = {}
-            if nic.nameservers:
-                ns["addresses"] = [str(a) for a in nic.nameservers]
-            if nic.search:
-                ns["search"] = list(nic.search)
-            entry["nameservers"] = ns
-        if nic.mtu is not None:
-            entry["mtu"] = nic.mtu
-        out[nic.name] = entry
-    return out
+        cni = passthrough_fields(mapping)
+        if cni.ips:
+            out[nic.name] = _static_entry(nic.device.mac, cni)
+    for pt in plan.passthrough:
+        if pt.ips and pt.mac is not None:
+            out[pt.name] = _static_entry(
+                pt.mac,
+                CniFields(
+                    mac=pt.mac,
+                    ips=pt.ips,
+                    gateways=pt.gateways,
+                    nameservers=pt.nameservers,
+                    search=pt.search,
+                    mtu=pt.mtu,
+                ),
+            )
+    order = [n.name for n in plan.nics] + [p.name for p in plan.passthrough]
+    return {name: out[name] for name in order if name in out}
 
 
 def generated_network_config(

@@ -23,9 +23,10 @@ from launcher.cloudinit import (
     seed_content,
 )
 from launcher.errors import SpecError, VolumeError
-from launcher.network import plan
+from launcher.network import PlanOptions, plan
 from launcher.network.multus import InterfaceMapping, MappingRule, PassthroughNic
 from launcher.network.plan import NetworkPlan
+from launcher.podinfo import PodInfo, parse_network_status
 from launcher.spec import load
 from launcher.spec.model import BindingKind, CloudInitNoCloud, Volume
 from launcher.volumes import FileState, VolumeLayout, resolve
@@ -216,3 +217,23 @@ def test_not_a_cloud_init_volume() -> None:
     spec = load(EXAMPLES / "kubevirt-sriov.yaml")
     with pytest.raises(VolumeError, match=r"not a cloud-init NoCloud volume"):
         seed_content(spec, Volume("x", spec.volumes[0].source), None)
+
+
+def test_plain_l2_bridge_with_addresses_in_network_status() -> None:
+    spec = load(EXAMPLES / "virtink-multus-ovs-bridge.yaml")
+    l2 = pod_link("net0", v4=None, v6=None, gw4=None, gw6=None, mac="02:00:00:00:00:10")
+    status = parse_network_status(
+        '[{"name": "default/ovs-br1", "interface": "net0", "ips": ["10.66.0.7"],'
+        ' "mac": "02:00:00:00:00:10"}]'
+    )
+    p = plan(spec, pod_state(pod_link(), l2), PlanOptions(podinfo=PodInfo(network_status=status)))
+    assert p.nics[0].dhcp4 is None
+    doc = generated_network_config(p)
+    assert doc == {
+        "version": 2,
+        "ethernets": {
+            "ovs": {"match": {"macaddress": "02:00:00:00:00:10"}, "addresses": ["10.66.0.7/24"]}
+        },
+    }
+    # without the network-status addresses nothing needs describing
+    assert generated_network_config(plan(spec, pod_state(pod_link(), l2))) is None

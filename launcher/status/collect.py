@@ -12,6 +12,7 @@ costs one netlink read per ``ttl``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -75,6 +76,7 @@ class Collector:
         self._cached: StatusSnapshot | None = None
         self._cached_at = 0.0
         self._lock = asyncio.Lock()
+        self._refresh: asyncio.Task[StatusSnapshot] | None = None
         self._transitions: dict[str, tuple[bool, str, float]] = {}
         self._leases: dict[tuple[str, str, str | None], Lease] = {}
         self._ready_at: float | None = None
@@ -83,16 +85,38 @@ class Collector:
         self._netlink_failed = False
 
     async def snapshot(self) -> StatusSnapshot:
-        """A snapshot no older than ``ttl`` seconds."""
-        now = time.monotonic()
-        if self._cached is not None and now - self._cached_at < self.ttl:
-            return self._cached
-        async with self._lock:
-            if self._cached is not None and time.monotonic() - self._cached_at < self.ttl:
-                return self._cached
-            snap = await self._build()
-            self._cached, self._cached_at = snap, time.monotonic()
-            return snap
+        """The current snapshot.
+
+        With ``ttl`` > 0, a snapshot older than ``ttl`` is still returned at once while one
+        background task builds the next (stale-while-revalidate), so no request waits for
+        netlink or /proc; only the very first request waits. ``ttl`` = 0 builds a fresh
+        snapshot for every call (tests).
+        """
+        cached = self._cached
+        if cached is not None and self.ttl > 0:
+            if time.monotonic() - self._cached_at >= self.ttl and self._refresh is None:
+                self._refresh = asyncio.create_task(self._rebuild(), name="status-refresh")
+            return cached
+        return await self._rebuild()
+
+    async def _rebuild(self) -> StatusSnapshot:
+        try:
+            async with self._lock:
+                if self._cached is not None and time.monotonic() - self._cached_at < self.ttl:
+                    return self._cached
+                snap = await self._build()
+                self._cached, self._cached_at = snap, time.monotonic()
+                return snap
+        finally:
+            self._refresh = None
+
+    async def close(self) -> None:
+        """Cancel a background refresh still running."""
+        task, self._refresh = self._refresh, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # ---- building ----------------------------------------------------------------------
 
@@ -118,6 +142,7 @@ class Collector:
         taps = [n.tap.name for n in nics]
         bridges = [n.bridge.name for n in nics]
         links, neighbours = await self._netlink(taps, bridges)
+        launcher, hypervisor = await asyncio.to_thread(self._processes, now)
         interfaces = tuple(self._interface(n, dhcp, links, neighbours) for n in nics)
         if plan is None and src.spec is not None:
             interfaces = tuple(
@@ -131,8 +156,8 @@ class Collector:
             ready=ready,
             not_ready_reason=not_ready,
             conditions=conditions,
-            launcher=self._launcher(now),
-            hypervisor=self._hypervisor(),
+            launcher=launcher,
+            hypervisor=hypervisor,
             interfaces=interfaces,
             nftables_digest=(
                 "sha256:" + hashlib.sha256(plan.nftables.encode()).hexdigest()
@@ -254,6 +279,10 @@ class Collector:
         if conditions[0].status:
             return "Starting"
         return "Pending"
+
+    def _processes(self, now: float) -> tuple[LauncherStatus, HypervisorStatus | None]:
+        """psutil reads (in a worker thread: /proc I/O stays off the event loop)."""
+        return self._launcher(now), self._hypervisor()
 
     def _launcher(self, now: float) -> LauncherStatus:
         with self._self.oneshot():

@@ -170,6 +170,7 @@ class StatusServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.collector.close()
         await asyncio.to_thread(self.collector.netlink.close)
 
     async def run(self) -> None:

@@ -32,7 +32,7 @@ from launcher.network.resolv import Resolv
 from launcher.network.sysfs import HostPaths
 from launcher.podinfo import DEFAULT_PODINFO_DIR, PodInfo, load_podinfo
 from launcher.spec.model import CloudInitNoCloud, InterfaceState, SourceShape, VmSpec
-from launcher.volumes import DEFAULT_VOLUMES_DIR, FileState, ResolvedVolumes, VolumeLayout, resolve
+from launcher.volumes import DEFAULT_VOLUMES_DIR, ResolvedVolumes, VolumeLayout, resolve
 
 __all__ = [
     "HYPERVISORS",
@@ -76,10 +76,11 @@ def build_machine(
     """The machine ``run`` starts: CPUs and memory from the spec, NICs, VFIO and vDPA
     devices from the plan, the kernel and disks from ``volumes``.
 
-    The memory size is rounded up to whole MiB (QEMU's unit). Disks whose file is built
-    at run by a later stage (the cloud-init ISO, :attr:`FileState.BUILD`) are left out
-    with a warning until that stage exists. ``firmware`` is used only when the spec has
-    no kernel boot (QEMU falls back to its own BIOS when it is None).
+    The memory size is rounded up to whole MiB (QEMU's unit). A disk whose file is still
+    to be made (:attr:`FileState.CREATE` by ``volumes.prepare``, :attr:`FileState.BUILD`
+    by ``cloudinit.build_seeds``) is attached at its planned path, so ``plan`` shows the
+    machine ``run`` starts; ``run`` makes those files before the VMM starts. ``firmware``
+    is used only when the spec has no kernel boot (QEMU falls back to its own BIOS).
     """
     kernel = None
     if volumes.kernel is not None:
@@ -94,15 +95,6 @@ def build_machine(
         )
     disks = []
     for index, disk in enumerate(volumes.disks):
-        if disk.file.state is FileState.BUILD:
-            log.warning(
-                "disk %r (%s) is left out: %s is not built yet",
-                disk.name,
-                disk.file.kind.value,
-                disk.file.path,
-                extra={"event": "disk-skipped", "disk": disk.name},
-            )
-            continue
         disks.append(
             DiskImage(
                 id=f"disk{index}",

@@ -147,8 +147,21 @@ def plan(*args: str, netns: str | None = None) -> tuple[int, dict[str, Any], str
     return done.returncode, doc, done.stderr
 
 
-def netns_view(netns: str) -> str:
-    return sh("ip", "-n", netns, "-j", "addr") + sh("ip", "-n", netns, "-j", "route")
+def netns_view(netns: str) -> tuple[object, ...]:
+    """Links (name, MAC, MTU, master, addresses) and routes; DAD and lifetimes left out."""
+    links = [
+        (
+            link["ifname"],
+            link.get("address"),
+            link["mtu"],
+            link.get("master"),
+            sorted(f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])),
+        )
+        for link in json.loads(sh("ip", "-n", netns, "-j", "addr"))
+    ]
+    routes = json.loads(sh("ip", "-n", netns, "-j", "route"))
+    routes6 = json.loads(sh("ip", "-n", netns, "-j", "-6", "route"))
+    return (links, routes, routes6)
 
 
 def test_plan_reads_the_pod_and_resolves_every_file(

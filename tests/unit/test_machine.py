@@ -84,8 +84,12 @@ def test_machine_from_spec_plan_and_volumes(tmp_path: Path) -> None:
     assert machine.kernel.initrd == str(layout.volumes_dir / "kernel/boot/initrd.img")
     assert machine.kernel.cmdline == "console=ttyS0" and machine.firmware is None
     assert machine.nets == net.devices and machine.nets[0].mac == POD_MAC
-    # the cloud-init ISO is not built yet, so only the root disk is attached
-    assert [(d.id, d.format, d.boot_order) for d in machine.disks] == [("disk0", "qcow2", 1)]
+    # the cloud-init ISO is attached at its planned path (run builds it before the VMM)
+    assert [(d.id, d.format, d.boot_order, d.cdrom, d.read_only) for d in machine.disks] == [
+        ("disk0", "qcow2", 1, False, False),
+        ("disk1", "raw", None, True, True),
+    ]
+    assert machine.disks[1].path == str(layout.scratch_dir / "cloud-init/cidata.iso")
 
     argv = build_argv(machine, QemuRuntime(qmp_socket=str(tmp_path / "qmp")))
     assert argv[argv.index("-kernel") + 1] == machine.kernel.kernel

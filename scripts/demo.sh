@@ -140,12 +140,11 @@ now=$(date +%s.%N)
 printf 'guest leases after %.1f s:\n  %s\n  %s\n' "$(echo "$now - $started" | bc)" \
   "$lease4" "${lease6:-(no DHCPv6 lease yet)}"
 
-say "status endpoint (in the pod: http://127.0.0.1:8186/status)"
-if status=$(ip netns exec "$POD" curl -fsS --max-time 2 http://127.0.0.1:8186/status 2>/dev/null); then
-  echo "$status"
-else
-  echo "(not served by this version of the launcher)"
+say "status endpoint: http://127.0.0.1:8186/status in the pod (virt-launcher status)"
+if ! ip netns exec "$POD" "$launcher" status; then
+  echo "(the status endpoint did not answer)"
 fi
+echo "raw: ip netns exec $POD curl http://127.0.0.1:8186/status ; metrics: /metrics"
 
 say "the guest's web page, fetched from $PEER at the pod IP $POD4"
 page=""

@@ -207,3 +207,24 @@ def test_detect_format_of_short_and_unreadable_files(tmp_path: Path) -> None:
     assert detect_format(put(tmp_path / "q", QCOW2_MAGIC)) == "qcow2"
     with pytest.raises(VolumeError, match="cannot read the image header"):
         detect_format(tmp_path / "absent")
+
+
+def test_prepare_creates_a_missing_host_disk_or_create(
+    layout: VolumeLayout, tmp_path: Path
+) -> None:
+    target = tmp_path / "node/sub/made.img"
+    spec = spec_with(
+        ("made", HostDisk(path=str(target), type="DiskOrCreate", capacity_bytes=64 << 20))
+    )
+    ready = prepare(resolve(spec, layout))
+    assert ready.disks[0].file.state is FileState.PRESENT
+    assert target.stat().st_size == 64 << 20
+    assert resolve(spec, layout).disks[0].file.state is FileState.PRESENT  # now found
+
+
+def test_prepare_needs_a_capacity(layout: VolumeLayout, tmp_path: Path) -> None:
+    spec = spec_with(
+        ("made", HostDisk(path=str(tmp_path / "x.img"), type="DiskOrCreate", capacity_bytes=None))
+    )
+    with pytest.raises(VolumeError, match=r"hostDisk 'made' has no capacity to create .*x\.img"):
+        prepare(resolve(spec, layout))

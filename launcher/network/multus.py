@@ -40,7 +40,14 @@ from typing import Protocol
 from hypervisor.machine import VdpaDevice, VfioDevice
 from launcher.errors import PodInfoError
 from launcher.podinfo import NetworkStatus, PodInfo
-from launcher.spec.model import BindingKind, Interface, MultusNetwork, SourceShape, VmSpec
+from launcher.spec.model import (
+    BindingKind,
+    Interface,
+    InterfaceState,
+    MultusNetwork,
+    SourceShape,
+    VmSpec,
+)
 
 from .sysfs import HostPaths
 
@@ -193,14 +200,19 @@ def map_interfaces(
         pod_if, rule = _fallback(spec, index, multus_index, network.name, links)
         secondary.append((network.name, qualified, pod_if, rule))
         multus_index += 1
-    if status is None:
-        for name, qualified, pod_if, rule in secondary:
-            by_network[name] = InterfaceMapping("", name, qualified, pod_if, rule)
-    else:
-        for name, qualified, entry in _assign(status, secondary):
+    # A network whose interfaces are all being unplugged (state: absent) may already be
+    # gone from the network-status: it keeps its fallback name instead of failing.
+    wanted = {i.network for i in spec.interfaces if i.state is not InterfaceState.ABSENT}
+    fallback = {name: (qualified, pod_if, rule) for name, qualified, pod_if, rule in secondary}
+    if status is not None:
+        assigned = _assign(status, secondary, wanted)
+        for name, qualified, entry in assigned:
             by_network[name] = InterfaceMapping(
                 "", name, qualified, entry.interface, MappingRule.NETWORK_STATUS, entry
             )
+    for name, (qualified, pod_if, rule) in fallback.items():
+        if name not in by_network:
+            by_network[name] = InterfaceMapping("", name, qualified, pod_if, rule)
     out: dict[str, InterfaceMapping] = {}
     for iface in spec.interfaces:
         m = by_network.get(iface.network)
@@ -213,12 +225,15 @@ def map_interfaces(
 
 
 def _assign(
-    status: tuple[NetworkStatus, ...], secondary: list[tuple[str, str, str, MappingRule]]
+    status: tuple[NetworkStatus, ...],
+    secondary: list[tuple[str, str, str, MappingRule]],
+    wanted: set[str],
 ) -> list[tuple[str, str, NetworkStatus]]:
     """Pair each secondary network with its network-status entry.
 
     An entry on the interface the launcher expects (``net<i>``/``pod<hash>``) is taken
     first; the remaining networks of one attachment take its remaining entries in order.
+    A network not in ``wanted`` (only unplugged interfaces use it) may have no entry.
     """
     used: set[int] = set()
     picked: dict[str, int] = {}
@@ -232,6 +247,8 @@ def _assign(
     for name, qualified, _, _ in secondary:
         if name not in picked:
             i = next((i for i, e in enumerate(status) if i not in used and e.name == qualified), -1)
+            if i < 0 and name not in wanted:
+                continue
             if i < 0:
                 listed = ", ".join(repr(e.name) for e in status) or "nothing"
                 raise PodInfoError(

@@ -301,3 +301,19 @@ def test_pod_network_without_address_still_refused() -> None:
     bare = pod_link(v4=None, v6=None, gw4=None, gw6=None)
     with pytest.raises(NetworkError, match=r"has no IPv4 or global IPv6 address"):
         plan(spec, pod_state(bare))
+
+
+def test_unplugged_network_may_be_missing_from_network_status() -> None:
+    spec = load(EXAMPLES / "kubevirt-hotplug-absent.yaml")
+    info = inline('{"name": "kindnet", "interface": "eth0", "default": true}')
+    m = map_interfaces(spec, info)
+    assert (m["secondary-nic"].rule, m["secondary-nic"].status) == (
+        MappingRule.KUBEVIRT_HASHED,
+        None,
+    )
+    p = plan(spec, pod_state(), PlanOptions(podinfo=info))
+    assert [n.name for n in p.nics] == ["defaultnetwork"]
+    # the same network still plugged in must be there
+    plugged = replace(spec, interfaces=(spec.interfaces[0], Interface("secondary-nic", Bridge())))
+    with pytest.raises(PodInfoError, match=r"network 'secondary-nic' \(default/bridge-conf\)"):
+        map_interfaces(plugged, info)

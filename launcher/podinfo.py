@@ -8,7 +8,8 @@ Sources, in order of preference:
 
 * the downward API annotations file kubelet writes (default ``/etc/podinfo/annotations``,
   ``--podinfo DIR``): one ``key="value"`` line per annotation, the value Go-quoted
-  (``strconv.Quote``), lines sorted by key;
+  (``strconv.Quote``), lines sorted by key; ``networks-status`` (Multus before 3.7) is
+  read when ``network-status`` is absent;
 * the ``NETWORK_STATUS`` environment variable (Virtink passes the annotation this way),
   used when the annotations file has no network-status;
 * the device plugins' ``PCIDEVICE_<RESOURCE>`` variables (comma-separated PCI addresses,
@@ -52,6 +53,7 @@ __all__ = [
 DEFAULT_PODINFO_DIR = Path("/etc/podinfo")
 ANNOTATIONS_FILE = "annotations"
 NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
+OLD_NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/networks-status"  # Multus < 3.7
 NETWORK_STATUS_ENV = "NETWORK_STATUS"
 PCIDEVICE_PREFIX = "PCIDEVICE_"
 KUBEVIRT_RESOURCE_PREFIX = "KUBEVIRT_RESOURCE_NAME_"
@@ -364,9 +366,13 @@ def load_podinfo(
         annotations = parse_annotations(text, str(path))
     status: tuple[NetworkStatus, ...] | None = None
     source: str | None = None
-    if NETWORK_STATUS_ANNOTATION in annotations:
-        source = f"{path} {NETWORK_STATUS_ANNOTATION}"
-        status = parse_network_status(annotations[NETWORK_STATUS_ANNOTATION], source)
+    key = next(
+        (k for k in (NETWORK_STATUS_ANNOTATION, OLD_NETWORK_STATUS_ANNOTATION) if k in annotations),
+        None,
+    )
+    if key is not None:
+        source = f"{path} {key}"
+        status = parse_network_status(annotations[key], source)
     elif env.get(NETWORK_STATUS_ENV):
         source = f"environment variable {NETWORK_STATUS_ENV}"
         status = parse_network_status(env[NETWORK_STATUS_ENV], source)

@@ -187,3 +187,14 @@ def test_resource_env_name() -> None:
 def test_bad_device_plugin_address_names_the_variable() -> None:
     with pytest.raises(PodInfoError, match=r"environment variable PCIDEVICE_X address 'nope'"):
         pci_devices_from_env({"PCIDEVICE_X": "nope"})
+
+
+def test_old_networks_status_annotation(tmp_path: Path) -> None:
+    text = (DATA / "multus-bridge.json").read_text()
+    (tmp_path / "annotations").write_text(
+        "k8s.v1.cni.cncf.io/networks-status=" + json.dumps(text) + "\n"
+    )
+    info = load_podinfo(tmp_path, environ={})
+    assert info.source is not None and info.source.endswith("networks-status")
+    assert info.network_status is not None
+    assert info.network_status[1].name == "default/a-bridge-network"

@@ -336,6 +336,9 @@ class ChildReaper:
         """Scan on SIGCHLD and periodically until cancelled."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGCHLD, self._wake.set)
+        log.info(
+            "reaping orphaned children (pid %d)", os.getpid(), extra={"event": "reaper-started"}
+        )
         try:
             while True:
                 with contextlib.suppress(TimeoutError):

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +50,11 @@ def sh(*argv: str, timeout: float = 20.0, check: bool = True) -> subprocess.Comp
     return done
 
 
-def spec_yaml(binding: str) -> str:
+def spec_yaml(
+    binding: str,
+    grace_s: int = GRACE_S,
+    kernel_args: str = "console=ttyS0 quiet loglevel=1 panic=-1",
+) -> str:
     """A KubeVirt VMI booting the test guest by direct kernel boot with one pod NIC."""
     iface = (
         "bridge: {}"
@@ -65,7 +69,7 @@ metadata:
   namespace: e2e
 spec:
   hostname: rn-guest
-  terminationGracePeriodSeconds: {GRACE_S}
+  terminationGracePeriodSeconds: {grace_s}
   domain:
     cpu:
       cores: 1
@@ -77,7 +81,7 @@ spec:
           image: localhost/rn-guest:latest
           kernelPath: /vmlinuz
           initrdPath: /initrd.gz
-        kernelArgs: "console=ttyS0 quiet loglevel=1 panic=-1"
+        kernelArgs: "{kernel_args}"
     devices:
       interfaces:
         - name: pod
@@ -140,6 +144,7 @@ class Launcher:
     console: ConsoleReader
     stderr_path: Path
     termination_log: Path
+    state_dir: Path
 
     def records(self) -> list[dict[str, object]]:
         out = []
@@ -149,10 +154,12 @@ class Launcher:
         return out
 
     def qemu_pid(self) -> int:
-        for rec in self.records():
-            if rec.get("msg") == "qemu started":
-                return int(str(rec["pid"]))
-        raise AssertionError(f"no 'qemu started' log line:\n{self.stderr_path.read_text()}")
+        """QEMU's host pid, found by its QMP socket path in the state dir (the pid in the
+        log is the launcher's own pid namespace's, wrong when it runs as PID 1)."""
+        pid = host_pid_of_qemu(self.state_dir)
+        if pid is None:
+            raise AssertionError(f"no QEMU process for {self.state_dir}")
+        return pid
 
     def wait(self, timeout: float) -> int:
         try:
@@ -173,43 +180,69 @@ class Launcher:
         kill_qemu(self)
 
 
+def host_pid_of_qemu(state_dir: Path) -> int | None:
+    """The live QEMU started with ``state_dir`` (matched by its QMP socket path), or None."""
+    needle = str(state_dir / "qemu" / "qmp.sock").encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"qemu-system") and needle in cmdline:
+            return int(entry.name)
+    return None
+
+
 def kill_qemu(launcher: Launcher) -> None:
-    try:
-        pid = launcher.qemu_pid()
-    except (AssertionError, OSError):
+    """SIGKILL the launcher's QEMU if it still runs, and wait (bounded) until it is gone."""
+    pid = host_pid_of_qemu(launcher.state_dir)
+    if pid is None:
         return
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+    while time.monotonic() < deadline and host_pid_of_qemu(launcher.state_dir) == pid:
         time.sleep(0.1)
 
 
-def start(tmp: Path, guest: GuestImage, binding: str = "bridge", run: int = 0) -> Launcher:
+def start(
+    tmp: Path,
+    guest: GuestImage,
+    binding: str = "bridge",
+    run: int = 0,
+    *,
+    extra: Sequence[str] = (),
+    prefix: Sequence[str] = (),
+    spec_text: str | None = None,
+) -> Launcher:
+    """Start ``virt-launcher run`` in the pod netns (``prefix`` goes before ``ip netns exec``)."""
     volumes = tmp / "volumes" / "kernel"
     volumes.mkdir(parents=True, exist_ok=True)
     for name, src in (("vmlinuz", guest.kernel), ("initrd.gz", guest.initrd)):
         if not (volumes / name).exists():
             (volumes / name).symlink_to(src)
     spec = tmp / "vm.yaml"
-    spec.write_text(spec_yaml(binding))
+    spec.write_text(spec_text or spec_yaml(binding))
     stderr_path = tmp / f"launcher-{run}.err"
     termination_log = tmp / "termination-log"
     argv = [
-        "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
+        *prefix, "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
         "--spec", str(spec),
         "--state-dir", str(tmp / "state"),
         "--volumes-dir", str(tmp / "volumes"),
         "--termination-log", str(termination_log),
         "--accel", "tcg",
+        *extra,
     ]  # fmt: skip
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
     assert proc.stdout is not None
     console = ConsoleReader(proc.stdout, log_path=str(tmp / f"console-{run}.log"))
-    return Launcher(proc, console, stderr_path, termination_log)
+    return Launcher(proc, console, stderr_path, termination_log, tmp / "state")
 
 
 def peer_http(url: str, attempts: int = 15) -> str:
@@ -335,3 +368,29 @@ def test_restart_after_crash_gives_same_address(
     assert lease4.args == ("eth0", f"{POD4}/24")
     assert lease6.args == ("eth0", f"{POD6}/128")
     assert "VL-HTTP-OK port=80" in peer_http(f"http://{POD4}/")
+
+
+def test_as_pid_1_reaper_keeps_vmm_exit_status_and_sigterm_works(
+    pod: None, guest: GuestImage, tmp_path: Path, launchers: list[Launcher]
+) -> None:
+    """The launcher as PID 1 of its own pid namespace (as in a container): the orphan
+    reaper runs and must not steal QEMU's exit status; SIGTERM still ends cleanly."""
+    del pod
+    prefix = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
+    first = start(tmp_path, guest, run=0, prefix=prefix)
+    launchers.append(first)
+    first.console.wait_for("READY", BOOT_TIMEOUT_S)
+    assert any(r.get("event") == "reaper-started" for r in first.records())
+    os.kill(first.qemu_pid(), signal.SIGKILL)
+    assert first.wait(EXIT_TIMEOUT_S) == 4, first.stderr_path.read_text()[-3000:]
+    assert "killed by SIGKILL" in first.termination_log.read_text()
+    second = start(tmp_path, guest, run=1, prefix=prefix)
+    launchers.append(second)
+    second.console.wait_for("READY", BOOT_TIMEOUT_S)
+    mark = second.console.mark()
+    # unshare 2.38 does not forward signals: signal PID 1 itself, as the runtime would.
+    children = Path(f"/proc/{second.proc.pid}/task/{second.proc.pid}/children").read_text()
+    (launcher_pid,) = (int(p) for p in children.split())
+    os.kill(launcher_pid, signal.SIGTERM)
+    second.console.wait_for("POWER-BUTTON", GRACE_S, since=mark)
+    assert second.wait(GRACE_S + 5) == 0, second.stderr_path.read_text()[-3000:]

@@ -9,6 +9,7 @@ system; :func:`prepare` creates the sparse scratch disks. The layout (docs/volum
     <volumes-dir>/kernel/<kernelPath>       KubeVirt firmware.kernelBoot kernelPath / initrdPath
     <volumes-dir>/<volume>/disk.img         containerDisk, persistentVolumeClaim, dataVolume
     <volumes-dir>/<volume>/<basename(path)> containerDisk with a KubeVirt ``path``
+    <volumes-dir>/<volume>/<the one file>   containerDisk without ``path`` and no disk.img
     <volumes-dir>/<volume>                  PVC / dataVolume in block mode: the device itself
     <hostDisk.path>                         hostDisk (DiskOrCreate: created sparse at run)
     <scratch-dir>/empty/<volume>.img        emptyDisk, created sparse at run
@@ -199,6 +200,15 @@ def _probe(
     )
 
 
+def _only_image(directory: Path) -> Path | None:
+    """The one regular, non-hidden file in ``directory``, if it holds exactly one."""
+    try:
+        files = [p for p in directory.iterdir() if not p.name.startswith(".") and p.is_file()]
+    except OSError:
+        return None
+    return files[0] if len(files) == 1 else None
+
+
 def _block_size(path: Path) -> int | None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -236,6 +246,9 @@ def _volume_file(volume: Volume, layout: VolumeLayout) -> ResolvedFile:
             candidates = [base / DISK_FILE]
             if inner:
                 candidates.insert(0, _inside(base, PurePosixPath(inner).name, "containerDisk path"))
+            elif (only := _only_image(base)) is not None and only not in candidates:
+                # KubeVirt's containerDisk images hold one image of any name in /disk
+                candidates.append(only)
             return _probe(name, VolumeKind.CONTAINER_DISK, candidates)
         case PersistentVolumeClaim() | DataVolume():
             kind = (

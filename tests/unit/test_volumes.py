@@ -228,3 +228,15 @@ def test_prepare_needs_a_capacity(layout: VolumeLayout, tmp_path: Path) -> None:
     )
     with pytest.raises(VolumeError, match=r"hostDisk 'made' has no capacity to create .*x\.img"):
         prepare(resolve(spec, layout))
+
+
+def test_container_disk_single_image_of_any_name(layout: VolumeLayout) -> None:
+    spec = spec_with(("root", ContainerDisk(image="quay.io/containerdisks/fedora:40")))
+    image = put(layout.volumes_dir / "root/fedora-40.qcow2", QCOW2_MAGIC + b"\0" * 8)
+    put(layout.volumes_dir / "root/.hidden")
+    found = resolve(spec, layout).disks[0].file
+    assert (found.path, found.format) == (str(image), "qcow2")
+    put(layout.volumes_dir / "root/second.img")  # two candidates: ambiguous, so missing
+    missing = resolve(spec, layout).disks[0].file
+    assert missing.state is FileState.MISSING
+    assert missing.looked_at == (str(layout.volumes_dir / "root/disk.img"),)

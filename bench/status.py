@@ -191,13 +191,15 @@ def load_in_pod(url: str, rate: float, duration: float) -> dict[str, object]:
 
 
 def wrk_in_pod(url: str, duration: float, paced_rate: float | None = None) -> dict[str, str]:
-    """wrk -t1 -c4; with ``paced_rate`` each connection waits 4/rate s between requests
-    (wrk's Lua ``delay()``), bounding the rate to ``paced_rate`` (Debian's wrk has no -R)."""
+    """wrk -t1 -c4; with ``paced_rate`` each connection waits between a response and its
+    next request (wrk's Lua ``delay()``, Debian's wrk has no -R) so that 4 connections at
+    a ~0.8 ms service time send about ``paced_rate`` requests/s, never more."""
     argv = ["wrk", "-t1", "-c4", f"-d{int(duration)}s", "--latency"]
     script = None
     if paced_rate is not None:
         script = Path(tempfile.mkstemp(prefix="st-wrk-", suffix=".lua")[1])
-        script.write_text(f"function delay() return {4000.0 / paced_rate:.3f} end\n")
+        pause_ms = max(0.0, 4000.0 / paced_rate - 0.8)
+        script.write_text(f"function delay() return {pause_ms:.3f} end\n")
         argv += ["-s", str(script)]
     try:
         out = in_pod(*argv, url, timeout=duration + 30)

@@ -303,6 +303,9 @@ def test_masquerade_forwards_listed_port_only(
     assert lease4.args[0] == "eth0" and lease4.args[1].startswith("10.0.2.2/")
     launcher.console.wait_for("READY", BOOT_TIMEOUT_S)
     assert "VL-HTTP-OK port=80 hostname=rn-guest" in peer_http(f"http://{POD4}:80/")
+    lease6 = launcher.console.wait_for("LEASE6", BOOT_TIMEOUT_S)
+    assert lease6.args == ("eth0", "fd10:0:2::2/128")
+    assert "VL-HTTP-OK port=80 hostname=rn-guest" in peer_http(f"http://[{POD6}]:80/")
     # The guest serves 8080 too (docs/guest.md), but 8080 is not listed: no DNAT.
     refused = sh(
         "ip", "netns", "exec", PEER, "curl", "-sS", "--max-time", "3", f"http://{POD4}:8080/",

@@ -139,6 +139,8 @@ fi
 now=$(date +%s.%N)
 printf 'guest leases after %.1f s:\n  %s\n  %s\n' "$(echo "$now - $started" | bc)" \
   "$lease4" "${lease6:-(no DHCPv6 lease yet)}"
+printf 'guest address: %s %s (the pod IP, handed over by the launcher)\n' \
+  "$(echo "$lease4" | awk '{print $3}')" "$(echo "$lease6" | awk '{print $3}')"
 
 say "status endpoint: http://127.0.0.1:8186/status in the pod (virt-launcher status)"
 if ! ip netns exec "$POD" "$launcher" status; then

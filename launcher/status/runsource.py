@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from hypervisor.base import Hypervisor
 from hypervisor.machine import VmState
+from launcher.errors import LauncherError
 from launcher.network.plan import NetworkPlan
 from launcher.spec.model import VmSpec
 
@@ -45,7 +46,6 @@ class RunSource:
         self.board = StatusBoard(started_at=started)
         self._phase: str | None = None
         self._state: VmState | None = None
-        self._servers = 0
 
     @property
     def started_at(self) -> float:
@@ -97,12 +97,8 @@ class RunSource:
         if ctx.plan is not None and "NetworkApplied" not in board.marks:
             nics = ", ".join(n.name for n in ctx.plan.nics) or "no NICs"
             board.network_applied(f"pod network wired for {nics}")
-        servers = len(ctx.dhcp4) + len(ctx.dhcp6) + len(ctx.ra)
-        if servers != self._servers:
-            self._servers = servers
-            wanted = 0
-            if ctx.plan is not None:
-                wanted = sum((n.dhcp4 is not None) + (n.dhcp6 is not None) for n in ctx.plan.nics)
+        if ctx.plan is not None and "DhcpServing" not in board.marks:
+            wanted = sum((n.dhcp4 is not None) + (n.dhcp6 is not None) for n in ctx.plan.nics)
             have = len(ctx.dhcp4) + len(ctx.dhcp6)
             if have >= wanted:
                 board.dhcp_serving(f"{have} DHCP server(s) listening")
@@ -126,8 +122,11 @@ async def _follow_events(source: RunSource) -> None:
     else:
         return
     hv = source.ctx.hypervisor
-    async for ev in hv.events():
-        source.board.lifecycle(ev)
+    try:
+        async for ev in hv.events():
+            source.board.lifecycle(ev)
+    except LauncherError as err:  # the supervisor reports VMM failures; status only shows them
+        log.warning("status: lifecycle events ended: %s", err, extra={"event": "status-events"})
 
 
 async def _poll(source: RunSource) -> None:

@@ -347,6 +347,16 @@ def test_every_endpoint_with_a_real_guest_on_the_bridge_binding(
     png = SCREENSHOT.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, len(png)
 
+    # Logs: JSON lines on stderr carrying vm (and iface for DHCP); the console on stdout.
+    records = launcher.records()
+    listening = [r for r in records if r.get("event") == "status-listening"]
+    assert len(listening) == 1, records
+    assert (listening[0]["vm"], listening[0]["listen"]) == ("e2e/st-vm", "127.0.0.1:8186")
+    assert any(r.get("iface") and r.get("vm") == "e2e/st-vm" for r in records)
+    assert all(r.get("vm") == "e2e/st-vm" for r in records if r.get("logger", "").startswith(
+        "launcher.status"))  # fmt: skip
+    assert any(ln.startswith("serial: ") for ln in launcher.console.text().splitlines())
+
     # Nothing secret anywhere.
     everything = [launcher.get(p)[1] for p in ("/", "/status", "/metrics", "/readyz")]
     everything.append(dom.stdout)

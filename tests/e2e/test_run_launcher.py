@@ -346,9 +346,10 @@ def test_killed_vmm_exits_4_with_cause(
     launcher.console.wait_for("BOOT", BOOT_TIMEOUT_S)
     os.kill(launcher.qemu_pid(), signal.SIGKILL)
     code = launcher.wait(EXIT_TIMEOUT_S)
-    assert code == 4, launcher.stderr_path.read_text()[-3000:]
+    log = launcher.stderr_path.read_text()[-4000:]
+    assert code == 4, log
     errors = [r for r in launcher.records() if r.get("level") == "error"]
-    assert len(errors) == 1, errors
+    assert len(errors) == 1, log
     assert "killed by SIGKILL" in str(errors[0]["msg"])
     assert launcher.termination_log.read_text().strip() == errors[0]["msg"]
 

@@ -216,3 +216,23 @@ def test_sriov_failure_is_a_plan_problem(
     (problem,) = [p for p in doc["problems"] if p["stage"] == "network"]
     assert problem["exit_code"] == 3
     assert "0000:3b:02.2 is bound to iavf, not vfio-pci" in problem["message"]
+
+
+def test_virtink_sriov_from_device_plugin_on_cloud_hypervisor(
+    capsys: pytest.CaptureFixture[str],
+    host: FakeHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NETWORK_STATUS", raising=False)
+    monkeypatch.setenv("PCIDEVICE_MELLANOX_COM_SRIOV_25G", "0000:3b:02.2")
+    doc = plan_json(capsys, "virtink-sriov.yaml", host, podinfo_dir(tmp_path, None))
+    assert rules(doc) == [("sriov", "net0", "virtink-ordinal")]
+    hv = doc["hypervisor"]
+    assert hv["kind"] == "cloud-hypervisor"
+    assert hv["vm_config"]["devices"] == [
+        {"id": "hostdev0", "path": f"{host.root}/sys/bus/pci/devices/0000:3b:02.2"}
+    ]
+    assert hv["add_net"] == []
+    # the seed ISO is attached read-only at its planned path
+    assert hv["vm_config"]["disks"][1]["path"].endswith("/cloud-init/cloud-init.iso")

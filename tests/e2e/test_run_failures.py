@@ -98,10 +98,12 @@ def test_guest_ignoring_the_power_button_is_stopped_after_the_grace_period(
     pod: None, guest: GuestImage, tmp_path: Path, launchers: list[Launcher]
 ) -> None:
     """The real guest kernel with ``rdinit=/bin/sleep 600`` (no acpid): the power button
-    does nothing, so after the 3 s grace period the VMM is stopped: exit 5, pod restored."""
+    does nothing, so after the 3 s grace period the VMM is stopped: exit 5, pod restored.
+    Also checks ``--console-log``."""
     del pod
     spec = spec_yaml("bridge", grace_s=3, kernel_args="console=ttyS0 rdinit=/bin/sleep 600")
-    launcher = start(tmp_path, guest, spec_text=spec)
+    console_log = tmp_path / "console.txt"
+    launcher = start(tmp_path, guest, spec_text=spec, extra=("--console-log", str(console_log)))
     launchers.append(launcher)
     deadline = time.monotonic() + 30
     while not any(r.get("event") == "vm-running" for r in launcher.records()):
@@ -118,3 +120,6 @@ def test_guest_ignoring_the_power_button_is_stopped_after_the_grace_period(
     assert "did not power off within the 3 s grace period after SIGTERM" in str(error["msg"])
     assert launcher.termination_log.read_text().strip() == error["msg"]
     assert_pod_as_the_cni_left_it()
+    # --console-log: the guest console went to the file, nothing to stdout.
+    assert "Linux version" in console_log.read_text()
+    assert launcher.console.text() == ""

@@ -93,6 +93,9 @@ class VmmProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(write_fd,),
+                # Own session: a Ctrl-C or a terminal's SIGINT reaches only the launcher,
+                # which then shuts the guest down with the power button (docs/run.md).
+                start_new_session=True,
             )
         except OSError as err:
             os.close(read_fd)

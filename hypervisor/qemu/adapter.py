@@ -261,6 +261,9 @@ class Qemu:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=fds,
+                # Own session: a Ctrl-C or a terminal's SIGINT reaches only the launcher,
+                # which then shuts the guest down with the power button (docs/run.md).
+                start_new_session=True,
             )
         except OSError as err:
             self._set_state(VmState.FAILED)

@@ -10,11 +10,19 @@ Layout rules (q35):
 
 * every device sits behind its own ``pcie-root-port`` on ``pcie.0`` (so it can be hot
   unplugged and the guest sees a stable topology), except a device whose spec pins a
-  guest PCI address: that one is placed directly on ``pcie.0`` at exactly that
-  ``slot.function``, so the guest sees the address the user asked for (bus must be 00);
+  guest PCI address on bus 00: that one is placed directly on ``pcie.0`` at exactly that
+  ``slot.function``, so the guest sees the address the user asked for;
 * ``config.hotplug_ports`` empty root ports (``hp0``…) are left for hot plug;
 * root ports take the free slots of ``pcie.0`` from 0x02 upwards (0x00 is the host
-  bridge, 0x1f the ICH9 functions, 0x01 is left for a display device);
+  bridge, 0x1f the ICH9 functions, 0x01 is left for a display device), one per slot;
+* a device pinned to ``0000:BB:00.0`` with bus BB > 0 sits at slot 0 of its own root
+  port, and that port is made the BB-th root port in slot order. The guest firmware
+  (SeaBIOS, OVMF) numbers buses depth-first in slot order and nothing behind a root port
+  is a bridge, so the N-th root port's secondary bus is N (as libvirt does, whose
+  controller index is the bus number). The other root ports (devices in order, then
+  ``hp0``…) fill the positions around the pinned ones; if they run out before a pinned
+  bus, empty filler ports ``rp_fill<N>`` take the gap. Behind a root port only slot 0
+  and function 0 exist, so any other slot or function there is refused;
 * a ``pvpanic`` device lets a guest kernel report a panic (QMP ``GUEST_PANICKED``; QEMU's
   default panic action then powers the VM off and the adapter reports it as Failed);
 * the serial console is a ``stdio`` chardev: QEMU's stdout is a pipe the adapter reads
@@ -90,62 +98,104 @@ def _check_id(device_id: str) -> None:
         )
 
 
-def _pinned_slot(device_id: str, address: str) -> tuple[int, int]:
+def _pinned_address(device_id: str, address: str) -> tuple[int, int, int]:
+    """``(bus, slot, function)`` of a pinned guest address, refusing what cannot be built."""
     match = _PCI_RE.match(address)
     if match is None:
         raise HypervisorError(f"guest PCI address {address!r} of {device_id} is not DDDD:BB:SS.F")
     domain = int(match["domain"] or "0", 16)
     bus = int(match["bus"], 16)
     slot = int(match["slot"], 16)
-    if domain != 0 or bus != 0:
+    fn = int(match["fn"])
+    if domain != 0:
         raise HypervisorError(
-            f"guest PCI address {address!r} of {device_id} is not on bus 0000:00 "
-            "(QEMU can pin devices only on the root bus)"
+            f"guest PCI address {address!r} of {device_id} is not in PCI domain 0000 "
+            "(a q35 guest has one domain)"
         )
+    if bus > 0:
+        if slot != 0 or fn != 0:
+            raise HypervisorError(
+                f"guest PCI address {address!r} of {device_id} is on bus {bus:02x} but not "
+                f"at slot 00 function 0 (behind a PCIe root port only {bus:02x}:00.0 exists)"
+            )
+        return bus, 0, 0
     if not _FIRST_SLOT <= slot <= _LAST_SLOT:
         raise HypervisorError(
             f"guest PCI address {address!r} of {device_id} uses slot 0x{slot:02x}, "
             f"outside the free range 0x{_FIRST_SLOT:02x}-0x{_LAST_SLOT:02x}"
         )
-    return slot, int(match["fn"])
+    return 0, slot, fn
 
 
 class _Bus:
-    """Hands out root ports on free pcie.0 slots and records the ``-device`` lines for them."""
+    """Plans the root ports on ``pcie.0`` and records the ``-device`` lines for them.
 
-    def __init__(self, pinned: Mapping[str, tuple[int, int]]) -> None:
-        self._pinned = dict(pinned)
-        taken = {slot for slot, _fn in pinned.values()}
+    :meth:`place` and :meth:`root_port` only queue a port; :meth:`ports_args` decides the
+    order (pinned buses at their position, the rest in request order around them) and
+    the slots, once every device has asked.
+    """
+
+    def __init__(self, pinned: Mapping[str, tuple[int, int, int]]) -> None:
+        self._root = {d: (s, f) for d, (b, s, f) in pinned.items() if b == 0}
+        self._bus_of = {d: b for d, (b, _s, _f) in pinned.items() if b > 0}
+        taken = {slot for slot, _fn in self._root.values()}
         self._free = [s for s in range(_FIRST_SLOT, _LAST_SLOT + 1) if s not in taken]
-        self._chassis = 0
-        self.args: list[str] = []
+        self._queued: list[str] = []
+        self._at_bus: dict[int, str] = {}
 
     def place(self, device_id: str) -> str:
         """The ``bus=…[,addr=…]`` properties for device ``device_id``."""
-        if device_id in self._pinned:
-            slot, fn = self._pinned[device_id]
+        if device_id in self._root:
+            slot, fn = self._root[device_id]
             multi = ",multifunction=on" if fn == 0 and self._multi(slot) else ""
             return f"bus=pcie.0,addr=0x{slot:02x}.0x{fn:x}{multi}"
-        return f"bus={self.root_port(root_port_id(device_id))}"
+        port_id = root_port_id(device_id)
+        if device_id in self._bus_of:
+            self._at_bus[self._bus_of[device_id]] = port_id
+            return f"bus={port_id},addr=0x00.0x0"
+        self._queued.append(port_id)
+        return f"bus={port_id}"
 
     def _multi(self, slot: int) -> bool:
-        return sum(1 for s, _fn in self._pinned.values() if s == slot) > 1
+        return sum(1 for s, _fn in self._root.values() if s == slot) > 1
 
     def root_port(self, port_id: str) -> str:
-        """Add a root port with ``port_id`` on the next free slot; return its id."""
-        if not self._free:
-            raise HypervisorError(
-                f"no free pcie.0 slot left for root port {port_id} "
-                f"(at most {_LAST_SLOT - _FIRST_SLOT + 1} devices plus hot-plug ports)"
-            )
-        slot = self._free.pop(0)
-        self._chassis += 1
-        self.args += [
-            "-device",
-            f"pcie-root-port,id={port_id},bus=pcie.0,addr=0x{slot:02x}.0x0,"
-            f"chassis={self._chassis},port=0x{0x10 + self._chassis:x}",
-        ]
+        """Queue an empty root port ``port_id`` (after the device ports); return its id."""
+        self._queued.append(port_id)
         return port_id
+
+    def ports_args(self) -> list[str]:
+        """The ``-device pcie-root-port`` arguments, in slot order."""
+        order: list[str] = []
+        queued = list(self._queued)
+        last = max(self._at_bus, default=0)
+        while queued or len(order) < last:
+            position = len(order) + 1
+            if position in self._at_bus:
+                order.append(self._at_bus[position])
+            elif queued:
+                order.append(queued.pop(0))
+            else:
+                order.append(f"rp_fill{position}")
+        if len(order) > len(self._free):
+            for bus_nr, port_id in sorted(self._at_bus.items()):
+                if bus_nr > len(self._free):
+                    raise HypervisorError(
+                        f"guest PCI bus {bus_nr:02x} of {port_id.removeprefix('rp-')} needs "
+                        f"{bus_nr} root ports but pcie.0 has only {len(self._free)} free slots"
+                    )
+            raise HypervisorError(
+                f"no free pcie.0 slot left for root port {order[len(self._free)]} "
+                f"(at most {len(self._free)} devices plus hot-plug ports)"
+            )
+        args: list[str] = []
+        for chassis, (port_id, slot) in enumerate(zip(order, self._free, strict=False), 1):
+            args += [
+                "-device",
+                f"pcie-root-port,id={port_id},bus=pcie.0,addr=0x{slot:02x}.0x0,"
+                f"chassis={chassis},port=0x{0x10 + chassis:x}",
+            ]
+        return args
 
 
 def _machine_args(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
@@ -307,27 +357,27 @@ def build_argv(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
     """The complete QEMU argv for ``config`` (argv[0] is ``runtime.binary``).
 
     Raises :class:`~launcher.errors.HypervisorError` naming the offending value when the
-    config cannot be expressed (bad id, PCI address off the root bus, too many devices…).
+    config cannot be expressed (bad id, PCI address that cannot be built, too many devices…).
     """
     ids = [d.id for d in config.nets] + [d.id for d in config.vfio] + [d.id for d in config.vdpa]
     ids += [d.id for d in config.disks]
     _check_unique(ids)
-    pinned: dict[str, tuple[int, int]] = {}
-    owners: dict[tuple[int, int], str] = {}
+    pinned: dict[str, tuple[int, int, int]] = {}
+    owners: dict[tuple[int, int, int], str] = {}
     for dev_id, address in [(n.id, n.pci_address) for n in config.nets] + [
         (v.id, v.guest_pci_address) for v in config.vfio
     ]:
         if address is None:
             continue
-        where = _pinned_slot(dev_id, address)
+        where = _pinned_address(dev_id, address)
         if where in owners:
             raise HypervisorError(
                 f"guest PCI address {address!r} of {dev_id} is also used by {owners[where]}"
             )
         owners[where] = dev_id
         pinned[dev_id] = where
-    for (slot, fn), dev_id in owners.items():
-        if fn != 0 and (slot, 0) not in owners:
+    for (bus_nr, slot, fn), dev_id in owners.items():
+        if fn != 0 and (bus_nr, slot, 0) not in owners:
             raise HypervisorError(
                 f"guest PCI address of {dev_id} uses function {fn} of slot 0x{slot:02x} "
                 "but nothing is pinned to function 0"
@@ -350,4 +400,4 @@ def build_argv(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
         devices += _disk_args(disk, bus, scsi)
     for index in range(config.hotplug_ports):
         bus.root_port(f"hp{index}")
-    return args + bus.args + devices
+    return args + bus.ports_args() + devices

@@ -108,9 +108,7 @@ def test_kubevirt_dpdk_from_device_plugin_env(
     monkeypatch.delenv("NETWORK_STATUS", raising=False)
     monkeypatch.setenv("PCIDEVICE_INTEL_COM_DPDK", "0000:3b:02.3")
     monkeypatch.setenv("KUBEVIRT_RESOURCE_NAME_nic-east", "intel.com/dpdk")
-    doc = plan_json(
-        capsys, "kubevirt-dpdk.yaml", host, podinfo_dir(tmp_path, None), ("volumes", "hypervisor")
-    )
+    doc = plan_json(capsys, "kubevirt-dpdk.yaml", host, podinfo_dir(tmp_path, None))
     assert rules(doc) == [
         ("default", "eth0", "pod-network"),
         ("nic-east", "podbed46c69ce0", "kubevirt-hashed"),
@@ -119,13 +117,13 @@ def test_kubevirt_dpdk_from_device_plugin_env(
     vf = pt["device"]
     assert (vf["sysfs_path"][-12:], vf["guest_pci_address"]) == ("0000:3b:02.3", "0000:07:00.0")
     assert pt["device_source"] == "environment variable PCIDEVICE_INTEL_COM_DPDK"
-    # The QEMU argv builder pins devices on the root bus only, so KubeVirt's
-    # 0000:07:00.0 is refused there (a hypervisor-stage problem, not a network one).
-    hv = [p["message"] for p in doc["problems"] if p["stage"] == "hypervisor"]
-    assert hv == [
-        "guest PCI address '0000:07:00.0' of hostdev1 is not on bus 0000:00 "
-        "(QEMU can pin devices only on the root bus)"
-    ]
+    # KubeVirt's 0000:07:00.0 is honoured on QEMU: the VF sits at slot 0 of its own root
+    # port, and that port is the 7th in slot order, so the firmware numbers its bus 07.
+    argv = doc["hypervisor"]["argv"]
+    assert "vfio-pci,id=hostdev1,host=0000:3b:02.3,bus=rp-hostdev1,addr=0x00.0x0" in argv
+    ports = [a.split(",")[1] for a in argv if a.startswith("pcie-root-port,")]
+    assert ports.index("id=rp-hostdev1") == 7 - 1
+    assert len(ports) == len(set(ports))
 
 
 def test_virtink_vdpa_from_env_on_cloud_hypervisor(

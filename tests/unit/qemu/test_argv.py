@@ -222,8 +222,9 @@ def test_two_functions_of_one_slot_turn_on_multifunction() -> None:
 @pytest.mark.parametrize(
     ("address", "message"),
     [
-        ("0000:01:02.0", "not on bus 0000:00"),
-        ("0001:00:02.0", "not on bus 0000:00"),
+        ("0000:01:02.0", "is on bus 01 but not at slot 00 function 0"),
+        ("0000:07:00.1", "is on bus 07 but not at slot 00 function 0"),
+        ("0001:00:02.0", "not in PCI domain 0000"),
         ("00:1f.0", "outside the free range"),
         ("00:00.0", "outside the free range"),
         ("zz:00.0", "is not DDDD:BB:SS.F"),
@@ -245,6 +246,84 @@ def test_same_pinned_address_twice() -> None:
         )
     )
     with pytest.raises(HypervisorError, match="also used by net0"):
+        build_argv(cfg, RT)
+
+
+def test_pinned_bus_gets_the_root_port_at_that_position_with_fillers() -> None:
+    # KubeVirt's 0000:07:00.0: the firmware gives the N-th root port (slot order) bus N,
+    # so rp-vf0 must be the 7th port; net1 and hp0/hp1 come first, fillers close the gap.
+    cfg = machine(
+        nets=(NetDevice("net1", "tap1", MAC, 1500),),
+        vfio=(VfioDevice("vf0", "/sys/bus/pci/devices/0000:3b:02.3", "0000:07:00.0"),),
+        hotplug_ports=2,
+    )
+    assert devs(build_argv(cfg, RT)) == [
+        port("rp-net1", 0x02, 1),
+        port("hp0", 0x03, 2),
+        port("hp1", 0x04, 3),
+        port("rp_fill4", 0x05, 4),
+        port("rp_fill5", 0x06, 5),
+        port("rp_fill6", 0x07, 6),
+        port("rp-vf0", 0x08, 7),
+        f"virtio-net-pci,id=net1,netdev=hn-net1,mac={MAC},host_mtu=1500,bus=rp-net1",
+        "vfio-pci,id=vf0,host=0000:3b:02.3,bus=rp-vf0,addr=0x00.0x0",
+    ]
+
+
+def test_pinned_buses_root_pins_and_unpinned_ports_interleave() -> None:
+    cfg = machine(
+        nets=(
+            NetDevice("a", "t1", MAC, 1500, pci_address="0000:03:00.0"),
+            NetDevice("b", "t2", MAC, 1500, pci_address="0000:00:03.0"),
+            NetDevice("c", "t3", MAC, 1500),
+            NetDevice("d", "t4", MAC, 1500, pci_address="01:00.0"),
+        ),
+        disks=(DiskImage("root", "/r.img"),),
+        hotplug_ports=2,
+    )
+    devices = devs(build_argv(cfg, RT))
+    # slot 0x03 is b's, so root ports take 02, 04, 05, …; buses 1 and 3 are pinned.
+    assert devices[:6] == [
+        port("rp-d", 0x02, 1),
+        port("rp-c", 0x04, 2),
+        port("rp-a", 0x05, 3),
+        port("rp-root", 0x06, 4),
+        port("hp0", 0x07, 5),
+        port("hp1", 0x08, 6),
+    ]
+    tails = [d.rsplit("host_mtu=1500,", 1)[-1] for d in devices[6:10]]
+    assert tails == [
+        "bus=rp-a,addr=0x00.0x0",
+        "bus=pcie.0,addr=0x03.0x0",
+        "bus=rp-c",
+        "bus=rp-d,addr=0x00.0x0",
+    ]
+
+
+def test_highest_pinned_bus_is_limited_by_free_slots() -> None:
+    ok = machine(nets=(NetDevice("n", "t", MAC, 1500, pci_address="0000:1d:00.0"),))
+    assert devs(build_argv(ok, RT))[28] == port("rp-n", 0x1E, 29)
+    bad = machine(
+        nets=(
+            NetDevice("n", "t", MAC, 1500, pci_address="0000:1d:00.0"),
+            NetDevice("m", "t2", MAC, 1500, pci_address="0000:00:02.0"),
+        )
+    )
+    with pytest.raises(HypervisorError, match="guest PCI bus 1d of n needs 29 root ports"):
+        build_argv(bad, RT)
+    crowded = machine(
+        nets=(NetDevice("n", "t", MAC, 1500, pci_address="0000:05:00.0"),), hotplug_ports=29
+    )
+    with pytest.raises(HypervisorError, match=r"no free pcie\.0 slot left for root port hp28"):
+        build_argv(crowded, RT)
+
+
+def test_same_pinned_bus_twice() -> None:
+    cfg = machine(
+        nets=(NetDevice("net0", "tap0", MAC, 1500, pci_address="0000:07:00.0"),),
+        vfio=(VfioDevice("vf0", "/sys/bus/pci/devices/0000:3b:02.3", "07:00.0"),),
+    )
+    with pytest.raises(HypervisorError, match=r"'07:00\.0' of vf0 is also used by net0"):
         build_argv(cfg, RT)
 
 

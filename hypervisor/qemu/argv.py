@@ -135,7 +135,10 @@ class _Bus:
     the slots, once every device has asked.
     """
 
-    def __init__(self, pinned: Mapping[str, tuple[int, int, int]]) -> None:
+    def __init__(
+        self, pinned: Mapping[str, tuple[int, int, int]], addresses: Mapping[str, str]
+    ) -> None:
+        self._addresses = dict(addresses)
         self._root = {d: (s, f) for d, (b, s, f) in pinned.items() if b == 0}
         self._bus_of = {d: b for d, (b, _s, _f) in pinned.items() if b > 0}
         taken = {slot for slot, _fn in self._root.values()}
@@ -180,9 +183,11 @@ class _Bus:
         if len(order) > len(self._free):
             for bus_nr, port_id in sorted(self._at_bus.items()):
                 if bus_nr > len(self._free):
+                    dev_id = port_id.removeprefix("rp-")
                     raise HypervisorError(
-                        f"guest PCI bus {bus_nr:02x} of {port_id.removeprefix('rp-')} needs "
-                        f"{bus_nr} root ports but pcie.0 has only {len(self._free)} free slots"
+                        f"guest PCI address {self._addresses[dev_id]!r} of {dev_id} needs "
+                        f"{bus_nr} root ports before it but pcie.0 has only "
+                        f"{len(self._free)} free slots"
                     )
             raise HypervisorError(
                 f"no free pcie.0 slot left for root port {order[len(self._free)]} "
@@ -364,6 +369,7 @@ def build_argv(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
     _check_unique(ids)
     pinned: dict[str, tuple[int, int, int]] = {}
     owners: dict[tuple[int, int, int], str] = {}
+    addresses: dict[str, str] = {}
     for dev_id, address in [(n.id, n.pci_address) for n in config.nets] + [
         (v.id, v.guest_pci_address) for v in config.vfio
     ]:
@@ -376,6 +382,7 @@ def build_argv(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
             )
         owners[where] = dev_id
         pinned[dev_id] = where
+        addresses[dev_id] = address
     for (bus_nr, slot, fn), dev_id in owners.items():
         if fn != 0 and (bus_nr, slot, 0) not in owners:
             raise HypervisorError(
@@ -384,7 +391,7 @@ def build_argv(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
             )
 
     args = _machine_args(config, runtime) + _boot_args(config)
-    bus = _Bus(pinned)
+    bus = _Bus(pinned, addresses)
     devices: list[str] = []
     for net in config.nets:
         devices += _net_args(net, runtime, bus)

@@ -90,6 +90,11 @@ class Watcher:
         self._last: Snapshot | None = None
         self._sig: _Signature | None = None
 
+    @property
+    def has_baseline(self) -> bool:
+        """True once :meth:`baseline` was called (or :meth:`changes` started)."""
+        return self._last is not None
+
     def signature(self) -> _Signature:
         """What changes when kubelet swaps ``..data`` or anyone rewrites a file."""
         out: list[object] = []

@@ -1,0 +1,467 @@
+"""Execute hot-plug actions on the running VM and keep each interface's hot-plug state.
+
+Started by the composition root (``launcher.run``) as one task of its TaskGroup with the
+running spec, the applied network plan and the hypervisor; fed by
+:class:`launcher.hotplug.watch.Watcher`. For every settled change it re-parses the spec
+and the podinfo annotations (a document that fails validation changes nothing and is
+logged), diffs them against what runs (:func:`launcher.hotplug.diff.diff`) and:
+
+* plug (bridge): plan the new NIC against the pod as it is now, apply its pod plumbing
+  (bridge, tap, addresses moved off the pod interface), open its DHCPv4/DHCPv6/RA
+  servers, then ``add_net`` it to the guest; plug (sriov): ``add_vfio`` the VF;
+* unplug: ``remove_device`` from the guest, stop its DHCP servers, remove its plumbing
+  and give the pod interface back its addresses.
+
+Every step is bounded by ``step_timeout_s``. A failed plug rolls the pod plumbing back
+and leaves the VM and its other NICs as they were; the error is kept in the interface's
+:class:`InterfaceStatus` for ``/status``. Changes that need a restart are logged and
+shown as ``needs-restart``, never applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from hypervisor.base import Hypervisor
+from hypervisor.machine import VfioDevice
+from launcher.errors import LauncherError, PodInfoError
+from launcher.network import NetworkPlan, NicPlan, PlanOptions
+from launcher.network import apply as apply_network
+from launcher.network import cleanup as cleanup_network
+from launcher.network import discover as discover_network
+from launcher.network import plan as plan_network
+from launcher.network.multus import PassthroughNic
+from launcher.network.nftables import apply_ruleset, render
+from launcher.podinfo import ANNOTATIONS_FILE, PodInfo, load_podinfo
+from launcher.spec import VmSpec, parse
+from launcher.spec.model import InterfaceState
+
+from .diff import PlugNic, SpecDiff, UnplugNic, diff
+from .watch import Snapshot, Watcher
+
+__all__ = [
+    "HotplugState",
+    "InterfaceStatus",
+    "Manager",
+    "Plumbing",
+    "PodPlumbing",
+    "DEFAULT_STEP_TIMEOUT_S",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEP_TIMEOUT_S = 30.0
+
+
+class HotplugState(enum.StrEnum):
+    """Where an interface stands as far as hot plug is concerned."""
+
+    BOOT = "boot"  # attached when the VM started
+    PLUGGING = "plugging"
+    PLUGGED = "plugged"
+    UNPLUGGING = "unplugging"
+    UNPLUGGED = "unplugged"
+    PENDING = "pending"  # asked for, its pod interface is not there yet
+    FAILED = "failed"
+    NEEDS_RESTART = "needs-restart"
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceStatus:
+    """One interface's hot-plug state and the last error, as ``/status`` shows it."""
+
+    name: str
+    state: HotplugState
+    last_error: str | None = None
+    reason: str | None = None
+
+
+class Plumbing(Protocol):
+    """The pod-side work of a hot plug (the real one is :class:`PodPlumbing`)."""
+
+    def pod_links(self) -> tuple[str, ...]:
+        """Names of the links in the pod netns now."""
+        ...
+
+    def plan(self, spec: VmSpec, podinfo: PodInfo | None, name: str) -> NicPlan | PassthroughNic:
+        """Plan interface ``name`` of ``spec`` against the pod as it is now."""
+        ...
+
+    def apply(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
+        """Create ``nic``'s bridge/tap and move its addresses; ``others`` keep running."""
+        ...
+
+    def remove(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
+        """Undo :meth:`apply` for ``nic``; ``others`` keep running (and their nft rules)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PodPlumbing:
+    """The real pod plumbing: ``launcher.network`` discover/plan/apply/cleanup, one NIC."""
+
+    state_dir: Path
+    netns: str | None = None
+    plan_options: PlanOptions = field(default_factory=PlanOptions)
+
+    def pod_links(self) -> tuple[str, ...]:
+        """Names of the links in the pod netns now."""
+        pod = discover_network(self.netns, self.state_dir)
+        return tuple(link.name for link in pod.links)
+
+    def plan(self, spec: VmSpec, podinfo: PodInfo | None, name: str) -> NicPlan | PassthroughNic:
+        """Plan the whole new spec and keep interface ``name``'s part."""
+        pod = discover_network(self.netns, self.state_dir)
+        planned = plan_network(spec, pod, replace(self.plan_options, podinfo=podinfo))
+        for nic in planned.nics:
+            if nic.name == name:
+                return nic
+        for pt in planned.passthrough:
+            if pt.name == name:
+                return pt
+        raise LauncherError(f"interface {name!r} is not in the new network plan")
+
+    def apply(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
+        """Apply ``nic`` alone; nft is reloaded with every NIC's rules only if it adds any."""
+        own = render([nic.nft])
+        document = render([*(o.nft for o in others), nic.nft]) if own else ""
+        apply_network(
+            NetworkPlan(nics=(nic,), sysctls=nic.sysctls, nftables=document),
+            self.state_dir,
+            netns=self.netns,
+        )
+
+    def remove(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
+        """Clean ``nic`` up, then reload the other NICs' nft rules (cleanup drops the tables)."""
+        cleanup_network(NetworkPlan(nics=(nic,)), self.state_dir, netns=self.netns)
+        document = render(o.nft for o in others)
+        if document:
+            apply_ruleset(document, self.netns)
+
+
+class _Servers:
+    """The DHCPv4/DHCPv6/RA servers of one hot-plugged NIC and their tasks."""
+
+    def __init__(self) -> None:
+        self.closers: list[Callable[[], Any]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            try:
+                async with asyncio.timeout(5.0):
+                    await task
+            except (asyncio.CancelledError, TimeoutError):
+                pass
+        for close in self.closers:
+            result = close()
+            if asyncio.iscoroutine(result):
+                async with asyncio.timeout(5.0):
+                    await result
+        self.tasks.clear()
+        self.closers.clear()
+
+
+ServerSpawner = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
+
+
+class Manager:
+    """Applies live NIC changes to one running VM; one instance per run."""
+
+    def __init__(
+        self,
+        spec: VmSpec,
+        plan: NetworkPlan,
+        hypervisor: Hypervisor,
+        plumbing: Plumbing,
+        *,
+        spec_path: Path,
+        podinfo_dir: Path | None,
+        state_dir: Path,
+        step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
+        dhcp: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.hypervisor = hypervisor
+        self.plumbing = plumbing
+        self.spec_path = spec_path
+        self.podinfo_dir = podinfo_dir
+        self.state_dir = state_dir
+        self.step_timeout_s = step_timeout_s
+        self.dhcp = dhcp
+        self.nics: dict[str, NicPlan] = {n.name: n for n in plan.nics}
+        self.passthrough: dict[str, PassthroughNic] = {p.name: p for p in plan.passthrough}
+        self.status: dict[str, InterfaceStatus] = {
+            i.name: InterfaceStatus(i.name, HotplugState.BOOT)
+            for i in spec.interfaces
+            if i.state is not InterfaceState.ABSENT
+        }
+        self.last_error: str | None = None  # the last document that failed validation
+        self._servers: dict[str, _Servers] = {}
+        self._spawn: ServerSpawner = lambda coro, name: asyncio.create_task(coro, name=name)
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ inputs
+
+    def watched_files(self) -> list[Path]:
+        """The spec file and (if configured) the podinfo annotations file."""
+        files = [self.spec_path]
+        if self.podinfo_dir is not None:
+            files.append(self.podinfo_dir / ANNOTATIONS_FILE)
+        return files
+
+    def read_inputs(self, snapshot: Snapshot | None = None) -> tuple[VmSpec, PodInfo]:
+        """Parse the spec (from ``snapshot`` if given) and the podinfo; raises LauncherError."""
+        data = snapshot.content(self.spec_path) if snapshot is not None else None
+        if data is None:
+            data = self.spec_path.read_bytes()
+        try:
+            document = yaml.safe_load(data)
+        except yaml.YAMLError as err:
+            raise LauncherError(f"{self.spec_path} is not valid YAML or JSON: {err}") from err
+        spec = parse(document, str(self.spec_path))
+        return spec, load_podinfo(self.podinfo_dir)
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self, watcher: Watcher | None = None) -> None:
+        """Watch the files and apply each settled change; runs until cancelled."""
+        watcher = watcher or Watcher(self.watched_files())
+        if not watcher.has_baseline:  # the baseline is what the VM started with
+            watcher.baseline()
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._spawn = lambda coro, name: group.create_task(coro, name=name)
+                async for snapshot in watcher.changes():
+                    await self.handle(snapshot)
+        finally:
+            for servers in list(self._servers.values()):
+                await servers.stop()
+
+    async def handle(self, snapshot: Snapshot | None = None) -> SpecDiff | None:
+        """One change: re-read, diff, act. None when the new inputs were refused."""
+        try:
+            new, podinfo = await asyncio.to_thread(self.read_inputs, snapshot)
+        except (LauncherError, OSError) as err:
+            self.last_error = str(err)
+            log.error(
+                "hot plug: new spec or podinfo refused, nothing changed: %s",
+                err,
+                extra={"event": "hotplug-refused"},
+            )
+            return None
+        self.last_error = None
+        return await self.reconcile(new, podinfo)
+
+    async def reconcile(self, new: VmSpec, podinfo: PodInfo | None) -> SpecDiff:
+        """Diff ``new`` against what runs and execute the live actions."""
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.step_timeout_s):
+                    links = await asyncio.to_thread(self.plumbing.pod_links)
+            except (LauncherError, OSError, TimeoutError) as err:
+                log.error("hot plug: cannot list the pod's links: %s", err or "timed out")
+                links = ()
+            changes = diff(self.spec, new, podinfo, links)
+            for item in changes.needs_restart:
+                log.warning(
+                    "hot plug: %s: %s; needs a restart, not applied",
+                    item.what,
+                    item.reason,
+                    extra={"event": "hotplug-needs-restart"},
+                )
+                name = item.what.removeprefix("interface ").strip("'")
+                if name in self.status:
+                    self._set(name, HotplugState.NEEDS_RESTART, reason=item.reason)
+            for pending in changes.pending:
+                log.info("hot plug: %s pending: %s", pending.interface, pending.reason)
+                self._set(pending.interface, HotplugState.PENDING, reason=pending.reason)
+            for action in changes.actions:
+                if isinstance(action, UnplugNic):
+                    await self._unplug(action)
+                else:
+                    await self._plug(action, new, podinfo)
+            return changes
+
+    # ------------------------------------------------------------------ steps
+
+    def _set(
+        self, name: str, state: HotplugState, *, error: str | None = None, reason: str | None = None
+    ) -> None:
+        self.status[name] = InterfaceStatus(name, state, error, reason)
+        log.info(
+            "hot plug: interface %s %s",
+            name,
+            state,
+            extra={"event": "hotplug", "interface": name, "state": str(state), "error": error},
+        )
+
+    async def _step(self, what: str, coro: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            async with asyncio.timeout(self.step_timeout_s):
+                return await coro
+        except TimeoutError as err:
+            raise LauncherError(f"{what} timed out after {self.step_timeout_s:g}s") from err
+
+    async def _plug(self, action: PlugNic, new: VmSpec, podinfo: PodInfo | None) -> None:
+        name = action.interface.name
+        self._set(name, HotplugState.PLUGGING, reason=action.reason)
+        try:
+            planned = await self._step(
+                f"planning {name!r}", asyncio.to_thread(self.plumbing.plan, new, podinfo, name)
+            )
+        except (LauncherError, OSError, KeyError, PodInfoError) as err:
+            self._set(name, HotplugState.FAILED, error=f"planning failed: {err}")
+            return
+        if isinstance(planned, PassthroughNic):
+            await self._plug_passthrough(name, planned)
+        else:
+            await self._plug_nic(name, planned)
+        if self.status[name].state is HotplugState.PLUGGED:
+            self._adopt(new, name)
+
+    async def _plug_passthrough(self, name: str, pt: PassthroughNic) -> None:
+        if not isinstance(pt.device, VfioDevice):
+            self._set(name, HotplugState.FAILED, error=f"{pt.binding} devices cannot be plugged")
+            return
+        try:
+            await self._step(f"add_vfio {pt.device.id}", self.hypervisor.add_vfio(pt.device))
+        except (LauncherError, OSError) as err:
+            self._set(name, HotplugState.FAILED, error=f"hypervisor add_vfio failed: {err}")
+            return
+        self.passthrough[name] = pt
+        self._set(name, HotplugState.PLUGGED)
+
+    async def _plug_nic(self, name: str, nic: NicPlan) -> None:
+        clash = next(
+            (
+                o.name
+                for o in self.nics.values()
+                if {o.tap.name, o.bridge.name, o.device.id}
+                & {nic.tap.name, nic.bridge.name, nic.device.id}
+            ),
+            None,
+        )
+        if clash is not None:
+            self._set(
+                name,
+                HotplugState.FAILED,
+                error=f"its tap {nic.tap.name!r}/device {nic.device.id!r} would clash with "
+                f"interface {clash!r}'s",
+            )
+            return
+        others = list(self.nics.values())
+        try:
+            await self._step(
+                f"pod plumbing for {name!r}", asyncio.to_thread(self.plumbing.apply, nic, others)
+            )
+            if self.dhcp:
+                await self._step(f"DHCP servers for {name!r}", self._start_servers(nic))
+            await self._step(f"add_net {nic.device.id}", self.hypervisor.add_net(nic.device))
+        except (LauncherError, OSError) as err:
+            await self._roll_back(name, nic, others)
+            self._set(name, HotplugState.FAILED, error=str(err))
+            return
+        self.nics[name] = nic
+        self._set(name, HotplugState.PLUGGED)
+
+    async def _roll_back(self, name: str, nic: NicPlan, others: list[NicPlan]) -> None:
+        servers = self._servers.pop(name, None)
+        if servers is not None:
+            await servers.stop()
+        try:
+            await self._step(
+                f"rolling back {name!r}", asyncio.to_thread(self.plumbing.remove, nic, others)
+            )
+        except (LauncherError, OSError) as err:
+            log.error("hot plug: roll back of %s failed: %s", name, err)
+
+    async def _start_servers(self, nic: NicPlan) -> None:
+        from launcher.run import dhcp_servers  # noqa: PLC0415 - run.py imports this module
+
+        servers = _Servers()
+        self._servers[nic.name] = servers
+        d4, d6, ra = dhcp_servers(nic, self.state_dir)
+        if d4 is not None:
+            await d4.start()
+            servers.closers.append(d4.close)
+            servers.tasks.append(self._spawn(self._serve(nic.name, d4.run()), f"dhcp4-{nic.name}"))
+        if d6 is not None:
+            await d6.open()
+            servers.closers.append(d6.close)
+            servers.tasks.append(self._spawn(self._serve(nic.name, d6.run()), f"dhcp6-{nic.name}"))
+        if ra is not None:
+            servers.closers.append(ra.close)
+            servers.tasks.append(self._spawn(self._serve(nic.name, ra.run()), f"ra-{nic.name}"))
+
+    async def _serve(self, name: str, running: Coroutine[Any, Any, None]) -> None:
+        try:
+            await running
+        except (OSError, LauncherError, ValueError) as err:
+            log.error("hot plug: a DHCP server of %s stopped: %s", name, err)
+            current = self.status.get(name)
+            if current is not None:
+                self._set(name, current.state, error=f"DHCP server stopped: {err}")
+
+    async def _unplug(self, action: UnplugNic) -> None:
+        name = action.interface.name
+        nic = self.nics.get(name)
+        pt = self.passthrough.get(name)
+        device_id = nic.device.id if nic is not None else pt.device.id if pt is not None else None
+        if device_id is None:
+            self._set(name, HotplugState.FAILED, error="no device was planned for it")
+            return
+        self._set(name, HotplugState.UNPLUGGING, reason=action.reason)
+        try:
+            await self._step(f"remove_device {device_id}", self.hypervisor.remove_device(device_id))
+        except (LauncherError, OSError) as err:
+            self._set(name, HotplugState.FAILED, error=f"hypervisor remove_device failed: {err}")
+            return
+        error: str | None = None
+        servers = self._servers.pop(name, None)
+        if servers is not None:
+            await servers.stop()
+        if nic is not None:
+            del self.nics[name]
+            try:
+                await self._step(
+                    f"removing {name!r}'s plumbing",
+                    asyncio.to_thread(self.plumbing.remove, nic, list(self.nics.values())),
+                )
+            except (LauncherError, OSError) as err:
+                error = f"plumbing removal failed: {err}"
+        else:
+            self.passthrough.pop(name, None)
+        self._set(name, HotplugState.UNPLUGGED, error=error)
+        self._drop(name)
+
+    # ------------------------------------------------------------------ running spec
+
+    def _adopt(self, new: VmSpec, name: str) -> None:
+        """The running spec gains interface ``name`` (and its network) from ``new``."""
+        iface = next(i for i in new.interfaces if i.name == name)
+        network = new.network_for(iface)
+        interfaces = (*(i for i in self.spec.interfaces if i.name != name), iface)
+        networks = (*(n for n in self.spec.networks if n.name != network.name), network)
+        self.spec = replace(self.spec, interfaces=interfaces, networks=networks)
+
+    def _drop(self, name: str) -> None:
+        """The running spec loses interface ``name``."""
+        interfaces = tuple(i for i in self.spec.interfaces if i.name != name)
+        used = {i.network for i in interfaces}
+        networks = tuple(n for n in self.spec.networks if n.name in used)
+        self.spec = replace(self.spec, interfaces=interfaces, networks=networks)
+
+    def snapshot(self) -> tuple[InterfaceStatus, ...]:
+        """Every interface's hot-plug state, for ``/status``."""
+        return tuple(self.status.values())

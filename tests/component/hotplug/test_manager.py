@@ -1,0 +1,275 @@
+"""The hot-plug manager driving the real CloudHypervisor adapter against the fake VMM.
+
+The fake ``cloud-hypervisor`` enforces the OpenAPI contract (vm.add-net with the tap
+fds, vm.remove-device by id) and records what it received. The spec and podinfo files
+are real files replaced by kubelet-style ``..data`` swaps. The pod netns is the one
+boundary faked here (:class:`RecordingPlumbing`, real plans from ``launcher.network``
+against a described pod); the integration/e2e tiers use the real plumbing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hypervisor.cloud_hypervisor.adapter import CloudHypervisor
+from hypervisor.machine import KernelBoot, MachineConfig, NetDevice
+from launcher.errors import HypervisorError
+from launcher.hotplug.manager import HotplugState, Manager
+from launcher.hotplug.watch import Watcher
+from launcher.network import NicPlan, PlanOptions, plan
+from launcher.network.discover import PodState
+from launcher.network.multus import PassthroughNic
+from launcher.podinfo import PodInfo
+from launcher.spec import VmSpec, parse
+from tests.component.cloud_hypervisor.test_adapter import PipeTaps, recorded
+from tests.unit.network.helpers import pod_link, pod_state
+
+from .atomic import atomic_write
+
+SEC_LINK = "podadd93534eeb"  # KubeVirt's hashed pod interface name for network "sec"
+
+
+def doc(*, sec: str | None = None, memory: str = "1Gi") -> dict[str, Any]:
+    interfaces: list[dict[str, Any]] = [{"name": "default", "bridge": {}}]
+    networks: list[dict[str, Any]] = [{"name": "default", "pod": {}}]
+    if sec is not None:
+        iface: dict[str, Any] = {"name": "sec", "bridge": {}}
+        if sec == "absent":
+            iface["state"] = "absent"
+        interfaces.append(iface)
+        networks.append({"name": "sec", "multus": {"networkName": "blue"}})
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": "vm1", "namespace": "ns"},
+        "spec": {
+            "domain": {"devices": {"interfaces": interfaces}, "memory": {"guest": memory}},
+            "networks": networks,
+        },
+    }
+
+
+def hotplug_requests(data: dict[str, Any]) -> list[list[Any]]:
+    """add-net/remove-device requests after the boot (the boot NIC is one vm.add-net)."""
+    adds = [r for r in data["requests"] if r[1] == "vm.add-net"]
+    removes = [r for r in data["requests"] if r[1] == "vm.remove-device"]
+    return adds[1:] + removes
+
+
+def state(m: Manager, name: str) -> HotplugState | None:
+    """The state now (a function, so mypy does not narrow it across awaits)."""
+    st = m.status.get(name)
+    return st.state if st is not None else None
+
+
+def network_status(*, sec: bool) -> bytes:
+    entries = [{"name": "cni", "interface": "eth0", "default": True}]
+    if sec:
+        entries.append({"name": "ns/blue", "interface": SEC_LINK, "mac": "0a:58:0a:00:00:09"})
+    value = json.dumps(entries)
+    return f"k8s.v1.cni.cncf.io/network-status={json.dumps(value)}\n".encode()
+
+
+class RecordingPlumbing:
+    """Real plans against a described pod; apply/remove recorded (the netns boundary)."""
+
+    def __init__(self, pod: PodState) -> None:
+        self.pod = pod
+        self.applied: list[str] = []
+        self.removed: list[tuple[str, tuple[str, ...]]] = []
+
+    def pod_links(self) -> tuple[str, ...]:
+        return tuple(link.name for link in self.pod.links)
+
+    def plan(self, spec: VmSpec, podinfo: PodInfo | None, name: str) -> NicPlan | PassthroughNic:
+        planned = plan(spec, self.pod, PlanOptions(podinfo=podinfo))
+        return next(n for n in planned.nics if n.name == name)
+
+    def apply(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
+        self.applied.append(nic.name)
+
+    def remove(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
+        self.removed.append((nic.name, tuple(o.name for o in others)))
+
+
+class Setup:
+    def __init__(self, root: Path, vmm: CloudHypervisor, plumbing: RecordingPlumbing) -> None:
+        self.spec_dir, self.info_dir = root / "spec", root / "podinfo"
+        self.vmm = vmm
+        self.plumbing = plumbing
+        self.write(doc(), network_status(sec=False))
+        running = parse(doc())
+        self.plan = plan(running, plumbing.pod, PlanOptions())
+        self.manager = Manager(
+            running,
+            self.plan,
+            vmm,
+            plumbing,
+            spec_path=self.spec_dir / "vm.yaml",
+            podinfo_dir=self.info_dir,
+            state_dir=root / "state",
+            step_timeout_s=10.0,
+            dhcp=False,
+        )
+        self.watcher = Watcher(self.manager.watched_files(), interval_s=0.05, debounce_s=0.05)
+        self.watcher.baseline()
+
+    def write(self, spec: dict[str, Any] | str, ann: bytes | None = None) -> None:
+        text = spec if isinstance(spec, str) else yaml.safe_dump(spec)
+        atomic_write(self.spec_dir, {"vm.yaml": text.encode()})
+        if ann is not None:
+            atomic_write(self.info_dir, {"annotations": ann})
+
+    async def change(self) -> None:
+        """Wait for the watcher's next settled change and hand it to the manager."""
+        async with asyncio.timeout(5):
+            snapshot = await anext(self.watcher.changes())
+        await self.manager.handle(snapshot)
+
+
+@pytest.fixture
+async def hp(
+    tmp_path: Path, binary: str, sock_dir: str, taps: PipeTaps, record: Path
+) -> AsyncIterator[Setup]:
+    vmm = CloudHypervisor(
+        binary=binary,
+        api_socket=f"{sock_dir}/api.sock",
+        api_timeout=5.0,
+        socket_timeout=10.0,
+        stop_timeout=5.0,
+        tap_opener=taps,
+    )
+    pod = pod_state(pod_link(), pod_link(SEC_LINK, v4=None, v6=None, gw4=None, gw6=None))
+    s = Setup(tmp_path, vmm, RecordingPlumbing(pod))
+    nic = s.plan.nics[0]
+    await vmm.start(
+        MachineConfig(
+            name="vm1",
+            vcpus=1,
+            memory_bytes=1 << 30,
+            kernel=KernelBoot(kernel="/boot/vmlinuz", cmdline="console=ttyS0"),
+            nets=(NetDevice(nic.device.id, nic.tap.name, nic.device.mac, nic.device.mtu),),
+        )
+    )
+    try:
+        yield s
+    finally:
+        if vmm.pid is not None:
+            await vmm.stop()
+
+
+async def test_plug_then_unplug_by_state_absent(hp: Setup, record: Path) -> None:
+    m = hp.manager
+    hp.write(doc(sec="up"), network_status(sec=True))
+    await hp.change()
+    assert state(m, "sec") is HotplugState.PLUGGED, m.status["sec"]
+    assert m.status["default"].state is HotplugState.BOOT
+    assert hp.plumbing.applied == ["sec"]
+    new_id = m.nics["sec"].device.id
+    assert new_id != hp.plan.nics[0].device.id
+    assert [i.name for i in m.spec.interfaces] == ["default", "sec"]
+
+    hp.write(doc(sec="absent"))
+    await hp.change()
+    assert state(m, "sec") is HotplugState.UNPLUGGED, m.status["sec"]
+    assert hp.plumbing.removed == [("sec", ("default",))]
+    assert "sec" not in m.nics and [i.name for i in m.spec.interfaces] == ["default"]
+    await hp.vmm.stop()
+    data = recorded(record)
+    assert [r[1] for r in hotplug_requests(data)] == ["vm.add-net", "vm.remove-device"]
+    assert hotplug_requests(data)[0] == ["PUT", "vm.add-net", 1]  # one tap fd passed
+    assert new_id not in data["devices"]
+    assert len(data["fds"]) >= 2  # boot tap + the hot-plugged tap fd
+
+
+async def test_pending_until_the_pod_interface_is_listed(hp: Setup) -> None:
+    hp.write(doc(sec="up"), network_status(sec=False))
+    await hp.change()
+    assert hp.manager.status["sec"].state is HotplugState.PENDING
+    assert "ns/blue" in (hp.manager.status["sec"].reason or "")
+    assert hp.plumbing.applied == []
+
+
+class FailingAddNet:
+    """The real adapter, except that add_net is refused the way the VMM would refuse it."""
+
+    def __init__(self, inner: CloudHypervisor) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def add_net(self, dev: NetDevice, fds: Sequence[int] = ()) -> None:
+        raise HypervisorError(f"vm.add-net answered HTTP 500 for {dev.id}")
+
+
+async def test_failed_plug_rolls_the_plumbing_back_and_keeps_the_vm(
+    hp: Setup, record: Path
+) -> None:
+    m = hp.manager
+    m.hypervisor = FailingAddNet(hp.vmm)
+    hp.write(doc(sec="up"), network_status(sec=True))
+    await hp.change()
+    st = m.status["sec"]
+    assert st.state is HotplugState.FAILED and "HTTP 500" in (st.last_error or "")
+    assert hp.plumbing.applied == ["sec"]
+    assert hp.plumbing.removed == [("sec", ("default",))]
+    assert "sec" not in m.nics and [i.name for i in m.spec.interfaces] == ["default"]
+    assert hp.vmm.pid is not None  # still running
+    await hp.vmm.stop()
+    data = recorded(record)
+    assert hotplug_requests(data) == []
+
+
+async def test_invalid_spec_changes_nothing_and_is_logged(
+    hp: Setup, record: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    m = hp.manager
+    bad = doc(sec="up")
+    bad["spec"]["domain"]["devices"]["interfaces"][1]["bridge"] = {"bogus": 1}
+    caplog.set_level(logging.INFO)
+    hp.write(bad, network_status(sec=True))
+    await hp.change()
+    assert m.last_error is not None and "bogus" in m.last_error
+    assert "sec" not in m.status and hp.plumbing.applied == []
+    assert any("refused, nothing changed" in r.getMessage() for r in caplog.records)
+    hp.write("{not: [yaml")
+    await hp.change()
+    assert m.last_error is not None and "YAML" in m.last_error
+    await hp.vmm.stop()
+    data = recorded(record)
+    assert hotplug_requests(data) == []
+
+
+async def test_memory_change_needs_restart_and_is_not_applied(
+    hp: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    hp.write(doc(memory="2Gi"))
+    await hp.change()
+    assert any("memory" in r.getMessage() and "restart" in r.getMessage() for r in caplog.records)
+    assert hp.plumbing.applied == [] and hp.manager.spec.memory_bytes == 1 << 30
+
+
+async def test_run_loop_plugs_from_the_watcher(hp: Setup) -> None:
+    task = asyncio.create_task(hp.manager.run(hp.watcher))
+    try:
+        hp.write(doc(sec="up"), network_status(sec=True))
+        for _ in range(100):  # 5 s
+            st = hp.manager.status.get("sec")
+            if st is not None and st.state is HotplugState.PLUGGED:
+                break
+            await asyncio.sleep(0.05)
+        assert hp.manager.status["sec"].state is HotplugState.PLUGGED
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

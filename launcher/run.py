@@ -64,6 +64,8 @@ from launcher.errors import (
     UsageError,
     exit_code_for,
 )
+from launcher.hotplug.manager import Manager as HotplugManager
+from launcher.hotplug.manager import PodPlumbing
 from launcher.machine import build_machine, choose_hypervisor
 from launcher.network import DEFAULT_STATE_DIR, NetworkPlan, NicPlan, PlanOptions
 from launcher.network import apply as apply_network
@@ -133,6 +135,7 @@ class RunContext:
     dhcp4: list[Dhcp4Server] = field(default_factory=list)
     dhcp6: list[Dhcp6Server] = field(default_factory=list)
     ra: list[RaServer] = field(default_factory=list)
+    hotplug: HotplugManager | None = None  # live NIC plug/unplug (issue 9)
     exit_code: int | None = None
     cause: str | None = None
 
@@ -425,6 +428,19 @@ async def _supervise(
                 servers.append(group.create_task(ChildReaper().run(), name="reaper"))
             ctx.set_phase("hypervisor")
             supervised = group.create_task(supervisor.run(machine), name="supervisor")
+            if ctx.spec is not None and ctx.hypervisor is not None:
+                ctx.hotplug = HotplugManager(
+                    ctx.spec,
+                    plan,
+                    ctx.hypervisor,
+                    PodPlumbing(
+                        options.state_dir, plan_options=PlanOptions(status_port=options.status_port)
+                    ),
+                    spec_path=options.spec_path,
+                    podinfo_dir=options.podinfo,
+                    state_dir=options.state_dir,
+                )
+                servers.append(group.create_task(ctx.hotplug.run(), name="hotplug"))
             if status is not None:
                 servers.append(group.create_task(status(ctx), name="status"))
             outcome = await supervised

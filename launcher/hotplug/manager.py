@@ -261,7 +261,12 @@ class Manager:
             )
             return None
         self.last_error = None
-        return await self.reconcile(new, podinfo)
+        try:
+            return await self.reconcile(new, podinfo)
+        except Exception as err:  # a hot-plug bug must never end the VM's run
+            self.last_error = f"hot plug failed unexpectedly: {type(err).__name__}: {err}"
+            log.exception("hot plug: %s", self.last_error)
+            return None
 
     async def reconcile(self, new: VmSpec, podinfo: PodInfo | None) -> SpecDiff:
         """Diff ``new`` against what runs and execute the live actions."""

@@ -1,0 +1,127 @@
+"""The hot-plug manager's real pod plumbing in a real pod netns (one NIC at a time).
+
+A running masquerade NIC on eth0 (with its nftables rules) stays untouched while a
+secondary bridge NIC is planned against the pod as it is now, applied (bridge, tap,
+addresses moved off the Multus interface) and removed again (pod interface restored).
+Namespaces are ``hp-*`` with a random token and always deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launcher.hotplug.manager import PodPlumbing
+from launcher.network import NicPlan, PlanOptions, apply, cleanup, discover, plan
+from launcher.podinfo import PodInfo, parse_network_status
+from launcher.spec import parse
+
+SEC_LINK = "podadd93534eeb"  # KubeVirt's hashed pod interface name for network "sec"
+
+
+def sh(*argv: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture
+def pod() -> Iterator[str]:
+    token = secrets.token_hex(3)
+    pod, peer = f"hp-pod-{token}", f"hp-peer-{token}"
+    try:
+        for ns in (pod, peer):
+            sh("ip", "netns", "add", ns)
+        for i, (name, addr) in enumerate((("eth0", "10.79.0.5/24"), (SEC_LINK, "10.79.1.5/24"))):
+            sh(
+                "ip",
+                "-n",
+                pod,
+                "link",
+                "add",
+                name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"hpp{i}",
+                "netns",
+                peer,
+            )
+            sh("ip", "-n", pod, "addr", "add", addr, "dev", name)
+            sh("ip", "-n", pod, "link", "set", name, "up")
+            sh("ip", "-n", peer, "link", "set", f"hpp{i}", "up")
+        sh("ip", "-n", pod, "route", "add", "default", "via", "10.79.0.1")
+        yield pod
+    finally:
+        for ns in (pod, peer):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def doc(sec: bool) -> dict[str, Any]:
+    interfaces: list[dict[str, Any]] = [{"name": "default", "masquerade": {}}]
+    networks: list[dict[str, Any]] = [{"name": "default", "pod": {}}]
+    if sec:
+        interfaces.append({"name": "sec", "bridge": {}})
+        networks.append({"name": "sec", "multus": {"networkName": "blue"}})
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": "vm1", "namespace": "ns"},
+        "spec": {
+            "domain": {"devices": {"interfaces": interfaces}, "memory": {"guest": "1Gi"}},
+            "networks": networks,
+        },
+    }
+
+
+def links(ns: str) -> dict[str, dict[str, Any]]:
+    out: list[dict[str, Any]] = json.loads(sh("ip", "-n", ns, "-j", "addr", "show"))
+    return {link["ifname"]: link for link in out}
+
+
+def v4(link: dict[str, Any]) -> list[str]:
+    return [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"] if a["family"] == "inet"]
+
+
+def test_plan_apply_remove_one_nic_next_to_a_running_masquerade(pod: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    running = plan(parse(doc(False)), discover(pod, state), PlanOptions())
+    apply(running, state, netns=pod)
+    rules_before = sh("ip", "netns", "exec", pod, "nft", "list", "ruleset")
+    assert "masquerade" in rules_before
+
+    info = PodInfo(
+        network_status=parse_network_status(
+            json.dumps([{"name": "ns/blue", "interface": SEC_LINK, "ips": ["10.79.1.5"]}])
+        )
+    )
+    plumbing = PodPlumbing(state, netns=pod)
+    assert SEC_LINK in plumbing.pod_links()
+    nic = plumbing.plan(parse(doc(True)), info, "sec")
+    assert isinstance(nic, NicPlan)
+    others = list(running.nics)
+    assert {nic.tap.name, nic.bridge.name}.isdisjoint({others[0].tap.name, others[0].bridge.name})
+    plumbing.apply(nic, others)
+    now = links(pod)
+    assert nic.tap.name in now and nic.bridge.name in now
+    assert v4(now[SEC_LINK]) == []  # the guest takes the address over DHCP
+    assert now[nic.tap.name].get("master") == nic.bridge.name
+    rules = sh("ip", "netns", "exec", pod, "nft", "list", "ruleset")
+    assert set(rules_before.splitlines()) <= set(rules.splitlines())  # running NIC's rules kept
+    assert f'iifname "{nic.tap.name}"' in rules  # the new NIC's anti-spoofing rules added
+
+    plumbing.remove(nic, others)
+    after = links(pod)
+    assert nic.tap.name not in after and nic.bridge.name not in after
+    assert v4(after[SEC_LINK]) == ["10.79.1.5/24"]
+    assert others[0].tap.name in after  # the running NIC is untouched
+    assert sh("ip", "netns", "exec", pod, "nft", "list", "ruleset") == rules_before
+    cleanup(running, state, netns=pod)

@@ -1,0 +1,254 @@
+"""E2E: live NIC hot plug and unplug under ``python -m launcher run`` with the real test guest.
+
+QEMU/TCG boots the test guest (docs/guest.md) in a simulated pod ``hp-pod-<pid>`` whose
+``eth0`` is a veth to ``hp-peer-<pid>`` (10.95.0.5/24). The spec and the downward-API
+annotations are projected the way kubelet does it (``..data`` symlink swaps). While
+the first NIC keeps serving HTTP to its peer:
+
+1. a spec change that fails validation is refused and logged; nothing changes;
+2. a second veth appears in the pod (as Multus dynamic networks would add it), with its
+   network-status entry, then the spec gains the interface: the guest sees a new NIC
+   (VL-NIC-ADDED), leases 10.96.0.5/24 over DHCP and serves HTTP to ``hp-l2-<pid>``;
+3. the interface is marked ``state: absent``: the guest's NIC disappears
+   (VL-NIC-REMOVED), the launcher's tap, bridge and nft rules for it are gone and the
+   pod interface has its address back.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from launcher.network.multus import kubevirt_hashed_name
+from tests.component.hotplug.atomic import atomic_write
+from tests.guest.build import GuestImage, ensure_guest
+from tests.guest.console import ConsoleReader
+
+REPO = Path(__file__).resolve().parents[2]
+SUFFIX = os.getpid() % 100000
+POD, PEER, L2 = f"hp-pod-{SUFFIX}", f"hp-peer-{SUFFIX}", f"hp-l2-{SUFFIX}"
+SEC_IF = kubevirt_hashed_name("sec")
+BOOT_TIMEOUT_S = 75.0
+PLUG_TIMEOUT_S = 45.0
+EXIT_TIMEOUT_S = 30.0
+
+pytestmark = pytest.mark.timeout(300)
+
+BASE: dict[str, Any] = {
+    "apiVersion": "kubevirt.io/v1",
+    "kind": "VirtualMachineInstance",
+    "metadata": {"name": "hp-vm", "namespace": "e2e"},
+    "spec": {
+        "terminationGracePeriodSeconds": 15,
+        "domain": {
+            "cpu": {"cores": 1},
+            "memory": {"guest": "256Mi"},
+            "firmware": {
+                "kernelBoot": {
+                    "container": {
+                        "image": "localhost/hp-guest:latest",
+                        "kernelPath": "/vmlinuz",
+                        "initrdPath": "/initrd.gz",
+                    },
+                    "kernelArgs": "console=ttyS0 quiet loglevel=1 panic=-1 vl.ready_timeout=8",
+                }
+            },
+            "devices": {"interfaces": [{"name": "pod", "bridge": {}}]},
+        },
+        "networks": [{"name": "pod", "pod": {}}],
+    },
+}
+
+POD_STATUS = {"name": "kindnet", "interface": "eth0", "ips": ["10.95.0.5"], "default": True}
+SEC_STATUS = {"name": "e2e/sec-net", "interface": SEC_IF, "ips": ["10.96.0.5"]}
+
+
+def spec(sec: str | None = None) -> bytes:
+    doc = copy.deepcopy(BASE)
+    if sec is not None:
+        iface: dict[str, Any] = {"name": "sec", "bridge": {}}
+        if sec == "absent":
+            iface["state"] = "absent"
+        doc["spec"]["domain"]["devices"]["interfaces"].append(iface)
+        doc["spec"]["networks"].append({"name": "sec", "multus": {"networkName": "sec-net"}})
+    return yaml.safe_dump(doc).encode()
+
+
+def podinfo_file(*entries: dict[str, Any]) -> bytes:
+    value = json.dumps(list(entries))
+    lines = f"k8s.v1.cni.cncf.io/network-status={json.dumps(value)}\n"
+    return (lines + 'kubernetes.io/config.source="api"\n').encode()
+
+
+def sh(*argv: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+def veth(pod_if: str, peer_ns: str, peer_if: str) -> None:
+    sh("ip", "-n", POD, "link", "add", pod_if, "type", "veth", "peer", "name", peer_if,
+       "netns", peer_ns)  # fmt: skip
+    sh("ip", "-n", POD, "link", "set", pod_if, "up")
+    sh("ip", "-n", peer_ns, "link", "set", peer_if, "up")
+
+
+@pytest.fixture(scope="module")
+def guest() -> GuestImage:
+    return ensure_guest()
+
+
+@pytest.fixture
+def pod() -> Iterator[None]:
+    for ns in (POD, PEER, L2):
+        sh("ip", "netns", "del", ns, check=False)
+    try:
+        for ns in (POD, PEER, L2):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        veth("eth0", PEER, "hpp0")
+        sh("ip", "-n", POD, "addr", "add", "10.95.0.5/24", "dev", "eth0")
+        sh("ip", "-n", PEER, "addr", "add", "10.95.0.1/24", "dev", "hpp0")
+        sh("ip", "-n", POD, "route", "add", "default", "via", "10.95.0.1")
+        yield
+    finally:
+        for ns in (POD, PEER, L2):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def http_from(ns: str, address: str, attempts: int = 15) -> str:
+    for _ in range(attempts):
+        done = sh("ip", "netns", "exec", ns, "curl", "-sS", "--max-time", "2",
+                  f"http://{address}/", check=False, timeout=10)  # fmt: skip
+        if done.returncode == 0:
+            return done.stdout
+        time.sleep(1)
+    return ""
+
+
+def pod_links() -> dict[str, dict[str, Any]]:
+    out: list[dict[str, Any]] = json.loads(sh("ip", "-n", POD, "-j", "addr", "show").stdout)
+    return {link["ifname"]: link for link in out}
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def wait_record(path: Path, pred: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for rec in records(path):
+            if pred(rec):
+                return rec
+        time.sleep(0.3)
+    raise AssertionError(f"no matching launcher log record in {timeout:g}s")
+
+
+def test_hot_plug_and_unplug_a_bridge_nic_while_the_first_keeps_serving(
+    pod: None, guest: GuestImage, tmp_path: Path
+) -> None:
+    del pod
+    kernel_dir = tmp_path / "volumes" / "kernel"
+    kernel_dir.mkdir(parents=True)
+    (kernel_dir / "vmlinuz").symlink_to(guest.kernel)
+    (kernel_dir / "initrd.gz").symlink_to(guest.initrd)
+    spec_dir, podinfo = tmp_path / "spec", tmp_path / "podinfo"
+    atomic_write(spec_dir, {"vm.yaml": spec()})
+    atomic_write(podinfo, {"annotations": podinfo_file(POD_STATUS)})
+    argv = [
+        "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
+        "--spec", str(spec_dir / "vm.yaml"),
+        "--state-dir", str(tmp_path / "state"),
+        "--volumes-dir", str(tmp_path / "volumes"),
+        "--termination-log", str(tmp_path / "termination-log"),
+        "--podinfo", str(podinfo),
+        "--accel", "tcg",
+        "--status-listen", f"127.0.0.1:{19000 + SUFFIX % 1000}",
+    ]  # fmt: skip
+    stderr_path = tmp_path / "launcher.err"
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
+    assert proc.stdout is not None
+    console = ConsoleReader(proc.stdout, log_path=str(tmp_path / "console.log"))
+    try:
+        console.wait_for(
+            "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == ("10.95.0.5/24",)
+        )
+        console.wait_for("READY", BOOT_TIMEOUT_S)
+        assert "VL-HTTP-OK port=80" in http_from(PEER, "10.95.0.5")
+        before = set(pod_links())
+
+        # 1. a spec that fails validation: refused, logged, nothing changes
+        atomic_write(spec_dir, {"vm.yaml": spec("up").replace(b"bridge: {}", b"bridge: {x: 1}")})
+        wait_record(stderr_path, lambda r: r.get("event") == "hotplug-refused", PLUG_TIMEOUT_S)
+        assert set(pod_links()) == before
+        assert "VL-HTTP-OK port=80" in http_from(PEER, "10.95.0.5")
+
+        # 2. Multus adds the pod interface, then the spec gains the interface
+        veth(SEC_IF, L2, "hpl1")
+        sh("ip", "-n", POD, "addr", "add", "10.96.0.5/24", "dev", SEC_IF)
+        sh("ip", "-n", L2, "addr", "add", "10.96.0.1/24", "dev", "hpl1")
+        atomic_write(podinfo, {"annotations": podinfo_file(POD_STATUS, SEC_STATUS)})
+        mark = console.mark()
+        atomic_write(spec_dir, {"vm.yaml": spec("up")})
+        added = console.wait_for("NIC-ADDED", PLUG_TIMEOUT_S, since=mark)
+        lease = console.wait_for(
+            "LEASE4", PLUG_TIMEOUT_S, since=mark, where=lambda ln: ln.args[:1] == added.args
+        )
+        assert lease.args[1] == "10.96.0.5/24", lease
+        assert "VL-HTTP-OK port=80" in http_from(L2, "10.96.0.5")
+        assert "VL-HTTP-OK port=80" in http_from(PEER, "10.95.0.5")
+        plugged = set(pod_links()) - before - {SEC_IF}
+        assert len(plugged) == 2, plugged  # its bridge and tap
+        ruleset = sh("ip", "netns", "exec", POD, "nft", "list", "ruleset").stdout
+        assert any(f'"{name}"' in ruleset for name in plugged)
+
+        # 3. state: absent unplugs it and removes its plumbing
+        mark = console.mark()
+        atomic_write(spec_dir, {"vm.yaml": spec("absent")})
+        removed = console.wait_for("NIC-REMOVED", PLUG_TIMEOUT_S, since=mark)
+        assert removed.args == added.args
+        wait_record(
+            stderr_path,
+            lambda r: r.get("event") == "hotplug" and r.get("state") == "unplugged",
+            PLUG_TIMEOUT_S,
+        )
+        now = pod_links()
+        assert not plugged & set(now), now.keys()
+        inet = [f"{a['local']}/{a['prefixlen']}" for a in now[SEC_IF]["addr_info"]
+                if a["family"] == "inet"]  # fmt: skip
+        assert inet == ["10.96.0.5/24"]
+        ruleset = sh("ip", "netns", "exec", POD, "nft", "list", "ruleset").stdout
+        assert not any(f'"{name}"' in ruleset for name in plugged), ruleset
+        assert "VL-HTTP-OK port=80" in http_from(PEER, "10.95.0.5")
+        assert proc.poll() is None
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(EXIT_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    assert proc.returncode == 0, stderr_path.read_text()[-3000:]

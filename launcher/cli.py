@@ -202,6 +202,7 @@ RUN_ARGS = (
     "pod_interface",
     "console_log",
     "podinfo",
+    "hotplug_ports",
 )
 
 
@@ -255,6 +256,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write the guest serial console to FILE (default: stdout, each line prefixed "
         "'serial: ')",
+    )
+    g.add_argument(
+        "--hotplug-ports",
+        type=int,
+        metavar="N",
+        help="QEMU: free PCIe root ports reserved for NIC hot plug (default 4; docs/hotplug.md)",
     )
 
 

@@ -27,6 +27,7 @@ server reads (phase, spec, plan, hypervisor, DHCP server snapshots).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -111,6 +112,7 @@ class RunOptions:
     reap: bool | None = None  # None: reap orphans only when PID 1
     status_port: int = DEFAULT_STATUS_PORT  # the status endpoint's port: never DNATed
     podinfo: Path | None = DEFAULT_PODINFO_DIR  # downward API dir (Multus network-status)
+    hotplug_ports: int | None = None  # QEMU root ports kept free for hot plug (None: default 4)
 
 
 StatusHook = Callable[["RunContext"], Coroutine[Any, Any, None]]
@@ -359,6 +361,8 @@ async def run_async(
         )
         # cloud-init seed ISOs need the plan (guest MACs, SR-IOV/vDPA addresses)
         machine = build_machine(spec, planned, build_seeds(spec, planned, prepare(volumes)))
+        if options.hotplug_ports is not None:
+            machine = dataclasses.replace(machine, hotplug_ports=options.hotplug_ports)
         ctx.machine = machine
         if machine.vfio:
             raise_memlock()

@@ -389,7 +389,8 @@ async def run_async(
         if plan is not None:
             try:
                 async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                    await asyncio.to_thread(cleanup_network, plan, options.state_dir)
+                    # hot plug keeps ctx.plan current: plugged NICs are cleaned up too
+                    await asyncio.to_thread(cleanup_network, ctx.plan or plan, options.state_dir)
             except (LauncherError, TimeoutError, OSError) as err:
                 log.error("network cleanup failed: %s", err or "timed out")
         if console is not None:
@@ -443,6 +444,7 @@ async def _supervise(
                     spec_path=options.spec_path,
                     podinfo_dir=options.podinfo,
                     state_dir=options.state_dir,
+                    context=ctx,
                 )
                 servers.append(group.create_task(ctx.hotplug.run(), name="hotplug"))
             if status is not None:

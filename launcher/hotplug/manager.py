@@ -30,6 +30,9 @@ from typing import Any, Protocol
 
 import yaml
 
+from dhcp.ra import RaServer
+from dhcp.v4.server import Dhcp4Server
+from dhcp.v6.server import Dhcp6Server
 from hypervisor.base import Hypervisor
 from hypervisor.machine import VfioDevice
 from launcher.errors import LauncherError, PodInfoError
@@ -147,12 +150,23 @@ class PodPlumbing:
             apply_ruleset(document, self.netns)
 
 
+class RunState(Protocol):
+    """What the manager keeps current for the status endpoint and the exit cleanup
+    (``launcher.run.RunContext`` has these attributes)."""
+
+    plan: NetworkPlan | None
+    dhcp4: list[Dhcp4Server]
+    dhcp6: list[Dhcp6Server]
+    ra: list[RaServer]
+
+
 class _Servers:
     """The DHCPv4/DHCPv6/RA servers of one hot-plugged NIC and their tasks."""
 
     def __init__(self) -> None:
         self.closers: list[Callable[[], Any]] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.objects: list[Dhcp4Server | Dhcp6Server | RaServer] = []
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -190,8 +204,11 @@ class Manager:
         state_dir: Path,
         step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
         dhcp: bool = True,
+        context: RunState | None = None,
     ) -> None:
         self.spec = spec
+        self.plan = plan
+        self.context = context
         self.hypervisor = hypervisor
         self.plumbing = plumbing
         self.spec_path = spec_path
@@ -208,6 +225,7 @@ class Manager:
         }
         self.last_error: str | None = None  # the last document that failed validation
         self._servers: dict[str, _Servers] = {}
+        self._hot_ids: set[int] = set()  # hot-plugged servers published to the context
         self._spawn: ServerSpawner = lambda coro, name: asyncio.create_task(coro, name=name)
         self._lock = asyncio.Lock()
 
@@ -345,6 +363,7 @@ class Manager:
             self._set(name, HotplugState.FAILED, error=f"hypervisor add_vfio failed: {err}")
             return
         self.passthrough[name] = pt
+        self._publish()
         self._set(name, HotplugState.PLUGGED)
 
     async def _plug_nic(self, name: str, nic: NicPlan) -> None:
@@ -378,6 +397,7 @@ class Manager:
             self._set(name, HotplugState.FAILED, error=str(err))
             return
         self.nics[name] = nic
+        self._publish()
         self._set(name, HotplugState.PLUGGED)
 
     async def _roll_back(self, name: str, nic: NicPlan, others: list[NicPlan]) -> None:
@@ -397,6 +417,7 @@ class Manager:
         servers = _Servers()
         self._servers[nic.name] = servers
         d4, d6, ra = dhcp_servers(nic, self.state_dir)
+        servers.objects.extend(x for x in (d4, d6, ra) if x is not None)
         if d4 is not None:
             await d4.start()
             servers.closers.append(d4.close)
@@ -418,6 +439,28 @@ class Manager:
             if current is not None:
                 self._set(name, current.state, error=f"DHCP server stopped: {err}")
 
+    async def _stop_boot_servers(self, nic: NicPlan) -> None:
+        """A NIC attached at boot: its servers are tasks of the run (``dhcp4-<name>``…)."""
+        names = {f"dhcp4-{nic.name}", f"dhcp6-{nic.name}", f"ra-{nic.name}"}
+        tasks = [t for t in asyncio.all_tasks() if t.get_name() in names]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+        ctx = self.context
+        if ctx is None:
+            return
+        bridge = nic.bridge.name
+        for d4 in [o for o in ctx.dhcp4 if o.config.interface == bridge]:
+            await d4.close()
+            ctx.dhcp4.remove(d4)
+        for d6 in [o for o in ctx.dhcp6 if o.config.interface == bridge]:
+            d6.close()
+            ctx.dhcp6.remove(d6)
+        for ra in [o for o in ctx.ra if o.config.interface == bridge]:
+            ra.close()
+            ctx.ra.remove(ra)
+
     async def _unplug(self, action: UnplugNic) -> None:
         name = action.interface.name
         nic = self.nics.get(name)
@@ -436,6 +479,8 @@ class Manager:
         servers = self._servers.pop(name, None)
         if servers is not None:
             await servers.stop()
+        elif nic is not None:
+            await self._stop_boot_servers(nic)
         if nic is not None:
             del self.nics[name]
             try:
@@ -447,6 +492,7 @@ class Manager:
                 error = f"plumbing removal failed: {err}"
         else:
             self.passthrough.pop(name, None)
+        self._publish()
         self._set(name, HotplugState.UNPLUGGED, error=error)
         self._drop(name)
 
@@ -466,6 +512,32 @@ class Manager:
         used = {i.network for i in interfaces}
         networks = tuple(n for n in self.spec.networks if n.name in used)
         self.spec = replace(self.spec, interfaces=interfaces, networks=networks)
+
+    def _publish(self) -> None:
+        """Keep the run's plan and DHCP server lists current (status, exit cleanup)."""
+        nics = tuple(self.nics.values())
+        self.plan = replace(
+            self.plan,
+            nics=nics,
+            passthrough=tuple(self.passthrough.values()),
+            nftables=render(n.nft for n in nics),
+        )
+        ctx = self.context
+        if ctx is None:
+            return
+        ctx.plan = self.plan
+        ours = [o for servers in self._servers.values() for o in servers.objects]
+        # boot NICs' servers stay; the hot-plugged ones are exactly those running now
+        ctx.dhcp4[:] = [o for o in ctx.dhcp4 if id(o) not in self._hot_ids] + [
+            o for o in ours if isinstance(o, Dhcp4Server)
+        ]
+        ctx.dhcp6[:] = [o for o in ctx.dhcp6 if id(o) not in self._hot_ids] + [
+            o for o in ours if isinstance(o, Dhcp6Server)
+        ]
+        ctx.ra[:] = [o for o in ctx.ra if id(o) not in self._hot_ids] + [
+            o for o in ours if isinstance(o, RaServer)
+        ]
+        self._hot_ids = {id(o) for o in ours}
 
     def snapshot(self) -> tuple[InterfaceStatus, ...]:
         """Every interface's hot-plug state, for ``/status``."""

@@ -165,10 +165,10 @@ def wait_record(path: Path, pred: Any, timeout: float) -> dict[str, Any]:
     raise AssertionError(f"no matching launcher log record in {timeout:g}s")
 
 
-def test_hot_plug_and_unplug_a_bridge_nic_while_the_first_keeps_serving(
-    pod: None, guest: GuestImage, tmp_path: Path
-) -> None:
-    del pod
+def launch(
+    tmp_path: Path, guest: GuestImage
+) -> tuple[subprocess.Popen[bytes], ConsoleReader, Path]:
+    """Project the spec and podinfo, start ``python -m launcher run`` in the pod netns."""
     kernel_dir = tmp_path / "volumes" / "kernel"
     kernel_dir.mkdir(parents=True)
     (kernel_dir / "vmlinuz").symlink_to(guest.kernel)
@@ -191,6 +191,32 @@ def test_hot_plug_and_unplug_a_bridge_nic_while_the_first_keeps_serving(
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
     assert proc.stdout is not None
     console = ConsoleReader(proc.stdout, log_path=str(tmp_path / "console.log"))
+    return proc, console, stderr_path
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def add_secondary_to_pod() -> None:
+    """What Multus dynamic networks do: a new pod interface with its address."""
+    veth(SEC_IF, L2, "hpl1")
+    sh("ip", "-n", POD, "addr", "add", "10.96.0.5/24", "dev", SEC_IF)
+    sh("ip", "-n", L2, "addr", "add", "10.96.0.1/24", "dev", "hpl1")
+
+
+def test_hot_plug_and_unplug_a_bridge_nic_while_the_first_keeps_serving(
+    pod: None, guest: GuestImage, tmp_path: Path
+) -> None:
+    del pod
+    spec_dir, podinfo = tmp_path / "spec", tmp_path / "podinfo"
+    proc, console, stderr_path = launch(tmp_path, guest)
     try:
         console.wait_for(
             "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == ("10.95.0.5/24",)
@@ -206,9 +232,7 @@ def test_hot_plug_and_unplug_a_bridge_nic_while_the_first_keeps_serving(
         assert "VL-HTTP-OK port=80" in http_from(PEER, "10.95.0.5")
 
         # 2. Multus adds the pod interface, then the spec gains the interface
-        veth(SEC_IF, L2, "hpl1")
-        sh("ip", "-n", POD, "addr", "add", "10.96.0.5/24", "dev", SEC_IF)
-        sh("ip", "-n", L2, "addr", "add", "10.96.0.1/24", "dev", "hpl1")
+        add_secondary_to_pod()
         atomic_write(podinfo, {"annotations": podinfo_file(POD_STATUS, SEC_STATUS)})
         mark = console.mark()
         atomic_write(spec_dir, {"vm.yaml": spec("up")})
@@ -244,11 +268,32 @@ def test_hot_plug_and_unplug_a_bridge_nic_while_the_first_keeps_serving(
         assert "VL-HTTP-OK port=80" in http_from(PEER, "10.95.0.5")
         assert proc.poll() is None
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(EXIT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop(proc)
     assert proc.returncode == 0, stderr_path.read_text()[-3000:]
+
+
+def test_exit_cleans_up_a_hot_plugged_nic_too(pod: None, guest: GuestImage, tmp_path: Path) -> None:
+    del pod
+    spec_dir, podinfo = tmp_path / "spec", tmp_path / "podinfo"
+    proc, console, stderr_path = launch(tmp_path, guest)
+    try:
+        console.wait_for("READY", BOOT_TIMEOUT_S)
+        before = set(pod_links())
+        add_secondary_to_pod()
+        atomic_write(podinfo, {"annotations": podinfo_file(POD_STATUS, SEC_STATUS)})
+        mark = console.mark()
+        atomic_write(spec_dir, {"vm.yaml": spec("up")})
+        added = console.wait_for("NIC-ADDED", PLUG_TIMEOUT_S, since=mark)
+        console.wait_for(
+            "LEASE4", PLUG_TIMEOUT_S, since=mark, where=lambda ln: ln.args[:1] == added.args
+        )
+        plugged = set(pod_links()) - before - {SEC_IF}
+        assert len(plugged) == 2, plugged
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, stderr_path.read_text()[-3000:]
+    now = pod_links()
+    assert not any(name.startswith("vl") for name in now), now.keys()
+    inet = [f"{a['local']}/{a['prefixlen']}" for a in now[SEC_IF]["addr_info"]
+            if a["family"] == "inet"]  # fmt: skip
+    assert inet == ["10.96.0.5/24"]

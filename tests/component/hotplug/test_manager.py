@@ -28,6 +28,7 @@ from launcher.network import NicPlan, PlanOptions, plan
 from launcher.network.discover import PodState
 from launcher.network.multus import PassthroughNic
 from launcher.podinfo import PodInfo
+from launcher.run import RunContext, RunOptions
 from launcher.spec import VmSpec, parse
 from tests.component.cloud_hypervisor.test_adapter import PipeTaps, recorded
 from tests.unit.network.helpers import pod_link, pod_state
@@ -108,6 +109,7 @@ class Setup:
         self.write(doc(), network_status(sec=False))
         running = parse(doc())
         self.plan = plan(running, plumbing.pod, PlanOptions())
+        self.ctx = RunContext(RunOptions(spec_path=self.spec_dir / "vm.yaml"), plan=self.plan)
         self.manager = Manager(
             running,
             self.plan,
@@ -118,6 +120,7 @@ class Setup:
             state_dir=root / "state",
             step_timeout_s=10.0,
             dhcp=False,
+            context=self.ctx,
         )
         self.watcher = Watcher(self.manager.watched_files(), interval_s=0.05, debounce_s=0.05)
         self.watcher.baseline()
@@ -176,12 +179,14 @@ async def test_plug_then_unplug_by_state_absent(hp: Setup, record: Path) -> None
     new_id = m.nics["sec"].device.id
     assert new_id != hp.plan.nics[0].device.id
     assert [i.name for i in m.spec.interfaces] == ["default", "sec"]
+    assert hp.ctx.plan is not None and [n.name for n in hp.ctx.plan.nics] == ["default", "sec"]
 
     hp.write(doc(sec="absent"))
     await hp.change()
     assert state(m, "sec") is HotplugState.UNPLUGGED, m.status["sec"]
     assert hp.plumbing.removed == [("sec", ("default",))]
     assert "sec" not in m.nics and [i.name for i in m.spec.interfaces] == ["default"]
+    assert hp.ctx.plan is not None and [n.name for n in hp.ctx.plan.nics] == ["default"]
     await hp.vmm.stop()
     data = recorded(record)
     assert [r[1] for r in hotplug_requests(data)] == ["vm.add-net", "vm.remove-device"]
@@ -224,6 +229,7 @@ async def test_failed_plug_rolls_the_plumbing_back_and_keeps_the_vm(
     assert hp.plumbing.removed == [("sec", ("default",))]
     assert "sec" not in m.nics and [i.name for i in m.spec.interfaces] == ["default"]
     assert hp.vmm.pid is not None  # still running
+    assert hp.ctx.plan is hp.plan  # the run's plan is untouched
     await hp.vmm.stop()
     data = recorded(record)
     assert hotplug_requests(data) == []

@@ -407,6 +407,8 @@ class Collector:
                     tx_packets=tap.rx_packets,
                 )
             ),
+            hotplug_state=self.source.hotplug.get(nic.name, (None, None))[0],
+            hotplug_error=self.source.hotplug.get(nic.name, (None, None))[1],
         )
 
     def _events(self, dhcp: DhcpView) -> tuple[Event, ...]:

@@ -102,6 +102,11 @@ class StatusSource(Protocol):
         """The last launcher and hypervisor lifecycle events, oldest first."""
         ...
 
+    @property
+    def hotplug(self) -> Mapping[str, tuple[str, str | None]]:
+        """Interface name → (hot-plug state, last error) (docs/hotplug.md); may be empty."""
+        ...
+
 
 class StatusBoard:
     """The mutable run state the composition root updates and the status server reads.
@@ -118,6 +123,7 @@ class StatusBoard:
         self._marks: dict[str, tuple[bool, str, str, float]] = {}
         self._stopping: str | None = None
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
+        self._hotplug: dict[str, tuple[str, str | None]] = {}
 
     # ---- read side (StatusSource) ------------------------------------------------------
 
@@ -151,6 +157,14 @@ class StatusBoard:
 
     def events(self) -> Sequence[Event]:
         return tuple(self._events)
+
+    @property
+    def hotplug(self) -> Mapping[str, tuple[str, str | None]]:
+        return self._hotplug
+
+    def set_hotplug(self, name: str, state: str, error: str | None) -> None:
+        """Record interface ``name``'s hot-plug state and last error."""
+        self._hotplug[name] = (state, error)
 
     # ---- write side (the composition root) ---------------------------------------------
 
@@ -286,6 +300,8 @@ class InterfaceStatus:
     leases: tuple[Lease, ...]
     dhcp: DhcpCounters
     traffic: Traffic | None
+    hotplug_state: str | None = None  # docs/hotplug.md: boot, plugged, failed…
+    hotplug_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,9 @@ def _interface(i: InterfaceStatus) -> dict[str, Any]:
             "rxPackets": i.traffic.rx_packets,
             "txPackets": i.traffic.tx_packets,
         },
+        "hotplug": None
+        if i.hotplug_state is None
+        else {"state": i.hotplug_state, "lastError": i.hotplug_error},
     }
 
 

@@ -84,6 +84,13 @@ class RunSource:
     def events(self) -> Sequence[Event]:
         return self.board.events()
 
+    @property
+    def hotplug(self) -> Mapping[str, tuple[str, str | None]]:
+        manager = self.ctx.hotplug
+        if manager is None:
+            return self.board.hotplug
+        return {s.name: (s.state.value, s.last_error) for s in manager.snapshot()}
+
     def poll(self) -> None:
         """Record what changed in the RunContext since the last poll."""
         ctx, board = self.ctx, self.board

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -40,6 +41,7 @@ SUFFIX = os.getpid() % 100000
 POD, PEER, L2 = f"hp-pod-{SUFFIX}", f"hp-peer-{SUFFIX}", f"hp-l2-{SUFFIX}"
 SEC_IF = kubevirt_hashed_name("sec")
 BOOT_TIMEOUT_S = 75.0
+STATUS_PORT = 19000 + SUFFIX % 1000
 PLUG_TIMEOUT_S = 45.0
 EXIT_TIMEOUT_S = 30.0
 
@@ -138,6 +140,24 @@ def http_from(ns: str, address: str, attempts: int = 15) -> str:
     return ""
 
 
+def status_document() -> dict[str, Any]:
+    """``GET /status`` from inside the pod (the endpoint listens on the pod's loopback)."""
+    for _ in range(20):  # snapshots are refreshed in the background: wait for the new NIC
+        done = sh("ip", "netns", "exec", POD, "curl", "-sS", "--max-time", "2",
+                  f"http://127.0.0.1:{STATUS_PORT}/status", check=False)  # fmt: skip
+        if done.returncode == 0:
+            doc: dict[str, Any] = json.loads(done.stdout)
+            if len(doc["interfaces"]) == 2:
+                return doc
+        time.sleep(0.5)
+    raise AssertionError("the status endpoint never listed the plugged NIC")
+
+
+def check_schema(body: object) -> None:
+    doc = yaml.safe_load((REPO / "launcher" / "status" / "openapi.yaml").read_text())
+    jsonschema.Draft202012Validator({**doc, "$ref": "#/components/schemas/Status"}).validate(body)
+
+
 def pod_links() -> dict[str, dict[str, Any]]:
     out: list[dict[str, Any]] = json.loads(sh("ip", "-n", POD, "-j", "addr", "show").stdout)
     return {link["ifname"]: link for link in out}
@@ -184,7 +204,7 @@ def launch(
         "--termination-log", str(tmp_path / "termination-log"),
         "--podinfo", str(podinfo),
         "--accel", "tcg",
-        "--status-listen", f"127.0.0.1:{19000 + SUFFIX % 1000}",
+        "--status-listen", f"127.0.0.1:{STATUS_PORT}",
     ]  # fmt: skip
     stderr_path = tmp_path / "launcher.err"
     with open(stderr_path, "wb") as err:
@@ -242,6 +262,13 @@ def test_hot_plug_and_unplug_a_bridge_nic_while_the_first_keeps_serving(
         )
         assert lease.args[1] == "10.96.0.5/24", lease
         assert "VL-HTTP-OK port=80" in http_from(L2, "10.96.0.5")
+        status = status_document()
+        check_schema(status)
+        shown = {i["name"]: i["hotplug"] for i in status["interfaces"]}
+        assert shown == {
+            "pod": {"state": "boot", "lastError": None},
+            "sec": {"state": "plugged", "lastError": None},
+        }
         assert "VL-HTTP-OK port=80" in http_from(PEER, "10.95.0.5")
         plugged = set(pod_links()) - before - {SEC_IF}
         assert len(plugged) == 2, plugged  # its bridge and tap

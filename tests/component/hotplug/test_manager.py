@@ -30,6 +30,7 @@ from launcher.network.multus import PassthroughNic
 from launcher.podinfo import PodInfo
 from launcher.run import RunContext, RunOptions
 from launcher.spec import VmSpec, parse
+from launcher.status.runsource import RunSource
 from tests.component.cloud_hypervisor.test_adapter import PipeTaps, recorded
 from tests.unit.network.helpers import pod_link, pod_state
 
@@ -180,6 +181,8 @@ async def test_plug_then_unplug_by_state_absent(hp: Setup, record: Path) -> None
     assert new_id != hp.plan.nics[0].device.id
     assert [i.name for i in m.spec.interfaces] == ["default", "sec"]
     assert hp.ctx.plan is not None and [n.name for n in hp.ctx.plan.nics] == ["default", "sec"]
+    hp.ctx.hotplug = m
+    assert RunSource(hp.ctx).hotplug == {"default": ("boot", None), "sec": ("plugged", None)}
 
     hp.write(doc(sec="absent"))
     await hp.change()

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,20 @@ import pytest
 import yaml
 
 from hypervisor.cloud_hypervisor.adapter import CloudHypervisor
-from hypervisor.machine import KernelBoot, MachineConfig, NetDevice
+from hypervisor.machine import KernelBoot, MachineConfig, NetDevice, VfioDevice
 from launcher.errors import HypervisorError
 from launcher.hotplug.manager import HotplugState, Manager
 from launcher.hotplug.watch import Watcher
 from launcher.network import NicPlan, PlanOptions, plan
 from launcher.network.discover import PodState
 from launcher.network.multus import PassthroughNic
+from launcher.network.sysfs import HostPaths
 from launcher.podinfo import PodInfo
 from launcher.run import RunContext, RunOptions
 from launcher.spec import VmSpec, parse
 from launcher.status.runsource import RunSource
 from tests.component.cloud_hypervisor.test_adapter import PipeTaps, recorded
+from tests.unit.network.fake_sysfs import FakeHost
 from tests.unit.network.helpers import pod_link, pod_state
 
 from .atomic import atomic_write
@@ -39,11 +42,11 @@ from .atomic import atomic_write
 SEC_LINK = "podadd93534eeb"  # KubeVirt's hashed pod interface name for network "sec"
 
 
-def doc(*, sec: str | None = None, memory: str = "1Gi") -> dict[str, Any]:
+def doc(*, sec: str | None = None, memory: str = "1Gi", binding: str = "bridge") -> dict[str, Any]:
     interfaces: list[dict[str, Any]] = [{"name": "default", "bridge": {}}]
     networks: list[dict[str, Any]] = [{"name": "default", "pod": {}}]
     if sec is not None:
-        iface: dict[str, Any] = {"name": "sec", "bridge": {}}
+        iface: dict[str, Any] = {"name": "sec", binding: {}}
         if sec == "absent":
             iface["state"] = "absent"
         interfaces.append(iface)
@@ -61,9 +64,14 @@ def doc(*, sec: str | None = None, memory: str = "1Gi") -> dict[str, Any]:
 
 def hotplug_requests(data: dict[str, Any]) -> list[list[Any]]:
     """add-net/remove-device requests after the boot (the boot NIC is one vm.add-net)."""
-    adds = [r for r in data["requests"] if r[1] == "vm.add-net"]
-    removes = [r for r in data["requests"] if r[1] == "vm.remove-device"]
-    return adds[1:] + removes
+    out: list[list[Any]] = []
+    boot = True
+    for r in data["requests"]:
+        if r[1] == "vm.add-net" and boot:
+            boot = False
+        elif r[1] in ("vm.add-net", "vm.add-device", "vm.remove-device"):
+            out.append(r)
+    return out
 
 
 def state(m: Manager, name: str) -> HotplugState | None:
@@ -83,8 +91,9 @@ def network_status(*, sec: bool) -> bytes:
 class RecordingPlumbing:
     """Real plans against a described pod; apply/remove recorded (the netns boundary)."""
 
-    def __init__(self, pod: PodState) -> None:
+    def __init__(self, pod: PodState, host: HostPaths | None = None) -> None:
         self.pod = pod
+        self.host = host or HostPaths()
         self.applied: list[str] = []
         self.removed: list[tuple[str, tuple[str, ...]]] = []
 
@@ -92,8 +101,14 @@ class RecordingPlumbing:
         return tuple(link.name for link in self.pod.links)
 
     def plan(self, spec: VmSpec, podinfo: PodInfo | None, name: str) -> NicPlan | PassthroughNic:
-        planned = plan(spec, self.pod, PlanOptions(podinfo=podinfo))
-        return next(n for n in planned.nics if n.name == name)
+        planned = plan(spec, self.pod, PlanOptions(podinfo=podinfo, host=self.host))
+        found: list[NicPlan | PassthroughNic] = [*planned.nics, *planned.passthrough]
+        nic = next(n for n in found if n.name == name)
+        if isinstance(nic, PassthroughNic) and isinstance(nic.device, VfioDevice):
+            # the fake host tree lives in a temp dir; the VMM sees the node's /sys path
+            real = "/sys/bus/pci/devices/" + Path(nic.device.sysfs_path).name
+            nic = replace(nic, device=replace(nic.device, sysfs_path=real))
+        return nic
 
     def apply(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
         self.applied.append(nic.name)
@@ -282,3 +297,51 @@ async def test_run_loop_plugs_from_the_watcher(hp: Setup) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_sriov_vf_plug_and_unplug(hp: Setup, record: Path, tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "host")
+    host.add_pf()
+    host.add_vf("0000:3b:02.2")
+    hp.plumbing.host = host.paths
+    vf_status = (
+        "k8s.v1.cni.cncf.io/network-status="
+        + json.dumps(
+            json.dumps(
+                [
+                    {"name": "cni", "interface": "eth0", "default": True},
+                    {
+                        "name": "ns/blue",
+                        "interface": SEC_LINK,
+                        "mac": "5e:2b:71:0b:25:10",
+                        "device-info": {
+                            "type": "pci",
+                            "version": "1.1.0",
+                            "pci": {"pci-address": "0000:3b:02.2"},
+                        },
+                    },
+                ]
+            )
+        )
+        + "\n"
+    ).encode()
+    m = hp.manager
+    hp.write(doc(sec="up", binding="sriov"), vf_status)
+    await hp.change()
+    assert state(m, "sec") is HotplugState.PLUGGED, m.status["sec"]
+    vf = m.passthrough["sec"].device
+    assert isinstance(vf, VfioDevice) and vf.sysfs_path.endswith("/0000:3b:02.2")
+    assert hp.plumbing.applied == []  # a VF has no pod plumbing
+    # KubeVirt validation allows state: absent only for bridge; removing the interface works
+    hp.write(doc(sec="absent", binding="sriov"))
+    await hp.change()
+    assert m.last_error is not None and "absent" in m.last_error
+    assert state(m, "sec") is HotplugState.PLUGGED
+    hp.write(doc())
+    await hp.change()
+    assert state(m, "sec") is HotplugState.UNPLUGGED, m.status["sec"]
+    assert "sec" not in m.passthrough
+    await hp.vmm.stop()
+    data = recorded(record)
+    assert [r[1] for r in hotplug_requests(data)] == ["vm.add-device", "vm.remove-device"]
+    assert vf.id not in data["devices"]

@@ -186,7 +186,7 @@ def wait_record(path: Path, pred: Any, timeout: float) -> dict[str, Any]:
 
 
 def launch(
-    tmp_path: Path, guest: GuestImage
+    tmp_path: Path, guest: GuestImage, *extra: str
 ) -> tuple[subprocess.Popen[bytes], ConsoleReader, Path]:
     """Project the spec and podinfo, start ``python -m launcher run`` in the pod netns."""
     kernel_dir = tmp_path / "volumes" / "kernel"
@@ -205,6 +205,7 @@ def launch(
         "--podinfo", str(podinfo),
         "--accel", "tcg",
         "--status-listen", f"127.0.0.1:{STATUS_PORT}",
+        *extra,
     ]  # fmt: skip
     stderr_path = tmp_path / "launcher.err"
     with open(stderr_path, "wb") as err:
@@ -324,3 +325,37 @@ def test_exit_cleans_up_a_hot_plugged_nic_too(pod: None, guest: GuestImage, tmp_
     inet = [f"{a['local']}/{a['prefixlen']}" for a in now[SEC_IF]["addr_info"]
             if a["family"] == "inet"]  # fmt: skip
     assert inet == ["10.96.0.5/24"]
+
+
+def test_failed_plug_rolls_back_and_the_vm_keeps_running(
+    pod: None, guest: GuestImage, tmp_path: Path
+) -> None:
+    del pod
+    spec_dir, podinfo = tmp_path / "spec", tmp_path / "podinfo"
+    # no free root port: QEMU cannot take the NIC, so the plug fails after the plumbing
+    proc, console, stderr_path = launch(tmp_path, guest, "--hotplug-ports", "0")
+    try:
+        console.wait_for("READY", BOOT_TIMEOUT_S)
+        before = set(pod_links())
+        rules_before = sh("ip", "netns", "exec", POD, "nft", "list", "ruleset").stdout
+        add_secondary_to_pod()
+        atomic_write(podinfo, {"annotations": podinfo_file(POD_STATUS, SEC_STATUS)})
+        atomic_write(spec_dir, {"vm.yaml": spec("up")})
+        failed = wait_record(
+            stderr_path,
+            lambda r: r.get("event") == "hotplug" and r.get("state") == "failed",
+            PLUG_TIMEOUT_S,
+        )
+        assert "no free hot-plug port" in str(failed.get("error")), failed
+        now = pod_links()
+        assert set(now) == before | {SEC_IF}, now.keys()  # its bridge and tap are gone
+        inet = [f"{a['local']}/{a['prefixlen']}" for a in now[SEC_IF]["addr_info"]
+                if a["family"] == "inet"]  # fmt: skip
+        assert inet == ["10.96.0.5/24"]
+        assert "VL-HTTP-OK port=80" in http_from(PEER, "10.95.0.5")
+        assert sh("ip", "netns", "exec", POD, "nft", "list", "ruleset").stdout == rules_before
+        assert not console.vl_lines("NIC-ADDED"), console.text()[-2000:]
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, stderr_path.read_text()[-3000:]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +43,7 @@ from launcher.network import discover as discover_network
 from launcher.network import plan as plan_network
 from launcher.network.multus import PassthroughNic
 from launcher.network.nftables import apply_ruleset, render
+from launcher.network.plan import NicContext
 from launcher.podinfo import ANNOTATIONS_FILE, PodInfo, load_podinfo
 from launcher.spec import VmSpec, parse
 from launcher.spec.model import InterfaceState
@@ -94,8 +95,11 @@ class Plumbing(Protocol):
         """Names of the links in the pod netns now."""
         ...
 
-    def plan(self, spec: VmSpec, podinfo: PodInfo | None, name: str) -> NicPlan | PassthroughNic:
-        """Plan interface ``name`` of ``spec`` against the pod as it is now."""
+    def plan(
+        self, spec: VmSpec, podinfo: PodInfo | None, name: str, avoid: Collection[int] = ()
+    ) -> NicPlan | PassthroughNic:
+        """Plan interface ``name`` of ``spec`` against the pod as it is now, with a NIC
+        index (tap, bridge, device id) not in ``avoid`` (the running NICs')."""
         ...
 
     def apply(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
@@ -120,13 +124,33 @@ class PodPlumbing:
         pod = discover_network(self.netns, self.state_dir)
         return tuple(link.name for link in pod.links)
 
-    def plan(self, spec: VmSpec, podinfo: PodInfo | None, name: str) -> NicPlan | PassthroughNic:
-        """Plan the whole new spec and keep interface ``name``'s part."""
+    def plan(
+        self, spec: VmSpec, podinfo: PodInfo | None, name: str, avoid: Collection[int] = ()
+    ) -> NicPlan | PassthroughNic:
+        """Plan the whole new spec (validation) and keep interface ``name``'s part; when
+        its position-derived index is taken by a running NIC, re-plan it at the lowest
+        free index."""
+        from launcher.network.bindings import binding_for  # noqa: PLC0415 - like plan()
+
         pod = discover_network(self.netns, self.state_dir)
-        planned = plan_network(spec, pod, replace(self.plan_options, podinfo=podinfo))
+        options = replace(self.plan_options, podinfo=podinfo)
+        planned = plan_network(spec, pod, options)
         for nic in planned.nics:
-            if nic.name == name:
+            if nic.name != name:
+                continue
+            if nic.index not in avoid:
                 return nic
+            free = next(i for i in range(len(avoid) + 1) if i not in avoid)
+            iface = next(i for i in spec.interfaces if i.name == name)
+            ctx = NicContext(
+                spec=spec,
+                interface=iface,
+                index=free,
+                pod_link=pod.link(nic.pod_interface),
+                pod=pod,
+                options=options,
+            )
+            return binding_for(iface).plan_nic(ctx)
         for pt in planned.passthrough:
             if pt.name == name:
                 return pt
@@ -340,8 +364,10 @@ class Manager:
         name = action.interface.name
         self._set(name, HotplugState.PLUGGING, reason=action.reason)
         try:
+            taken = {n.index for n in self.nics.values()}
             planned = await self._step(
-                f"planning {name!r}", asyncio.to_thread(self.plumbing.plan, new, podinfo, name)
+                f"planning {name!r}",
+                asyncio.to_thread(self.plumbing.plan, new, podinfo, name, taken),
             )
         except (LauncherError, OSError, KeyError, PodInfoError) as err:
             self._set(name, HotplugState.FAILED, error=f"planning failed: {err}")

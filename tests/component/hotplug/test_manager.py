@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,9 @@ class RecordingPlumbing:
     def pod_links(self) -> tuple[str, ...]:
         return tuple(link.name for link in self.pod.links)
 
-    def plan(self, spec: VmSpec, podinfo: PodInfo | None, name: str) -> NicPlan | PassthroughNic:
+    def plan(
+        self, spec: VmSpec, podinfo: PodInfo | None, name: str, avoid: Collection[int] = ()
+    ) -> NicPlan | PassthroughNic:
         planned = plan(spec, self.pod, PlanOptions(podinfo=podinfo, host=self.host))
         found: list[NicPlan | PassthroughNic] = [*planned.nics, *planned.passthrough]
         nic = next(n for n in found if n.name == name)

@@ -12,6 +12,7 @@ import json
 import secrets
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,11 @@ import pytest
 
 from launcher.hotplug.manager import PodPlumbing
 from launcher.network import NicPlan, PlanOptions, apply, cleanup, discover, plan
+from launcher.network.multus import kubevirt_hashed_name
+from launcher.network.names import bridge_name, device_id, tap_name
 from launcher.podinfo import PodInfo, parse_network_status
 from launcher.spec import parse
+from launcher.spec.model import Bridge, Interface, MultusNetwork, Network
 
 SEC_LINK = "podadd93534eeb"  # KubeVirt's hashed pod interface name for network "sec"
 
@@ -125,3 +129,44 @@ def test_plan_apply_remove_one_nic_next_to_a_running_masquerade(pod: str, tmp_pa
     assert others[0].tap.name in after  # the running NIC is untouched
     assert sh("ip", "netns", "exec", pod, "nft", "list", "ruleset") == rules_before
     cleanup(running, state, netns=pod)
+
+
+def test_a_taken_index_is_replanned_at_the_lowest_free_one(pod: str, tmp_path: Path) -> None:
+    # running [default(0), sec(1), x(2)]; sec unplugged; the new spec [default, x, y]
+    # would give y index 2 by position, which x still uses
+    y_link = kubevirt_hashed_name("y")
+    sh("ip", "-n", pod, "link", "add", y_link, "type", "veth", "peer", "name", "hpy0")
+    sh("ip", "-n", pod, "link", "set", y_link, "up")
+    new = parse(doc(False))
+    iface_y = Interface(name="y", binding=Bridge())
+    x = Interface(name="x", binding=Bridge())
+    new = replace(
+        new,
+        interfaces=(*new.interfaces, x, iface_y),
+        networks=(
+            *new.networks,
+            Network("x", MultusNetwork("red")),
+            Network("y", MultusNetwork("green")),
+        ),
+    )
+    info = PodInfo(
+        network_status=parse_network_status(
+            json.dumps(
+                [
+                    {"name": "ns/red", "interface": SEC_LINK},
+                    {"name": "ns/green", "interface": y_link},
+                ]
+            )
+        )
+    )
+    plumbing = PodPlumbing(tmp_path, netns=pod)
+    by_position = plumbing.plan(new, info, "y")
+    assert isinstance(by_position, NicPlan) and by_position.index == 2
+    nic = plumbing.plan(new, info, "y", avoid={0, 2})
+    assert isinstance(nic, NicPlan) and nic.index == 1
+    assert (nic.tap.name, nic.bridge.name, nic.device.id) == (
+        tap_name(1),
+        bridge_name(1),
+        device_id(1),
+    )
+    assert nic.pod_interface == y_link

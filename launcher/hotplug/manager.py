@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from dhcp.errors import DhcpError
 from dhcp.ra import RaServer
 from dhcp.v4.server import Dhcp4Server
 from dhcp.v6.server import Dhcp6Server
@@ -459,7 +460,7 @@ class Manager:
     async def _serve(self, name: str, running: Coroutine[Any, Any, None]) -> None:
         try:
             await running
-        except (OSError, LauncherError, ValueError) as err:
+        except (DhcpError, OSError, LauncherError, ValueError) as err:  # never ends the run
             log.error("hot plug: a DHCP server of %s stopped: %s", name, err)
             current = self.status.get(name)
             if current is not None:

@@ -186,7 +186,7 @@ def wait_record(path: Path, pred: Any, timeout: float) -> dict[str, Any]:
 
 
 def launch(
-    tmp_path: Path, guest: GuestImage, *extra: str
+    tmp_path: Path, guest: GuestImage, *extra: str, sec: bool = False
 ) -> tuple[subprocess.Popen[bytes], ConsoleReader, Path]:
     """Project the spec and podinfo, start ``python -m launcher run`` in the pod netns."""
     kernel_dir = tmp_path / "volumes" / "kernel"
@@ -194,8 +194,9 @@ def launch(
     (kernel_dir / "vmlinuz").symlink_to(guest.kernel)
     (kernel_dir / "initrd.gz").symlink_to(guest.initrd)
     spec_dir, podinfo = tmp_path / "spec", tmp_path / "podinfo"
-    atomic_write(spec_dir, {"vm.yaml": spec()})
-    atomic_write(podinfo, {"annotations": podinfo_file(POD_STATUS)})
+    atomic_write(spec_dir, {"vm.yaml": spec("up" if sec else None)})
+    status = (POD_STATUS, SEC_STATUS) if sec else (POD_STATUS,)
+    atomic_write(podinfo, {"annotations": podinfo_file(*status)})
     argv = [
         "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
         "--spec", str(spec_dir / "vm.yaml"),
@@ -356,6 +357,38 @@ def test_failed_plug_rolls_back_and_the_vm_keeps_running(
         assert sh("ip", "netns", "exec", POD, "nft", "list", "ruleset").stdout == rules_before
         assert not console.vl_lines("NIC-ADDED"), console.text()[-2000:]
         assert proc.poll() is None
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, stderr_path.read_text()[-3000:]
+
+
+def test_unplug_of_a_nic_attached_at_boot(pod: None, guest: GuestImage, tmp_path: Path) -> None:
+    del pod
+    spec_dir = tmp_path / "spec"
+    add_secondary_to_pod()
+    proc, console, stderr_path = launch(tmp_path, guest, sec=True)
+    try:
+        lease = console.wait_for(
+            "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == ("10.96.0.5/24",)
+        )
+        console.wait_for("READY", BOOT_TIMEOUT_S)
+        mark = console.mark()
+        atomic_write(spec_dir, {"vm.yaml": spec("absent")})
+        removed = console.wait_for("NIC-REMOVED", PLUG_TIMEOUT_S, since=mark)
+        assert removed.args == lease.args[:1]
+        wait_record(
+            stderr_path,
+            lambda r: r.get("event") == "hotplug" and r.get("state") == "unplugged",
+            PLUG_TIMEOUT_S,
+        )
+        now = pod_links()
+        assert sorted(n for n in now if n.startswith("vl")) == ["vlbr0", "vltap0"], now.keys()
+        inet = [f"{a['local']}/{a['prefixlen']}" for a in now[SEC_IF]["addr_info"]
+                if a["family"] == "inet"]  # fmt: skip
+        assert inet == ["10.96.0.5/24"]
+        assert "VL-HTTP-OK port=80" in http_from(PEER, "10.95.0.5")
+        time.sleep(2)  # the run's cancelled DHCP tasks of that NIC must not end the run
+        assert proc.poll() is None, stderr_path.read_text()[-3000:]
     finally:
         stop(proc)
     assert proc.returncode == 0, stderr_path.read_text()[-3000:]

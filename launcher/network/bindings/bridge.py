@@ -24,7 +24,6 @@ from ..netlink import Route
 from ..nftables import NftFragment
 from ..plan import (
     BridgeLink,
-    Dhcp4Config,
     Dhcp6Config,
     NicContext,
     NicPlan,
@@ -33,7 +32,7 @@ from ..plan import (
     link_local_from_mac,
 )
 from ..sysctl import Sysctl
-from .protocol import antispoof_rules, dhcp_containment_rules
+from .protocol import antispoof_rules, dhcp4_config, dhcp_containment_rules
 
 __all__ = ["SERVER_NET4", "BridgeBinding", "classless_routes"]
 
@@ -106,32 +105,21 @@ class BridgeBinding:
         bridge_ll = link_local_from_mac(bridge_mac)
         server4 = SERVER_NET4.network_address + 10 + ctx.index
         resolv = ctx.pod.resolv
-        opts = ctx.interface.dhcp_options
         mtu = link.mtu
 
         dhcp4 = None
         guest4 = link.addresses4[0] if link.addresses4 else None
         if guest4 is not None:
             routers, routes121 = classless_routes(link, guest4)
-            dhcp4 = Dhcp4Config(
+            dhcp4 = dhcp4_config(
+                ctx,
                 interface=br,
                 server_address=server4,
                 client_mac=guest_mac,
                 address=guest4,
                 routers=routers,
                 classless_routes=routes121,
-                dns=resolv.nameservers4,
-                search=resolv.search,
-                domain_name=resolv.search[0] if resolv.search else None,
-                hostname=ctx.hostname,
                 mtu=mtu,
-                lease_time_s=ctx.options.lease_time_s,
-                ntp_servers=opts.ntp_servers if opts else (),
-                boot_file_name=opts.boot_file_name if opts else None,
-                tftp_server_name=opts.tftp_server_name if opts else None,
-                private_options=tuple((p.option, p.value) for p in opts.private_options)
-                if opts
-                else (),
             )
 
         dhcp6 = ra = None

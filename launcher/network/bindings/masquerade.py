@@ -22,7 +22,6 @@ from ..names import bridge_name, derived_mac, device_id, tap_name
 from ..nftables import NftFragment
 from ..plan import (
     BridgeLink,
-    Dhcp4Config,
     Dhcp6Config,
     NicContext,
     NicPlan,
@@ -30,7 +29,7 @@ from ..plan import (
     link_local_from_mac,
 )
 from ..sysctl import Sysctl
-from .protocol import antispoof_rules, nft_set
+from .protocol import antispoof_rules, dhcp4_config, nft_set
 
 __all__ = ["MasqueradeBinding"]
 
@@ -78,7 +77,6 @@ class MasqueradeBinding:
         bridge_mac = derived_mac(f"bridge/{link.name}/{link.mac}", avoid=guest_mac)
         bridge_ll = link_local_from_mac(bridge_mac)
         resolv = ctx.pod.resolv
-        opts = ctx.interface.dhcp_options
         mtu = link.mtu
 
         reserved_set = nft_set([str(p) for p in reserved])
@@ -130,24 +128,14 @@ class MasqueradeBinding:
                 Sysctl("net.ipv4.ip_forward", "1"),
                 Sysctl(f"net.ipv4.conf.{br}.route_localnet", "1"),
             ]
-            dhcp4 = Dhcp4Config(
+            dhcp4 = dhcp4_config(
+                ctx,
                 interface=br,
                 server_address=gw4.ip,
                 client_mac=guest_mac,
                 address=g4,
                 routers=(gw4.ip,),
-                dns=resolv.nameservers4,
-                search=resolv.search,
-                domain_name=resolv.search[0] if resolv.search else None,
-                hostname=ctx.hostname,
                 mtu=mtu,
-                lease_time_s=ctx.options.lease_time_s,
-                ntp_servers=opts.ntp_servers if opts else (),
-                boot_file_name=opts.boot_file_name if opts else None,
-                tftp_server_name=opts.tftp_server_name if opts else None,
-                private_options=tuple((p.option, p.value) for p in opts.private_options)
-                if opts
-                else (),
             )
         if link.addresses6:
             gw6, g6 = _gateway_and_guest(binding.cidr6, "cidr6")

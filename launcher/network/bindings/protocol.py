@@ -12,9 +12,9 @@ from typing import Protocol
 
 from launcher.spec.model import BindingKind
 
-from ..plan import NicContext, NicPlan
+from ..plan import Dhcp4Config, NicContext, NicPlan
 
-__all__ = ["Binding", "antispoof_rules", "dhcp_containment_rules", "nft_set"]
+__all__ = ["Binding", "antispoof_rules", "dhcp4_config", "dhcp_containment_rules", "nft_set"]
 
 
 class Binding(Protocol):
@@ -71,4 +71,40 @@ def dhcp_containment_rules(pod_port: str) -> tuple[tuple[str, ...], tuple[str, .
             f"{q_out} ether type ip6 {dhcp}",
             f"{q_out} icmpv6 type {{ nd-router-solicit, nd-router-advert }} drop",
         ),
+    )
+
+
+def dhcp4_config(
+    ctx: NicContext,
+    *,
+    interface: str,
+    server_address: ipaddress.IPv4Address,
+    client_mac: str,
+    address: ipaddress.IPv4Interface,
+    routers: tuple[ipaddress.IPv4Address, ...],
+    mtu: int,
+    classless_routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...] = (),
+) -> Dhcp4Config:
+    """The DHCPv4 lease for one NIC: the binding's addressing plus what every binding
+    hands out the same way (resolv.conf DNS and search list, hostname, lease time and
+    KubeVirt's per-interface ``dhcpOptions``)."""
+    resolv = ctx.pod.resolv
+    opts = ctx.interface.dhcp_options
+    return Dhcp4Config(
+        interface=interface,
+        server_address=server_address,
+        client_mac=client_mac,
+        address=address,
+        routers=routers,
+        classless_routes=classless_routes,
+        dns=resolv.nameservers4,
+        search=resolv.search,
+        domain_name=resolv.search[0] if resolv.search else None,
+        hostname=ctx.hostname,
+        mtu=mtu,
+        lease_time_s=ctx.options.lease_time_s,
+        ntp_servers=opts.ntp_servers if opts else (),
+        boot_file_name=opts.boot_file_name if opts else None,
+        tftp_server_name=opts.tftp_server_name if opts else None,
+        private_options=tuple((p.option, p.value) for p in opts.private_options) if opts else (),
     )

@@ -13,7 +13,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils cpio
   shellcheck
   dpkg-dev libc6-dev bzip2 xz-utils debian-archive-keyring curl  # tests/guest build + e2e
-  chromium  # e2e: the status page rendered headless
+  chromium fonts-liberation  # e2e: the status page rendered headless
 )
 
 if [ "$(id -u)" -ne 0 ]; then

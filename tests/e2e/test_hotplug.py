@@ -35,6 +35,7 @@ from launcher.network.multus import kubevirt_hashed_name
 from tests.component.hotplug.atomic import atomic_write
 from tests.guest.build import GuestImage, ensure_guest
 from tests.guest.console import ConsoleReader
+from tests.guest.harness import sh, simulated_pod, veth
 
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000
@@ -93,20 +94,6 @@ def podinfo_file(*entries: dict[str, Any]) -> bytes:
     return (lines + 'kubernetes.io/config.source="api"\n').encode()
 
 
-def sh(*argv: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done
-
-
-def veth(pod_if: str, peer_ns: str, peer_if: str) -> None:
-    sh("ip", "-n", POD, "link", "add", pod_if, "type", "veth", "peer", "name", peer_if,
-       "netns", peer_ns)  # fmt: skip
-    sh("ip", "-n", POD, "link", "set", pod_if, "up")
-    sh("ip", "-n", peer_ns, "link", "set", peer_if, "up")
-
-
 @pytest.fixture(scope="module")
 def guest() -> GuestImage:
     return ensure_guest()
@@ -114,20 +101,8 @@ def guest() -> GuestImage:
 
 @pytest.fixture
 def pod() -> Iterator[None]:
-    for ns in (POD, PEER, L2):
-        sh("ip", "netns", "del", ns, check=False)
-    try:
-        for ns in (POD, PEER, L2):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        veth("eth0", PEER, "hpp0")
-        sh("ip", "-n", POD, "addr", "add", "10.95.0.5/24", "dev", "eth0")
-        sh("ip", "-n", PEER, "addr", "add", "10.95.0.1/24", "dev", "hpp0")
-        sh("ip", "-n", POD, "route", "add", "default", "via", "10.95.0.1")
+    with simulated_pod(POD, PEER, "hpp0", ("10.95.0.5", "10.95.0.1"), others=(L2,)):
         yield
-    finally:
-        for ns in (POD, PEER, L2):
-            sh("ip", "netns", "del", ns, check=False)
 
 
 def http_from(ns: str, address: str, attempts: int = 15) -> str:
@@ -228,7 +203,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def add_secondary_to_pod() -> None:
     """What Multus dynamic networks do: a new pod interface with its address."""
-    veth(SEC_IF, L2, "hpl1")
+    veth(POD, SEC_IF, L2, "hpl1")
     sh("ip", "-n", POD, "addr", "add", "10.96.0.5/24", "dev", SEC_IF)
     sh("ip", "-n", L2, "addr", "add", "10.96.0.1/24", "dev", "hpl1")
 

@@ -22,11 +22,11 @@ from tests.e2e.test_run_launcher import (  # the pod fixture is reused by name
     guest,
     launchers,
     pod,
-    sh,
     spec_yaml,
     start,
 )
 from tests.guest.build import GuestImage
+from tests.guest.harness import sh
 
 __all__ = ["guest", "launchers", "pod"]
 

@@ -28,6 +28,7 @@ import pytest
 
 from tests.guest.build import GuestImage, ensure_guest
 from tests.guest.console import ConsoleReader
+from tests.guest.harness import sh, simulated_pod
 
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000
@@ -41,13 +42,6 @@ BOOT_TIMEOUT_S = 60.0  # launcher start → guest lease under TCG; normally abou
 EXIT_TIMEOUT_S = 30.0
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def sh(*argv: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done
 
 
 def spec_yaml(
@@ -100,40 +94,8 @@ def guest() -> GuestImage:
 @pytest.fixture
 def pod() -> Iterator[None]:
     """Pod and peer netns wired by a veth; pod eth0 as a CNI leaves it."""
-    for ns in (POD, PEER):
-        sh("ip", "netns", "del", ns, check=False)
-    sh("ip", "netns", "add", POD)
-    sh("ip", "netns", "add", PEER)
-    try:
-        for ns in (POD, PEER):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh(
-            "ip",
-            "-n",
-            POD,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            PEER_IF,
-            "netns",
-            PEER,
-        )
-        sh("ip", "-n", POD, "addr", "add", f"{POD4}/24", "dev", "eth0")
-        sh("ip", "-n", POD, "addr", "add", f"{POD6}/64", "dev", "eth0", "nodad")
-        sh("ip", "-n", POD, "link", "set", "eth0", "up")
-        sh("ip", "-n", PEER, "addr", "add", f"{PEER4}/24", "dev", PEER_IF)
-        sh("ip", "-n", PEER, "addr", "add", f"{PEER6}/64", "dev", PEER_IF, "nodad")
-        sh("ip", "-n", PEER, "link", "set", PEER_IF, "up")
-        sh("ip", "-n", POD, "route", "add", "default", "via", PEER4)
-        sh("ip", "-n", POD, "-6", "route", "add", "default", "via", PEER6)
+    with simulated_pod(POD, PEER, PEER_IF, (POD4, PEER4), (POD6, PEER6)):
         yield
-    finally:
-        for ns in (POD, PEER):
-            sh("ip", "netns", "del", ns, check=False)
 
 
 @dataclass

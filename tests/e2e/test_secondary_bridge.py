@@ -37,6 +37,7 @@ import yaml
 from launcher.network.multus import kubevirt_hashed_name
 from tests.guest.build import GuestImage, ensure_guest
 from tests.guest.console import ConsoleReader
+from tests.guest.harness import sh, simulated_pod, veth
 
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000
@@ -108,46 +109,20 @@ NETWORK_STATUS = [
 ]
 
 
-def sh(*argv: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done
-
-
 @pytest.fixture(scope="module")
 def guest() -> GuestImage:
     return ensure_guest()
 
 
-def veth(pod_if: str, peer_ns: str, peer_if: str, mac: str | None = None) -> None:
-    sh("ip", "-n", POD, "link", "add", pod_if, *(["address", mac] if mac else []),
-       "type", "veth", "peer", "name", peer_if, "netns", peer_ns)  # fmt: skip
-    sh("ip", "-n", POD, "link", "set", pod_if, "up")
-    sh("ip", "-n", peer_ns, "link", "set", peer_if, "up")
-
-
 @pytest.fixture
 def pod() -> Iterator[None]:
-    for ns in (POD, PEER, L2):
-        sh("ip", "netns", "del", ns, check=False)
-    try:
-        for ns in (POD, PEER, L2):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        veth("eth0", PEER, "mup0")
-        sh("ip", "-n", POD, "addr", "add", "10.91.0.5/24", "dev", "eth0")
-        sh("ip", "-n", PEER, "addr", "add", "10.91.0.1/24", "dev", "mup0")
-        sh("ip", "-n", POD, "route", "add", "default", "via", "10.91.0.1")
-        veth(SEC_IF, L2, "mus1")
+    with simulated_pod(POD, PEER, "mup0", ("10.91.0.5", "10.91.0.1"), others=(L2,)):
+        veth(POD, SEC_IF, L2, "mus1")
         sh("ip", "-n", POD, "addr", "add", "10.92.0.5/24", "dev", SEC_IF)
         sh("ip", "-n", L2, "addr", "add", "10.92.0.1/24", "dev", "mus1")
-        veth(L2_IF, L2, "mus2", L2_MAC)
+        veth(POD, L2_IF, L2, "mus2", L2_MAC)
         sh("ip", "-n", POD, "-6", "addr", "flush", "dev", L2_IF)  # no IPAM at all
         yield
-    finally:
-        for ns in (POD, PEER, L2):
-            sh("ip", "netns", "del", ns, check=False)
 
 
 def network_config(text: str) -> str:

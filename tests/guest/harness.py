@@ -1,6 +1,8 @@
 """Boots the test guest in a throwaway pod-like netns: the harness e2e tests and benches share.
 
-``pod_netns()`` makes a netns with a bridge and taps, ``dnsmasq()`` runs the DHCPv4 /
+``simulated_pod()`` makes a pod netns whose ``eth0`` is wired by veth to a peer netns, as a
+CNI leaves it (the e2e tests run ``virt-launcher run`` in it); ``pod_netns()`` makes a netns
+with a bridge and taps, ``dnsmasq()`` runs the DHCPv4 /
 DHCPv6 / RA peer in it, ``boot()`` starts qemu-system-x86_64 (TCG, vhost off) on those taps
 with a ``ConsoleReader`` on its serial console and a QMP socket, and ``powerdown()`` drives
 the ACPI power button and waits, bounded, for the guest's clean exit. Every process and
@@ -26,6 +28,9 @@ from tests.guest.build import GuestImage
 from tests.guest.console import ConsoleReader, VlLine
 
 __all__ = [
+    "sh",
+    "simulated_pod",
+    "veth",
     "PodNet",
     "Vm",
     "pod_netns",
@@ -74,6 +79,59 @@ def _run(*argv: str, timeout: float = 20.0) -> str:
     if done.returncode != 0:
         raise HarnessError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
+
+
+def sh(*argv: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (bounded); with ``check`` a non-zero exit fails the test with stderr."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+def veth(pod: str, pod_if: str, peer_ns: str, peer_if: str, mac: str | None = None) -> None:
+    """A veth from ``pod_if`` in netns ``pod`` to ``peer_if`` in ``peer_ns``, both up."""
+    sh("ip", "-n", pod, "link", "add", pod_if, *(["address", mac] if mac else []),
+       "type", "veth", "peer", "name", peer_if, "netns", peer_ns)  # fmt: skip
+    sh("ip", "-n", pod, "link", "set", pod_if, "up")
+    sh("ip", "-n", peer_ns, "link", "set", peer_if, "up")
+
+
+@contextmanager
+def simulated_pod(
+    pod: str,
+    peer: str,
+    peer_if: str,
+    v4: tuple[str, str],
+    v6: tuple[str, str] | None = None,
+    *,
+    prefix4: int = 24,
+    others: Sequence[str] = (),
+) -> Iterator[None]:
+    """Netns ``pod`` with ``eth0`` as a CNI leaves it, wired by veth to ``peer_if`` in ``peer``.
+
+    ``v4``/``v6`` are (pod address, peer address); the peer is the pod's default gateway.
+    ``others`` are extra empty namespaces (secondary networks' peers). All are removed on exit.
+    """
+    names = (pod, peer, *others)
+    for ns in names:
+        sh("ip", "netns", "del", ns, check=False)
+    try:
+        for ns in names:
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        veth(pod, "eth0", peer, peer_if)
+        sh("ip", "-n", pod, "addr", "add", f"{v4[0]}/{prefix4}", "dev", "eth0")
+        sh("ip", "-n", peer, "addr", "add", f"{v4[1]}/{prefix4}", "dev", peer_if)
+        sh("ip", "-n", pod, "route", "add", "default", "via", v4[1])
+        if v6 is not None:
+            sh("ip", "-n", pod, "addr", "add", f"{v6[0]}/64", "dev", "eth0", "nodad")
+            sh("ip", "-n", peer, "addr", "add", f"{v6[1]}/64", "dev", peer_if, "nodad")
+            sh("ip", "-n", pod, "-6", "route", "add", "default", "via", v6[1])
+        yield
+    finally:
+        for ns in names:
+            sh("ip", "netns", "del", ns, check=False)
 
 
 @contextmanager

@@ -122,6 +122,10 @@ class LauncherRun:
     guest_boot: float  # the guest's clock when its init started (VL-BOOT t=)
     rss_launcher: int
     rss_children: int
+    rss_helpers: int  # the launcher's children other than QEMU (the netlink child has exited)
+    dhcp_s: float  # launcher exec → DHCPv4 server listening (log)
+    status_first_s: float  # the first GET /status (loads the endpoint's HTTP stack)
+    rss_after_status: int  # launcher RSS after that request
     exit_code: int
 
 
@@ -161,7 +165,11 @@ def run_launcher(guest: GuestImage, work: Path, accel: str) -> LauncherRun:
         lease6 = console.wait_for("LEASE6", LEASE_TIMEOUT_S)
         launcher = psutil.Process(proc.pid)
         rss_launcher = launcher.memory_info().rss
-        rss_children = sum(c.memory_info().rss for c in launcher.children(recursive=True))
+        children = launcher.children(recursive=True)
+        rss_children = sum(c.memory_info().rss for c in children)
+        rss_helpers = sum(c.memory_info().rss for c in children if "qemu" not in c.name())
+        status_first = _status_request()
+        rss_after_status = launcher.memory_info().rss
         spawn_wall = _log_time(stderr, "qemu started")
         spawn_mono = m0 + (spawn_wall - t0)
         proc.send_signal(signal.SIGTERM)
@@ -182,8 +190,36 @@ def run_launcher(guest: GuestImage, work: Path, accel: str) -> LauncherRun:
         guest_boot=float(console.vl_lines("BOOT")[0].fields["t"]),
         rss_launcher=rss_launcher,
         rss_children=rss_children,
+        rss_helpers=rss_helpers,
+        dhcp_s=_log_time(stderr, "DHCPv4 server listening") - t0,
+        status_first_s=status_first,
+        rss_after_status=rss_after_status,
         exit_code=code,
     )
+
+
+_FETCH = """
+import json, sys, time, urllib.request
+started = time.monotonic()
+body = urllib.request.urlopen("http://127.0.0.1:8186/status", timeout=20).read()
+elapsed = time.monotonic() - started
+assert "phase" in json.loads(body)
+print(elapsed)
+"""
+
+
+def _status_request() -> float:
+    """Seconds for the status endpoint's first ``GET /status`` (it loads its HTTP stack)."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", POD, str(PYTHON), "-c", _FETCH],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"GET /status failed: {done.stderr[-500:]}")
+    return float(done.stdout.strip())
 
 
 def interpreter_start() -> float:
@@ -269,6 +305,9 @@ def main() -> int:
     print(f"| start → spec loaded | {_stats([r.spec_s for r in runs], 'ms', 1e3)} | | |")
     print(f"| start → network applied | {_stats([r.network_s for r in runs], 'ms', 1e3)} | | |")
     print(
+        f"| start → DHCPv4 server listening | {_stats([r.dhcp_s for r in runs], 'ms', 1e3)} | | |"
+    )
+    print(
         f"| QEMU spawned → guest DHCPv4 lease (host clock) | "
         f"{_stats([r.lease4_s for r in runs])} | {_stats([p.lease4_s for p in peers])} "
         "| same guest, QEMU by hand + dnsmasq |"
@@ -299,6 +338,18 @@ def main() -> int:
         f"| RSS while the VM runs, launcher only | "
         f"{_stats([r.rss_launcher / MIB for r in runs], 'MiB')} | "
         f"{_stats([p.rss_dnsmasq / MIB for p in peers], 'MiB')} | dnsmasq serving the lease |"
+    )
+    print(
+        f"| RSS of the launcher's other children (netlink child …) | "
+        f"{_stats([r.rss_helpers / MIB for r in runs], 'MiB')} | | |"
+    )
+    print(
+        f"| first `GET /status` (loads the endpoint's HTTP stack) | "
+        f"{_stats([r.status_first_s for r in runs], 'ms', 1e3)} | | |"
+    )
+    print(
+        f"| RSS after that request, launcher only | "
+        f"{_stats([r.rss_after_status / MIB for r in runs], 'MiB')} | | |"
     )
     print(
         f"| RSS of the launcher's children (QEMU) | "

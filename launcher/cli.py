@@ -19,11 +19,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from launcher import logs
 from launcher.errors import EXIT_INTERNAL, EXIT_OK, LauncherError, SpecError
-from launcher.spec import VmSpec, format_bytes, load
+
+if TYPE_CHECKING:
+    from launcher.run import RunContext, StatusHook
+    from launcher.spec import VmSpec
+    from launcher.status.listen import Listen
 
 __all__ = [
     "DEFAULT_SPEC_PATH",
@@ -114,6 +118,19 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     )
 
 
+def _load(path: Path) -> VmSpec:
+    # imported here, not at the top: ``run`` forks its netlink child before the spec stack
+    from launcher.spec import load  # noqa: PLC0415
+
+    return load(path)
+
+
+def _format_bytes(count: int) -> str:
+    from launcher.spec import format_bytes  # noqa: PLC0415
+
+    return format_bytes(count)
+
+
 def summary(spec: VmSpec) -> str:
     """One line describing a valid spec, as ``validate`` prints it."""
     kinds = ", ".join(dict.fromkeys(i.binding.kind.value for i in spec.interfaces))
@@ -123,13 +140,13 @@ def summary(spec: VmSpec) -> str:
     disks = f"{len(spec.disks)} disk{'' if len(spec.disks) == 1 else 's'}"
     return (
         f"ok: {spec.shape.value} {spec.namespace}/{spec.name}: {spec.cpu.vcpus} vCPU, "
-        f"{format_bytes(spec.memory_bytes)}, {ifaces}, {disks}"
+        f"{_format_bytes(spec.memory_bytes)}, {ifaces}, {disks}"
     )
 
 
 def validate(options: Options, out: TextIO) -> int:
     """``virt-launcher validate``: load the spec and print its summary."""
-    spec = load(options.spec_path)
+    spec = _load(options.spec_path)
     print(summary(spec), file=out)
     return EXIT_OK
 
@@ -179,7 +196,7 @@ def plan(options: Options, out: TextIO) -> int:
     """
     from launcher.machine import PlanSettings, plan_document  # noqa: PLC0415 - keeps validate light
 
-    spec = load(options.spec_path)
+    spec = _load(options.spec_path)
     known = set(PlanSettings.__dataclass_fields__)
     given = {**options.run_args, **options.plan_args}
     settings = PlanSettings(**{k: v for k, v in given.items() if k in known})
@@ -190,6 +207,10 @@ def plan(options: Options, out: TextIO) -> int:
         log.warning("%s", problem["message"], extra={"event": "plan-problem"})
     return code
 
+
+#: launcher.network.state.DEFAULT_STATE_DIR, repeated so ``run`` can fork its netlink
+#: child before importing the network package (a unit test keeps the two equal).
+DEFAULT_STATE_DIR = Path("/var/run/virt-launcher")
 
 RUN_ARGS = (
     "state_dir",
@@ -284,7 +305,7 @@ def _add_status_arguments(parser: argparse.ArgumentParser, command: str) -> None
 def status(options: Options, out: TextIO) -> int:
     """``virt-launcher status``: print the status a running launcher serves."""
     from launcher.status.client import show  # noqa: PLC0415
-    from launcher.status.server import DEFAULT_LISTEN  # noqa: PLC0415
+    from launcher.status.listen import DEFAULT_LISTEN  # noqa: PLC0415
 
     listen = options.status_args.get("status_listen", DEFAULT_LISTEN)
     return show(listen, out, as_json=bool(options.status_args.get("json")))
@@ -292,10 +313,16 @@ def status(options: Options, out: TextIO) -> int:
 
 def run(options: Options) -> int:
     """``virt-launcher run``: the pod entrypoint (:mod:`launcher.run`)."""
+    from launcher.agent import Agent  # noqa: PLC0415 - keeps validate/plan light
+
+    # The netlink child first (one thread, no event loop yet): it imports the network
+    # stack and pyroute2 and discovers the pod on the other core while this process
+    # imports the rest of the launcher and loads the spec (docs/run.md, "Start-up").
+    agent = Agent.fork()
+    agent.prefetch("discover", None, options.run_args.get("state_dir", DEFAULT_STATE_DIR))
     from launcher.run import RunOptions  # noqa: PLC0415 - keeps validate/plan start-up light
     from launcher.run import run as run_vm  # noqa: PLC0415
-    from launcher.status.runsource import status_hook  # noqa: PLC0415
-    from launcher.status.server import DEFAULT_LISTEN, parse_listen  # noqa: PLC0415
+    from launcher.status.listen import DEFAULT_LISTEN, parse_listen  # noqa: PLC0415
 
     listen = parse_listen(options.status_args.get("status_listen", DEFAULT_LISTEN))
     extra: dict[str, Any] = {}
@@ -303,8 +330,20 @@ def run(options: Options) -> int:
         extra["status_port"] = listen.port  # masquerade never DNATs the endpoint's port
     return run_vm(
         RunOptions(spec_path=options.spec_path, **options.run_args, **extra),
-        status=status_hook(listen),
+        status=_status_task(listen),
+        agent=agent,
     )
+
+
+def _status_task(listen: Listen) -> StatusHook:
+    """The status task, importing launcher.status.runsource when the run starts it."""
+
+    async def serve(ctx: RunContext) -> None:
+        from launcher.status.runsource import status_hook  # noqa: PLC0415 - after the spawn
+
+        await status_hook(listen)(ctx)
+
+    return serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from hypervisor.machine import DiskImage, KernelBoot, MachineConfig
-from launcher.cloudinit import seed_content
 from launcher.errors import LauncherError, UsageError, VolumeError
 from launcher.jsonable import to_jsonable
 from launcher.network import DEFAULT_STATE_DIR, PlanOptions, PodState, discover
@@ -237,6 +236,12 @@ def _problem(stage: str, err: LauncherError) -> dict[str, Any]:
     return {"stage": stage, "message": str(err), "exit_code": err.exit_code}
 
 
+def _seed_content(spec: VmSpec, volume: Any, network: NetworkPlan | None) -> Any:
+    from launcher.cloudinit import seed_content  # noqa: PLC0415 - only `plan` shows seeds
+
+    return seed_content(spec, volume, network)
+
+
 def plan_document(spec: VmSpec, settings: PlanSettings) -> tuple[dict[str, Any], int]:
     """What ``virt-launcher plan`` prints, and its exit code.
 
@@ -280,7 +285,7 @@ def plan_document(spec: VmSpec, settings: PlanSettings) -> tuple[dict[str, Any],
             problems.append(_problem("hypervisor", err))
     try:
         doc["cloud_init"] = {  # the seed ISO contents run would build (launcher.cloudinit)
-            v.name: to_jsonable(seed_content(spec, v, network))
+            v.name: to_jsonable(_seed_content(spec, v, network))
             for v in spec.volumes
             if isinstance(v.source, CloudInitNoCloud)
         }

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import ipaddress
 import logging
 import os
@@ -36,18 +37,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from dhcp.errors import DhcpError
-from dhcp.ra import RaConfig as RaServerConfig
-from dhcp.ra import RaServer
-from dhcp.v4.config import Dhcp4Config as Dhcp4ServerConfig
-from dhcp.v4.config import Lease4
-from dhcp.v4.server import Dhcp4Server
-from dhcp.v6.lease import Config6, Lease6
-from dhcp.v6.server import Dhcp6Server
-from hypervisor.base import Hypervisor
-from hypervisor.machine import MachineConfig
 from hypervisor.supervisor import (
     DEFAULT_TERMINATION_LOG,
     ChildReaper,
@@ -57,27 +48,40 @@ from hypervisor.supervisor import (
     write_termination_log,
 )
 from launcher import logs
-from launcher.cloudinit import build_seeds
+from launcher.agent import Agent, call_once
 from launcher.errors import (
     EXIT_OK,
+    HypervisorError,
     LauncherError,
     NetworkError,
     UsageError,
     exit_code_for,
 )
-from launcher.hotplug.manager import Manager as HotplugManager
-from launcher.hotplug.manager import PodPlumbing
 from launcher.machine import build_machine, choose_hypervisor
-from launcher.network import DEFAULT_STATE_DIR, NetworkPlan, NicPlan, PlanOptions
-from launcher.network import apply as apply_network
-from launcher.network import cleanup as cleanup_network
-from launcher.network import discover as discover_network
+from launcher.network import DEFAULT_STATE_DIR, NetworkPlan, NicPlan, PlanOptions, PodState
 from launcher.network import plan as plan_network
 from launcher.network.names import POD_INTERFACE
 from launcher.network.plan import DEFAULT_STATUS_PORT
 from launcher.podinfo import DEFAULT_PODINFO_DIR, load_podinfo
 from launcher.spec import VmSpec, load
-from launcher.volumes import DEFAULT_VOLUMES_DIR, VolumeLayout, prepare, require_present, resolve
+from launcher.volumes import (
+    DEFAULT_VOLUMES_DIR,
+    FileState,
+    ResolvedVolumes,
+    VolumeLayout,
+    prepare,
+    require_present,
+    resolve,
+)
+
+if TYPE_CHECKING:  # imported when first used: they are not on the way to the VMM spawn
+    from dhcp.ra import RaServer
+    from dhcp.v4.server import Dhcp4Server
+    from dhcp.v6.server import Dhcp6Server
+    from hypervisor.base import Hypervisor
+    from hypervisor.machine import MachineConfig
+    from hypervisor.qemu import AccelChoice
+    from launcher.hotplug.manager import Manager as HotplugManager
 
 __all__ = [
     "RunOptions",
@@ -163,6 +167,10 @@ def dhcp_servers(
 
 
 def _dhcp4(nic: NicPlan) -> Dhcp4Server | None:
+    from dhcp.v4.config import Dhcp4Config as Dhcp4ServerConfig  # noqa: PLC0415 - see top
+    from dhcp.v4.config import Lease4  # noqa: PLC0415
+    from dhcp.v4.server import Dhcp4Server  # noqa: PLC0415
+
     d4 = nic.dhcp4
     if d4 is None:
         return None
@@ -195,6 +203,9 @@ def _dhcp4(nic: NicPlan) -> Dhcp4Server | None:
 
 
 def _dhcp6(nic: NicPlan, state_dir: Path) -> Dhcp6Server | None:
+    from dhcp.v6.lease import Config6, Lease6  # noqa: PLC0415 - see top
+    from dhcp.v6.server import Dhcp6Server  # noqa: PLC0415
+
     d6 = nic.dhcp6
     if d6 is None:
         return None
@@ -214,6 +225,9 @@ def _dhcp6(nic: NicPlan, state_dir: Path) -> Dhcp6Server | None:
 
 
 def _ra(nic: NicPlan) -> RaServer | None:
+    from dhcp.ra import RaConfig as RaServerConfig  # noqa: PLC0415 - see top
+    from dhcp.ra import RaServer  # noqa: PLC0415
+
     ra = nic.ra
     if ra is None:
         return None
@@ -248,18 +262,28 @@ def _serial_sink(options: RunOptions) -> tuple[Callable[[str], None], TextIO | N
     return write, out
 
 
-async def _make_hypervisor(
-    kind: str, options: RunOptions, on_serial: Callable[[str], None]
+async def _choose_accel(kind: str, options: RunOptions) -> AccelChoice | None:
+    """QEMU's accelerator (the probe runs while the network is set up); None for others."""
+    if kind != "qemu":
+        return None
+    from hypervisor.qemu import choose_accel  # noqa: PLC0415
+
+    return await choose_accel(
+        options.accel, binary=options.qemu_binary, cache_dir=options.state_dir
+    )
+
+
+def _make_hypervisor(
+    kind: str, options: RunOptions, on_serial: Callable[[str], None], accel: AccelChoice | None
 ) -> Hypervisor:
     run_dir = options.state_dir / kind
     if kind == "qemu":
-        from hypervisor.qemu import Qemu, choose_accel  # noqa: PLC0415
+        from hypervisor.qemu import Qemu  # noqa: PLC0415
 
-        choice = await choose_accel(
-            options.accel, binary=options.qemu_binary, cache_dir=options.state_dir
-        )
+        if accel is None:
+            raise HypervisorError("no QEMU accelerator was chosen")
         return Qemu(
-            accel=choice.accel,
+            accel=accel.accel,
             binary=options.qemu_binary,
             run_dir=str(run_dir),
             on_serial=on_serial,
@@ -276,6 +300,8 @@ async def _make_hypervisor(
 
 async def _serve(what: str, server_run: Awaitable[None]) -> None:
     """Run one DHCP/RA server until cancelled; its failure becomes a NetworkError."""
+    from dhcp.errors import DhcpError  # noqa: PLC0415 - see top
+
     try:
         await server_run
     except (DhcpError, OSError) as err:
@@ -305,14 +331,30 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def run_async(
-    options: RunOptions, ctx: RunContext | None = None, *, status: StatusHook | None = None
+    options: RunOptions,
+    ctx: RunContext | None = None,
+    *,
+    status: StatusHook | None = None,
+    agent: Agent | None = None,
 ) -> Outcome:
     """The whole run; returns the Outcome of a clean end, raises the error of any other.
 
     ``status`` is the status server (issue 7): started as the task ``status`` once the
-    VMM is being started, given the :class:`RunContext`, cancelled at the end.
+    VMM is being started, given the :class:`RunContext`, cancelled at the end. ``agent``
+    is the netlink child if the caller already started it (the CLI does, first thing).
     """
     ctx = ctx or RunContext(options)
+    # First, so its interpreter start and pyroute2 import overlap the spec load.
+    agent = agent or Agent.spawn()
+    try:
+        return await _run(ctx, options, agent, status)
+    finally:
+        await agent.close()
+
+
+async def _run(
+    ctx: RunContext, options: RunOptions, agent: Agent, status: StatusHook | None
+) -> Outcome:
     spec = load(options.spec_path)
     ctx.spec = spec
     logs.set_context(vm=f"{spec.namespace}/{spec.name}")
@@ -340,38 +382,22 @@ async def run_async(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, early_stop, sig.name)
-    plan: NetworkPlan | None = None
     try:
         options.state_dir.mkdir(parents=True, exist_ok=True)
         ctx.set_phase("network")
-        pod = await asyncio.to_thread(discover_network, None, options.state_dir)
-        if not any(link.name == options.pod_interface for link in pod.links):
-            raise NetworkError(
-                f"pod interface {options.pod_interface!r} does not exist in this network "
-                f"namespace (found: {', '.join(lk.name for lk in pod.links) or 'none'})"
-            )
-        if options.pod_interface != POD_INTERFACE:
-            raise UsageError(
-                f"--pod-interface {options.pod_interface!r}: the network plan names the pod "
-                f"network interface {POD_INTERFACE!r}; other names are not supported yet"
-            )
-        podinfo = load_podinfo(options.podinfo)
-        planned = plan_network(
-            spec, pod, PlanOptions(status_port=options.status_port, podinfo=podinfo)
-        )
-        # cloud-init seed ISOs need the plan (guest MACs, SR-IOV/vDPA addresses)
-        machine = build_machine(spec, planned, build_seeds(spec, planned, prepare(volumes)))
-        if options.hotplug_ports is not None:
-            machine = dataclasses.replace(machine, hotplug_ports=options.hotplug_ports)
-        ctx.machine = machine
-        if machine.vfio:
-            raise_memlock()
-        result = await asyncio.to_thread(apply_network, planned, options.state_dir)
-        plan = planned
-        ctx.plan = planned
-        log.info("network applied", extra={"event": "network-applied", "changes": result.changes})
+        try:
+            # The accelerator probe (QEMU) goes on while the network is set up.
+            async with asyncio.TaskGroup() as startup:
+                accel = startup.create_task(_choose_accel(kind, options), name="accel-probe")
+                network = startup.create_task(
+                    _network(ctx, spec, volumes, agent, kind), name="network"
+                )
+        except BaseExceptionGroup as group_error:
+            raise _first_error(group_error) from None
+        planned, machine = network.result()
+        agent.release()  # the child exits now; collected at the end (run_async)
         ctx.set_phase("dhcp")
-        hypervisor = await _make_hypervisor(kind, options, on_serial)
+        hypervisor = _make_hypervisor(kind, options, on_serial, accel.result())
         ctx.hypervisor = hypervisor
         supervisor = Supervisor(
             hypervisor,
@@ -381,20 +407,72 @@ async def run_async(
         ctx.supervisor = supervisor
         for name in stop_early:
             supervisor.request_stop(name)
-        return await _supervise(ctx, supervisor, machine, planned, status)
+        return await _supervise(ctx, supervisor, machine, planned, status=status, agent=agent)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         ctx.set_phase("cleanup")
-        if plan is not None:
+        if ctx.plan is not None:
             try:
-                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                    # hot plug keeps ctx.plan current: plugged NICs are cleaned up too
-                    await asyncio.to_thread(cleanup_network, ctx.plan or plan, options.state_dir)
-            except (LauncherError, TimeoutError, OSError) as err:
-                log.error("network cleanup failed: %s", err or "timed out")
+                # hot plug keeps ctx.plan current: plugged NICs are cleaned up too
+                await asyncio.to_thread(
+                    call_once, "cleanup", ctx.plan, options.state_dir, timeout=CLEANUP_TIMEOUT_S
+                )
+            except (LauncherError, OSError) as err:
+                log.error("network cleanup failed: %s", err)
         if console is not None:
             console.close()
+
+
+async def _network(
+    ctx: RunContext, spec: VmSpec, volumes: ResolvedVolumes, agent: Agent, kind: str
+) -> tuple[NetworkPlan, MachineConfig]:
+    """discover (child) → plan → machine → apply (child); sets ``ctx.plan`` once applied.
+
+    While the child applies, a thread imports what the run needs after the spawn (this
+    process is only waiting then; earlier, the thread would take the GIL from planning).
+    """
+    options = ctx.options
+    pod: PodState = await agent.call("discover", None, options.state_dir)
+    if not any(link.name == options.pod_interface for link in pod.links):
+        raise NetworkError(
+            f"pod interface {options.pod_interface!r} does not exist in this network "
+            f"namespace (found: {', '.join(lk.name for lk in pod.links) or 'none'})"
+        )
+    if options.pod_interface != POD_INTERFACE:
+        raise UsageError(
+            f"--pod-interface {options.pod_interface!r}: the network plan names the pod "
+            f"network interface {POD_INTERFACE!r}; other names are not supported yet"
+        )
+    podinfo = load_podinfo(options.podinfo)
+    planned = plan_network(spec, pod, PlanOptions(status_port=options.status_port, podinfo=podinfo))
+    if any(d.file.state is FileState.BUILD for d in volumes.disks):
+        # cloud-init seed ISOs need the plan (guest MACs, SR-IOV/vDPA addresses)
+        from launcher.cloudinit import build_seeds  # noqa: PLC0415 - only with cloud-init
+
+        volumes = build_seeds(spec, planned, prepare(volumes))
+    else:
+        volumes = prepare(volumes)
+    machine = build_machine(spec, planned, volumes)
+    if options.hotplug_ports is not None:
+        machine = dataclasses.replace(machine, hotplug_ports=options.hotplug_ports)
+    ctx.machine = machine
+    if machine.vfio:
+        raise_memlock()
+    await agent.send("apply", planned, options.state_dir)
+    preload = asyncio.create_task(asyncio.to_thread(_preload, kind), name="preload")
+    try:
+        result = await agent.receive("apply")
+    finally:
+        await preload  # a thread cannot be cancelled: let the imports finish
+    ctx.plan = planned
+    log.info("network applied", extra={"event": "network-applied", "changes": result.changes})
+    return planned, machine
+
+
+def _preload(kind: str) -> None:
+    """Import the hypervisor adapter (in a thread while the netlink child applies)."""
+    importlib.import_module("hypervisor.qemu" if kind == "qemu" else "hypervisor.cloud_hypervisor")
 
 
 async def _supervise(
@@ -402,44 +480,38 @@ async def _supervise(
     supervisor: Supervisor,
     machine: MachineConfig,
     plan: NetworkPlan,
+    *,
     status: StatusHook | None,
+    agent: Agent,
 ) -> Outcome:
     options = ctx.options
     reap = options.reap if options.reap is not None else os.getpid() == 1
     try:
         async with asyncio.TaskGroup() as group:
             servers: list[asyncio.Task[None]] = []
-            for nic in plan.nics:
-                d4, d6, ra = dhcp_servers(nic, options.state_dir)
-                if d4 is not None:
-                    await _open(f"DHCPv4 server on {d4.config.interface}", d4.start())
-                    ctx.dhcp4.append(d4)
-                    what = f"DHCPv4 server on {d4.config.interface}"
-                    servers.append(
-                        group.create_task(_serve(what, d4.run()), name=f"dhcp4-{nic.name}")
-                    )
-                if d6 is not None:
-                    await _open(f"DHCPv6 server on {d6.config.interface}", d6.open())
-                    ctx.dhcp6.append(d6)
-                    what = f"DHCPv6 server on {d6.config.interface}"
-                    servers.append(
-                        group.create_task(_serve(what, d6.run()), name=f"dhcp6-{nic.name}")
-                    )
-                if ra is not None:
-                    ctx.ra.append(ra)
-                    what = f"router advertisements on {ra.config.interface}"
-                    servers.append(group.create_task(_serve(what, ra.run()), name=f"ra-{nic.name}"))
             if reap:
                 servers.append(group.create_task(ChildReaper().run(), name="reaper"))
+            # the start-up netlink child is exiting (released after apply): collect it
+            group.create_task(agent.close(), name="netlink-child-exit")
             ctx.set_phase("hypervisor")
             supervised = group.create_task(supervisor.run(machine), name="supervisor")
+            # The DHCP/RA servers open while the VMM starts: their modules are imported in
+            # a thread, so the spawn is not kept waiting; they listen tens of ms after the
+            # spawn, long before QEMU (~80 ms to run) or any guest kernel can send DHCP.
+            await asyncio.to_thread(_import_dhcp)
+            await _start_dhcp(ctx, group, plan, servers)
             if ctx.spec is not None and ctx.hypervisor is not None:
+                from launcher.hotplug.manager import Manager as HotplugManager  # noqa: PLC0415
+                from launcher.hotplug.manager import PodPlumbing  # noqa: PLC0415
+
                 ctx.hotplug = HotplugManager(
                     ctx.spec,
                     plan,
                     ctx.hypervisor,
                     PodPlumbing(
-                        options.state_dir, plan_options=PlanOptions(status_port=options.status_port)
+                        options.state_dir,
+                        plan_options=PlanOptions(status_port=options.status_port),
+                        isolated=True,  # netlink work in a child: no pyroute2 in this process
                     ),
                     spec_path=options.spec_path,
                     podinfo_dir=options.podinfo,
@@ -458,12 +530,42 @@ async def _supervise(
     return outcome
 
 
+def _import_dhcp() -> None:
+    for name in ("dhcp.v4.server", "dhcp.v6.server", "dhcp.ra"):
+        importlib.import_module(name)
+
+
+async def _start_dhcp(
+    ctx: RunContext, group: asyncio.TaskGroup, plan: NetworkPlan, servers: list[asyncio.Task[None]]
+) -> None:
+    """Open every planned DHCPv4/DHCPv6/RA server and run each as a task of ``group``."""
+    state_dir = ctx.options.state_dir
+    for nic in plan.nics:
+        d4, d6, ra = dhcp_servers(nic, state_dir)
+        if d4 is not None:
+            what = f"DHCPv4 server on {d4.config.interface}"
+            await _open(what, d4.start())
+            ctx.dhcp4.append(d4)
+            servers.append(group.create_task(_serve(what, d4.run()), name=f"dhcp4-{nic.name}"))
+        if d6 is not None:
+            what = f"DHCPv6 server on {d6.config.interface}"
+            await _open(what, d6.open())
+            ctx.dhcp6.append(d6)
+            servers.append(group.create_task(_serve(what, d6.run()), name=f"dhcp6-{nic.name}"))
+        if ra is not None:
+            ctx.ra.append(ra)
+            what = f"router advertisements on {ra.config.interface}"
+            servers.append(group.create_task(_serve(what, ra.run()), name=f"ra-{nic.name}"))
+
+
 def _mirror_phase(ctx: RunContext, phase: str) -> None:
     if phase in ("running", "stopping"):
         ctx.set_phase(phase)
 
 
 async def _open(what: str, opening: Awaitable[None]) -> None:
+    from dhcp.errors import DhcpError  # noqa: PLC0415 - see top
+
     try:
         async with asyncio.timeout(10.0):
             await opening
@@ -471,7 +573,9 @@ async def _open(what: str, opening: Awaitable[None]) -> None:
         raise NetworkError(f"{what} could not start: {err or 'timed out'}") from err
 
 
-def run(options: RunOptions, *, status: StatusHook | None = None) -> int:
+def run(
+    options: RunOptions, *, status: StatusHook | None = None, agent: Agent | None = None
+) -> int:
     """``virt-launcher run``: the exit code of the run (0 on a clean end).
 
     Writes the termination log for every end; an error is re-raised after that, so the
@@ -479,7 +583,7 @@ def run(options: RunOptions, *, status: StatusHook | None = None) -> int:
     """
     ctx = RunContext(options)
     try:
-        outcome = asyncio.run(run_async(options, ctx, status=status))
+        outcome = asyncio.run(run_async(options, ctx, status=status, agent=agent))
     except LauncherError as err:
         ctx.exit_code, ctx.cause = err.exit_code, str(err)
         write_termination_log(options.termination_log, str(err))

@@ -31,13 +31,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PY=${PYTHON:-python3}
+# Debian's own interpreter (the one the image ships; built with PGO, ~1.5x faster start-up
+# than a plain source build) even when another python3 (pyenv…) comes first on PATH.
+PY=${PYTHON:-/usr/bin/python3}
+home=$(dirname "$(readlink -f "$(command -v "$PY")")")
+if [ -f .venv/pyvenv.cfg ] && ! grep -qx "home = $home" .venv/pyvenv.cfg; then
+  echo "install.sh: .venv was made by another interpreter; re-creating it with $PY" >&2
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 log=$(mktemp)
-if ! .venv/bin/python -m pip install -q -e '.[test]' >"$log" 2>&1; then
+# editable_mode=compat: a plain .pth path entry instead of setuptools' import-hook finder,
+# which costs ~20 ms of pathlib/importlib imports at every interpreter start.
+if ! .venv/bin/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat >"$log" 2>&1; then
   cat "$log" >&2
   rm -f "$log"
   echo "install.sh: pip install failed" >&2

@@ -36,8 +36,9 @@ from dhcp.v4.server import Dhcp4Server
 from dhcp.v6.server import Dhcp6Server
 from hypervisor.base import Hypervisor
 from hypervisor.machine import VfioDevice
+from launcher.agent import call_once
 from launcher.errors import LauncherError, PodInfoError
-from launcher.network import NetworkPlan, NicPlan, PlanOptions
+from launcher.network import NetworkPlan, NicPlan, PlanOptions, PodState
 from launcher.network import apply as apply_network
 from launcher.network import cleanup as cleanup_network
 from launcher.network import discover as discover_network
@@ -114,16 +115,39 @@ class Plumbing(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PodPlumbing:
-    """The real pod plumbing: ``launcher.network`` discover/plan/apply/cleanup, one NIC."""
+    """The real pod plumbing: ``launcher.network`` discover/plan/apply/cleanup, one NIC.
+
+    ``isolated``: run discover/apply/cleanup in a netlink child
+    (:func:`launcher.agent.call_once`, the launcher's way: no pyroute2 in the
+    long-lived process) instead of in this process (tests with a named ``netns``).
+    """
 
     state_dir: Path
     netns: str | None = None
     plan_options: PlanOptions = field(default_factory=PlanOptions)
+    isolated: bool = False
+
+    def _discover(self) -> PodState:
+        if self.isolated:
+            pod: PodState = call_once("discover", self.netns, self.state_dir)
+            return pod
+        return discover_network(self.netns, self.state_dir)
+
+    def _apply(self, plan: NetworkPlan) -> None:
+        if self.isolated:
+            call_once("apply", plan, self.state_dir)
+        else:
+            apply_network(plan, self.state_dir, netns=self.netns)
+
+    def _cleanup(self, plan: NetworkPlan) -> None:
+        if self.isolated:
+            call_once("cleanup", plan, self.state_dir)
+        else:
+            cleanup_network(plan, self.state_dir, netns=self.netns)
 
     def pod_links(self) -> tuple[str, ...]:
         """Names of the links in the pod netns now."""
-        pod = discover_network(self.netns, self.state_dir)
-        return tuple(link.name for link in pod.links)
+        return tuple(link.name for link in self._discover().links)
 
     def plan(
         self, spec: VmSpec, podinfo: PodInfo | None, name: str, avoid: Collection[int] = ()
@@ -133,7 +157,7 @@ class PodPlumbing:
         free index."""
         from launcher.network.bindings import binding_for  # noqa: PLC0415 - like plan()
 
-        pod = discover_network(self.netns, self.state_dir)
+        pod = self._discover()
         options = replace(self.plan_options, podinfo=podinfo)
         planned = plan_network(spec, pod, options)
         for nic in planned.nics:
@@ -161,15 +185,11 @@ class PodPlumbing:
         """Apply ``nic`` alone; nft is reloaded with every NIC's rules only if it adds any."""
         own = render([nic.nft])
         document = render([*(o.nft for o in others), nic.nft]) if own else ""
-        apply_network(
-            NetworkPlan(nics=(nic,), sysctls=nic.sysctls, nftables=document),
-            self.state_dir,
-            netns=self.netns,
-        )
+        self._apply(NetworkPlan(nics=(nic,), sysctls=nic.sysctls, nftables=document))
 
     def remove(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
         """Clean ``nic`` up, then reload the other NICs' nft rules (cleanup drops the tables)."""
-        cleanup_network(NetworkPlan(nics=(nic,)), self.state_dir, netns=self.netns)
+        self._cleanup(NetworkPlan(nics=(nic,)))
         document = render(o.nft for o in others)
         if document:
             apply_ruleset(document, self.netns)

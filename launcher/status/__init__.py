@@ -4,12 +4,21 @@ The composition root keeps a :class:`StatusBoard` (the :class:`StatusSource` the
 reads), updates it as the run progresses and runs :class:`StatusServer` as a task of its
 TaskGroup; ``virt-launcher status`` prints what a running launcher serves. See
 docs/status.md.
+
+Every name is imported from its module on first use, not with this package: the HTTP
+side (:class:`StatusServer`: aiohttp, prometheus-client, psutil) and the board (which
+knows the DHCP servers) stay out of a process that only needs a listen address.
 """
 
 from __future__ import annotations
 
-from .model import Event, StatusBoard, StatusSnapshot, StatusSource
-from .server import DEFAULT_LISTEN, Listen, StatusServer, parse_listen
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .listen import DEFAULT_LISTEN, Listen, parse_listen
+    from .model import Event, StatusBoard, StatusSnapshot, StatusSource
+    from .server import StatusServer
 
 __all__ = [
     "StatusServer",
@@ -21,3 +30,21 @@ __all__ = [
     "Listen",
     "parse_listen",
 ]
+
+
+_WHERE = {
+    "StatusServer": "server",
+    "StatusBoard": "model",
+    "StatusSource": "model",
+    "StatusSnapshot": "model",
+    "Event": "model",
+    "DEFAULT_LISTEN": "listen",
+    "Listen": "listen",
+    "parse_listen": "listen",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -11,11 +11,13 @@ import asyncio
 import json
 from typing import Any, TextIO
 
-import aiohttp
-
 from launcher.errors import StatusServerError
+from launcher.notls import without_ssl
 
-from .server import Listen, parse_listen
+with without_ssl():  # plain HTTP on loopback or a unix socket (see launcher.notls)
+    import aiohttp
+
+from .listen import Listen, parse_listen
 
 __all__ = ["fetch_status", "format_status", "show"]
 

@@ -6,6 +6,14 @@ and keeps a :class:`RunSource` current: it polls the :class:`~launcher.run.RunCo
 (every 0.1 s) for phase, plan, DHCP servers and hypervisor state changes, and follows
 the hypervisor's lifecycle events, recording each with its time so conditions carry
 their transition times and ``timeToReadySeconds`` is measured, not guessed.
+
+The endpoint is socket-activated inside the process: the task binds the listening socket
+at once (so the port is taken, and a bind failure ends the run with exit 6, as before),
+but imports the HTTP stack (:mod:`launcher.status.server`: aiohttp, prometheus-client,
+psutil, a netlink reader — ≈17 MiB of RSS and ≈300 ms of imports, more than the rest
+of a running launcher) only when the first connection is waiting on that socket, and
+then hands the same socket to aiohttp, which accepts that connection. A VM nobody
+debugs never pays for the endpoint; the first request waits for the import once.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,11 +32,13 @@ from launcher.errors import LauncherError
 from launcher.network.plan import NetworkPlan
 from launcher.spec.model import VmSpec
 
+from .listen import Listen, bind, parse_listen
 from .model import Event, StatusBoard
-from .server import Listen, StatusServer
 
 if TYPE_CHECKING:
     from launcher.run import RunContext
+
+    from .server import StatusServer
 
 __all__ = ["RunSource", "status_hook", "POLL_S"]
 
@@ -142,23 +153,57 @@ async def _poll(source: RunSource) -> None:
         await asyncio.sleep(POLL_S)
 
 
+async def _first_connection(sock: socket.socket) -> None:
+    """Wait until a connection is pending on the listening ``sock`` (without accepting it)."""
+    loop = asyncio.get_running_loop()
+    waiting: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not waiting.done():
+            waiting.set_result(None)
+
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        await waiting
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+def _server_class() -> type[StatusServer]:
+    from .server import StatusServer  # noqa: PLC0415 - the HTTP stack, on first connection
+
+    return StatusServer
+
+
 def status_hook(
     listen: Listen | str, *, netns: str | None = None
 ) -> Callable[[RunContext], Coroutine[Any, Any, None]]:
     """The ``status`` task for :func:`launcher.run.run`: serve until cancelled."""
+    where = parse_listen(listen) if isinstance(listen, str) else listen
 
     async def serve(ctx: RunContext) -> None:
         source = RunSource(ctx)
         source.poll()
-        server = StatusServer(source, listen, netns=netns)
-        await server.start()
+        sock = bind(where)
+        server: StatusServer | None = None
+        port = sock.getsockname()[1] if where.path is None else None
+        log.info(
+            "status endpoint listening",
+            extra={"event": "status-listening", "listen": str(where), "port": port},
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(_poll(source), name="status-poll")
                 group.create_task(_follow_events(source), name="status-events")
+                await _first_connection(sock)
+                server_class = await asyncio.to_thread(_server_class)
+                server = server_class(source, where, netns=netns, sock=sock)
+                await server.start()
                 await asyncio.get_running_loop().create_future()
         finally:
-            with contextlib.suppress(Exception):
-                await server.close()
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    await server.close()
+            sock.close()
 
     return serve

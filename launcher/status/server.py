@@ -14,20 +14,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import json
 import logging
-from dataclasses import dataclass
+import socket
 from importlib import resources
-from pathlib import Path
 from types import TracebackType
 
-from aiohttp import web
+from launcher.errors import StatusServerError
+from launcher.notls import without_ssl
 
-from launcher.errors import StatusServerError, UsageError
-from launcher.network.plan import DEFAULT_STATUS_PORT
+with without_ssl():  # plain HTTP on loopback: no TLS contexts (see launcher.notls)
+    from aiohttp import web
 
 from .collect import Collector
+from .listen import DEFAULT_LISTEN, Listen, bind, parse_listen
 from .metrics import CONTENT_TYPE, Metrics
 from .model import StatusSnapshot, StatusSource
 from .neighbours import NetlinkReader
@@ -37,52 +37,9 @@ __all__ = ["StatusServer", "Listen", "parse_listen", "DEFAULT_LISTEN", "LAG_LIMI
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_STATUS_PORT}"
 LAG_LIMIT_S = 1.0  # /healthz fails when the event loop lagged more than this…
 LAG_WINDOW_S = 5.0  # …at any time in the last LAG_WINDOW_S seconds
 _LAG_PERIOD_S = 0.25
-
-
-@dataclass(frozen=True, slots=True)
-class Listen:
-    """Where the endpoint listens: a loopback ``host:port`` or a unix socket ``path``."""
-
-    host: str | None = None
-    port: int | None = None
-    path: Path | None = None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def parse_listen(text: str) -> Listen:
-    """``127.0.0.1:8186``, ``[::1]:8186``, ``:8186``, ``unix:/run/s.sock`` or ``/run/s.sock``.
-
-    Raises UsageError for a malformed value or a non-loopback host.
-    """
-    if text.startswith(("unix:", "/", "./")):
-        path = text.removeprefix("unix:")
-        if not path:
-            raise UsageError(f"--status-listen {text!r} names no unix socket path")
-        return Listen(path=Path(path))
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise UsageError(f"--status-listen {text!r} is not HOST:PORT or a unix socket path")
-    host = host.strip("[]") or "127.0.0.1"
-    if host != "localhost":
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError as err:
-            raise UsageError(f"--status-listen host {host!r} is not an IP address") from err
-        if not loopback:
-            raise UsageError(
-                f"--status-listen host {host!r} is not a loopback address "
-                "(the status endpoint is never served on the pod IP)"
-            )
-    return Listen(host=host, port=int(port_text))
 
 
 def _page() -> bytes:
@@ -103,8 +60,10 @@ class StatusServer:
         *,
         netns: str | None = None,
         ttl: float = 0.5,
+        sock: socket.socket | None = None,
     ) -> None:
         self.listen = parse_listen(listen) if isinstance(listen, str) else listen
+        self._sock = sock  # already bound by the caller (launcher.status.runsource), or None
         self.collector = Collector(source, netlink=NetlinkReader(netns), ttl=ttl)
         self.metrics = Metrics()
         self._runner: web.AppRunner | None = None
@@ -134,31 +93,34 @@ class StatusServer:
             return
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        site: web.BaseSite
-        if self.listen.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                if self.listen.path.is_socket():
-                    self.listen.path.unlink()
-            site = web.UnixSite(runner, str(self.listen.path))
-        else:
-            site = web.TCPSite(runner, self.listen.host, self.listen.port, reuse_address=True)
+        handed = self._sock is not None  # bound by the run's status task (socket activation)
         try:
+            sock = self._sock if self._sock is not None else bind(self.listen)
+            site = web.SockSite(runner, sock)
             await site.start()
-        except OSError as err:
+        except (OSError, StatusServerError) as err:
             await runner.cleanup()
+            if isinstance(err, StatusServerError):
+                raise
             raise StatusServerError(
                 f"cannot serve the status endpoint on {self.listen}: {err.strerror or err}"
             ) from err
+        self._sock = sock
         if self.listen.path is None:
-            server = getattr(site, "_server", None)
-            sockets = getattr(server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1] if sockets else self.listen.port
+            self.port = int(sock.getsockname()[1])
         self._runner = runner
         self._lag_task = asyncio.create_task(self._measure_lag(), name="status-loop-lag")
         where = self.listen if self.listen.path else f"{self.listen.host}:{self.port}"
-        log.info(
-            "status endpoint listening", extra={"event": "status-listening", "listen": str(where)}
-        )
+        if handed:  # the task logged status-listening when it bound the socket
+            log.info(
+                "status endpoint serving (HTTP stack loaded on the first connection)",
+                extra={"event": "status-activated", "listen": str(where)},
+            )
+        else:
+            log.info(
+                "status endpoint listening",
+                extra={"event": "status-listening", "listen": str(where)},
+            )
 
     async def close(self) -> None:
         """Stop serving (idempotent)."""

@@ -1,0 +1,370 @@
+"""The netlink child: ``discover``, ``apply`` and ``cleanup`` run in a short-lived process.
+
+Called by the composition root (start-up: one :class:`Agent` answers ``discover`` and
+``apply``; shutdown: ``cleanup``) and by the hot-plug plumbing (:func:`call_once`). The
+launcher lives as long as its VM, but it needs netlink only for moments; pyroute2 costs
+≈14 MiB of RSS and ≈200 ms of imports (more than the rest of the launcher together), so
+the long-lived process never imports it: the work runs in
+``python -m launcher.agent``, which imports pyroute2 the lean way
+(:func:`launcher.network.netlink.lean_import`), answers, and exits. The child inherits
+the launcher's network namespace, capabilities and stderr (its log lines join the
+launcher's JSON log).
+
+The CLI forks the :class:`Agent` before it reads the spec (one thread, no event loop
+yet, every launcher module already imported), so the child's pyroute2 import runs on the
+other core while the launcher loads the spec; by the time the launcher asks, the child
+is ready. Later calls (hot plug, cleanup) start a fresh interpreter instead, since
+forking a process that runs threads is unsafe.
+
+Protocol (a unix socket pair, or stdin/stdout for :func:`call_once`; our own code on
+both ends, so pickle): a request is
+a 4-byte big-endian length and a pickled ``(op, args, kwargs)``; the answer is a length and a
+pickled ``("ok", value)`` or ``("error", exception)``. The child answers requests until
+its input closes. With stdin/stdout, fd 1 is duplicated for the answers and then pointed
+at stderr before any work, so a library or a subprocess that prints cannot corrupt them. Every
+wait on the child is bounded; a child that does not answer in time is killed and the
+call fails with a :class:`NetworkError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, BinaryIO, Protocol
+
+from launcher.errors import LauncherError, NetworkError
+
+__all__ = ["Agent", "call_once", "main", "OPS", "CALL_TIMEOUT_S"]
+
+log = logging.getLogger(__name__)
+
+#: The operations the child runs (the launcher.network functions of the same name).
+OPS = ("discover", "apply", "cleanup")
+CALL_TIMEOUT_S = 60.0
+_HEADER = struct.Struct(">I")
+_MAX_MESSAGE = 64 << 20
+
+
+def _command(log_level: str) -> list[str]:
+    return [sys.executable, "-m", "launcher.agent", "--log-level", log_level]
+
+
+def _log_level() -> str:
+    return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+
+
+def _request(op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    if op not in OPS:
+        raise ValueError(f"unknown netlink child operation {op!r}")
+    data = pickle.dumps((op, args, kwargs))
+    return _HEADER.pack(len(data)) + data
+
+
+def _answer(op: str, data: bytes) -> Any:
+    try:
+        status, value = pickle.loads(data)  # noqa: S301 - our own child, over a private pipe
+    except Exception as err:
+        raise NetworkError(f"the netlink child sent an unreadable answer to {op!r}: {err}") from err
+    if status == "ok":
+        return value
+    if isinstance(value, BaseException):
+        raise value
+    raise NetworkError(f"the netlink child failed {op!r}: {value}")
+
+
+class _Child(Protocol):
+    """What the Agent needs of its child process (``subprocess.Popen`` has it)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def kill(self) -> None: ...
+
+
+class _Forked:
+    """A child made by ``os.fork`` with Popen's poll/wait/kill."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # collected by someone else
+                self.returncode = -1
+            else:
+                if pid == self.pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+        while (code := self.poll()) is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 3600.0)
+            time.sleep(0.005)
+        return code
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+class Agent:
+    """One netlink child for a sequence of calls (start-up: discover, then apply).
+
+    Made by :meth:`fork` (the CLI, before asyncio starts and while the process has one
+    thread: the child shares every module already imported and imports only pyroute2)
+    or :meth:`spawn` (a fresh interpreter, safe in a process that has threads). Both are
+    synchronous and quick; the calls are async. The child talks over a unix socket pair.
+    """
+
+    def __init__(self, proc: _Child, sock: socket.socket) -> None:
+        self._proc = proc
+        self._sock = sock
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._lock: asyncio.Lock | None = None
+        self._sent: bytes | None = None  # a request sent ahead by prefetch(), not yet read
+
+    @classmethod
+    def spawn(cls) -> Agent:
+        """Start the child (it imports pyroute2 while the caller goes on)."""
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [*_command(_log_level()), "--fd", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        except OSError as err:
+            ours.close()
+            raise NetworkError(f"cannot start the netlink child {sys.executable}: {err}") from err
+        finally:
+            theirs.close()
+        return cls(proc, ours)
+
+    @classmethod
+    def fork(cls) -> Agent:
+        """Fork the child from this process; call only while it has a single thread."""
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the child: serve, and never return into the caller's code
+            code = 70
+            try:
+                ours.close()
+                code = _child(theirs)
+            except BaseException:  # noqa: BLE001 - nothing may unwind into the parent's code
+                code = 70
+            finally:
+                os._exit(code)
+        theirs.close()
+        return cls(_Forked(pid), ours)
+
+    def prefetch(self, op: str, *args: Any, **kwargs: Any) -> None:
+        """Send a request now (blocking, before the event loop runs); the later
+        ``call(op, *args)`` with the same arguments only reads its answer. The child
+        works on it as soon as its imports are done, while this process goes on."""
+        request = _request(op, args, kwargs)
+        self._sock.sendall(request)
+        self._sent = request
+
+    @property
+    def pid(self) -> int:
+        """The child's pid."""
+        return self._proc.pid
+
+    async def call(
+        self,
+        op: str,
+        *args: Any,
+        timeout: float = CALL_TIMEOUT_S,  # noqa: ASYNC109 - bounds the child, not the caller
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``launcher.network.<op>(*args)`` in the child; its exception is re-raised here.
+
+        ``call`` = :meth:`send` + :meth:`receive`; a request already sent (by
+        :meth:`prefetch` or :meth:`send`) with the same arguments is not sent again.
+        """
+        await self.send(op, *args, **kwargs)
+        return await self.receive(op, timeout=timeout)
+
+    async def send(self, op: str, *args: Any, **kwargs: Any) -> None:
+        """Send a request without waiting for its answer (read it with :meth:`receive`)."""
+        request = _request(op, args, kwargs)
+        if request == self._sent:
+            return
+        try:
+            _, writer = await self._connect()
+            writer.write(request)
+            await writer.drain()
+        except ConnectionError as err:
+            code = await self._wait(2.0)
+            raise NetworkError(
+                f"the netlink child exited (status {code}) before answering {op!r}"
+            ) from err
+        self._sent = request
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._streams is None:
+            self._streams = await asyncio.open_unix_connection(sock=self._sock)
+        return self._streams
+
+    async def receive(self, op: str, *, timeout: float = CALL_TIMEOUT_S) -> Any:  # noqa: ASYNC109
+        """The answer to the request sent last (``op`` names it in errors)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            try:
+                async with asyncio.timeout(timeout):
+                    reader, _ = await self._connect()
+                    self._sent = None
+                    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+                    if size > _MAX_MESSAGE:
+                        raise NetworkError(f"the netlink child sent a {size}-byte answer")
+                    data = await reader.readexactly(size)
+            except TimeoutError as err:
+                await self.kill()
+                raise NetworkError(
+                    f"the netlink child did not finish {op!r} in {timeout:.0f} s"
+                ) from err
+            except (asyncio.IncompleteReadError, ConnectionError) as err:
+                code = await self._wait(2.0)
+                raise NetworkError(
+                    f"the netlink child exited (status {code}) before answering {op!r}"
+                ) from err
+        return _answer(op, data)
+
+    async def _wait(self, seconds: float) -> int | None:
+        """The child's exit status after at most ``seconds``; killed if it is still there."""
+        try:
+            return await asyncio.to_thread(self._proc.wait, seconds)
+        except subprocess.TimeoutExpired:
+            await self.kill()
+            return self._proc.returncode
+
+    def release(self) -> None:
+        """Close our end of the socket: the child finishes and exits (collected by close)."""
+        if self._streams is not None:
+            self._streams[1].close()
+        self._sock.close()
+
+    async def kill(self) -> None:
+        """Kill the child (if still running) and collect it (bounded)."""
+        self.release()
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(self._proc.wait, 5.0)
+
+    async def close(self) -> None:
+        """Release the child and collect it; killed if it has not exited after 5 s."""
+        self.release()
+        if await self._wait(5.0) is None:
+            log.warning("the netlink child %d did not exit; killed it", self._proc.pid)
+
+
+def call_once(op: str, *args: Any, timeout: float = CALL_TIMEOUT_S, **kwargs: Any) -> Any:
+    """Run one operation in a fresh child and wait for it (blocking: call from a thread)."""
+    try:
+        done = subprocess.run(
+            _command(_log_level()),
+            input=_request(op, args, kwargs),
+            stdout=subprocess.PIPE,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise NetworkError(f"the netlink child did not finish {op!r} in {timeout:.0f} s") from err
+    except OSError as err:
+        raise NetworkError(f"cannot start the netlink child {sys.executable}: {err}") from err
+    out = done.stdout
+    if len(out) < _HEADER.size:
+        raise NetworkError(
+            f"the netlink child exited (status {done.returncode}) before answering {op!r}"
+        )
+    (size,) = _HEADER.unpack(out[: _HEADER.size])
+    return _answer(op, out[_HEADER.size : _HEADER.size + size])
+
+
+# --------------------------------------------------------------------------- the child
+
+
+def _serve(channel: BinaryIO, requests: BinaryIO, ops: dict[str, Callable[..., Any]]) -> int:
+    while True:
+        header = requests.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return 0  # stdin closed: the launcher is done with us
+        (size,) = _HEADER.unpack(header)
+        op, args, kwargs = pickle.loads(requests.read(size))  # noqa: S301 - from our parent
+        started = time.monotonic()
+        try:
+            reply: tuple[str, Any] = ("ok", ops[op](*args, **kwargs))
+        except Exception as err:  # every failure goes back to the caller, which raises it
+            if not isinstance(err, LauncherError):
+                log.debug("traceback", exc_info=err)
+            reply = ("error", err)
+        try:
+            data = pickle.dumps(reply)
+        except Exception as err:  # noqa: BLE001 - an exception that does not pickle: its text
+            data = pickle.dumps(("error", NetworkError(f"{op} failed: {reply[1]!s} ({err})")))
+        channel.write(_HEADER.pack(len(data)) + data)
+        channel.flush()
+        log.debug(
+            "netlink child: %s took %.1f ms",
+            op,
+            (time.monotonic() - started) * 1000,
+            extra={"event": "netlink-child-op", "op": op},
+        )
+
+
+def _child(sock: socket.socket | None) -> int:
+    """The child's life: answer requests on ``sock`` (or stdin/stdout) until it closes."""
+    requests: BinaryIO
+    if sock is not None:
+        requests, channel = sock.makefile("rb"), sock.makefile("wb")
+    else:
+        requests, channel = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stdout is not the channel: anything printed goes to the log
+    from launcher.network.netlink import lean_import  # noqa: PLC0415
+
+    lean_import()  # before the first request: the parent is still reading its spec
+    from launcher.network import apply, cleanup, discover  # noqa: PLC0415
+
+    log.debug("netlink child ready", extra={"event": "netlink-child-ready"})
+    ops: dict[str, Callable[..., Any]] = {"discover": discover, "apply": apply, "cleanup": cleanup}
+    try:
+        return _serve(channel, requests, ops)
+    except (BrokenPipeError, ConnectionError, KeyboardInterrupt):
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m launcher.agent``: answer requests until the input closes."""
+    parser = argparse.ArgumentParser(prog="python -m launcher.agent")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--fd", type=int, help="a connected unix socket (else stdin/stdout)")
+    args = parser.parse_args(argv)
+    from launcher import logs  # noqa: PLC0415
+
+    logs.configure(args.log_level)
+    return _child(socket.socket(fileno=args.fd) if args.fd is not None else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Keep aiohttp from building TLS contexts: the launcher never speaks TLS.
+
+Called by the status endpoint and the cloud-hypervisor client around ``import aiohttp``.
+aiohttp treats a missing ``ssl`` module as "no TLS support" (``try: import ssl / except
+ImportError``), which is exactly this process: the status endpoint is plain HTTP on
+loopback or a unix socket and cloud-hypervisor's API is a unix socket. Without this,
+``import aiohttp`` builds two default TLS contexts at import time, parsing the whole
+system CA bundle (≈100 ms and several MiB of RSS on Debian 12) for connections that
+never happen.
+
+The block is scoped: ``ssl`` is hidden only while the ``with`` body imports and put back
+afterwards, so the modules imported inside keep "no TLS" for good while libraries that
+import ``ssl`` unconditionally (qemu.qmp, pyroute2, prometheus-client) still get it; they
+only map the shared libraries, they build no context.
+Written by hand because it is three lines of ``sys.modules`` bookkeeping no library offers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["without_ssl"]
+
+_SSL_AWARE_STDLIB = ("http.client", "urllib.request")
+
+
+@contextmanager
+def without_ssl() -> Iterator[None]:
+    """Modules first imported inside the block see no ``ssl`` module (ImportError).
+
+    The standard library modules that define TLS names only when ``ssl`` imports
+    (``http.client``'s HTTPSConnection, ``urllib.request``'s HTTPSHandler) are imported
+    first, with ``ssl``, so a later user of them (prometheus-client) finds those names.
+    """
+    for stdlib in _SSL_AWARE_STDLIB:
+        importlib.import_module(stdlib)
+    real = sys.modules.get("ssl")
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # the documented "not importable" marker
+    try:
+        yield
+    finally:
+        if real is not None:
+            sys.modules["ssl"] = real
+        elif sys.modules.get("ssl", 0) is None:
+            del sys.modules["ssl"]

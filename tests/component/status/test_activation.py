@@ -1,0 +1,72 @@
+"""The status task binds its socket at once but loads the HTTP stack only for the first
+connection, which it then answers; a bind failure still fails the task at once. Runs in a
+fresh interpreter: this test process has imported aiohttp long ago."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from launcher.errors import StatusServerError
+from launcher.run import RunContext, RunOptions
+from launcher.status.runsource import status_hook
+
+SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from launcher.run import RunContext, RunOptions
+from launcher.status.runsource import status_hook
+
+HEAVY = ("aiohttp", "prometheus_client", "psutil", "pyroute2", "launcher.status.server")
+
+async def main(path):
+    ctx = RunContext(RunOptions(spec_path=Path("vm.yaml")))
+    task = asyncio.create_task(status_hook(f"unix:{path}")(ctx), name="status")
+    for _ in range(200):
+        if Path(path).exists():
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    idle = sorted(m for m in HEAVY if m in sys.modules)
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b"GET /healthz HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+    status_line = (await asyncio.wait_for(reader.readline(), 20)).decode().strip()
+    await reader.read()
+    writer.close()
+    import aiohttp.connector
+    print(idle, status_line, aiohttp.connector.ssl is None)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_http_stack_loads_on_the_first_connection_and_answers_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT), str(tmp_path / "status.sock")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["[]", "HTTP/1.1", "200", "OK", "True"]
+
+
+async def test_a_taken_port_fails_the_status_task_at_once(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ctx = RunContext(RunOptions(spec_path=tmp_path / "vm.yaml"))
+        with pytest.raises(StatusServerError, match=f"127.0.0.1:{port}"):
+            await status_hook(f"127.0.0.1:{port}")(ctx)

@@ -80,9 +80,11 @@ def lean_import() -> None:
     nftables, plan9, …: ≈100 ms and ≈6 MiB here) although this module needs only
     ``pyroute2.iproute.linux``, ``pyroute2.netlink.exceptions`` and ``pyroute2.netns``.
     Registering the package without running its ``__init__`` (its submodules still load
-    from the installed package directory) skips them. Only for a process whose sole
-    pyroute2 user is this module: anything doing ``from pyroute2 import X`` would then
-    fail. Does nothing when pyroute2 is already imported.
+    from the installed package directory) skips them. Called by the netlink child and by
+    the status endpoint's neighbour reader, the launcher's only pyroute2 users, which
+    import submodules only (``from pyroute2 import IPRoute`` would fail after this; a
+    unit test keeps the launcher free of such imports). Does nothing when pyroute2 is
+    already imported.
     """
     if "pyroute2" in sys.modules:
         return

@@ -14,10 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from launcher.errors import NetworkError
+from launcher.network.netlink import lean_import
+
+lean_import()  # only pyroute2's iproute, not its package __init__ (launcher.network.netlink)
+from pyroute2.iproute.linux import IPRoute  # noqa: E402
+from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 
 __all__ = ["Neighbour", "LinkCounters", "NetlinkReader"]
 

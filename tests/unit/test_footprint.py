@@ -80,3 +80,19 @@ def test_without_ssl_hides_ssl_only_inside_the_block() -> None:
 
 def test_cli_state_dir_default_is_the_network_packages() -> None:
     assert cli.DEFAULT_STATE_DIR == DEFAULT_STATE_DIR
+
+
+def test_pyroute2_is_only_imported_by_submodule() -> None:
+    """lean_import() registers pyroute2 without its __init__: a package-level import
+    (``from pyroute2 import X`` / ``import pyroute2``) anywhere in the launcher would fail."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    bad = []
+    for package in ("launcher", "hypervisor", "dhcp"):
+        for path in (root / package).rglob("*.py"):
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if re.match(r"\s*(from pyroute2 import (?!netns\b)|import pyroute2\s*$)", line):
+                    bad.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert bad == []

@@ -24,14 +24,16 @@ Lifecycle::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TextIO, runtime_checkable
 
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
 from launcher.errors import StateError
 
 __all__ = [
+    "serial_to_stdout",
     "Hypervisor",
     "ExitInfo",
     "LifecycleEvent",
@@ -182,3 +184,20 @@ class Hypervisor(Protocol):
     async def remove_device(self, device_id: str) -> None:
         """Hot unplug the device with ``device_id``."""
         ...
+
+
+def serial_to_stdout(
+    prefix: str = "serial: ", stream: TextIO | None = None
+) -> Callable[[str], None]:
+    """An ``on_serial`` callback that writes each console line to stdout after ``prefix``.
+
+    The composition root passes it to the adapter (QEMU, cloud-hypervisor) so the guest
+    console shows up in the pod's log next to the launcher's JSON lines (on stderr).
+    """
+
+    def forward(line: str) -> None:
+        out = stream or sys.stdout
+        out.write(f"{prefix}{line}\n")
+        out.flush()
+
+    return forward

@@ -1,5 +1,5 @@
 """``python -m launcher``: the same as the ``virt-launcher`` console script."""
 
-from launcher.cli import main
+from launcher.entry import main
 
 raise SystemExit(main())

@@ -159,14 +159,26 @@ class Agent:
         return cls(proc, ours)
 
     @classmethod
-    def fork(cls) -> Agent:
-        """Fork the child from this process; call only while it has a single thread."""
+    def fork(cls, log_level: str | None = None) -> Agent:
+        """Fork the child from this process; call only while it has a single thread.
+
+        ``log_level``: configure the child's logging (when this process has not yet).
+        """
         ours, theirs = socket.socketpair()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as err:
+            ours.close()
+            theirs.close()
+            raise NetworkError(f"cannot fork the netlink child: {err.strerror or err}") from err
         if pid == 0:  # the child: serve, and never return into the caller's code
             code = 70
             try:
                 ours.close()
+                if log_level is not None:
+                    from launcher import logs  # noqa: PLC0415
+
+                    logs.configure(log_level)
                 code = _child(theirs)
             except BaseException:  # noqa: BLE001 - nothing may unwind into the parent's code
                 code = 70
@@ -341,6 +353,7 @@ def _child(sock: socket.socket | None) -> int:
     else:
         requests, channel = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stdout is not the channel: anything printed goes to the log
+    log.debug("netlink child started", extra={"event": "netlink-child-started"})
     from launcher.network.netlink import lean_import  # noqa: PLC0415
 
     lean_import()  # before the first request: the parent is still reading its spec

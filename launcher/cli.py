@@ -25,6 +25,7 @@ from launcher import logs
 from launcher.errors import EXIT_INTERNAL, EXIT_OK, LauncherError, SpecError
 
 if TYPE_CHECKING:
+    from launcher.agent import Agent
     from launcher.run import RunContext, StatusHook
     from launcher.spec import VmSpec
     from launcher.status.listen import Listen
@@ -311,14 +312,21 @@ def status(options: Options, out: TextIO) -> int:
     return show(listen, out, as_json=bool(options.status_args.get("json")))
 
 
-def run(options: Options) -> int:
-    """``virt-launcher run``: the pod entrypoint (:mod:`launcher.run`)."""
-    from launcher.agent import Agent  # noqa: PLC0415 - keeps validate/plan light
+def run(options: Options, agent: Agent | None = None) -> int:
+    """``virt-launcher run``: the pod entrypoint (:mod:`launcher.run`).
 
-    # The netlink child first (one thread, no event loop yet): it imports the network
-    # stack and pyroute2 and discovers the pod on the other core while this process
-    # imports the rest of the launcher and loads the spec (docs/run.md, "Start-up").
-    agent = Agent.fork()
+    ``agent``: the netlink child :mod:`launcher.entry` forked before this module was
+    imported; else it is forked here (one thread, no event loop yet). Either way it
+    imports pyroute2 and the network package and discovers the pod on the other core
+    while this process imports the rest of the launcher and loads the spec (docs/run.md).
+    """
+    from launcher.notls import import_asyncio  # noqa: PLC0415 - keeps validate/plan light
+
+    import_asyncio()
+    from launcher.agent import Agent  # noqa: PLC0415
+
+    if agent is None:
+        agent = Agent.fork()
     agent.prefetch("discover", None, options.run_args.get("state_dir", DEFAULT_STATE_DIR))
     from launcher.run import RunOptions  # noqa: PLC0415 - keeps validate/plan start-up light
     from launcher.run import run as run_vm  # noqa: PLC0415
@@ -346,8 +354,9 @@ def _status_task(listen: Listen) -> StatusHook:
     return serve
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``virt-launcher`` console script; returns the exit code."""
+def main(argv: Sequence[str] | None = None, *, agent: Agent | None = None) -> int:
+    """The CLI (the ``virt-launcher`` console script is :mod:`launcher.entry`); returns the
+    exit code. ``agent``: ``run``'s netlink child when the entry module forked it."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure(options.log_level)
     try:
@@ -357,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return plan(options, sys.stdout)
         if options.command == "status":
             return status(options, sys.stdout)
-        return run(options)
+        return run(options, agent)
     except SpecError as err:
         for line in err.lines():
             print(line, file=sys.stderr)

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["without_ssl"]
+__all__ = ["without_ssl", "import_asyncio"]
 
 _SSL_AWARE_STDLIB = ("http.client", "urllib.request")
 
@@ -41,6 +41,26 @@ def without_ssl() -> Iterator[None]:
     sys.modules["ssl"] = None  # type: ignore[assignment]  # the documented "not importable" marker
     try:
         yield
+    finally:
+        if real is not None:
+            sys.modules["ssl"] = real
+        elif sys.modules.get("ssl", 0) is None:
+            del sys.modules["ssl"]
+
+
+def import_asyncio() -> None:
+    """Import asyncio with ``ssl`` hidden (the launcher's event loop never does TLS).
+
+    Called by ``virt-launcher run`` first thing: asyncio would otherwise load ``ssl``
+    (libssl and libcrypto, ≈12 ms) on the way to the VMM spawn; qemu.qmp imports it later,
+    in a thread, off that path. Does nothing when asyncio is already imported.
+    """
+    if "asyncio" in sys.modules:
+        return
+    real = sys.modules.get("ssl")
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        importlib.import_module("asyncio")
     finally:
         if real is not None:
             sys.modules["ssl"] = real

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from hypervisor.base import serial_to_stdout
 from hypervisor.supervisor import (
     DEFAULT_TERMINATION_LOG,
     ChildReaper,
@@ -248,8 +249,6 @@ def _ra(nic: NicPlan) -> RaServer | None:
 
 def _serial_sink(options: RunOptions) -> tuple[Callable[[str], None], TextIO | None]:
     if options.console_log is None:
-        from hypervisor.qemu import serial_to_stdout  # noqa: PLC0415
-
         return serial_to_stdout(SERIAL_PREFIX), None
     try:
         out = open(options.console_log, "a", encoding="utf-8", buffering=1)  # noqa: SIM115

@@ -37,14 +37,13 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from hypervisor.base import ExitInfo, LifecycleEvent, advance, require
+from hypervisor.base import ExitInfo, LifecycleEvent, advance, require, serial_to_stdout
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
 from hypervisor.qemu.argv import QemuRuntime, build_argv, netdev_id
 from hypervisor.qemu.qmp import QmpEvent, QmpSession
@@ -77,23 +76,6 @@ def map_event(event: QmpEvent) -> LifecycleEvent | None:
     if event.name == "DEVICE_DELETED" and "device" not in event.data:
         return None  # a backend (e.g. a netdev's QOM path) was deleted, not a device
     return LifecycleEvent(name, "qmp", event.timestamp, state, details)
-
-
-def serial_to_stdout(
-    prefix: str = "serial: ", stream: TextIO | None = None
-) -> Callable[[str], None]:
-    """An ``on_serial`` callback that writes each console line to stdout after ``prefix``.
-
-    The composition root passes it to :class:`Qemu` so the guest console shows up in the
-    pod's log next to the launcher's JSON lines (which go to stderr).
-    """
-
-    def forward(line: str) -> None:
-        out = stream or sys.stdout
-        out.write(f"{prefix}{line}\n")
-        out.flush()
-
-    return forward
 
 
 def describe_exit(returncode: int, stderr_tail: str, name: str = "qemu") -> str:

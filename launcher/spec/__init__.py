@@ -8,7 +8,8 @@ every problem as ``path: message``. Called by the CLI and the composition root.
 
 from __future__ import annotations
 
-from launcher.spec.loader import load, parse
+from typing import TYPE_CHECKING, Any
+
 from launcher.spec.model import (
     Binding,
     BindingKind,
@@ -41,6 +42,9 @@ from launcher.spec.model import (
     VolumeSource,
 )
 from launcher.spec.quantity import format_bytes, parse_quantity
+
+if TYPE_CHECKING:
+    from launcher.spec.loader import load, parse
 
 __all__ = [
     "load",
@@ -77,3 +81,14 @@ __all__ = [
     "parse_quantity",
     "format_bytes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The loader (PyYAML, the KubeVirt/Virtink readers) is imported on first use of
+    # load/parse, so importing the model (the netlink child unpickles plans that hold
+    # it) does not import the whole validator.
+    if name in ("load", "parse"):
+        from launcher.spec import loader  # noqa: PLC0415
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,86 @@
+"""The console script forks run's netlink child before the CLI, and only for run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launcher import cli, entry
+from launcher.agent import Agent
+from launcher.errors import NetworkError
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["run"], "info"),
+        (["--log-level", "debug", "run"], "debug"),
+        (["--log-level=warning", "run", "--spec", "x"], "warning"),
+        (["run", "--log-level"], "info"),  # missing value: the CLI reports it
+    ],
+)
+def test_log_level_is_peeked_for_the_child(argv: list[str], level: str) -> None:
+    assert entry._peek_log_level(argv) == level
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["run"], "run"),
+        (["--log-level", "debug", "--spec", "run", "run"], "run"),
+        (["--log-level=debug", "plan", "--spec", "run"], "plan"),
+        (["--spec", "x"], None),
+    ],
+)
+def test_the_command_is_found_after_global_options(argv: list[str], command: str) -> None:
+    assert entry._command(argv) == command
+
+
+def _record(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    calls: list[Any] = []
+
+    def fake_cli(argv: list[str], *, agent: Any = None) -> int:
+        calls.append((argv, agent))
+        return 0
+
+    monkeypatch.setattr(cli, "main", fake_cli)
+    return calls
+
+
+@pytest.mark.parametrize("argv", [["validate", "--spec", "x"], ["run", "--help"], []])
+def test_no_child_for_other_commands_or_help(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    def no_fork(**_: Any) -> Agent:
+        raise AssertionError("forked")
+
+    monkeypatch.setattr(Agent, "fork", staticmethod(no_fork))
+    calls = _record(monkeypatch)
+    assert entry.main(argv) == 0
+    assert calls == [(argv, None)]
+
+
+def test_run_gets_the_forked_child(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    made: list[str | None] = []
+    sentinel = object()
+
+    def fake_fork(log_level: str | None = None) -> object:
+        made.append(log_level)
+        return sentinel
+
+    monkeypatch.setattr(Agent, "fork", staticmethod(fake_fork))
+    calls = _record(monkeypatch)
+    assert entry.main(["--log-level", "debug", "run", "--spec", str(tmp_path)]) == 0
+    assert made == ["debug"] and calls[0][1] is sentinel
+
+
+def test_a_failed_fork_leaves_it_to_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(log_level: str | None = None) -> Agent:
+        raise NetworkError("cannot fork the netlink child: no memory")
+
+    monkeypatch.setattr(Agent, "fork", staticmethod(failing))
+    calls = _record(monkeypatch)
+    assert entry.main(["run"]) == 0
+    assert calls == [(["run"], None)]

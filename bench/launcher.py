@@ -18,8 +18,10 @@ reuses) the tiny test guest (tests/guest/build.py), then ``--runs`` times:
 
 Peers in the same run: for spawn, the bare interpreter (``ip netns exec bm-pod
 .venv/bin/python -c pass``); for the lease, the same guest booted by hand
-(tests/guest/harness.py: QEMU on a tap in netns ``bm-dnsm``) with dnsmasq serving the same
-kind of static v4+v6 lease with RA; for RSS, that dnsmasq. Prints one markdown table.
+(tests/guest/harness.py: QEMU on a tap in netns ``bm-dnsm``, with the launcher's CPU
+model, pvpanic and root ports) with dnsmasq serving the same kind of static v4+v6 lease
+with RA; for RSS, that dnsmasq. Also: start → DHCPv4 listening, the status endpoint's
+first request and the RSS after it. Prints one markdown table.
 """
 
 from __future__ import annotations
@@ -239,11 +241,15 @@ class DnsmasqRun:
 
 
 def run_dnsmasq(guest: GuestImage, work: Path, accel: str) -> DnsmasqRun:
+    # the guest machine as the launcher builds it (hypervisor/qemu/argv.py): the CPU model
+    # (TCG emulates -cpu max more slowly than QEMU's default), pvpanic, 5 root ports, so
+    # the two columns differ in who serves DHCP, not in how fast the guest boots
+    machine = ["-cpu", "host" if accel == "kvm" else "max", "-device", "pvpanic"]
     with (
         pod_netns(DNSM, bridge="bmbr0", taps=("bmtap0",), gateway4="10.244.8.1/24",
                   gateway6="fd00:10:244:8::1/64") as net,
         dnsmasq(net, work, [(MAC, "10.244.8.5", "fd00:10:244:8::5")], hostname="bm-guest"),
-        boot(guest, net, work, [MAC], accel=accel) as vm,
+        boot(guest, net, work, [MAC], accel=accel, extra=machine, root_ports=5) as vm,
     ):  # fmt: skip
         lease4 = vm.console.wait_for("LEASE4", LEASE_TIMEOUT_S)
         lease6 = vm.console.wait_for("LEASE6", LEASE_TIMEOUT_S)

@@ -10,18 +10,19 @@ the long-lived process never imports it: the work runs in
 the launcher's network namespace, capabilities and stderr (its log lines join the
 launcher's JSON log).
 
-The CLI forks the :class:`Agent` before it reads the spec (one thread, no event loop
-yet, every launcher module already imported), so the child's pyroute2 import runs on the
-other core while the launcher loads the spec; by the time the launcher asks, the child
-is ready. Later calls (hot plug, cleanup) start a fresh interpreter instead, since
+The console script (:mod:`launcher.entry`) forks the start-up :class:`Agent` first
+thing (one thread, no event loop yet), so the child's imports (pyroute2, the network
+package) run on the other core while the launcher imports the rest and loads the spec,
+and the ``discover`` request the CLI sends ahead is answered by the time the launcher
+needs it. Later calls (hot plug, cleanup) start a fresh interpreter instead, since
 forking a process that runs threads is unsafe.
 
 Protocol (a unix socket pair, or stdin/stdout for :func:`call_once`; our own code on
-both ends, so pickle): a request is
-a 4-byte big-endian length and a pickled ``(op, args, kwargs)``; the answer is a length and a
-pickled ``("ok", value)`` or ``("error", exception)``. The child answers requests until
-its input closes. With stdin/stdout, fd 1 is duplicated for the answers and then pointed
-at stderr before any work, so a library or a subprocess that prints cannot corrupt them. Every
+both ends, so pickle): a request is a 4-byte big-endian length and a pickled
+``(op, args, kwargs)``; the answer is a length and a pickled ``("ok", value)`` or
+``("error", exception)``. The child answers requests until its input closes. Its fd 1 is
+pointed at stderr before any work (with stdin/stdout, after duplicating it for the
+answers), so a library or a subprocess that prints cannot corrupt the answers. Every
 wait on the child is bounded; a child that does not answer in time is killed and the
 call fails with a :class:`NetworkError`.
 """
@@ -128,10 +129,10 @@ class _Forked:
 class Agent:
     """One netlink child for a sequence of calls (start-up: discover, then apply).
 
-    Made by :meth:`fork` (the CLI, before asyncio starts and while the process has one
-    thread: the child shares every module already imported and imports only pyroute2)
-    or :meth:`spawn` (a fresh interpreter, safe in a process that has threads). Both are
-    synchronous and quick; the calls are async. The child talks over a unix socket pair.
+    Made by :meth:`fork` (the console script, before asyncio starts, while the process
+    has one thread: no interpreter start for the child) or :meth:`spawn` (a fresh
+    interpreter, safe in a process that has threads). Both are synchronous and quick;
+    the calls are async. The child talks over a unix socket pair.
     """
 
     def __init__(self, proc: _Child, sock: socket.socket) -> None:

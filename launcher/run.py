@@ -6,12 +6,14 @@ Called by :func:`launcher.cli.run` with :class:`RunOptions`. The sequence (docs/
 2. resolve the files it names and build the hypervisor-neutral machine description
    (kernel/initrd under ``--volumes-dir``); pick the hypervisor (``--hypervisor`` or the
    spec's shape: Virtink → cloud-hypervisor, KubeVirt → QEMU);
-3. discover → plan → apply the pod network (``launcher.network``; state in
-   ``--state-dir``, so a restarted launcher in the same pod re-applies the same plan and
-   the guest gets the same addresses; failure → exit 3);
-4. open the DHCPv4, DHCPv6 and router-advertisement servers of every guest NIC in
-   process, from the plan;
-5. start the VMM through :class:`hypervisor.supervisor.Supervisor` (failure → exit 4);
+3. discover → plan → apply the pod network (``launcher.network``; discover and apply in
+   the netlink child, :mod:`launcher.agent`, so pyroute2 never enters this process;
+   state in ``--state-dir``, so a restarted launcher in the same pod re-applies the same
+   plan and the guest gets the same addresses; failure → exit 3), with QEMU's
+   accelerator probe running beside it;
+4. start the VMM through :class:`hypervisor.supervisor.Supervisor` (failure → exit 4);
+5. meanwhile open the DHCPv4, DHCPv6 and router-advertisement servers of every guest NIC
+   in process, from the plan (listening tens of ms after the spawn, before QEMU runs);
 6. the status server hook (issue 7) runs as one more task;
 7. wait: the VMM's exit or SIGTERM/SIGINT (power button → grace period → hard stop,
    exit 0 or 5);
@@ -343,7 +345,8 @@ async def run_async(
     is the netlink child if the caller already started it (the CLI does, first thing).
     """
     ctx = ctx or RunContext(options)
-    # First, so its interpreter start and pyroute2 import overlap the spec load.
+    # First, so its interpreter start and pyroute2 import overlap the spec load (callers
+    # with threads, tests, get a fresh interpreter: a threaded process must not fork).
     agent = agent or Agent.spawn()
     try:
         return await _run(ctx, options, agent, status)
@@ -428,8 +431,8 @@ async def _network(
 ) -> tuple[NetworkPlan, MachineConfig]:
     """discover (child) → plan → machine → apply (child); sets ``ctx.plan`` once applied.
 
-    While the child applies, a thread imports what the run needs after the spawn (this
-    process is only waiting then; earlier, the thread would take the GIL from planning).
+    While the child applies, a thread imports the hypervisor adapter (this process only
+    waits then; earlier, the thread would take the GIL from planning).
     """
     options = ctx.options
     pod: PodState = await agent.call("discover", None, options.state_dir)

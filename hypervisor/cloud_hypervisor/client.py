@@ -24,9 +24,11 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
-
 from launcher.errors import ApiError, HypervisorError
+from launcher.notls import without_ssl
+
+with without_ssl():  # the API is a unix socket: no TLS contexts (launcher.notls)
+    import aiohttp
 
 __all__ = ["CloudHypervisorClient", "API_ROOT"]
 

@@ -48,7 +48,7 @@ from launcher.errors import LauncherError, NetworkError
 
 __all__ = ["Agent", "call_once", "main", "OPS", "CALL_TIMEOUT_S"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("launcher.agent")  # also when run as __main__
 
 #: The operations the child runs (the launcher.network functions of the same name).
 OPS = ("discover", "apply", "cleanup")

@@ -181,8 +181,11 @@ class Agent:
 
                     logs.configure(log_level)
                 code = _child(theirs)
-            except BaseException:  # noqa: BLE001 - nothing may unwind into the parent's code
+            except BaseException as err:  # nothing may unwind into the parent's code
                 code = 70
+                with contextlib.suppress(Exception):  # the parent reports "exited (status 70)"
+                    log.error("the netlink child failed: %s: %s", type(err).__name__, err)
+                    log.debug("traceback", exc_info=err)
             finally:
                 os._exit(code)
         theirs.close()

@@ -184,8 +184,11 @@ class Netlink:
         self._indexes[name] = int(msg["index"])
         names = {msg["index"]: name}
         master = _attr(msg, "IFLA_MASTER")
+        known = {index: known_name for known_name, index in self._indexes.items()}
         try:
-            if master:
+            if master and master in known:
+                names[master] = known[master]  # from an earlier read: no round trip
+            elif master:
                 names[master] = _attr(next(iter(self._ip.link("get", index=master))), "IFLA_IFNAME")
             raw_addrs = list(self._ip.get_addr(index=msg["index"]))
         except self._error as err:

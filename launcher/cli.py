@@ -263,7 +263,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "when its directory does not exist)",
     )
     g.add_argument(
-        "--pod-interface", metavar="NAME", help="the pod network interface (default eth0)"
+        "--pod-interface",
+        metavar="NAME",
+        help="the pod network's interface, as the CNI named it (default eth0)",
     )
     g.add_argument(
         "--podinfo",

@@ -63,7 +63,7 @@ from launcher.errors import (
 from launcher.machine import build_machine, choose_hypervisor
 from launcher.network import DEFAULT_STATE_DIR, NetworkPlan, NicPlan, PlanOptions, PodState
 from launcher.network import plan as plan_network
-from launcher.network.names import POD_INTERFACE
+from launcher.network.names import IFNAMSIZ, POD_INTERFACE
 from launcher.network.plan import DEFAULT_STATUS_PORT
 from launcher.podinfo import DEFAULT_PODINFO_DIR, load_podinfo
 from launcher.spec import VmSpec, load
@@ -435,19 +435,25 @@ async def _network(
     waits then; earlier, the thread would take the GIL from planning).
     """
     options = ctx.options
+    name = options.pod_interface
+    if not 0 < len(name) <= IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
+        raise UsageError(f"--pod-interface {name!r} is not a Linux interface name")
     pod: PodState = await agent.call("discover", None, options.state_dir)
     if not any(link.name == options.pod_interface for link in pod.links):
         raise NetworkError(
             f"pod interface {options.pod_interface!r} does not exist in this network "
             f"namespace (found: {', '.join(lk.name for lk in pod.links) or 'none'})"
         )
-    if options.pod_interface != POD_INTERFACE:
-        raise UsageError(
-            f"--pod-interface {options.pod_interface!r}: the network plan names the pod "
-            f"network interface {POD_INTERFACE!r}; other names are not supported yet"
-        )
     podinfo = load_podinfo(options.podinfo)
-    planned = plan_network(spec, pod, PlanOptions(status_port=options.status_port, podinfo=podinfo))
+    planned = plan_network(
+        spec,
+        pod,
+        PlanOptions(
+            status_port=options.status_port,
+            podinfo=podinfo,
+            pod_interface=options.pod_interface,
+        ),
+    )
     if any(d.file.state is FileState.BUILD for d in volumes.disks):
         # cloud-init seed ISOs need the plan (guest MACs, SR-IOV/vDPA addresses)
         from launcher.cloudinit import build_seeds  # noqa: PLC0415 - only with cloud-init
@@ -512,13 +518,16 @@ async def _supervise(
                     ctx.hypervisor,
                     PodPlumbing(
                         options.state_dir,
-                        plan_options=PlanOptions(status_port=options.status_port),
+                        plan_options=PlanOptions(
+                            status_port=options.status_port, pod_interface=options.pod_interface
+                        ),
                         isolated=True,  # netlink work in a child: no pyroute2 in this process
                     ),
                     spec_path=options.spec_path,
                     podinfo_dir=options.podinfo,
                     state_dir=options.state_dir,
                     context=ctx,
+                    pod_interface=options.pod_interface,
                 )
                 servers.append(group.create_task(ctx.hotplug.run(), name="hotplug"))
             if status is not None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from launcher.errors import PodInfoError
 from launcher.network.multus import map_interfaces
+from launcher.network.names import POD_INTERFACE
 from launcher.podinfo import PodInfo
 from launcher.spec.model import (
     BindingKind,
@@ -151,8 +152,10 @@ def diff(
     new: VmSpec,
     podinfo: PodInfo | None = None,
     pod_links: Iterable[str] = (),
+    pod_interface: str = POD_INTERFACE,
 ) -> SpecDiff:
-    """What ``new`` asks of the VM now running ``running``; pure."""
+    """What ``new`` asks of the VM now running ``running``; pure. ``pod_interface``: the
+    pod network's interface (``run --pod-interface``)."""
     links = frozenset(pod_links)
     restart = _restart_fields(running, new)
     before, after = _active(running), _active(new)
@@ -187,7 +190,7 @@ def diff(
     pending: list[Pending] = []
     if added:
         try:
-            mappings = map_interfaces(new, podinfo, links)
+            mappings = map_interfaces(new, podinfo, links, pod_interface)
         except PodInfoError as err:
             mappings = None
             mapping_error = str(err)

@@ -44,6 +44,7 @@ from launcher.network import cleanup as cleanup_network
 from launcher.network import discover as discover_network
 from launcher.network import plan as plan_network
 from launcher.network.multus import PassthroughNic
+from launcher.network.names import POD_INTERFACE
 from launcher.network.nftables import apply_ruleset, render
 from launcher.network.plan import NicContext
 from launcher.podinfo import ANNOTATIONS_FILE, PodInfo, load_podinfo
@@ -250,8 +251,10 @@ class Manager:
         step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
         dhcp: bool = True,
         context: RunState | None = None,
+        pod_interface: str = POD_INTERFACE,
     ) -> None:
         self.spec = spec
+        self.pod_interface = pod_interface  # the pod network's interface (run --pod-interface)
         self.plan = plan
         self.context = context
         self.hypervisor = hypervisor
@@ -340,7 +343,7 @@ class Manager:
             except (LauncherError, OSError, TimeoutError) as err:
                 log.error("hot plug: cannot list the pod's links: %s", err or "timed out")
                 links = ()
-            changes = diff(self.spec, new, podinfo, links)
+            changes = diff(self.spec, new, podinfo, links, self.pod_interface)
             for item in changes.needs_restart:
                 log.warning(
                     "hot plug: %s: %s; needs a restart, not applied",

@@ -165,9 +165,15 @@ def _fallback(
 
 
 def map_interfaces(
-    spec: VmSpec, podinfo: PodInfo | None = None, pod_links: Iterable[str] = ()
+    spec: VmSpec,
+    podinfo: PodInfo | None = None,
+    pod_links: Iterable[str] = (),
+    pod_interface: str = POD_INTERFACE,
 ) -> dict[str, InterfaceMapping]:
     """Spec interface name → :class:`InterfaceMapping`, for every interface in the spec.
+
+    ``pod_interface`` is the pod network's interface (``eth0`` unless ``run
+    --pod-interface`` says otherwise).
 
     Raises PodInfoError when a network-status is present but has no entry for a Multus
     network, naming the network and what the annotation does list.
@@ -182,7 +188,7 @@ def map_interfaces(
         source = network.source
         if not isinstance(source, MultusNetwork):
             by_network[network.name] = InterfaceMapping(
-                "", network.name, None, POD_INTERFACE, MappingRule.POD_NETWORK
+                "", network.name, None, pod_interface, MappingRule.POD_NETWORK
             )
             continue
         qualified = qualified_network_name(source.network_name, spec.namespace)
@@ -194,7 +200,7 @@ def map_interfaces(
                     next((e for e in status if e.default), None),
                 )
             by_network[network.name] = InterfaceMapping(
-                "", network.name, qualified, POD_INTERFACE, MappingRule.MULTUS_DEFAULT, entry
+                "", network.name, qualified, pod_interface, MappingRule.MULTUS_DEFAULT, entry
             )
             continue
         pod_if, rule = _fallback(spec, index, multus_index, network.name, links)

@@ -23,7 +23,7 @@ from launcher.spec.model import BindingKind, Interface, InterfaceState, VmSpec
 
 from .discover import PodLink, PodState
 from .multus import InterfaceMapping, PassthroughContext, PassthroughNic, map_interfaces
-from .names import stand_in_peer_name
+from .names import POD_INTERFACE, stand_in_peer_name
 from .netlink import Route
 from .nftables import NftFragment, render
 from .sysctl import Sysctl
@@ -67,6 +67,9 @@ class PlanOptions:
     # and where sysfs and /dev are for the SR-IOV/vDPA checks (a fake tree in tests).
     podinfo: PodInfo | None = None
     host: HostPaths = field(default_factory=HostPaths)
+    # The pod network's interface: eth0, as Kubernetes names it, unless `run
+    # --pod-interface` says otherwise.
+    pod_interface: str = POD_INTERFACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +303,9 @@ def plan(spec: VmSpec, pod: PodState, options: PlanOptions = PlanOptions()) -> N
     nics: list[NicPlan] = []
     passthrough: list[PassthroughNic] = []
     used: dict[str, str] = {}
-    mappings = map_interfaces(spec, options.podinfo, (lk.name for lk in pod.links))
+    mappings = map_interfaces(
+        spec, options.podinfo, (lk.name for lk in pod.links), options.pod_interface
+    )
     index = 0
     for position, iface in enumerate(
         i for i in spec.interfaces if i.state is not InterfaceState.ABSENT

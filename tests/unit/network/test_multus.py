@@ -317,3 +317,10 @@ def test_unplugged_network_may_be_missing_from_network_status() -> None:
     plugged = replace(spec, interfaces=(spec.interfaces[0], Interface("secondary-nic", Bridge())))
     with pytest.raises(PodInfoError, match=r"network 'secondary-nic' \(default/bridge-conf\)"):
         map_interfaces(plugged, info)
+
+
+def test_the_pod_network_interface_can_be_named_otherwise() -> None:
+    spec = spec_with(("default", None), ("sec", "blue"))
+    m = map_interfaces(spec, None, ("ens5", "net1"), pod_interface="ens5")
+    assert (m["default"].pod_interface, m["default"].rule) == ("ens5", MappingRule.POD_NETWORK)
+    assert m["sec"].pod_interface == "net1"  # Multus secondaries keep their names

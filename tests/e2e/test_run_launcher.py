@@ -255,6 +255,19 @@ def test_bridge_guest_gets_pod_addresses_and_serves_http_at_pod_ip(
     assert "VL-HTTP-OK port=80 hostname=rn-guest" in body6
 
 
+def test_pod_interface_not_called_eth0(guest: GuestImage, tmp_path: Path) -> None:
+    with simulated_pod(POD, PEER, PEER_IF, (POD4, PEER4), (POD6, PEER6), pod_if="ens5"):
+        launcher = start(tmp_path, guest, extra=["--pod-interface", "ens5"])
+        try:
+            lease4 = launcher.console.wait_for("LEASE4", BOOT_TIMEOUT_S)
+            assert lease4.args == ("eth0", f"{POD4}/24")  # the guest's own eth0
+            assert "master vlbr0" in sh("ip", "-n", POD, "-o", "link", "show", "ens5").stdout
+            assert "VL-HTTP-OK" in peer_http(f"http://{POD4}/")
+        finally:
+            launcher.stop()
+        assert launcher.proc.returncode == 0
+
+
 def test_masquerade_forwards_listed_port_only(
     pod: None, guest: GuestImage, tmp_path: Path, launchers: list[Launcher]
 ) -> None:

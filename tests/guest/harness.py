@@ -107,8 +107,10 @@ def simulated_pod(
     *,
     prefix4: int = 24,
     others: Sequence[str] = (),
+    pod_if: str = "eth0",
 ) -> Iterator[None]:
-    """Netns ``pod`` with ``eth0`` as a CNI leaves it, wired by veth to ``peer_if`` in ``peer``.
+    """Netns ``pod`` with ``pod_if`` (eth0) as a CNI leaves it, wired by veth to ``peer_if``
+    in ``peer``.
 
     ``v4``/``v6`` are (pod address, peer address); the peer is the pod's default gateway.
     ``others`` are extra empty namespaces (secondary networks' peers). All are removed on exit.
@@ -120,12 +122,12 @@ def simulated_pod(
         for ns in names:
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        veth(pod, "eth0", peer, peer_if)
-        sh("ip", "-n", pod, "addr", "add", f"{v4[0]}/{prefix4}", "dev", "eth0")
+        veth(pod, pod_if, peer, peer_if)
+        sh("ip", "-n", pod, "addr", "add", f"{v4[0]}/{prefix4}", "dev", pod_if)
         sh("ip", "-n", peer, "addr", "add", f"{v4[1]}/{prefix4}", "dev", peer_if)
         sh("ip", "-n", pod, "route", "add", "default", "via", v4[1])
         if v6 is not None:
-            sh("ip", "-n", pod, "addr", "add", f"{v6[0]}/64", "dev", "eth0", "nodad")
+            sh("ip", "-n", pod, "addr", "add", f"{v6[0]}/64", "dev", pod_if, "nodad")
             sh("ip", "-n", peer, "addr", "add", f"{v6[1]}/64", "dev", peer_if, "nodad")
             sh("ip", "-n", pod, "-6", "route", "add", "default", "via", v6[1])
         yield

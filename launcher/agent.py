@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import pickle
@@ -364,7 +363,6 @@ def _child(sock: socket.socket | None) -> int:
     lean_import()  # before the first request: the parent is still reading its spec
     from launcher.network import apply, cleanup, discover  # noqa: PLC0415
 
-    gc.enable()  # paused by the console script while importing (launcher.entry)
     log.debug("netlink child ready", extra={"event": "netlink-child-ready"})
     ops: dict[str, Callable[..., Any]] = {"discover": discover, "apply": apply, "cleanup": cleanup}
     try:

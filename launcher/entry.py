@@ -8,13 +8,11 @@ network package, so for ``run`` this module forks it first and hands it to
 :func:`launcher.cli.main`; the two processes then import side by side on the pod's two
 cores. Every other command goes straight to the CLI. The log level is peeked from
 ``argv`` (``--log-level X`` / ``--log-level=X``) for the child's own log lines; the CLI
-parses the arguments for real and reports any mistake. For ``run`` the cyclic garbage
-collector is paused until start-up is over (see :func:`launcher.run.end_of_startup`).
+parses the arguments for real and reports any mistake.
 """
 
 from __future__ import annotations
 
-import gc
 import sys
 from collections.abc import Sequence
 
@@ -51,9 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     agent = None
     if _command(args) == "run" and "-h" not in args and "--help" not in args:
-        # No cyclic GC passes while both processes import (≈7 % of the import time);
-        # launcher.run turns it back on once the VMM is started, the child once ready.
-        gc.disable()
         from launcher.notls import import_asyncio  # noqa: PLC0415
 
         import_asyncio()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import importlib
 import ipaddress
 import logging
@@ -509,7 +508,6 @@ async def _supervise(
             # spawn, long before QEMU (~80 ms to run) or any guest kernel can send DHCP.
             await asyncio.to_thread(_import_dhcp)
             await _start_dhcp(ctx, group, plan, servers)
-            end_of_startup()
             if ctx.spec is not None and ctx.hypervisor is not None:
                 from launcher.hotplug.manager import Manager as HotplugManager  # noqa: PLC0415
                 from launcher.hotplug.manager import PodPlumbing  # noqa: PLC0415
@@ -541,15 +539,6 @@ async def _supervise(
     except BaseExceptionGroup as group_error:
         raise _first_error(group_error) from None
     return outcome
-
-
-def end_of_startup() -> None:
-    """Turn the cyclic GC back on if the console script paused it for start-up
-    (:mod:`launcher.entry`), first freezing what start-up made: those objects live as
-    long as the process, so later collections need not scan them again."""
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
 
 
 def _import_dhcp() -> None:

@@ -84,26 +84,3 @@ def test_a_failed_fork_leaves_it_to_the_cli(monkeypatch: pytest.MonkeyPatch) -> 
     calls = _record(monkeypatch)
     assert entry.main(["run"]) == 0
     assert calls == [(["run"], None)]
-
-
-def test_run_pauses_the_gc_until_end_of_startup(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gc
-
-    from launcher.run import end_of_startup
-
-    monkeypatch.setattr(Agent, "fork", staticmethod(lambda log_level=None: None))
-    seen: list[bool] = []
-
-    def fake_cli(argv: list[str], *, agent: Any = None) -> int:
-        seen.append(gc.isenabled())
-        return 0
-
-    monkeypatch.setattr(cli, "main", fake_cli)
-    try:
-        assert entry.main(["run"]) == 0
-        assert seen == [False]  # paused while the CLI imports and starts the VM
-        end_of_startup()
-        assert gc.isenabled() and gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
-        gc.enable()

@@ -120,7 +120,7 @@ class PodPlumbing:
 
     ``isolated``: run discover/apply/cleanup in a netlink child
     (:func:`launcher.agent.call_once`, the launcher's way: no pyroute2 in the
-    long-lived process) instead of in this process (tests with a named ``netns``).
+    long-lived process) instead of in this process (component tests).
     """
 
     state_dir: Path
@@ -136,13 +136,13 @@ class PodPlumbing:
 
     def _apply(self, plan: NetworkPlan) -> None:
         if self.isolated:
-            call_once("apply", plan, self.state_dir)
+            call_once("apply", plan, self.state_dir, netns=self.netns)
         else:
             apply_network(plan, self.state_dir, netns=self.netns)
 
     def _cleanup(self, plan: NetworkPlan) -> None:
         if self.isolated:
-            call_once("cleanup", plan, self.state_dir)
+            call_once("cleanup", plan, self.state_dir, netns=self.netns)
         else:
             cleanup_network(plan, self.state_dir, netns=self.netns)
 

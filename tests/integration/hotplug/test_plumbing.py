@@ -94,7 +94,10 @@ def v4(link: dict[str, Any]) -> list[str]:
     return [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"] if a["family"] == "inet"]
 
 
-def test_plan_apply_remove_one_nic_next_to_a_running_masquerade(pod: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "netlink-child"])
+def test_plan_apply_remove_one_nic_next_to_a_running_masquerade(
+    pod: str, tmp_path: Path, isolated: bool
+) -> None:
     state = tmp_path / "state"
     state.mkdir()
     running = plan(parse(doc(False)), discover(pod, state), PlanOptions())
@@ -107,7 +110,7 @@ def test_plan_apply_remove_one_nic_next_to_a_running_masquerade(pod: str, tmp_pa
             json.dumps([{"name": "ns/blue", "interface": SEC_LINK, "ips": ["10.79.1.5"]}])
         )
     )
-    plumbing = PodPlumbing(state, netns=pod)
+    plumbing = PodPlumbing(state, netns=pod, isolated=isolated)
     assert SEC_LINK in plumbing.pod_links()
     nic = plumbing.plan(parse(doc(True)), info, "sec")
     assert isinstance(nic, NicPlan)

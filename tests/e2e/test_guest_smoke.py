@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.build import GuestImage, ensure_guest
+from tests.guest.build import GuestImage
 from tests.guest.harness import (
     PodNet,
     boot,
@@ -49,11 +49,6 @@ POWEROFF_TIMEOUT_S = 30.0
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def guest_image() -> GuestImage:
-    return ensure_guest()
-
-
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[PodNet]:
     """The pod netns with its bridge and taps, and dnsmasq serving both guest MACs."""
@@ -64,9 +59,9 @@ def net(tmp_path: Path) -> Iterator[PodNet]:
 
 
 def test_guest_gets_leases_serves_http_and_powers_off(
-    guest_image: GuestImage, net: PodNet, tmp_path: Path
+    guest: GuestImage, net: PodNet, tmp_path: Path
 ) -> None:
-    with boot(guest_image, net, tmp_path, MACS[:1]) as vm:
+    with boot(guest, net, tmp_path, MACS[:1]) as vm:
         lease4 = vm.console.wait_for("LEASE4", BOOT_TIMEOUT_S)
         lease4_wall = lease4.host_time - vm.started
         assert lease4.args == ("eth0", f"{GUEST4[0]}/24")
@@ -136,9 +131,9 @@ def test_guest_gets_leases_serves_http_and_powers_off(
 
 
 def test_guest_hot_plugged_nic_gets_its_lease(
-    guest_image: GuestImage, net: PodNet, tmp_path: Path
+    guest: GuestImage, net: PodNet, tmp_path: Path
 ) -> None:
-    with boot(guest_image, net, tmp_path, MACS[:1]) as vm:
+    with boot(guest, net, tmp_path, MACS[:1]) as vm:
         vm.console.wait_for("READY", BOOT_TIMEOUT_S)
         mark = vm.console.mark()
         netdev = {
@@ -167,7 +162,7 @@ def test_guest_hot_plugged_nic_gets_its_lease(
         powerdown(vm, POWEROFF_TIMEOUT_S)
 
 
-def test_guest_reports_cidata_iso(guest_image: GuestImage, net: PodNet, tmp_path: Path) -> None:
+def test_guest_reports_cidata_iso(guest: GuestImage, net: PodNet, tmp_path: Path) -> None:
     files = {
         "meta-data": b"instance-id: gu-1\nlocal-hostname: gu-guest\n",
         "user-data": b"#cloud-config\n{}\n",
@@ -176,7 +171,7 @@ def test_guest_reports_cidata_iso(guest_image: GuestImage, net: PodNet, tmp_path
     iso = tmp_path / "cidata.iso"
     cidata_iso(iso, files)
     drive = f"file={iso},if=virtio,format=raw,readonly=on"
-    with boot(guest_image, net, tmp_path, MACS[:1], extra=("-drive", drive)) as vm:
+    with boot(guest, net, tmp_path, MACS[:1], extra=("-drive", drive)) as vm:
         vm.console.wait_for("READY", BOOT_TIMEOUT_S)
         device = vm.console.wait_for("CIDATA-DEVICE", 1)
         assert device.args == ("vda",)
@@ -189,7 +184,7 @@ def test_guest_reports_cidata_iso(guest_image: GuestImage, net: PodNet, tmp_path
         powerdown(vm, POWEROFF_TIMEOUT_S)
 
 
-def test_guest_handles_calico_style_slash32_lease(guest_image: GuestImage, tmp_path: Path) -> None:
+def test_guest_handles_calico_style_slash32_lease(guest: GuestImage, tmp_path: Path) -> None:
     """A /32 lease whose gateway is only reachable through option 121's on-link route.
 
     Like a Calico pod: 169.254.1.1/32 on-link first, then the default route via it; the
@@ -208,7 +203,7 @@ def test_guest_handles_calico_style_slash32_lease(guest_image: GuestImage, tmp_p
         hosts = [(MACS[0], GUEST4[0], GUEST6[0])]
         with (
             dnsmasq(pod, tmp_path, hosts, hostname=HOSTNAME, options=options),
-            boot(guest_image, pod, tmp_path, MACS[:1]) as vm,
+            boot(guest, pod, tmp_path, MACS[:1]) as vm,
         ):
             lease = vm.console.wait_for("LEASE4", BOOT_TIMEOUT_S)
             assert lease.args == ("eth0", f"{GUEST4[0]}/32")

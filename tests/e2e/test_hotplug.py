@@ -33,7 +33,7 @@ import yaml
 
 from launcher.network.multus import kubevirt_hashed_name
 from tests.component.hotplug.atomic import atomic_write
-from tests.guest.build import GuestImage, ensure_guest
+from tests.guest.build import GuestImage
 from tests.guest.console import ConsoleReader
 from tests.guest.harness import sh, simulated_pod, veth
 
@@ -92,11 +92,6 @@ def podinfo_file(*entries: dict[str, Any]) -> bytes:
     value = json.dumps(list(entries))
     lines = f"k8s.v1.cni.cncf.io/network-status={json.dumps(value)}\n"
     return (lines + 'kubernetes.io/config.source="api"\n').encode()
-
-
-@pytest.fixture(scope="module")
-def guest() -> GuestImage:
-    return ensure_guest()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from tests.e2e.test_run_launcher import (  # the pod fixture is reused by name
     POD4,
     POD6,
     Launcher,
-    guest,
     launchers,
     pod,
     spec_yaml,
@@ -28,7 +27,7 @@ from tests.e2e.test_run_launcher import (  # the pod fixture is reused by name
 from tests.guest.build import GuestImage
 from tests.guest.harness import sh
 
-__all__ = ["guest", "launchers", "pod"]
+__all__ = ["launchers", "pod"]
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.build import GuestImage, ensure_guest
+from tests.guest.build import GuestImage
 from tests.guest.console import ConsoleReader
 from tests.guest.harness import sh, simulated_pod
 
@@ -84,11 +84,6 @@ spec:
     - name: pod
       pod: {{}}
 """
-
-
-@pytest.fixture(scope="module")
-def guest() -> GuestImage:
-    return ensure_guest()
 
 
 @pytest.fixture

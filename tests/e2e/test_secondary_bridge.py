@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from launcher.network.multus import kubevirt_hashed_name
-from tests.guest.build import GuestImage, ensure_guest
+from tests.guest.build import GuestImage
 from tests.guest.console import ConsoleReader
 from tests.guest.harness import sh, simulated_pod, veth
 
@@ -107,11 +107,6 @@ NETWORK_STATUS = [
     {"name": "e2e/sec-net", "interface": SEC_IF, "ips": ["10.92.0.5"], "dns": {}},
     {"name": "e2e/l2-net", "interface": L2_IF, "ips": ["10.93.0.7/24"], "mac": L2_MAC},
 ]
-
-
-@pytest.fixture(scope="module")
-def guest() -> GuestImage:
-    return ensure_guest()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.guest.build import GuestImage, ensure_guest
+from tests.guest.build import GuestImage
 from tests.guest.console import ConsoleReader
 from tests.guest.harness import sh, simulated_pod
 
@@ -91,11 +91,6 @@ spec:
 def check(name: str, body: object) -> None:
     doc = yaml.safe_load(OPENAPI.read_text())
     jsonschema.Draft202012Validator({**doc, "$ref": f"#/components/schemas/{name}"}).validate(body)
-
-
-@pytest.fixture(scope="module")
-def guest() -> GuestImage:
-    return ensure_guest()
 
 
 @pytest.fixture

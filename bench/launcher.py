@@ -36,8 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.guest.build import GuestImage, ensure_guest  # noqa: E402
 from tests.guest.console import ConsoleReader  # noqa: E402
-from tests.guest.harness import boot, dnsmasq, pod_netns  # noqa: E402
+from tests.guest.harness import boot, dnsmasq, pod_netns, simulated_pod  # noqa: E402
 
 POD, PEER, DNSM = "bm-pod", "bm-peer", "bm-dnsm"
 POD4, PEER4 = "10.244.9.5", "10.244.9.1"
@@ -59,36 +57,6 @@ STOP_TIMEOUT_S = 40.0
 LAUNCHER = REPO / ".venv/bin/virt-launcher"
 PYTHON = REPO / ".venv/bin/python"
 MIB = 1 << 20
-
-
-def sh(*argv: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-
-
-@contextmanager
-def simulated_pod() -> Iterator[None]:
-    """bm-pod ↔ bm-peer as a CNI leaves a pod; removed afterwards."""
-    for ns in (POD, PEER):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
-    try:
-        sh("ip", "netns", "add", POD)
-        sh("ip", "netns", "add", PEER)
-        sh("ip", "-n", POD, "link", "add", "eth0", "type", "veth", "peer", "eth0", "netns", PEER)
-        sh("ip", "-n", POD, "addr", "add", f"{POD4}/24", "dev", "eth0")
-        sh("ip", "-n", POD, "addr", "add", f"{POD6}/64", "dev", "eth0", "nodad")
-        sh("ip", "-n", PEER, "addr", "add", f"{PEER4}/24", "dev", "eth0")
-        sh("ip", "-n", PEER, "addr", "add", f"{PEER6}/64", "dev", "eth0", "nodad")
-        for ns in (POD, PEER):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        sh("ip", "-n", POD, "route", "add", "default", "via", PEER4)
-        sh("ip", "-n", POD, "-6", "route", "add", "default", "via", PEER6)
-        yield
-    finally:
-        for ns in (POD, PEER):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
 
 
 def spec_text(guest: GuestImage) -> str:
@@ -290,7 +258,10 @@ def main() -> int:
     peers: list[DnsmasqRun] = []
     bare: list[float] = []
     for i in range(args.runs):
-        with tempfile.TemporaryDirectory(prefix="bm-") as tmp, simulated_pod():
+        with (
+            tempfile.TemporaryDirectory(prefix="bm-") as tmp,
+            simulated_pod(POD, PEER, "eth0", (POD4, PEER4), (POD6, PEER6)),
+        ):
             bare.append(interpreter_start())
             runs.append(run_launcher(guest, Path(tmp), args.accel))
             print(f"run {i + 1}: {runs[-1]}", file=sys.stderr)

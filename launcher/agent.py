@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -114,11 +115,20 @@ class _Forked:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
-        while (code := self.poll()) is None:
-            if time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 3600.0)
-            time.sleep(0.005)
+        if (code := self.poll()) is not None:
+            return code
+        limit = 3600.0 if timeout is None else timeout
+        try:  # a pidfd becomes readable when the child exits: no polling loop
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            pidfd = None
+        if pidfd is not None:
+            try:
+                select.select([pidfd], [], [], limit)
+            finally:
+                os.close(pidfd)
+        if (code := self.poll()) is None:
+            raise subprocess.TimeoutExpired(f"pid {self.pid}", limit)
         return code
 
     def kill(self) -> None:

@@ -85,16 +85,18 @@ async def test_the_childs_error_is_raised_with_its_type_and_message(
     assert "nw-nope" not in await asyncio.to_thread(os.listdir, "/run/netns")
 
 
-async def test_a_child_that_dies_is_a_network_error_naming_the_request() -> None:
-    agent = Agent.spawn()
+@pytest.mark.parametrize("make", ["fork", "spawn"])
+async def test_a_child_that_dies_is_a_network_error_naming_the_request(make: str) -> None:
+    agent = Agent.fork() if make == "fork" else Agent.spawn()
     os.kill(agent.pid, signal.SIGKILL)
     with pytest.raises(NetworkError, match=r"exited \(status -9\) before answering 'discover'"):
         await agent.call("discover", None, None)
     await agent.close()
 
 
-async def test_a_stuck_child_is_killed_when_its_call_times_out(tmp_path: Path) -> None:
-    agent = Agent.spawn()
+@pytest.mark.parametrize("make", ["fork", "spawn"])
+async def test_a_stuck_child_is_killed_when_its_call_times_out(make: str) -> None:
+    agent = Agent.fork() if make == "fork" else Agent.spawn()
     await agent.call("discover", None, None)  # ready
     os.kill(agent.pid, signal.SIGSTOP)
     started = time.monotonic()

@@ -81,7 +81,7 @@ def _run(*argv: str, timeout: float = 20.0) -> str:
     return done.stdout
 
 
-def sh(*argv: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+def sh(*argv: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` (bounded); with ``check`` a non-zero exit fails the test with stderr."""
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if check and done.returncode != 0:

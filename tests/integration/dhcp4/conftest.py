@@ -22,17 +22,11 @@ from typing import Any
 
 import pytest
 
+from tests.guest.harness import sh
+
 REPO = Path(__file__).resolve().parents[3]
 SERVER_ADDRESS = "169.254.75.1"
 _counter = itertools.count(os.getpid() % 50)
-
-
-def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run a command, capture output, fail the test on a non-zero exit if ``check``."""
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and res.returncode != 0:
-        pytest.fail(f"{' '.join(argv)} exited {res.returncode}: {res.stderr.strip()}")
-    return res
 
 
 @dataclass

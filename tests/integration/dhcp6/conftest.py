@@ -24,20 +24,14 @@ from typing import Any
 
 import pytest
 
+from tests.guest.harness import sh
+
 REPO = Path(__file__).resolve().parents[3]
 GUEST_ADDR = "fd00:d6::10"
 DNS6 = "fd00:d6::53"
 SEARCH = ("svc.cluster.local", "cluster.local")
 MTU = 1400
 _counter = itertools.count(os.getpid() % 60)
-
-
-def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run a command, fail the test on a non-zero exit when ``check``."""
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and res.returncode != 0:
-        pytest.fail(f"{' '.join(argv)} exited {res.returncode}: {res.stderr.strip()}")
-    return res
 
 
 @dataclass

@@ -16,20 +16,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from tests.guest.harness import sh
+
 POD4 = "10.77.0.5/24"
 PEER4 = "10.77.0.1/24"
 POD6 = "fd77::5/64"
 PEER6 = "fd77::1/64"
 POD_MAC = "0a:58:0a:4d:00:05"
 POD_MTU = 1440
-
-
-def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run a command (no shell), capture text output."""
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr}")
-    return done
 
 
 def nsrun(

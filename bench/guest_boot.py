@@ -1,8 +1,8 @@
 """Benchmark: how long the tiny test guest takes from QEMU start to its leases, and to stop.
 
 Run as root: ``.venv/bin/python bench/guest_boot.py [--runs 3]``. Builds (or reuses) the
-guest from tests/guest, then boots it ``--runs`` times under TCG in a ``gu-bench-*`` netns
-with dnsmasq as DHCPv4/DHCPv6/RA peer (tests/guest/harness.py) and prints one table row
+guest from testbed/guest, then boots it ``--runs`` times under TCG in a ``gu-bench-*`` netns
+with dnsmasq as DHCPv4/DHCPv6/RA peer (testbed/harness.py) and prints one table row
 per phase: min / median / max seconds on the host clock since QEMU was spawned. The peer
 row is the emulator's own floor: QEMU start → first complete line on the serial console
 (SeaBIOS), which no guest can beat. Also prints the cold/warm build cost of this run.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.guest.build import ensure_guest
-from tests.guest.harness import boot, dnsmasq, pod_netns, powerdown
+from testbed.guest.build import ensure_guest
+from testbed.harness import boot, dnsmasq, pod_netns, powerdown
 
 MAC = "52:54:00:67:75:11"
 TIMEOUT_S = 120.0

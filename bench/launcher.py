@@ -1,7 +1,7 @@
 """Benchmark: `virt-launcher run` start → VMM spawned, launcher RSS, guest boot → DHCP lease.
 
 Run as root: ``.venv/bin/python bench/launcher.py [--runs 5] [--accel tcg]``. Builds (or
-reuses) the tiny test guest (tests/guest/build.py), then ``--runs`` times:
+reuses) the tiny test guest (testbed/guest/build.py), then ``--runs`` times:
 
 * makes a simulated pod: netns ``bm-pod`` (eth0 10.244.9.5/24 + fd00:10:244:9::5/64,
   default routes via the peer) wired by a veth to ``bm-peer``, a fresh state dir;
@@ -18,7 +18,7 @@ reuses) the tiny test guest (tests/guest/build.py), then ``--runs`` times:
 
 Peers in the same run: for spawn, the bare interpreter (``ip netns exec bm-pod
 .venv/bin/python -c pass``); for the lease, the same guest booted by hand
-(tests/guest/harness.py: QEMU on a tap in netns ``bm-dnsm``, with the launcher's CPU
+(testbed/harness.py: QEMU on a tap in netns ``bm-dnsm``, with the launcher's CPU
 model, pvpanic and root ports) with dnsmasq serving the same kind of static v4+v6 lease
 with RA; for RSS, that dnsmasq. Also: start → DHCPv4 listening, the status endpoint's
 first request and the RSS after it. Prints one markdown table.
@@ -44,9 +44,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.guest.build import GuestImage, ensure_guest  # noqa: E402
-from tests.guest.console import ConsoleReader  # noqa: E402
-from tests.guest.harness import boot, dnsmasq, pod_netns, simulated_pod  # noqa: E402
+from testbed.guest.build import GuestImage, ensure_guest  # noqa: E402
+from testbed.guest.console import ConsoleReader  # noqa: E402
+from testbed.harness import boot, dnsmasq, pod_netns, simulated_pod  # noqa: E402
 
 POD, PEER, DNSM = "bm-pod", "bm-peer", "bm-dnsm"
 POD4, PEER4 = "10.244.9.5", "10.244.9.1"

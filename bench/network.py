@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launcher.network import PlanOptions, apply, discover, plan
-from tests.integration.network.netns import Topology, nsrun, sh, wait_for
-from tests.integration.network.runner import build_spec
+from testbed.netns import Topology, nsrun, sh, wait_for
+from testbed.runner import build_spec
 
 
 def time_apply(binding: str, nics: int, ports: str, repeat: int) -> tuple[float, float, float]:

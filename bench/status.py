@@ -244,7 +244,7 @@ def main() -> int:
         return 0
     if os.geteuid() != 0:
         raise SystemExit("bench/status.py needs root (network namespaces)")
-    from tests.guest.build import ensure_guest
+    from testbed.guest.build import ensure_guest
 
     image = ensure_guest()
     tmp = Path(tempfile.mkdtemp(prefix="st-bench-"))

@@ -7,7 +7,7 @@
 #     default routes via the peer, its own resolv.conf) and vl-demo-peer (the "cluster"),
 #     joined by a veth; both are removed on exit, whatever happens;
 #   * the tiny test guest (Debian cloud kernel + busybox initramfs, built once and cached
-#     in ~/.cache/virt-launcher by tests/guest/build.py) is placed where the demo spec's
+#     in ~/.cache/virt-launcher by testbed/guest/build.py) is placed where the demo spec's
 #     kernelBoot paths say, under a temporary --volumes-dir;
 #   * the launcher runs QEMU (TCG here, KVM where it really works) with the bridge
 #     binding: the guest gets the pod's own addresses from the launcher's DHCP servers;
@@ -68,7 +68,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "the guest: Debian cloud kernel + busybox initramfs (first run downloads and builds it)"
-guest_json=$(timeout 1800 "$py" -m tests.guest.build | head -n 1)
+guest_json=$(timeout 1800 "$py" -m testbed.guest.build | head -n 1)
 kernel=$(printf '%s' "$guest_json" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["kernel"])')
 initrd=$(printf '%s' "$guest_json" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["initrd"])')
 echo "kernel $kernel" >&2

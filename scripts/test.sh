@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 
 echo "== ruff" >&2
-.venv/bin/ruff check launcher hypervisor dhcp tests bench
-.venv/bin/ruff format --check launcher hypervisor dhcp tests bench
+.venv/bin/ruff check launcher hypervisor dhcp testbed tests bench
+.venv/bin/ruff format --check launcher hypervisor dhcp testbed tests bench
 echo "== mypy --strict" >&2
 .venv/bin/mypy
 echo "== shellcheck" >&2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.guest.build import GuestImage, ensure_guest
+from testbed.guest.build import GuestImage, ensure_guest
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """E2E smoke test of the tiny test guest the other e2e tests and benchmarks boot.
 
-Boots tests/guest's kernel + initramfs with real qemu-system-x86_64 (TCG here, vhost off)
+Boots testbed/guest's kernel + initramfs with real qemu-system-x86_64 (TCG here, vhost off)
 on a tap joined to a bridge inside a network namespace this test creates (``gu-pod-*``),
 with dnsmasq as the DHCPv4 / DHCPv6 / router-advertisement peer, and checks the guest's
 VL-* console protocol end to end: leases configured, HTTP answering on ports 80 and 8080
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.build import GuestImage
-from tests.guest.harness import (
+from testbed.guest.build import GuestImage
+from testbed.harness import (
     PodNet,
     boot,
     cidata_iso,

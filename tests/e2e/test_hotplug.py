@@ -32,10 +32,10 @@ import pytest
 import yaml
 
 from launcher.network.multus import kubevirt_hashed_name
+from testbed.guest.build import GuestImage
+from testbed.guest.console import ConsoleReader
+from testbed.harness import sh, simulated_pod, veth
 from tests.component.hotplug.atomic import atomic_write
-from tests.guest.build import GuestImage
-from tests.guest.console import ConsoleReader
-from tests.guest.harness import sh, simulated_pod, veth
 
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed.guest.build import GuestImage
 from tests.e2e.test_run_failures import assert_pod_as_the_cni_left_it, placeholder_guest
 from tests.e2e.test_run_launcher import REPO, Launcher, launchers, pod, spec_yaml, start
-from tests.guest.build import GuestImage
 
 __all__ = ["launchers", "placeholder_guest", "pod"]
 

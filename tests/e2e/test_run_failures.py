@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.guest.build import GuestImage
+from testbed.harness import sh
 from tests.e2e.test_run_launcher import (  # the pod fixture is reused by name
     POD,
     POD4,
@@ -24,8 +26,6 @@ from tests.e2e.test_run_launcher import (  # the pod fixture is reused by name
     spec_yaml,
     start,
 )
-from tests.guest.build import GuestImage
-from tests.guest.harness import sh
 
 __all__ = ["launchers", "pod"]
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.build import GuestImage
-from tests.guest.console import ConsoleReader
-from tests.guest.harness import sh, simulated_pod
+from testbed.guest.build import GuestImage
+from testbed.guest.console import ConsoleReader
+from testbed.harness import sh, simulated_pod
 
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000

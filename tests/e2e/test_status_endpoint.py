@@ -27,9 +27,9 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.guest.build import GuestImage
-from tests.guest.console import ConsoleReader
-from tests.guest.harness import sh, simulated_pod
+from testbed.guest.build import GuestImage
+from testbed.guest.console import ConsoleReader
+from testbed.harness import sh, simulated_pod
 
 REPO = Path(__file__).resolve().parents[2]
 OPENAPI = REPO / "launcher" / "status" / "openapi.yaml"

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.guest.harness import sh
+from testbed.harness import sh
 
 REPO = Path(__file__).resolve().parents[3]
 SERVER_ADDRESS = "169.254.75.1"

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.guest.harness import sh
+from testbed.harness import sh
 
 REPO = Path(__file__).resolve().parents[3]
 GUEST_ADDR = "fd00:d6::10"

@@ -136,13 +136,13 @@ def test_wide_dhcp6c(v6: V6Net) -> None:
 
 
 def _busybox() -> Path:
-    from tests.guest.build import ensure_busybox
+    from testbed.guest.build import ensure_busybox
 
     return ensure_busybox()
 
 
 def test_udhcpc6(v6: V6Net) -> None:
-    """busybox udhcpc6 (static build with CONFIG_UDHCPC6=y from tests/guest/build.py)."""
+    """busybox udhcpc6 (static build with CONFIG_UDHCPC6=y from testbed/guest/build.py)."""
     busybox = _busybox()
     v6.serve()
     script = v6.tmp / "udhcpc6.script"

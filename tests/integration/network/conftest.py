@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .netns import Topology
+from testbed.netns import Topology
 
 
 @pytest.fixture

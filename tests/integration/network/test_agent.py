@@ -18,9 +18,8 @@ from launcher.agent import Agent, call_once
 from launcher.errors import NetworkError, StateCacheError
 from launcher.network import PlanOptions, discover, plan
 from launcher.network.state import PHASE_CONFIGURING, InterfaceRecord, write_record
-
-from .netns import Topology, nsrun
-from .runner import build_spec
+from testbed.netns import Topology, nsrun
+from testbed.runner import build_spec
 
 
 def _gone(pid: int) -> bool:

@@ -10,9 +10,8 @@ import pytest
 from launcher.errors import NetworkError
 from launcher.network import PlanOptions, apply, cleanup, discover, plan
 from launcher.network.plan import NetworkPlan
-
-from .netns import POD_MAC, POD_MTU, Server, Topology, connect, nsrun, ping, sh, wait_for
-from .runner import build_spec
+from testbed.netns import POD_MAC, POD_MTU, Server, Topology, connect, nsrun, ping, sh, wait_for
+from testbed.runner import build_spec
 
 
 def _apply(topo: Topology, state: Path, **kw: object) -> NetworkPlan:

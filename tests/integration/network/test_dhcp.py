@@ -19,9 +19,8 @@ import pytest
 
 from launcher.network import PlanOptions, apply, discover, plan
 from launcher.network.plan import NicPlan
-
-from .netns import Topology, nsrun, ping, sh, wait_for
-from .runner import build_spec
+from testbed.netns import Topology, nsrun, ping, sh, wait_for
+from testbed.runner import build_spec
 
 
 def serve_argv(nic: NicPlan) -> list[str]:

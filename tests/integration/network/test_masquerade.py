@@ -6,9 +6,8 @@ from pathlib import Path
 
 from launcher.network import PlanOptions, apply, discover, plan
 from launcher.network.plan import NetworkPlan
-
-from .netns import Server, Topology, connect, nsrun, ping, sh, wait_for
-from .runner import build_spec
+from testbed.netns import Server, Topology, connect, nsrun, ping, sh, wait_for
+from testbed.runner import build_spec
 
 
 def _apply(topo: Topology, state: Path, ports: str, istio: bool = False) -> NetworkPlan:

@@ -9,9 +9,8 @@ import pytest
 
 from launcher.errors import NetworkError
 from launcher.network import PlanOptions, apply, cleanup, discover, plan
-
-from .netns import PEER4, POD4, Topology, nsrun, sh
-from .runner import build_spec
+from testbed.netns import PEER4, POD4, Topology, nsrun, sh
+from testbed.runner import build_spec
 
 
 def test_bridge_binding_on_a_pod_interface_named_ens5(topo: Topology, tmp_path: Path) -> None:

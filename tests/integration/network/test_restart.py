@@ -14,9 +14,8 @@ from launcher.errors import NetworkError
 from launcher.network import discover, plan
 from launcher.network.discover import link_to_json
 from launcher.network.state import PHASE_CONFIGURING, InterfaceRecord, write_record
-
-from .netns import Topology, nsrun
-from .runner import build_spec
+from testbed.netns import Topology, nsrun
+from testbed.runner import build_spec
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -25,7 +24,7 @@ def _argv(topo: Topology, state: Path, binding: str, hold: bool) -> list[str]:
     argv = [
         sys.executable,
         "-m",
-        "tests.integration.network.runner",
+        "testbed.runner",
         "--netns",
         topo.pod,
         "--state-dir",

@@ -1,4 +1,4 @@
-"""Integration test: the tiny test guest (tests/guest) under real QEMU (TCG), via the adapter.
+"""Integration test: the tiny test guest (testbed/guest) under real QEMU (TCG), via the adapter.
 
 Boots the kernel + busybox initramfs with a NIC on a tap in a ``qm-…`` network namespace,
 hot plugs and unplugs a second NIC (the guest reports VL-NIC-ADDED / VL-NIC-REMOVED), then
@@ -19,7 +19,7 @@ import pytest
 from hypervisor.base import LifecycleEvent
 from hypervisor.machine import KernelBoot, MachineConfig, NetDevice, VmState
 from hypervisor.qemu import Qemu
-from tests.guest.build import ensure_guest
+from testbed.guest.build import ensure_guest
 
 # ensure_guest() may have to build the guest first (apt download + busybox compile, bounded by
 # its own 2400 s lock timeout); the VM part itself takes about 20 s.

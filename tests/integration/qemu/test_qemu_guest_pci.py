@@ -1,6 +1,6 @@
 """Integration test: pinned guest PCI addresses as the guest kernel itself sees them.
 
-Boots the tiny test guest (tests/guest) under real QEMU (TCG) through the adapter with one
+Boots the tiny test guest (testbed/guest) under real QEMU (TCG) through the adapter with one
 virtio NIC pinned at ``0000:07:00.0`` (KubeVirt's SR-IOV example address, bus 7: the NIC
 sits behind the 7th root port), one pinned at ``0000:00:09.0`` (root bus) and one
 unpinned, each on a tap in a ``pb-…`` netns. The guest's init prints a ``VL-PCI`` line per
@@ -21,7 +21,7 @@ import pytest
 
 from hypervisor.machine import KernelBoot, MachineConfig, NetDevice
 from hypervisor.qemu import Qemu
-from tests.guest.build import ensure_guest
+from testbed.guest.build import ensure_guest
 
 # ensure_guest() may have to rebuild the initramfs (busybox and kernel are cached apart).
 pytestmark = pytest.mark.timeout(3000)

@@ -1,6 +1,6 @@
 """Subprocess entry for the restart tests and the benchmark: discover → plan → apply.
 
-``python -m tests.integration.network.runner --netns POD --state-dir DIR --binding
+``python -m testbed.runner --netns POD --state-dir DIR --binding
 bridge|masquerade [--guest-netns G] [--ports 80,443/udp] [--nics N] [--hold]`` prints
 one JSON line ``{"changes": N, "plan": {...}}`` after applying; with ``--hold`` it then
 sleeps (like a launcher supervising its VM) until it is killed.

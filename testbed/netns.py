@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from tests.guest.harness import sh
+from testbed.harness import sh
 
 POD4 = "10.77.0.5/24"
 PEER4 = "10.77.0.1/24"

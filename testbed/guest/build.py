@@ -12,7 +12,7 @@ so the host's apt setup is not touched.
 Results live in ``$VIRT_LAUNCHER_CACHE/guest/<hash>/`` (default
 ``~/.cache/virt-launcher``), the hash covering every input file of the recipe; builds
 run under a file lock and are moved into place atomically, so parallel test runs share
-one build. ``python -m tests.guest.build [--force]`` builds and prints the paths.
+one build. ``python -m testbed.guest.build [--force]`` builds and prints the paths.
 """
 
 from __future__ import annotations

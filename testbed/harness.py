@@ -24,8 +24,8 @@ from pathlib import Path
 import pycdlib
 from qemu.qmp import QMPClient
 
-from tests.guest.build import GuestImage
-from tests.guest.console import ConsoleReader, VlLine
+from testbed.guest.build import GuestImage
+from testbed.guest.console import ConsoleReader, VlLine
 
 __all__ = [
     "sh",

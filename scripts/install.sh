@@ -12,7 +12,7 @@ APT_PACKAGES=(
   dnsmasq-base kea-admin wrk iperf3
   qemu-system-x86 qemu-utils cpio
   shellcheck
-  dpkg-dev libc6-dev bzip2 xz-utils debian-archive-keyring curl  # tests/guest build + e2e
+  dpkg-dev libc6-dev bzip2 xz-utils debian-archive-keyring curl  # testbed/guest build + e2e
   chromium fonts-liberation  # e2e: the status page rendered headless
 )
 
@@ -49,18 +49,18 @@ log=$(mktemp)
 if ! .venv/bin/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat >"$log" 2>&1; then
   cat "$log" >&2
   rm -f "$log"
-# Byte-compile the packages as the image does (Dockerfile: compileall): with
-# PYTHONDONTWRITEBYTECODE set (it is on some machines) every launcher start would
-# otherwise compile its ~90 modules again (≈40 ms, more memory).
-.venv/bin/python -m compileall -q -j 0 launcher hypervisor dhcp >/dev/null
   echo "install.sh: pip install failed" >&2
   exit 1
 fi
 rm -f "$log"
+# Byte-compile the packages as the image does (Dockerfile: compileall): with
+# PYTHONDONTWRITEBYTECODE set (it is on some machines) every launcher start would
+# otherwise compile its ~90 modules again (≈40 ms, more memory).
+.venv/bin/python -m compileall -q -j 0 launcher hypervisor dhcp >/dev/null
 # The e2e tests' guest (docs/guest.md): a few minutes cold, cached afterwards, so the
 # first e2e test does not spend its timeout building it.
-if ! .venv/bin/python -m tests.guest.build >/dev/null; then
-  echo "install.sh: building the test guest failed (python -m tests.guest.build)" >&2
+if ! .venv/bin/python -m testbed.guest.build >/dev/null; then
+  echo "install.sh: building the test guest failed (python -m testbed.guest.build)" >&2
   exit 1
 fi
 echo "install.sh: ready (.venv)" >&2

@@ -29,7 +29,6 @@ from dhcp.v4 import options as o
 from dhcp.v4.config import DEFAULT_LEASE_TIME, Dhcp4Config, Lease4, Pool4
 from dhcp.v4.server import Dhcp4Server
 from dhcp.v6.cli import add_v6_arguments, build_v6_servers
-from launcher.logs import configure  # the one place that formats log output
 
 __all__ = [
     "main",
@@ -290,10 +289,24 @@ async def _first_of(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> Non
         waiter.cancel()
 
 
+def _configure_logging(level: str) -> None:
+    """Plain text lines on stderr: ``python -m dhcp`` is run by hand, for debugging.
+
+    ``dhcp`` stands alone (it imports nothing from ``launcher``); inside the launcher the
+    servers' records go through the launcher's own JSON-lines configuration instead.
+    """
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m dhcp``; returns the exit code."""
     args = build_parser().parse_args(argv)
-    configure(args.log_level)
+    _configure_logging(args.log_level)
     failed = False
     try:
         servers: list[Runnable] = []

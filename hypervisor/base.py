@@ -4,7 +4,7 @@ Provides :class:`Hypervisor` (implemented by ``hypervisor.cloud_hypervisor`` and
 ``hypervisor.qemu``), the values it hands out (:class:`ExitInfo`, :class:`LifecycleEvent`),
 the allowed :data:`TRANSITIONS` between :class:`~hypervisor.machine.VmState` values, the
 states each operation needs (:data:`REQUIRED`) and two helpers that raise
-:class:`~launcher.errors.StateError`: :func:`require` (guard an operation) and
+:class:`~hypervisor.errors.StateError`: :func:`require` (guard an operation) and
 :func:`advance` (validate a state change). The supervisor and the composition root call
 adapters only through this protocol.
 
@@ -29,8 +29,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO, runtime_checkable
 
+from hypervisor.errors import StateError
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
-from launcher.errors import StateError
 
 __all__ = [
     "serial_to_stdout",
@@ -127,7 +127,7 @@ class Hypervisor(Protocol):
     """One VM run by one VMM process. Implementations guard every call with :func:`require`.
 
     Every method that waits on the VMM has its own bounded timeout and raises
-    :class:`~launcher.errors.HypervisorError` (or its subclass ``ApiError``) on failure.
+    :class:`~hypervisor.errors.HypervisorError` (or its subclass ``ApiError``) on failure.
     """
 
     @property

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from launcher import logs
-from launcher.errors import EXIT_INTERNAL, EXIT_OK, LauncherError, SpecError
+from launcher.errors import EXIT_INTERNAL, EXIT_OK, HypervisorError, LauncherError, SpecError
 
 if TYPE_CHECKING:
     from launcher.agent import Agent
@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None, *, agent: Agent | None = None) -> in
         for line in err.lines():
             print(line, file=sys.stderr)
         return err.exit_code
-    except LauncherError as err:
+    except (LauncherError, HypervisorError) as err:
         log.error("%s", err, extra={"event": "error"})
         log.debug("traceback", exc_info=err)
         return err.exit_code

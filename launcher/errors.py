@@ -15,20 +15,25 @@ convert :class:`asyncio.CancelledError`.
     ├── PodInfoError                  exit 3  downward-API / Multus annotations / device-plugin env
     ├── NetworkError                  exit 3  pod network discovery, plan or apply failed
     │   └── StateCacheError           exit 3  the state dir holds a half-done or foreign phase
-    ├── HypervisorError               exit 4  the VMM failed to start, crashed or refused a request
-    │   ├── StateError                exit 4  an operation called in the wrong VmState
-    │   └── ApiError                  exit 4  the VMM API answered an error (endpoint, status, body)
     ├── GraceExpiredError             exit 5  the guest did not power off within the grace period
     └── StatusServerError             exit 6  the local status endpoint could not be served
 
-The DHCP package (``dhcp``) is reusable on its own and has its own small tree
-(``dhcp.errors``); the launcher wraps its failures in :class:`NetworkError`.
+    hypervisor.errors.HypervisorError exit 4  the VMM failed to start, crashed or refused a request
+    ├── StateError                    exit 4  an operation called in the wrong VmState
+    └── ApiError                      exit 4  the VMM API answered an error (endpoint, status, body)
+
+``hypervisor`` and ``dhcp`` stand alone (they import nothing from ``launcher``) and have
+their own trees. The hypervisor's errors carry their exit code and are re-exported here;
+:data:`EXPECTED_ERRORS` is what the launcher catches as "reported, not a bug". The DHCP
+package's (``dhcp.errors``) are wrapped in :class:`NetworkError` where the launcher calls it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from hypervisor.errors import ApiError, HypervisorError, StateError
 
 __all__ = [
     "EXIT_GRACE_EXPIRED",
@@ -52,6 +57,7 @@ __all__ = [
     "UsageError",
     "VolumeError",
     "exit_code_for",
+    "EXPECTED_ERRORS",
 ]
 
 EXIT_OK = 0
@@ -130,32 +136,6 @@ class StateCacheError(NetworkError):
     """The state dir records a phase the launcher cannot safely continue from."""
 
 
-class HypervisorError(LauncherError):
-    """The hypervisor process failed to start, exited unexpectedly or refused a request."""
-
-    exit_code = EXIT_HYPERVISOR
-
-
-class StateError(HypervisorError):
-    """An operation was called in a VmState that does not allow it."""
-
-    def __init__(self, state: object, required: Iterable[object]) -> None:
-        self.state = state
-        self.required = tuple(required)
-        names = ", ".join(str(r) for r in self.required)
-        super().__init__(f"operation needs state {names} but the VM is {state}")
-
-
-class ApiError(HypervisorError):
-    """The hypervisor API answered with an error status."""
-
-    def __init__(self, endpoint: str, status: int, body: str) -> None:
-        self.endpoint = endpoint
-        self.status = status
-        self.body = body
-        super().__init__(f"{endpoint} answered HTTP {status}: {body.strip()[:500]!r}")
-
-
 class GraceExpiredError(LauncherError):
     """The guest did not power off within the termination grace period and was stopped hard."""
 
@@ -168,8 +148,13 @@ class StatusServerError(LauncherError):
     exit_code = EXIT_STATUS_SERVER
 
 
+#: Every error the launcher expects and reports with its own exit code (the launcher's
+#: tree and the hypervisor package's); anything else is a bug (exit 1).
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (LauncherError, HypervisorError)
+
+
 def exit_code_for(err: BaseException) -> int:
     """The documented process exit code for ``err`` (1 for anything unexpected)."""
-    if isinstance(err, LauncherError):
+    if isinstance(err, LauncherError | HypervisorError):
         return err.exit_code
     return EXIT_INTERNAL

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hypervisor.machine import DiskImage, KernelBoot, MachineConfig
-from launcher.errors import LauncherError, UsageError, VolumeError
+from launcher.errors import HypervisorError, LauncherError, UsageError, VolumeError
 from launcher.jsonable import to_jsonable
 from launcher.network import DEFAULT_STATE_DIR, PlanOptions, PodState, discover
 from launcher.network import plan as plan_network
@@ -232,7 +232,7 @@ def _hypervisor_view(kind: str, machine: MachineConfig, settings: PlanSettings) 
     return view
 
 
-def _problem(stage: str, err: LauncherError) -> dict[str, Any]:
+def _problem(stage: str, err: LauncherError | HypervisorError) -> dict[str, Any]:
     return {"stage": stage, "message": str(err), "exit_code": err.exit_code}
 
 
@@ -281,7 +281,7 @@ def plan_document(spec: VmSpec, settings: PlanSettings) -> tuple[dict[str, Any],
         try:
             machine = build_machine(spec, network, volumes)
             doc["hypervisor"] = _hypervisor_view(kind, machine, settings)
-        except LauncherError as err:
+        except (LauncherError, HypervisorError) as err:
             problems.append(_problem("hypervisor", err))
     try:
         doc["cloud_init"] = {  # the seed ISO contents run would build (launcher.cloudinit)

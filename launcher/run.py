@@ -11,7 +11,7 @@ Called by :func:`launcher.cli.run` with :class:`RunOptions`. The sequence (docs/
    state in ``--state-dir``, so a restarted launcher in the same pod re-applies the same
    plan and the guest gets the same addresses; failure → exit 3), with QEMU's
    accelerator probe running beside it;
-4. start the VMM through :class:`hypervisor.supervisor.Supervisor` (failure → exit 4);
+4. start the VMM through :class:`launcher.supervisor.Supervisor` (failure → exit 4);
 5. meanwhile open the DHCPv4, DHCPv6 and router-advertisement servers of every guest NIC
    in process, from the plan (listening tens of ms after the spawn, before QEMU runs);
 6. the status server hook (issue 7) runs as one more task;
@@ -42,18 +42,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from hypervisor.base import serial_to_stdout
-from hypervisor.supervisor import (
-    DEFAULT_TERMINATION_LOG,
-    ChildReaper,
-    Outcome,
-    Supervisor,
-    raise_memlock,
-    write_termination_log,
-)
 from launcher import logs
 from launcher.agent import Agent, call_once
 from launcher.errors import (
     EXIT_OK,
+    EXPECTED_ERRORS,
     HypervisorError,
     LauncherError,
     NetworkError,
@@ -65,8 +58,17 @@ from launcher.network import DEFAULT_STATE_DIR, NetworkPlan, NicPlan, PlanOption
 from launcher.network import plan as plan_network
 from launcher.network.names import IFNAMSIZ, POD_INTERFACE
 from launcher.network.plan import DEFAULT_STATUS_PORT
+from launcher.notls import without_ssl
 from launcher.podinfo import DEFAULT_PODINFO_DIR, load_podinfo
 from launcher.spec import VmSpec, load
+from launcher.supervisor import (
+    DEFAULT_TERMINATION_LOG,
+    ChildReaper,
+    Outcome,
+    Supervisor,
+    raise_memlock,
+    write_termination_log,
+)
 from launcher.volumes import (
     DEFAULT_VOLUMES_DIR,
     FileState,
@@ -323,7 +325,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
     walk(group)
     for exc in flat:
-        if isinstance(exc, LauncherError):
+        if isinstance(exc, EXPECTED_ERRORS):
             return exc
     return flat[0]
 
@@ -479,8 +481,15 @@ async def _network(
 
 
 def _preload(kind: str) -> None:
-    """Import the hypervisor adapter (in a thread while the netlink child applies)."""
-    importlib.import_module("hypervisor.qemu" if kind == "qemu" else "hypervisor.cloud_hypervisor")
+    """Import the hypervisor adapter (in a thread while the netlink child applies).
+
+    cloud-hypervisor's client imports aiohttp: here first, without ``ssl`` (launcher.notls).
+    """
+    if kind == "qemu":
+        importlib.import_module("hypervisor.qemu")
+        return
+    with without_ssl():
+        importlib.import_module("hypervisor.cloud_hypervisor")
 
 
 async def _supervise(
@@ -595,7 +604,7 @@ def run(
     ctx = RunContext(options)
     try:
         outcome = asyncio.run(run_async(options, ctx, status=status, agent=agent))
-    except LauncherError as err:
+    except (LauncherError, HypervisorError) as err:
         ctx.exit_code, ctx.cause = err.exit_code, str(err)
         write_termination_log(options.termination_log, str(err))
         raise

@@ -33,8 +33,8 @@ from hypervisor.cloud_hypervisor.config import (
 from hypervisor.cloud_hypervisor.events import EventParser
 from hypervisor.cloud_hypervisor.process import VmmProcess, describe_exit
 from hypervisor.cloud_hypervisor.taps import open_tap
+from hypervisor.errors import ApiError, HypervisorError, StateError
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
-from launcher.errors import ApiError, HypervisorError, StateError
 
 __all__ = ["CloudHypervisor"]
 

@@ -2,9 +2,9 @@
 
 Used by :mod:`hypervisor.cloud_hypervisor.adapter`. Requests go through aiohttp with a
 ``UnixConnector``; every request has a timeout; a non-2xx answer raises
-:class:`~launcher.errors.ApiError` carrying the endpoint, status and body (cloud-hypervisor
+:class:`~hypervisor.errors.ApiError` carrying the endpoint, status and body (cloud-hypervisor
 answers errors with a JSON list of messages, outermost first); a socket that cannot be
-reached raises :class:`~launcher.errors.HypervisorError` naming its path.
+reached raises :class:`~hypervisor.errors.HypervisorError` naming its path.
 
 ``vm.add-net`` with pre-opened tap fds is the one exception: cloud-hypervisor takes those
 fds from the SCM_RIGHTS ancillary data of the request's *own* connection, and aiohttp
@@ -24,11 +24,9 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from launcher.errors import ApiError, HypervisorError
-from launcher.notls import without_ssl
+import aiohttp
 
-with without_ssl():  # the API is a unix socket: no TLS contexts (launcher.notls)
-    import aiohttp
+from hypervisor.errors import ApiError, HypervisorError
 
 __all__ = ["CloudHypervisorClient", "API_ROOT"]
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from hypervisor.errors import HypervisorError
 from hypervisor.machine import DiskImage, MachineConfig, NetDevice, VdpaDevice, VfioDevice
-from launcher.errors import HypervisorError
 
 __all__ = [
     "vm_config",

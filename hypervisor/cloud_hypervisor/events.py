@@ -13,7 +13,7 @@ line (``event_monitor`` crate: ``serde_json::to_string_pretty`` then ``"\\n\\n"`
 so objects span several lines and are split on JSON boundaries, not on newlines.
 ``timestamp`` is the time since the VMM started. :class:`EventParser` is fed raw bytes
 by :mod:`hypervisor.cloud_hypervisor.adapter` (which reads the pipe) and returns complete
-events; a malformed object raises :class:`~launcher.errors.HypervisorError` naming it.
+events; a malformed object raises :class:`~hypervisor.errors.HypervisorError` naming it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import json
 from typing import Any
 
 from hypervisor.base import LifecycleEvent
+from hypervisor.errors import HypervisorError
 from hypervisor.machine import VmState
-from launcher.errors import HypervisorError
 
 __all__ = ["EventParser", "STATE_OF_EVENT", "to_event"]
 

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from launcher.errors import HypervisorError
+from hypervisor.errors import HypervisorError
 
 __all__ = ["VmmProcess", "describe_exit"]
 

@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 
-from launcher.errors import HypervisorError
+from hypervisor.errors import HypervisorError
 
 __all__ = ["open_tap"]
 

@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from hypervisor.base import ExitInfo, LifecycleEvent, advance, require, serial_to_stdout
+from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
 from hypervisor.qemu.argv import QemuRuntime, build_argv, netdev_id
 from hypervisor.qemu.qmp import QmpEvent, QmpSession
-from launcher.errors import HypervisorError
 
 __all__ = ["Qemu", "serial_to_stdout", "describe_exit", "map_event"]
 

@@ -36,8 +36,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from hypervisor.errors import HypervisorError
 from hypervisor.machine import DiskImage, MachineConfig, NetDevice, VdpaDevice, VfioDevice
-from launcher.errors import HypervisorError
 
 __all__ = ["QemuRuntime", "build_argv", "root_port_id", "netdev_id", "drive_id", "MIB"]
 
@@ -361,7 +361,7 @@ def _check_unique(ids: Sequence[str]) -> None:
 def build_argv(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
     """The complete QEMU argv for ``config`` (argv[0] is ``runtime.binary``).
 
-    Raises :class:`~launcher.errors.HypervisorError` naming the offending value when the
+    Raises :class:`~hypervisor.errors.HypervisorError` naming the offending value when the
     config cannot be expressed (bad id, PCI address that cannot be built, too many devices…).
     """
     ids = [d.id for d in config.nets] + [d.id for d in config.vfio] + [d.id for d in config.vdpa]

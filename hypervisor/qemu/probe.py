@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from launcher.errors import HypervisorError
+from hypervisor.errors import HypervisorError
 
 __all__ = ["AccelChoice", "choose_accel", "probe_image", "run_probe", "PROBE_EXIT"]
 

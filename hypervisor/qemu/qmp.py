@@ -3,7 +3,7 @@
 :class:`QmpSession` wraps ``qemu.qmp.QMPClient`` (QEMU's own asyncio client: greeting,
 ``qmp_capabilities`` negotiation, command ids, event routing, SCM_RIGHTS) so that its
 objects and exceptions never leave this module: commands return plain JSON values,
-failures raise :class:`~launcher.errors.HypervisorError` naming the command, and events
+failures raise :class:`~hypervisor.errors.HypervisorError` naming the command, and events
 come out as frozen :class:`QmpEvent` values. Only :mod:`hypervisor.qemu.adapter` uses it.
 
 ``qemu.qmp`` fits: it is maintained by the QEMU project, typed, asyncio-native and small
@@ -32,7 +32,7 @@ from qemu.qmp import (
 )
 from qemu.qmp import QMPError as _QMPError
 
-from launcher.errors import HypervisorError
+from hypervisor.errors import HypervisorError
 
 __all__ = ["QmpSession", "QmpEvent", "QmpGoneError"]
 

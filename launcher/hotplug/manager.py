@@ -37,7 +37,7 @@ from dhcp.v6.server import Dhcp6Server
 from hypervisor.base import Hypervisor
 from hypervisor.machine import VfioDevice
 from launcher.agent import call_once
-from launcher.errors import LauncherError, PodInfoError
+from launcher.errors import HypervisorError, LauncherError, PodInfoError
 from launcher.network import NetworkPlan, NicPlan, PlanOptions, PodState
 from launcher.network import apply as apply_network
 from launcher.network import cleanup as cleanup_network
@@ -318,7 +318,7 @@ class Manager:
         """One change: re-read, diff, act. None when the new inputs were refused."""
         try:
             new, podinfo = await asyncio.to_thread(self.read_inputs, snapshot)
-        except (LauncherError, OSError) as err:
+        except (LauncherError, HypervisorError, OSError) as err:
             self.last_error = str(err)
             log.error(
                 "hot plug: new spec or podinfo refused, nothing changed: %s",
@@ -340,7 +340,7 @@ class Manager:
             try:
                 async with asyncio.timeout(self.step_timeout_s):
                     links = await asyncio.to_thread(self.plumbing.pod_links)
-            except (LauncherError, OSError, TimeoutError) as err:
+            except (LauncherError, HypervisorError, OSError, TimeoutError) as err:
                 log.error("hot plug: cannot list the pod's links: %s", err or "timed out")
                 links = ()
             changes = diff(self.spec, new, podinfo, links, self.pod_interface)
@@ -393,7 +393,7 @@ class Manager:
                 f"planning {name!r}",
                 asyncio.to_thread(self.plumbing.plan, new, podinfo, name, taken),
             )
-        except (LauncherError, OSError, KeyError, PodInfoError) as err:
+        except (LauncherError, HypervisorError, OSError, KeyError, PodInfoError) as err:
             self._set(name, HotplugState.FAILED, error=f"planning failed: {err}")
             return
         if isinstance(planned, PassthroughNic):
@@ -409,7 +409,7 @@ class Manager:
             return
         try:
             await self._step(f"add_vfio {pt.device.id}", self.hypervisor.add_vfio(pt.device))
-        except (LauncherError, OSError) as err:
+        except (LauncherError, HypervisorError, OSError) as err:
             self._set(name, HotplugState.FAILED, error=f"hypervisor add_vfio failed: {err}")
             return
         self.passthrough[name] = pt
@@ -442,7 +442,7 @@ class Manager:
             if self.dhcp:
                 await self._step(f"DHCP servers for {name!r}", self._start_servers(nic))
             await self._step(f"add_net {nic.device.id}", self.hypervisor.add_net(nic.device))
-        except (LauncherError, OSError) as err:
+        except (LauncherError, HypervisorError, OSError) as err:
             await self._roll_back(name, nic, others)
             self._set(name, HotplugState.FAILED, error=str(err))
             return
@@ -458,7 +458,7 @@ class Manager:
             await self._step(
                 f"rolling back {name!r}", asyncio.to_thread(self.plumbing.remove, nic, others)
             )
-        except (LauncherError, OSError) as err:
+        except (LauncherError, HypervisorError, OSError) as err:
             log.error("hot plug: roll back of %s failed: %s", name, err)
 
     async def _start_servers(self, nic: NicPlan) -> None:
@@ -483,7 +483,13 @@ class Manager:
     async def _serve(self, name: str, running: Coroutine[Any, Any, None]) -> None:
         try:
             await running
-        except (DhcpError, OSError, LauncherError, ValueError) as err:  # never ends the run
+        except (
+            DhcpError,
+            OSError,
+            LauncherError,
+            HypervisorError,
+            ValueError,
+        ) as err:  # never ends the run
             log.error("hot plug: a DHCP server of %s stopped: %s", name, err)
             current = self.status.get(name)
             if current is not None:
@@ -522,7 +528,7 @@ class Manager:
         self._set(name, HotplugState.UNPLUGGING, reason=action.reason)
         try:
             await self._step(f"remove_device {device_id}", self.hypervisor.remove_device(device_id))
-        except (LauncherError, OSError) as err:
+        except (LauncherError, HypervisorError, OSError) as err:
             self._set(name, HotplugState.FAILED, error=f"hypervisor remove_device failed: {err}")
             return
         error: str | None = None
@@ -538,7 +544,7 @@ class Manager:
                     f"removing {name!r}'s plumbing",
                     asyncio.to_thread(self.plumbing.remove, nic, list(self.nics.values())),
                 )
-            except (LauncherError, OSError) as err:
+            except (LauncherError, HypervisorError, OSError) as err:
                 error = f"plumbing removal failed: {err}"
         else:
             self.passthrough.pop(name, None)

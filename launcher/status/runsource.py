@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from hypervisor.base import Hypervisor
 from hypervisor.machine import VmState
-from launcher.errors import LauncherError
+from launcher.errors import EXPECTED_ERRORS
 from launcher.network.plan import NetworkPlan
 from launcher.spec.model import VmSpec
 
@@ -143,7 +143,7 @@ async def _follow_events(source: RunSource) -> None:
     try:
         async for ev in hv.events():
             source.board.lifecycle(ev)
-    except LauncherError as err:  # the supervisor reports VMM failures; status only shows them
+    except EXPECTED_ERRORS as err:  # the supervisor reports VMM failures; status only shows them
         log.warning("status: lifecycle events ended: %s", err, extra={"event": "status-events"})
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hypervisor.base import REQUIRED, TRANSITIONS, advance, require
+from hypervisor.errors import HypervisorError, StateError
 from hypervisor.machine import VmState
-from launcher.errors import HypervisorError, StateError
 
 
 def test_every_state_has_a_transition_row() -> None:

@@ -23,8 +23,8 @@ from hypervisor.base import Hypervisor, LifecycleEvent
 from hypervisor.cloud_hypervisor.adapter import CloudHypervisor
 from hypervisor.cloud_hypervisor.events import EventParser
 from hypervisor.cloud_hypervisor.process import VmmProcess
+from hypervisor.errors import HypervisorError, StateError
 from hypervisor.machine import KernelBoot, MachineConfig, NetDevice, VfioDevice, VmState
-from launcher.errors import HypervisorError, StateError
 
 REPO = Path(__file__).resolve().parents[3]
 MACHINE = MachineConfig(

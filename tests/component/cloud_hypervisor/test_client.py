@@ -10,8 +10,8 @@ import pytest
 from hypervisor.cloud_hypervisor.client import CloudHypervisorClient
 from hypervisor.cloud_hypervisor.config import device_config, net_config, vdpa_config, vm_config
 from hypervisor.cloud_hypervisor.events import EventParser
+from hypervisor.errors import ApiError, HypervisorError
 from hypervisor.machine import KernelBoot, MachineConfig, NetDevice, VdpaDevice, VfioDevice
-from launcher.errors import ApiError, HypervisorError
 from tests.component.cloud_hypervisor import openapi
 from tests.component.cloud_hypervisor.fake_vmm import Answer, FakeServer, FakeVmm
 

@@ -11,6 +11,7 @@ from hypervisor.cloud_hypervisor.config import (
     vdpa_config,
     vm_config,
 )
+from hypervisor.errors import HypervisorError
 from hypervisor.machine import (
     DiskImage,
     KernelBoot,
@@ -19,7 +20,6 @@ from hypervisor.machine import (
     VdpaDevice,
     VfioDevice,
 )
-from launcher.errors import HypervisorError
 from tests.component.cloud_hypervisor import openapi
 
 GiB = 1 << 30

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from hypervisor.cloud_hypervisor.events import EventParser
+from hypervisor.errors import HypervisorError
 from hypervisor.machine import VmState
-from launcher.errors import HypervisorError
 
 
 def record(

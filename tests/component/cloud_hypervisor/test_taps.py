@@ -25,7 +25,7 @@ from hypervisor.cloud_hypervisor.client import CloudHypervisorClient
 from hypervisor.cloud_hypervisor.config import net_config, vm_config
 from hypervisor.cloud_hypervisor.taps import open_tap
 from hypervisor.machine import KernelBoot, MachineConfig, NetDevice
-from launcher.errors import HypervisorError
+from hypervisor.errors import HypervisorError
 from tests.component.cloud_hypervisor.fake_vmm import FakeServer, FakeVmm
 
 out = {}

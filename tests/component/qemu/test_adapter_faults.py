@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from hypervisor.base import LifecycleEvent
+from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig, VmState
 from hypervisor.qemu import Qemu, QmpGoneError
-from launcher.errors import HypervisorError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hypervisor.supervisor import (
+from launcher.supervisor import (
     TERMINATION_LOG_LIMIT,
     ChildReaper,
     raise_memlock,
@@ -101,7 +101,7 @@ def test_raise_memlock_unprivileged_falls_back_to_the_hard_limit(memlock: tuple[
     script = (
         "import os, resource\n"
         f"resource.setrlimit(resource.RLIMIT_MEMLOCK, ({min(4096, hard)}, {hard}))\n"
-        "from hypervisor.supervisor import raise_memlock\n"
+        "from launcher.supervisor import raise_memlock\n"
         "os.setgid(65534); os.setuid(65534)\n"
         "print(raise_memlock())\n"
     )

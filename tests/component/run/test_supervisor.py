@@ -17,7 +17,6 @@ import pytest
 
 from hypervisor.base import Hypervisor
 from hypervisor.machine import MachineConfig, VmState
-from hypervisor.supervisor import Supervisor
 from launcher.errors import (
     EXIT_GRACE_EXPIRED,
     EXIT_HYPERVISOR,
@@ -25,6 +24,7 @@ from launcher.errors import (
     HypervisorError,
     exit_code_for,
 )
+from launcher.supervisor import Supervisor
 
 from .fake_vmm import FakeVmm
 

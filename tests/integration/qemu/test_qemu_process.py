@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from hypervisor.base import Hypervisor, LifecycleEvent
+from hypervisor.errors import HypervisorError, StateError
 from hypervisor.machine import DiskImage, MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
 from hypervisor.qemu import Qemu, choose_accel
-from launcher.errors import HypervisorError, StateError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from hypervisor.errors import HypervisorError
 from hypervisor.machine import (
     DiskImage,
     KernelBoot,
@@ -15,7 +16,6 @@ from hypervisor.machine import (
     VfioDevice,
 )
 from hypervisor.qemu.argv import QemuRuntime, build_argv
-from launcher.errors import HypervisorError
 
 RT = QemuRuntime(qmp_socket="/run/vl/qmp.sock")
 MAC = "52:54:00:12:34:56"

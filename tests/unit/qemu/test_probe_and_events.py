@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from hypervisor.base import Hypervisor
+from hypervisor.errors import HypervisorError
 from hypervisor.machine import VmState
 from hypervisor.qemu import probe
 from hypervisor.qemu.adapter import Qemu, describe_exit, map_event, serial_to_stdout
 from hypervisor.qemu.probe import AccelChoice, choose_accel, probe_image
 from hypervisor.qemu.qmp import QmpEvent
-from launcher.errors import HypervisorError
 
 
 def test_probe_image_is_64k_with_reset_vector_far_jump_to_code() -> None:

@@ -9,7 +9,7 @@ How a run ends (and the exit code the composition root derives from it):
 
 * the VMM exits on its own: noticed at once (the adapter awaits the process, no polling).
   A clean guest power-off (terminal state Shutdown) returns an :class:`Outcome` (exit 0);
-  anything else (crash, kill, guest panic) raises :class:`~launcher.errors.HypervisorError`
+  anything else (crash, kill, guest panic) raises :class:`~hypervisor.errors.HypervisorError`
   naming the cause (exit 4);
 * SIGTERM or SIGINT (:meth:`Supervisor.request_stop`): the ACPI power button is pressed,
   then the supervisor waits up to the grace period (the spec's
@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from hypervisor.base import ExitInfo, Hypervisor
+from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig, VmState
-from launcher.errors import GraceExpiredError, HypervisorError
+from launcher.errors import GraceExpiredError
 
 __all__ = [
     "Supervisor",

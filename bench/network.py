@@ -150,10 +150,9 @@ def throughput(kind: str, seconds: int) -> float:
             apply(p, Path(state), netns=topo.pod)
         nic = p.nics[0]
         assert nic.dhcp4 is not None
-        sh("ip", "-n", topo.guest, "addr", "add", str(nic.dhcp4.address), "dev", "vlg0")
-        if nic.dhcp4.routers:
-            gw = str(nic.dhcp4.routers[0])
-            sh("ip", "-n", topo.guest, "route", "add", "default", "via", gw)
+        sh("ip", "-n", topo.guest, "addr", "add", str(nic.dhcp4.leases[0].address), "dev", "vlg0")
+        if nic.dhcp4.router:
+            sh("ip", "-n", topo.guest, "route", "add", "default", "via", str(nic.dhcp4.router))
         ok = wait_for(
             lambda: (
                 nsrun(topo.peer, "ping", "-c1", "-W1", "10.77.0.5", check=False).returncode == 0

@@ -1,10 +1,52 @@
-"""In-process DHCPv4, DHCPv6 and router-advertisement servers for guest NICs."""
+"""In-process DHCPv4, DHCPv6 and router-advertisement servers for guest NICs.
 
-from dhcp.v4 import Dhcp4Config, Dhcp4Server, Dhcp4Snapshot, Lease4
+Stands alone: imports nothing from ``launcher`` or ``hypervisor``. The names below are
+imported from their modules on first use (a module ``__getattr__``), so a caller that
+needs only a configuration type (the launcher's network plan) does not import the
+servers and asyncio with it; ``dhcp.v4`` and ``dhcp.v6`` do the same.
+"""
 
-__all__: list[str] = [
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dhcp.lifecycle import Server
+    from dhcp.ra import RaConfig, RaServer
+    from dhcp.v4.config import Dhcp4Config, Lease4
+    from dhcp.v4.server import Dhcp4Server, Dhcp4Snapshot
+    from dhcp.v6.lease import Config6, Lease6
+    from dhcp.v6.server import Dhcp6Server
+
+__all__ = [
+    "Server",
     "Dhcp4Server",
     "Dhcp4Config",
     "Lease4",
     "Dhcp4Snapshot",
+    "Dhcp6Server",
+    "Config6",
+    "Lease6",
+    "RaServer",
+    "RaConfig",
 ]
+
+_WHERE = {
+    "Server": "dhcp.lifecycle",
+    "Dhcp4Server": "dhcp.v4.server",
+    "Dhcp4Config": "dhcp.v4.config",
+    "Lease4": "dhcp.v4.config",
+    "Dhcp4Snapshot": "dhcp.v4.server",
+    "Dhcp6Server": "dhcp.v6.server",
+    "Config6": "dhcp.v6.lease",
+    "Lease6": "dhcp.v6.lease",
+    "RaServer": "dhcp.ra",
+    "RaConfig": "dhcp.ra",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -15,16 +15,18 @@ import argparse
 import asyncio
 import fcntl
 import gc
+import json
 import logging
 import signal
 import socket
 import struct
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Protocol
 
 from dhcp.errors import DhcpError
+from dhcp.lifecycle import Server
 from dhcp.v4 import options as o
 from dhcp.v4.config import DEFAULT_LEASE_TIME, Dhcp4Config, Lease4, Pool4
 from dhcp.v4.server import Dhcp4Server
@@ -34,7 +36,7 @@ __all__ = [
     "main",
     "build_parser",
     "serve",
-    "Runnable",
+    "Server",
     "ARGUMENT_ADDERS",
     "SERVER_BUILDERS",
     "add_v4_arguments",
@@ -43,12 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _SIOCGIFADDR = 0x8915
-
-
-class Runnable(Protocol):
-    """A server that serves until its ``run()`` task is cancelled."""
-
-    def run(self) -> Awaitable[None]: ...
 
 
 # --------------------------------------------------------------------- DHCPv4
@@ -198,7 +194,7 @@ def _interface_address(interface: str) -> IPv4Address:
     return IPv4Address(res[20:24])
 
 
-def build_v4_servers(args: argparse.Namespace) -> list[Runnable]:
+def build_v4_servers(args: argparse.Namespace) -> list[Server]:
     """A DHCPv4 server when any lease or pool was given."""
     if not args.lease and args.pool is None:
         return []
@@ -238,7 +234,7 @@ def build_v4_servers(args: argparse.Namespace) -> list[Runnable]:
 # --------------------------------------------------------------------- common
 
 ARGUMENT_ADDERS: list[Callable[[argparse.ArgumentParser], None]] = [add_v4_arguments]
-SERVER_BUILDERS: list[Callable[[argparse.Namespace], list[Runnable]]] = [build_v4_servers]
+SERVER_BUILDERS: list[Callable[[argparse.Namespace], list[Server]]] = [build_v4_servers]
 ARGUMENT_ADDERS.append(add_v6_arguments)  # --lease6, --dns6, --ra... (dhcp.v6.cli)
 SERVER_BUILDERS.append(build_v6_servers)
 
@@ -257,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(servers: Sequence[Runnable]) -> None:
+async def serve(servers: Sequence[Server]) -> None:
     """Run ``servers`` in one TaskGroup until SIGINT/SIGTERM; a failing server stops all."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -277,8 +273,9 @@ async def serve(servers: Sequence[Runnable]) -> None:
             loop.remove_signal_handler(sig)
 
 
-async def _run(server: Runnable) -> None:
-    await server.run()
+async def _run(server: Server) -> None:
+    async with server:
+        await server.serve()
 
 
 async def _first_of(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
@@ -289,18 +286,37 @@ async def _first_of(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> Non
         waiter.cancel()
 
 
-def _configure_logging(level: str) -> None:
-    """Plain text lines on stderr: ``python -m dhcp`` is run by hand, for debugging.
+class _JsonLines(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, then the record's extra fields.
 
-    ``dhcp`` stands alone (it imports nothing from ``launcher``); inside the launcher the
-    servers' records go through the launcher's own JSON-lines configuration instead.
+    The same line shape as the launcher's (``launcher.logs``), written again here on
+    purpose: ``dhcp`` stands alone and imports nothing from ``launcher``; inside the
+    launcher the servers' records go through the launcher's own configuration.
     """
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+
+    _standard = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+        "message",
+        "asctime",
+        "taskName",
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update((k, v) for k, v in record.__dict__.items() if k not in self._standard)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+def _configure_logging(level: str) -> None:
+    """JSON lines on stderr at ``level`` (see :class:`_JsonLines`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLines())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.log_level)
     failed = False
     try:
-        servers: list[Runnable] = []
+        servers: list[Server] = []
         for build in SERVER_BUILDERS:
             servers += build(args)
         if not servers:

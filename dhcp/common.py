@@ -3,14 +3,14 @@
 Provides the DNS wire-format encoding of a domain search list (RFC 3397 for DHCPv4
 option 119, RFC 3646 for DHCPv6 option 24) via dnslib, and name validation. The
 callers are ``dhcp.v4.options`` and ``dhcp.v6``; nothing here reads resolv.conf — the
-caller passes the lists it read.
+caller passes the lists it read. dnslib (≈12 ms to import) is imported by the two
+codec functions on first use: validating a name (``check_domain``, which every
+configuration type calls) must stay cheap for the launcher's network plan.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-from dnslib import DNSBuffer, DNSLabel
 
 __all__ = ["encode_search_list", "decode_search_list", "check_domain"]
 
@@ -34,6 +34,8 @@ def encode_search_list(domains: Iterable[str], *, compress: bool = True) -> byte
     DHCPv4 option 119 allows compression (RFC 3397); DHCPv6 option 24 forbids it
     (RFC 3646 section 5, "MUST NOT be compressed") so v6 passes ``compress=False``.
     """
+    from dnslib import DNSBuffer, DNSLabel  # noqa: PLC0415 - see the module docstring
+
     buf = DNSBuffer()
     for domain in domains:
         label = DNSLabel(check_domain(domain))
@@ -46,6 +48,8 @@ def encode_search_list(domains: Iterable[str], *, compress: bool = True) -> byte
 
 def decode_search_list(data: bytes) -> list[str]:
     """Inverse of :func:`encode_search_list`; ValueError if ``data`` is not a name list."""
+    from dnslib import DNSBuffer  # noqa: PLC0415 - see the module docstring
+
     buf = DNSBuffer(data)
     names: list[str] = []
     try:

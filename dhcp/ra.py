@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from dhcp.errors import MalformedPacket, ServerError
+from dhcp.lifecycle import Server
 from dhcp.ratelimit import RateLimiter
 from dhcp.v6.codec import decode_domain_list, encode_domain_list, mac_bytes
 
@@ -359,7 +360,7 @@ def link_facts(ifname: str) -> tuple[int, str, ipaddress.IPv6Address | None]:
 
 
 @dataclass(slots=True)
-class RaServer:
+class RaServer(Server):
     """Sends router advertisements on one interface until closed."""
 
     config: RaConfig
@@ -373,6 +374,8 @@ class RaServer:
 
     async def open(self) -> None:
         """Create the socket; waits (bounded) for the link-local address to leave DAD."""
+        if self._sock is not None:
+            return
         ifname = self.config.interface
         deadline = time.monotonic() + self.link_local_timeout
         while True:
@@ -431,17 +434,10 @@ class RaServer:
         self.counters.last_advert = time.time()
         log.debug("--> RA to %s on %s lifetime %d", dest, self.config.interface, ra.router_lifetime)
 
-    async def run(self) -> None:
-        """Open, serve until cancelled, then send the final advert (lifetime 0) and close."""
-        try:
-            await self.serve()
-        finally:
-            self.close(final=True)
-
     async def serve(self) -> None:
         """Advertise periodically and answer solicitations until cancelled."""
         if self._sock is None:
-            await self.open()
+            raise ServerError(f"router advertisements on {self.config.interface!r}: not open")
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._periodic(), name=f"ra-periodic-{self.config.interface}")
             tg.create_task(self._answer(), name=f"ra-solicit-{self.config.interface}")
@@ -500,7 +496,7 @@ class RaServer:
             self._last_multicast = time.monotonic()
             self._send(ALL_NODES)
 
-    def close(self, *, final: bool = True) -> None:
+    async def close(self, *, final: bool = True) -> None:
         """Send the goodbye advert (router lifetime 0) unless told not to, then close."""
         if self._sock is None:
             return

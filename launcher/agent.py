@@ -43,11 +43,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from launcher.errors import LauncherError, NetworkError
 
-__all__ = ["Agent", "call_once", "main", "OPS", "CALL_TIMEOUT_S"]
+if TYPE_CHECKING:  # the child's side imports the network package; this side only types it
+    from launcher.network import ApplyResult, NetworkPlan, PodState
+
+__all__ = ["Agent", "AgentRunner", "call_once", "main", "OPS", "CALL_TIMEOUT_S"]
 
 log = logging.getLogger("launcher.agent")  # also when run as __main__
 
@@ -326,6 +330,51 @@ def call_once(op: str, *args: Any, timeout: float = CALL_TIMEOUT_S, **kwargs: An
         )
     (size,) = _HEADER.unpack(out[: _HEADER.size])
     return _answer(op, out[_HEADER.size : _HEADER.size + size])
+
+
+class AgentRunner:
+    """The launcher's :class:`launcher.nics.PodRunner`: every privileged change to the pod
+    goes through a netlink child.
+
+    While the start-up :class:`Agent` lives (discover and the boot NICs' apply), calls go
+    to it; after :meth:`release` (the child exits once the boot network is applied),
+    each call runs in a fresh child (:func:`call_once`, in a thread: hot plug, exit
+    cleanup).
+    """
+
+    def __init__(
+        self, state_dir: Path, agent: Agent | None = None, *, netns: str | None = None
+    ) -> None:
+        self.state_dir = state_dir
+        self.netns = netns  # None: the launcher's own (the pod's); a name only in tests
+        self._agent = agent
+
+    async def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        if self._agent is not None:
+            return await self._agent.call(op, *args, **kwargs)
+        return await asyncio.to_thread(call_once, op, *args, **kwargs)
+
+    async def discover(self) -> PodState:
+        """The pod (``discover`` was sent ahead by the CLI with these same arguments)."""
+        pod: PodState = await self._call("discover", self.netns, self.state_dir)
+        return pod
+
+    async def apply(self, plan: NetworkPlan) -> ApplyResult:
+        extra = {"netns": self.netns} if self.netns is not None else {}
+        result: ApplyResult = await self._call("apply", plan, self.state_dir, **extra)
+        return result
+
+    async def cleanup(self, plan: NetworkPlan) -> None:
+        extra = {"netns": self.netns} if self.netns is not None else {}
+        await self._call("cleanup", plan, self.state_dir, **extra)
+
+    def release(self) -> Agent | None:
+        """Let the start-up child go (it exits); later calls start their own. Returns it,
+        for the caller to collect."""
+        agent, self._agent = self._agent, None
+        if agent is not None:
+            agent.release()
+        return agent
 
 
 # --------------------------------------------------------------------------- the child

@@ -26,9 +26,11 @@ from launcher.errors import EXIT_INTERNAL, EXIT_OK, HypervisorError, LauncherErr
 
 if TYPE_CHECKING:
     from launcher.agent import Agent
-    from launcher.run import RunContext, StatusHook
+    from launcher.options import RunOptions
+    from launcher.run import StatusTask
     from launcher.spec import VmSpec
     from launcher.status.listen import Listen
+    from launcher.status.model import StatusBoard
 
 __all__ = [
     "DEFAULT_SPEC_PATH",
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
             _add_run_arguments(sub)
         if name == "plan":
             _add_plan_arguments(sub)
-        if name in ("run", "status"):
+        if name in ("run", "status", "plan"):
             _add_status_arguments(sub, name)
     return parser
 
@@ -152,7 +154,7 @@ def validate(options: Options, out: TextIO) -> int:
     return EXIT_OK
 
 
-PLAN_ARGS = ("offline", "pod_netns", "host_root")
+PLAN_ARGS = ("offline", "pod_netns")  # the rest of plan's options are RUN_ARGS
 
 
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,13 +197,24 @@ def plan(options: Options, out: TextIO) -> int:
     Exit 0, or the documented code of the first entry of ``problems`` (the rest of the
     document is still printed).
     """
-    from launcher.machine import PlanSettings, plan_document  # noqa: PLC0415 - keeps validate light
+    from launcher.options import RunOptions  # noqa: PLC0415 - keeps validate light
+    from launcher.plandoc import plan_document  # noqa: PLC0415
 
     spec = _load(options.spec_path)
-    known = set(PlanSettings.__dataclass_fields__)
-    given = {**options.run_args, **options.plan_args}
-    settings = PlanSettings(**{k: v for k, v in given.items() if k in known})
-    document, code = plan_document(spec, settings)
+    plan_only = dict(options.plan_args)
+    run_options = RunOptions.from_args(
+        options.spec_path,
+        {
+            **options.run_args,
+            **({"host_root": plan_only.pop("host_root")} if "host_root" in plan_only else {}),
+        },
+    )
+    document, code = plan_document(
+        spec,
+        run_options,
+        offline=bool(plan_only.get("offline")),
+        pod_netns=plan_only.get("pod_netns"),
+    )
     json.dump(document, out, indent=2)
     out.write("\n")
     for problem in document["problems"]:
@@ -225,6 +238,7 @@ RUN_ARGS = (
     "console_log",
     "podinfo",
     "hotplug_ports",
+    "host_root",  # plan only (run always uses /)
 )
 
 
@@ -330,28 +344,34 @@ def run(options: Options, agent: Agent | None = None) -> int:
     if agent is None:
         agent = Agent.fork()
     agent.prefetch("discover", None, options.run_args.get("state_dir", DEFAULT_STATE_DIR))
-    from launcher.run import RunOptions  # noqa: PLC0415 - keeps validate/plan start-up light
-    from launcher.run import run as run_vm  # noqa: PLC0415
+    from launcher.run import run as run_vm  # noqa: PLC0415 - keeps validate/plan start-up light
+
+    listen = _listen(options)
+    return run_vm(_run_options(options, listen), status=_status_task(listen), agent=agent)
+
+
+def _listen(options: Options) -> Listen:
     from launcher.status.listen import DEFAULT_LISTEN, parse_listen  # noqa: PLC0415
 
-    listen = parse_listen(options.status_args.get("status_listen", DEFAULT_LISTEN))
-    extra: dict[str, Any] = {}
-    if listen.port:
-        extra["status_port"] = listen.port  # masquerade never DNATs the endpoint's port
-    return run_vm(
-        RunOptions(spec_path=options.spec_path, **options.run_args, **extra),
-        status=_status_task(listen),
-        agent=agent,
-    )
+    return parse_listen(options.status_args.get("status_listen", DEFAULT_LISTEN))
 
 
-def _status_task(listen: Listen) -> StatusHook:
-    """The status task, importing launcher.status.runsource when the run starts it."""
+def _run_options(options: Options, listen: Listen) -> RunOptions:
+    """The one options type from the command line (``run`` and ``plan`` alike): the status
+    endpoint's port is the one masquerade never DNATs."""
+    from launcher.options import RunOptions  # noqa: PLC0415 - keeps validate light
 
-    async def serve(ctx: RunContext) -> None:
-        from launcher.status.runsource import status_hook  # noqa: PLC0415 - after the spawn
+    extra = {"status_port": listen.port} if listen.port else {}
+    return RunOptions.from_args(options.spec_path, {**options.run_args, **extra})
 
-        await status_hook(listen)(ctx)
+
+def _status_task(listen: Listen) -> StatusTask:
+    """The status task, importing launcher.status.task when the run starts it."""
+
+    async def serve(board: StatusBoard) -> None:
+        from launcher.status.task import status_task  # noqa: PLC0415 - after the spawn
+
+        await status_task(listen)(board)
 
     return serve
 

@@ -45,6 +45,7 @@ from hypervisor.base import ExitInfo, Hypervisor
 from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig, VmState
 from launcher.errors import GraceExpiredError
+from launcher.phase import Phase
 
 __all__ = [
     "Supervisor",
@@ -91,7 +92,7 @@ class Supervisor:
         grace_s: float = 30.0,
         stop_timeout_s: float = 45.0,
         exit_timeout_s: float = 10.0,
-        on_phase: Callable[[str], None] | None = None,
+        on_phase: Callable[[Phase], None] | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.grace_s = grace_s
@@ -99,18 +100,18 @@ class Supervisor:
         self.exit_timeout_s = exit_timeout_s
         self.stop_reason: str | None = None
         self._on_phase = on_phase
-        self._phase = "created"
+        self._phase = Phase.STARTING
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
         self._signals: list[int] = []
 
     @property
-    def phase(self) -> str:
-        """``created``, ``starting``, ``running``, ``stopping`` or ``exited``."""
+    def phase(self) -> Phase:
+        """STARTING (nothing spawned yet), HYPERVISOR, RUNNING, STOPPING or EXITED."""
         return self._phase
 
     @phase.setter
-    def phase(self, value: str) -> None:
+    def phase(self, value: Phase) -> None:
         self._phase = value
         if self._on_phase is not None:
             self._on_phase(value)
@@ -154,15 +155,15 @@ class Supervisor:
         """Start the VM, wait for its end or a stop request; see the module docstring."""
         hv = self.hypervisor
         if self._stop.is_set():
-            self.phase = "exited"
+            self.phase = Phase.EXITED
             return Outcome(f"stopped by {self.stop_reason} before the VM started", None, True)
-        self.phase = "starting"
+        self.phase = Phase.HYPERVISOR
         try:
             await hv.start(config)
         except asyncio.CancelledError:
             await self._hard_stop()
             raise
-        self.phase = "running"
+        self.phase = Phase.RUNNING
         log.info(
             "VM running",
             extra={"event": "vm-running", "hypervisor": hv.kind, "pid": hv.pid},
@@ -181,7 +182,7 @@ class Supervisor:
             stop_task.cancel()
             if not exit_task.done():
                 exit_task.cancel()
-            self.phase = "exited"
+            self.phase = Phase.EXITED
 
     def _unrequested_exit(self, info: ExitInfo) -> Outcome:
         if info.state is VmState.SHUTDOWN:
@@ -191,7 +192,7 @@ class Supervisor:
 
     async def _shutdown(self, exit_task: asyncio.Future[ExitInfo]) -> Outcome:
         hv = self.hypervisor
-        self.phase = "stopping"
+        self.phase = Phase.STOPPING
         reason = self.stop_reason or "a stop request"
         pressed = False
         if hv.state is VmState.RUNNING:

@@ -1,8 +1,17 @@
-"""The embedded DHCPv4 server: codec, options, static-lease configuration, asyncio server."""
+"""The embedded DHCPv4 server: codec, options, static-lease configuration, asyncio server.
 
-from dhcp.v4.codec import Message, parse
-from dhcp.v4.config import Dhcp4Config, Lease4, Pool4
-from dhcp.v4.server import Dhcp4Counters, Dhcp4Event, Dhcp4Server, Dhcp4Snapshot
+Names are imported from their modules on first use (see ``dhcp/__init__``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dhcp.v4.codec import Message, parse
+    from dhcp.v4.config import Dhcp4Config, Lease4, Pool4
+    from dhcp.v4.server import Dhcp4Counters, Dhcp4Event, Dhcp4Server, Dhcp4Snapshot
 
 __all__ = [
     "Dhcp4Server",
@@ -15,3 +24,21 @@ __all__ = [
     "Message",
     "parse",
 ]
+
+_WHERE = {
+    "Dhcp4Server": "server",
+    "Dhcp4Config": "config",
+    "Lease4": "config",
+    "Pool4": "config",
+    "Dhcp4Snapshot": "server",
+    "Dhcp4Counters": "server",
+    "Dhcp4Event": "server",
+    "Message": "codec",
+    "parse": "codec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -10,16 +10,55 @@ validated here, once: a wrong value raises ``ValueError`` naming it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from dhcp.common import check_domain
 from dhcp.v4 import options as o
 
-__all__ = ["Lease4", "Pool4", "Dhcp4Config", "normalize_mac", "DEFAULT_LEASE_TIME"]
+__all__ = [
+    "Lease4",
+    "Pool4",
+    "Dhcp4Config",
+    "classless_routes",
+    "normalize_mac",
+    "DEFAULT_LEASE_TIME",
+]
 
 DEFAULT_LEASE_TIME = 86400
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_ON_LINK = IPv4Address("0.0.0.0")
+_DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
+
+Route4 = tuple[IPv4Network, IPv4Address]
+
+
+def classless_routes(
+    address: IPv4Interface, router: IPv4Address | None, extra: Sequence[Route4] = ()
+) -> tuple[Route4, ...]:
+    """Option 121 (RFC 3442) for a client at ``address``: THE rule, used by the server
+    for every reply and by whoever shows what the server will send (``virt-launcher plan``).
+
+    Empty — no option 121, option 3 alone says it all — when the router is inside the
+    client's subnet and there is no other route. Otherwise: an on-link host route to a
+    router outside the subnet first (Calico's /32 with 169.254.1.1: the client cannot
+    reach its gateway without it), then ``extra`` (default routes and the subnet route the
+    mask implies are dropped, duplicates kept once), then the default route via the router
+    last: a client that takes option 121 ignores option 3, so 121 must carry it too.
+    """
+    routes: list[Route4] = []
+    for dst, hop in extra:
+        implied = dst == address.network and hop == _ON_LINK
+        if dst.prefixlen and not implied and (dst, hop) not in routes:
+            routes.append((dst, hop))
+    if router is not None and router not in address.network:
+        host = IPv4Network(f"{router}/32")
+        routes = [(dst, hop) for dst, hop in routes if dst != host]
+        routes.insert(0, (host, _ON_LINK))
+    if routes and router is not None:
+        routes.append((_DEFAULT_ROUTE, router))
+    return tuple(routes)
 
 
 def normalize_mac(mac: str) -> str:

@@ -28,9 +28,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from dhcp.errors import MalformedPacket
 from dhcp.v4 import options as o
 from dhcp.v4.codec import BOOTREPLY, BOOTREQUEST, FLAG_BROADCAST, Message, encoded_size
-from dhcp.v4.config import Dhcp4Config, Lease4
+from dhcp.v4.config import Dhcp4Config, Lease4, classless_routes
 
-__all__ = ["Responder", "Decision", "Destination", "DestKind", "MANDATORY"]
+__all__ = ["Responder", "Decision", "Destination", "DestKind", "MANDATORY", "lease_options"]
 
 MANDATORY = (
     o.MESSAGE_TYPE,
@@ -44,7 +44,6 @@ MANDATORY = (
 )
 _ZERO = IPv4Address(0)
 _BROADCAST = IPv4Address("255.255.255.255")
-_DEFAULT = IPv4Network("0.0.0.0/0")
 _HEADER_SIZE = 240  # fixed fields + magic cookie
 _IP_UDP = 28
 _MIN_MAX_SIZE = 576
@@ -279,16 +278,16 @@ class Responder:
         opts += list(cfg.private_options)
         return opts
 
-    def routes_for(self, lease: Lease4) -> list[tuple[IPv4Network, IPv4Address]]:
-        """Option 121 routes: on-link host route to an off-subnet router, extras, default last."""
-        cfg = self.config
-        routes: list[tuple[IPv4Network, IPv4Address]] = []
-        if cfg.router is not None and cfg.router not in lease.address.network:
-            routes.append((IPv4Network(f"{cfg.router}/32"), _ZERO))
-        routes += [r for r in cfg.routes if r[0] != _DEFAULT]
-        if cfg.router is not None:
-            routes.append((_DEFAULT, cfg.router))
-        return routes
+    def routes_for(self, lease: Lease4) -> tuple[tuple[IPv4Network, IPv4Address], ...]:
+        """Option 121 for ``lease``: :func:`dhcp.v4.config.classless_routes`, the one rule."""
+        return classless_routes(lease.address, self.config.router, self.config.routes)
+
+
+def lease_options(config: Dhcp4Config, lease: Lease4) -> list[tuple[int, bytes]]:
+    """Every option an ACK for ``lease`` carries when the client sends no request list,
+    in order (a request list picks from these, plus the mandatory ones): exactly what the
+    server puts on the wire, computed by the server's own code."""
+    return Responder(config)._options(lease, o.ACK, False, None)
 
 
 def _select(available: list[tuple[int, bytes]], prl: bytes | None) -> list[tuple[int, bytes]]:

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
-from dhcp.common import encode_search_list
+from dhcp.common import decode_search_list, encode_search_list
 
 __all__ = [
     "SUBNET_MASK",
@@ -58,6 +58,7 @@ __all__ = [
     "enc_search",
     "classless_routes",
     "decode_classless_routes",
+    "describe",
 ]
 
 SUBNET_MASK = 1
@@ -156,3 +157,52 @@ def decode_classless_routes(data: bytes) -> list[tuple[IPv4Network, IPv4Address]
         routes.append((IPv4Network((dest, width), strict=False), gateway))
         i += 5 + octets
     return routes
+
+
+_NAMES = {
+    SUBNET_MASK: "subnet-mask",
+    ROUTER: "router",
+    DNS: "dns-servers",
+    HOSTNAME: "hostname",
+    DOMAIN_NAME: "domain-name",
+    INTERFACE_MTU: "interface-mtu",
+    BROADCAST: "broadcast-address",
+    NTP_SERVERS: "ntp-servers",
+    LEASE_TIME: "lease-time",
+    MESSAGE_TYPE: "message-type",
+    SERVER_ID: "server-identifier",
+    RENEWAL_TIME: "renewal-time",
+    REBINDING_TIME: "rebinding-time",
+    CLIENT_ID: "client-identifier",
+    TFTP_SERVER: "tftp-server-name",
+    BOOT_FILE: "bootfile-name",
+    DOMAIN_SEARCH: "domain-search",
+    CLASSLESS_ROUTES: "classless-static-routes",
+}
+_ADDRESSES = frozenset({SUBNET_MASK, ROUTER, DNS, BROADCAST, NTP_SERVERS, SERVER_ID})
+_TEXT = frozenset({HOSTNAME, DOMAIN_NAME, TFTP_SERVER, BOOT_FILE})
+_NUMBERS = frozenset({INTERFACE_MTU, LEASE_TIME, RENEWAL_TIME, REBINDING_TIME})
+
+
+def describe(code: int, value: bytes) -> dict[str, object]:
+    """One option as plain data: code, name, the value decoded where the code is known,
+    and the exact bytes (``hex``). For ``virt-launcher plan`` and diagnostics."""
+    decoded: object
+    if code in _ADDRESSES and len(value) % 4 == 0:
+        decoded = [str(IPv4Address(value[i : i + 4])) for i in range(0, len(value), 4)]
+    elif code in _TEXT:
+        decoded = value.decode("ascii", "backslashreplace")
+    elif code in _NUMBERS:
+        decoded = int.from_bytes(value, "big")
+    elif code == MESSAGE_TYPE and len(value) == 1:
+        decoded = TYPE_NAMES.get(value[0], value[0])
+    elif code == DOMAIN_SEARCH:
+        decoded = decode_search_list(value)
+    elif code == CLASSLESS_ROUTES:
+        decoded = [f"{dst} via {hop}" for dst, hop in decode_classless_routes(value)]
+    elif PRIVATE_FIRST <= code <= PRIVATE_LAST:
+        decoded = value.decode("utf-8", "backslashreplace")
+    else:
+        decoded = None
+    name = _NAMES.get(code, "private" if PRIVATE_FIRST <= code <= PRIVATE_LAST else "other")
+    return {"code": code, "name": name, "value": decoded, "hex": value.hex()}

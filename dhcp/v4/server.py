@@ -40,9 +40,9 @@ import struct
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from types import TracebackType
 
 from dhcp.errors import MalformedPacket, ServerError
+from dhcp.lifecycle import Server
 from dhcp.ratelimit import RateLimiter
 from dhcp.v4.codec import parse
 from dhcp.v4.config import Dhcp4Config
@@ -110,7 +110,7 @@ _EVENT_COUNTER = {
 }
 
 
-class Dhcp4Server:
+class Dhcp4Server(Server):
     """DHCPv4 server bound to ``config.interface``; see the module docstring."""
 
     def __init__(self, config: Dhcp4Config) -> None:
@@ -127,7 +127,7 @@ class Dhcp4Server:
 
     # ------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
+    async def open(self) -> None:
         """Open and bind the sockets; ServerError if the interface cannot be served."""
         if self._udp is not None:
             return
@@ -180,25 +180,11 @@ class Dhcp4Server:
             log.info("DHCPv4 server stopped", extra={"iface": self.config.interface})
         self._udp = self._raw = None
 
-    async def run(self) -> None:
-        """Serve until cancelled (for a ``TaskGroup``)."""
-        await self.start()
-        try:
-            await asyncio.get_running_loop().create_future()
-        finally:
-            await self.close()
-
-    async def __aenter__(self) -> Dhcp4Server:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    async def serve(self) -> None:
+        """Answer clients until cancelled (the socket's reader callback does the work)."""
+        if self._udp is None:
+            raise ServerError(f"DHCPv4 server on {self.config.interface!r} is not open")
+        await asyncio.get_running_loop().create_future()
 
     def snapshot(self) -> Dhcp4Snapshot:
         """Counters and the most recent events (at most ``config.max_events``)."""

@@ -1,7 +1,16 @@
-"""DHCPv6 for guest NICs: wire codec, static leases, the server; RAs live in dhcp.ra."""
+"""DHCPv6 for guest NICs: wire codec, static leases, the server; RAs live in dhcp.ra.
 
-from dhcp.v6.lease import Config6, Lease6, parse_lease6, server_duid
-from dhcp.v6.server import Dhcp6Server, Dhcp6Snapshot, Event6, Packet6
+Names are imported from their modules on first use (see ``dhcp/__init__``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dhcp.v6.lease import Config6, Lease6, parse_lease6, server_duid
+    from dhcp.v6.server import Dhcp6Server, Dhcp6Snapshot, Event6, Packet6
 
 __all__ = [
     "Dhcp6Server",
@@ -13,3 +22,20 @@ __all__ = [
     "Event6",
     "Packet6",
 ]
+
+_WHERE = {
+    "Dhcp6Server": "server",
+    "Config6": "lease",
+    "Lease6": "lease",
+    "parse_lease6": "lease",
+    "server_duid": "lease",
+    "Dhcp6Snapshot": "server",
+    "Event6": "server",
+    "Packet6": "server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -15,25 +15,18 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Protocol
 
 from dhcp.errors import DhcpError
+from dhcp.lifecycle import Server
 from dhcp.ra import RaConfig, RaServer
 from dhcp.ratelimit import RateLimiter
 from dhcp.v6.lease import Config6, parse_lease6
 from dhcp.v6.server import Dhcp6Server
 
-__all__ = ["add_v6_arguments", "build_v6_servers", "Serving"]
+__all__ = ["add_v6_arguments", "build_v6_servers", "Server"]
 
 log = logging.getLogger(__name__)
-
-
-class Serving(Protocol):
-    """What ``dhcp.cli`` runs (same shape as its ``Runnable``)."""
-
-    def run(self) -> Awaitable[None]: ...
 
 
 def _add(
@@ -124,7 +117,7 @@ def add_v6_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_v6_servers(args: argparse.Namespace) -> list[Serving]:
+def build_v6_servers(args: argparse.Namespace) -> list[Server]:
     """A DHCPv6 server (leases, DNS or search given) and an RA sender (``--ra``)."""
     try:
         return _build(args)
@@ -132,7 +125,7 @@ def build_v6_servers(args: argparse.Namespace) -> list[Serving]:
         raise DhcpError(str(err)) from err
 
 
-def _build(args: argparse.Namespace) -> list[Serving]:
+def _build(args: argparse.Namespace) -> list[Server]:
     leases = tuple(parse_lease6(text) for text in args.lease6)
     dns = tuple(ipaddress.IPv6Address(a) for a in args.dns6)
     search = tuple(args.search)
@@ -146,8 +139,8 @@ def _build(args: argparse.Namespace) -> list[Serving]:
                 dns=dns,
                 search=search,
                 rapid_commit=not args.no_rapid_commit,
-                state_file=args.server_duid_file,
             ),
+            duid_file=args.server_duid_file,
             limiter=RateLimiter(rate=rate, burst=max(1, int(rate * 2))),
         )
     ra: RaServer | None = None
@@ -170,7 +163,7 @@ def _build(args: argparse.Namespace) -> list[Serving]:
                 dnssl=search,
             )
         )
-    out: list[Serving] = []
+    out: list[Server] = []
     if dhcp6 is not None:
         out.append(dhcp6)
     if ra is not None:

@@ -7,8 +7,9 @@ by an exact client DUID.
 
 Server DUID: a DUID-LL built from the serving interface's MAC by default. The launcher
 derives the guest-facing interface MAC deterministically, so the DUID stays the same
-across launcher restarts without any state. When a ``state_file`` is given (for links
-whose MAC may change), a DUID-UUID is created once and persisted there instead.
+across launcher restarts without any state. When a ``state_file`` is given to
+:func:`server_duid` (the server's ``duid_file``, for links whose MAC may change), a
+DUID-UUID is created once and persisted there instead.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ class Config6:
     valid_lifetime: int = 7200
     rapid_commit: bool = True
     server_duid: bytes | None = None
-    state_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.preferred_lifetime > self.valid_lifetime:

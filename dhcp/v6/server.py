@@ -34,8 +34,10 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dhcp.errors import MalformedPacket, ServerError
+from dhcp.lifecycle import Server
 from dhcp.ratelimit import RateLimiter
 from dhcp.v6.codec import (
     ALL_SERVERS,
@@ -139,11 +141,16 @@ def parse_ipv6_udp(data: bytes) -> Packet6:
 
 
 @dataclass(slots=True)
-class Dhcp6Server:
-    """Serves :class:`Config6` on its interface; ``handle`` is usable without sockets."""
+class Dhcp6Server(Server):
+    """Serves :class:`Config6` on its interface; ``handle`` is usable without sockets.
+
+    ``duid_file``: where the server DUID is kept when it cannot be derived from a stable
+    MAC (see :func:`dhcp.v6.lease.server_duid`); a runtime resource, not configuration.
+    """
 
     config: Config6
     mac: str | None = None
+    duid_file: Path | None = None
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate=10.0, burst=20))
     max_events: int = 256
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -159,7 +166,7 @@ class Dhcp6Server:
         if self.config.server_duid is not None:
             self.duid = self.config.server_duid
         elif self.mac is not None:
-            self.duid = server_duid(self.mac, self.config.state_file)
+            self.duid = server_duid(self.mac, self.duid_file)
         opts: list[tuple[int, bytes]] = []
         if self.config.dns:
             opts.append((Opt.DNS_SERVERS, b"".join(a.packed for a in self.config.dns)))
@@ -344,7 +351,9 @@ class Dhcp6Server:
     # ------------------------------------------------------------------ socket I/O
 
     async def open(self) -> None:
-        """Bind the sockets on the configured interface."""
+        """Bind the sockets on the configured interface (idempotent)."""
+        if self._tx is not None:
+            return
         ifname = self.config.interface
         try:
             self._index = socket.if_nametoindex(ifname)
@@ -353,7 +362,7 @@ class Dhcp6Server:
             raise ServerError(f"interface {ifname!r} does not exist") from err
         if not self.duid:
             self.mac = iface_mac
-            self.duid = server_duid(iface_mac, self.config.state_file)
+            self.duid = server_duid(iface_mac, self.duid_file)
         tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         try:
             tx.setblocking(False)
@@ -377,17 +386,10 @@ class Dhcp6Server:
             self._rx = None
         log.info("DHCPv6 on %s, server DUID %s", ifname, self.duid.hex())
 
-    async def run(self) -> None:
-        """Open, answer clients until cancelled, close."""
-        try:
-            await self.serve()
-        finally:
-            self.close()
-
     async def serve(self) -> None:
         """Answer clients until cancelled."""
         if self._tx is None:
-            await self.open()
+            raise ServerError(f"DHCPv6 server on {self.config.interface!r} is not open")
         loop = asyncio.get_running_loop()
         if self._rx is None:
             await self._serve_udp(loop)
@@ -460,7 +462,7 @@ class Dhcp6Server:
             return
         log.debug("--> DHCPv6 %d bytes to %s", len(reply), pkt.src)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the sockets (idempotent)."""
         for s in (self._rx, self._tx):
             if s is not None:

@@ -37,7 +37,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from hypervisor.machine import VdpaDevice, VfioDevice
 from launcher.errors import PodInfoError
 from launcher.podinfo import NetworkStatus, PodInfo
 from launcher.spec.model import (
@@ -49,6 +48,7 @@ from launcher.spec.model import (
     VmSpec,
 )
 
+from .devices import GuestVdpa, GuestVfio
 from .sysfs import HostPaths
 
 __all__ = [
@@ -102,7 +102,7 @@ class PassthroughNic:
     binding: BindingKind
     network: str
     mapping: InterfaceMapping
-    device: VfioDevice | VdpaDevice
+    device: GuestVfio | GuestVdpa
     device_source: str
     mac: str | None = None
     ips: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()

@@ -4,23 +4,29 @@ Called by the composition root and by ``virt-launcher plan`` (which prints
 ``NetworkPlan.to_json()``). Each guest NIC is planned by its binding module (see
 ``bindings``); this module owns the plan types, the shared helpers the bindings use, and
 the assembly of the whole plan: links to create, MAC changes, sysctls, the nftables
-document, the DHCPv4/DHCPv6/RA configuration per NIC and the hypervisor ``NetDevice``
-per NIC. Nothing here touches the system.
+document, the DHCPv4/DHCPv6/RA configuration per NIC (the ``dhcp`` package's own config
+types, which its servers consume as is: what ``plan`` prints is what is served) and the
+guest device per NIC (``devices``; ``launcher.compose`` makes the hypervisor's device from
+it). Nothing here touches the system.
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import json
-from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from hypervisor.machine import NetDevice, VdpaDevice, VfioDevice
+from dhcp.ra import RaConfig
+from dhcp.v4.config import Dhcp4Config
+from dhcp.v6.lease import Config6
 from launcher.errors import NetworkError
+from launcher.jsonable import JsonValue, to_jsonable
 from launcher.podinfo import PodInfo
 from launcher.spec.model import BindingKind, Interface, InterfaceState, VmSpec
 
+from .devices import GuestNic, GuestVdpa, GuestVfio
 from .discover import PodLink, PodState
 from .multus import InterfaceMapping, PassthroughContext, PassthroughNic, map_interfaces
 from .names import POD_INTERFACE, stand_in_peer_name
@@ -29,22 +35,24 @@ from .nftables import NftFragment, render
 from .sysctl import Sysctl
 from .sysfs import HostPaths
 
+if TYPE_CHECKING:
+    from .bindings import Binding
+
 __all__ = [
     "NetworkPlan",
     "PlanOptions",
     "plan",
     "BridgeLink",
-    "Dhcp4Config",
-    "Dhcp6Config",
     "NicContext",
     "NicPlan",
     "PodPort",
-    "RaConfig",
     "TapLink",
     "DEFAULT_STATUS_PORT",
     "ISTIO_PORTS",
     "MIGRATION_PORTS",
     "link_local_from_mac",
+    "plan_interface",
+    "served_options",
 ]
 
 DEFAULT_STATUS_PORT = 8186
@@ -112,59 +120,6 @@ class PodPort:
 
 
 @dataclass(frozen=True, slots=True)
-class Dhcp4Config:
-    """What the DHCPv4 server on ``interface`` hands to the one client ``client_mac``."""
-
-    interface: str
-    server_address: ipaddress.IPv4Address
-    client_mac: str
-    address: ipaddress.IPv4Interface  # option 1 from the prefix length
-    routers: tuple[ipaddress.IPv4Address, ...] = ()  # option 3
-    classless_routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...] = ()  # 121
-    dns: tuple[ipaddress.IPv4Address, ...] = ()  # option 6
-    search: tuple[str, ...] = ()  # option 119
-    domain_name: str | None = None  # option 15
-    hostname: str | None = None  # option 12
-    mtu: int | None = None  # option 26
-    lease_time_s: int = 86400  # option 51 (58/59 derived by the server)
-    ntp_servers: tuple[ipaddress.IPv4Address, ...] = ()  # option 42
-    boot_file_name: str | None = None  # option 67
-    tftp_server_name: str | None = None  # option 66
-    private_options: tuple[tuple[int, str], ...] = ()  # 224-254
-
-
-@dataclass(frozen=True, slots=True)
-class Dhcp6Config:
-    """What the DHCPv6 server on ``interface`` hands to the client with ``client_mac``."""
-
-    interface: str
-    server_address: ipaddress.IPv6Address  # the bridge's link-local
-    client_mac: str
-    address: ipaddress.IPv6Address  # IA_NA
-    dns: tuple[ipaddress.IPv6Address, ...] = ()
-    search: tuple[str, ...] = ()
-    hostname: str | None = None
-    preferred_lifetime_s: int = 86400
-    valid_lifetime_s: int = 86400
-
-
-@dataclass(frozen=True, slots=True)
-class RaConfig:
-    """Router advertisements on ``interface`` (DHCPv6 cannot carry a default route)."""
-
-    interface: str
-    source: ipaddress.IPv6Address  # the bridge's link-local
-    source_mac: str
-    managed: bool = True  # M: addresses from DHCPv6
-    other: bool = True  # O: DNS etc. from DHCPv6
-    router_lifetime_s: int = 1800  # 0 = not a default router
-    prefixes: tuple[ipaddress.IPv6Network, ...] = ()  # on-link, not autonomous
-    mtu: int | None = None
-    rdnss: tuple[ipaddress.IPv6Address, ...] = ()
-    dnssl: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class NicPlan:
     """Everything planned for one guest NIC."""
 
@@ -175,12 +130,13 @@ class NicPlan:
     original: PodLink  # the pod interface as the CNI left it (cached in the state dir)
     bridge: BridgeLink
     tap: TapLink
-    device: NetDevice
+    device: GuestNic
     pod_port: PodPort | None = None
     routes: tuple[Route, ...] = ()  # routes to (re)create in the pod netns
     sysctls: tuple[Sysctl, ...] = ()
+    # What the NIC's DHCPv4, DHCPv6 and RA servers serve, exactly (consumed as is).
     dhcp4: Dhcp4Config | None = None
-    dhcp6: Dhcp6Config | None = None
+    dhcp6: Config6 | None = None
     ra: RaConfig | None = None
     guest_ipv4: ipaddress.IPv4Interface | None = None
     guest_ipv6: ipaddress.IPv6Interface | None = None
@@ -198,24 +154,29 @@ class NetworkPlan:
     interfaces: tuple[InterfaceMapping, ...] = ()  # spec interface → pod interface, and why
 
     @property
-    def devices(self) -> tuple[NetDevice, ...]:
-        """The guest NICs for the hypervisor config, in spec order."""
+    def devices(self) -> tuple[GuestNic, ...]:
+        """The tap-backed guest NICs, in spec order."""
         return tuple(n.device for n in self.nics)
 
     @property
-    def vfio(self) -> tuple[VfioDevice, ...]:
-        """The SR-IOV VFs for the hypervisor config, in spec order."""
-        return tuple(p.device for p in self.passthrough if isinstance(p.device, VfioDevice))
+    def vfio(self) -> tuple[GuestVfio, ...]:
+        """The SR-IOV VFs, in spec order."""
+        return tuple(p.device for p in self.passthrough if isinstance(p.device, GuestVfio))
 
     @property
-    def vdpa(self) -> tuple[VdpaDevice, ...]:
-        """The vhost-vdpa devices for the hypervisor config, in spec order."""
-        return tuple(p.device for p in self.passthrough if isinstance(p.device, VdpaDevice))
+    def vdpa(self) -> tuple[GuestVdpa, ...]:
+        """The vhost-vdpa devices, in spec order."""
+        return tuple(p.device for p in self.passthrough if isinstance(p.device, GuestVdpa))
 
     def to_dict(self) -> dict[str, Any]:
-        """The plan as plain JSON-compatible data."""
-        out = _jsonable(self)
-        assert isinstance(out, dict)
+        """The plan as plain JSON-compatible data, with each NIC's ``served`` options: the
+        DHCPv4 options its server puts in an ACK (computed by the server's own code,
+        :func:`dhcp.v4.logic.lease_options`: what ``plan`` prints is what is served)."""
+        out = to_jsonable(self)
+        assert isinstance(out, dict) and isinstance(out["nics"], list)
+        for nic, view in zip(self.nics, out["nics"], strict=True):
+            assert isinstance(view, dict)
+            view["served"] = served_options(nic)
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -223,26 +184,17 @@ class NetworkPlan:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
 
-def _jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(
-        value,
-        ipaddress.IPv4Address
-        | ipaddress.IPv6Address
-        | ipaddress.IPv4Interface
-        | ipaddress.IPv6Interface
-        | ipaddress.IPv4Network
-        | ipaddress.IPv6Network,
-    ):
-        return str(value)
-    return value
+def served_options(nic: NicPlan) -> JsonValue:
+    """The DHCPv4 options ``nic``'s server sends in an ACK to its guest (no request list:
+    a client's list picks from these), each as :func:`dhcp.v4.options.describe` shows it."""
+    from dhcp.v4.logic import lease_options  # noqa: PLC0415 - only plan prints this
+    from dhcp.v4.options import describe  # noqa: PLC0415
+
+    if nic.dhcp4 is None:
+        return {"dhcp4": None}
+    options = lease_options(nic.dhcp4, nic.dhcp4.leases[0])
+    data: dict[str, object] = {"dhcp4": [describe(code, value) for code, value in options]}
+    return to_jsonable(data)
 
 
 def link_local_from_mac(mac: str) -> ipaddress.IPv6Address:
@@ -296,6 +248,17 @@ class NicContext:
         )
 
 
+def _plan_nic(binding: Binding, ctx: NicContext) -> NicPlan:
+    """``binding``'s plan for one NIC; a DHCP/RA value its server would refuse is a
+    NetworkError here, before anything in the pod changes."""
+    try:
+        return binding.plan_nic(ctx)
+    except ValueError as err:
+        raise NetworkError(
+            f"the DHCP configuration planned for interface {ctx.interface.name!r} is invalid: {err}"
+        ) from err
+
+
 def plan(spec: VmSpec, pod: PodState, options: PlanOptions = PlanOptions()) -> NetworkPlan:
     """Plan every guest NIC of ``spec`` against ``pod``; pure, raises NetworkError."""
     from .bindings import binding_for, passthrough_for  # noqa: PLC0415 - they import this module
@@ -346,7 +309,7 @@ def plan(spec: VmSpec, pod: PodState, options: PlanOptions = PlanOptions()) -> N
             pod=pod,
             options=options,
         )
-        nics.append(binding.plan_nic(ctx))
+        nics.append(_plan_nic(binding, ctx))
         index += 1
     sysctls: dict[str, Sysctl] = {}
     for nic in nics:
@@ -359,3 +322,40 @@ def plan(spec: VmSpec, pod: PodState, options: PlanOptions = PlanOptions()) -> N
         passthrough=tuple(passthrough),
         interfaces=tuple(mappings[i.name] for i in spec.interfaces if i.name in mappings),
     )
+
+
+def plan_interface(
+    spec: VmSpec,
+    pod: PodState,
+    options: PlanOptions,
+    name: str,
+    *,
+    avoid: Collection[int] = (),
+) -> NicPlan | PassthroughNic:
+    """Interface ``name``'s part of the whole plan of ``spec`` (hot plug: the whole spec is
+    planned, so it is validated as a whole). When its position-derived index (tap, bridge,
+    device id) is among ``avoid`` (the running NICs'), it is planned at the lowest free
+    index instead. NetworkError when the new plan has no such interface."""
+    from .bindings import binding_for  # noqa: PLC0415 - they import this module
+
+    planned = plan(spec, pod, options)
+    for nic in planned.nics:
+        if nic.name != name:
+            continue
+        if nic.index not in avoid:
+            return nic
+        free = next(i for i in range(len(avoid) + 1) if i not in avoid)
+        iface = next(i for i in spec.interfaces if i.name == name)
+        ctx = NicContext(
+            spec=spec,
+            interface=iface,
+            index=free,
+            pod_link=pod.link(nic.pod_interface),
+            pod=pod,
+            options=options,
+        )
+        return _plan_nic(binding_for(iface), ctx)
+    for pt in planned.passthrough:
+        if pt.name == name:
+            return pt
+    raise NetworkError(f"interface {name!r} is not in the new network plan")

@@ -44,10 +44,11 @@ from launcher.spec.model import (
 from launcher.spec.quantity import format_bytes, parse_quantity
 
 if TYPE_CHECKING:
-    from launcher.spec.loader import load, parse
+    from launcher.spec.loader import load, loads, parse
 
 __all__ = [
     "load",
+    "loads",
     "parse",
     "VmSpec",
     "SourceShape",
@@ -87,7 +88,7 @@ def __getattr__(name: str) -> Any:
     # The loader (PyYAML, the KubeVirt/Virtink readers) is imported on first use of
     # load/parse, so importing the model (the netlink child unpickles plans that hold
     # it) does not import the whole validator.
-    if name in ("load", "parse"):
+    if name in ("load", "loads", "parse"):
         from launcher.spec import loader  # noqa: PLC0415
 
         return getattr(loader, name)

@@ -23,7 +23,7 @@ from launcher.spec.model import VmSpec
 from launcher.spec.reader import Fields, Problems, show
 from launcher.spec.virtink import read_virtink
 
-__all__ = ["MAX_SPEC_BYTES", "SHAPES", "load", "parse"]
+__all__ = ["MAX_SPEC_BYTES", "SHAPES", "load", "loads", "parse"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,13 @@ def load(path: str | Path) -> VmSpec:
         raise SpecError([Problem(source, "is a directory, not a spec file")]) from err
     except OSError as err:
         raise SpecError([Problem(source, f"cannot read the spec file: {err.strerror}")]) from err
+    return loads(raw, source)
+
+
+def loads(raw: bytes, source: str = "<spec>") -> VmSpec:
+    """Parse and validate manifest bytes (YAML or JSON) read from ``source``: the same
+    bounded, strict reading as :func:`load` (size, UTF-8, one document, no duplicate
+    keys, no recursion blow-up); hot plug reads every changed spec file with it."""
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecError([Problem(source, f"the spec file is larger than {MAX_SPEC_BYTES} bytes")])
     try:

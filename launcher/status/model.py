@@ -11,18 +11,23 @@ page. Nothing secret is ever copied into a snapshot: only named, non-secret spec
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from dhcp.ra import RaSnapshot
-from dhcp.v4.server import Dhcp4Snapshot
-from dhcp.v6.server import Dhcp6Snapshot
 from hypervisor.base import Hypervisor, LifecycleEvent
+from hypervisor.machine import VmState
 from launcher.network.plan import NetworkPlan
+from launcher.phase import STOPPING_PHASES, Phase
 from launcher.spec.model import VmSpec
+
+if TYPE_CHECKING:  # the servers' modules load after the VMM spawn (launcher.nics)
+    from dhcp.ra import RaSnapshot
+    from dhcp.v4.server import Dhcp4Snapshot
+    from dhcp.v6.server import Dhcp6Snapshot
 
 __all__ = [
     "StatusSource",
@@ -111,7 +116,9 @@ class StatusSource(Protocol):
 class StatusBoard:
     """The mutable run state the composition root updates and the status server reads.
 
-    Every method is cheap and synchronous (called from the event loop thread).
+    The run TELLS it every change (spec, phase, plan, network applied, servers, the
+    hypervisor and its lifecycle events, hot-plug states); nothing polls. Every method
+    is cheap and synchronous (called from the event loop thread).
     """
 
     def __init__(self, *, started_at: float | None = None) -> None:
@@ -119,7 +126,10 @@ class StatusBoard:
         self._spec: VmSpec | None = None
         self._plan: NetworkPlan | None = None
         self._hypervisor: Hypervisor | None = None
+        self._hypervisor_set: asyncio.Event | None = None
         self._dhcp: list[tuple[str, object]] = []
+        self._servers: Callable[[], Sequence[tuple[str, object]]] | None = None
+        self.phase = Phase.STARTING
         self._marks: dict[str, tuple[bool, str, str, float]] = {}
         self._stopping: str | None = None
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
@@ -145,6 +155,8 @@ class StatusBoard:
 
     @property
     def dhcp_servers(self) -> Sequence[tuple[str, object]]:
+        if self._servers is not None:
+            return tuple(self._servers())
         return tuple(self._dhcp)
 
     @property
@@ -171,6 +183,20 @@ class StatusBoard:
     def event(self, kind: str, message: str = "", *, source: str = "launcher", **kw: Any) -> None:
         """Record one launcher event (``spec-loaded``, ``network-applied``…)."""
         self._events.append(Event(time.time(), source, kind, message, **kw))
+
+    def set_phase(self, phase: Phase, cause: str | None = None) -> None:
+        """The run moved to ``phase``; from STOPPING on the run is winding down."""
+        if phase is self.phase:
+            return
+        self.phase = phase
+        self.event("phase", str(phase))
+        if phase in STOPPING_PHASES:
+            self.set_stopping(cause or f"launcher phase {phase}")
+
+    def set_servers(self, servers: Callable[[], Sequence[tuple[str, object]]]) -> None:
+        """Where the live ``(interface, server)`` list comes from (``launcher.nics.Nics``):
+        read when a request asks, so plugged and unplugged NICs' servers show at once."""
+        self._servers = servers
 
     def set_spec(self, spec: VmSpec) -> None:
         """The spec was loaded and validated."""
@@ -204,6 +230,32 @@ class StatusBoard:
     def set_hypervisor(self, hypervisor: Hypervisor) -> None:
         """The hypervisor adapter object (its live state is read on every request)."""
         self._hypervisor = hypervisor
+        self._waiter().set()
+        self.hypervisor_state()
+
+    def _waiter(self) -> asyncio.Event:
+        if self._hypervisor_set is None:
+            self._hypervisor_set = asyncio.Event()
+        return self._hypervisor_set
+
+    async def wait_hypervisor(self) -> Hypervisor:
+        """The hypervisor adapter, once the run has one (the status task follows its events)."""
+        await self._waiter().wait()
+        assert self._hypervisor is not None
+        return self._hypervisor
+
+    def hypervisor_state(self) -> None:
+        """The VM's state may have changed (the supervisor's phase, a lifecycle event):
+        set ``HypervisorRunning`` from it."""
+        hv = self._hypervisor
+        if hv is not None:
+            state = hv.state
+            self.mark(
+                "HypervisorRunning",
+                state is VmState.RUNNING,
+                str(state.value),
+                f"{hv.kind} is {state.value}",
+            )
 
     def lifecycle(self, ev: LifecycleEvent) -> None:
         """A lifecycle event from the VMM (``booted``, ``shutdown``, ``panic``…)."""
@@ -211,6 +263,7 @@ class StatusBoard:
         self._events.append(
             Event(time.time(), "hypervisor", ev.name, details or ev.source, None, None, None)
         )
+        self.hypervisor_state()
 
     def set_stopping(self, reason: str) -> None:
         """The launcher is shutting down (SIGTERM, guest power-off, failure)."""

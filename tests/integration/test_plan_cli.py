@@ -181,10 +181,10 @@ def test_plan_reads_the_pod_and_resolves_every_file(
     nic = doc["network"]["nics"][0]
     assert doc["network"]["pod"] == pod
     assert nic["original"]["mac"] == POD_MAC and nic["original"]["mtu"] == 1400
-    assert nic["dhcp4"]["address"] == "10.244.1.5/24"
-    assert nic["dhcp4"]["routers"] == ["10.244.1.1"]
+    assert nic["dhcp4"]["leases"][0]["address"] == "10.244.1.5/24"
+    assert nic["dhcp4"]["router"] == "10.244.1.1"
     assert nic["dhcp4"]["dns"] == ["10.96.0.10"]  # from /etc/netns/dm-pod/resolv.conf
-    assert nic["dhcp6"]["address"] == "fd00:10:244:1::5"
+    assert nic["dhcp6"]["leases"][0]["address"] == "fd00:10:244:1::5/64"
 
     volumes = doc["volumes"]
     assert volumes["kernel"]["path"] == str(vols / "kernel/boot/vmlinuz")
@@ -247,7 +247,7 @@ def test_missing_file_is_a_problem_and_the_rest_is_printed(pod: str, tmp_path: P
     ]
     assert f"no file at {missing}" in err  # also said on stderr
     assert doc["volumes"]["disks"][0]["file"]["state"] == "missing"
-    assert doc["network"]["nics"][0]["dhcp4"]["address"] == "10.244.1.5/24"
+    assert doc["network"]["nics"][0]["dhcp4"]["leases"][0]["address"] == "10.244.1.5/24"
     assert doc["hypervisor"]["kind"] == "qemu"  # still shown, with the looked-at path
 
 
@@ -281,4 +281,4 @@ def test_offline_plan_for_virtink_shows_the_cloud_hypervisor_config(tmp_path: Pa
     assert hv["vm_config"]["payload"]["kernel"] == str(vols / "kernel/vmlinux")
     assert hv["vm_config"]["disks"][0]["image_type"] == "Qcow2"
     assert hv["add_net"][0]["mac"] == doc["network"]["nics"][0]["device"]["mac"]
-    assert doc["network"]["nics"][0]["dhcp4"]["address"] == "10.244.1.5/24"
+    assert doc["network"]["nics"][0]["dhcp4"]["leases"][0]["address"] == "10.244.1.5/24"

@@ -21,7 +21,7 @@ RUN_PATH = (
     "launcher.agent",
     "launcher.run",
     "launcher.status.listen",
-    "launcher.status.runsource",
+    "launcher.status.task",
     "launcher.hotplug.manager",
     "hypervisor.qemu",
     "dhcp.v4.server",

@@ -13,8 +13,9 @@ from hypervisor.cloud_hypervisor.config import vm_config
 from hypervisor.machine import VdpaDevice, VfioDevice
 from hypervisor.qemu.argv import QemuRuntime, build_argv
 from launcher.errors import UsageError, VolumeError
-from launcher.machine import build_machine, choose_hypervisor
+from launcher.machine import build_machine, choose_hypervisor, net_device
 from launcher.network import plan
+from launcher.network.devices import GuestVdpa, GuestVfio
 from launcher.network.multus import InterfaceMapping, MappingRule, PassthroughNic
 from launcher.spec.model import (
     BindingKind,
@@ -83,7 +84,8 @@ def test_machine_from_spec_plan_and_volumes(tmp_path: Path) -> None:
     assert machine.kernel.kernel == str(layout.volumes_dir / "kernel/boot/vmlinuz")
     assert machine.kernel.initrd == str(layout.volumes_dir / "kernel/boot/initrd.img")
     assert machine.kernel.cmdline == "console=ttyS0" and machine.firmware is None
-    assert machine.nets == net.devices and machine.nets[0].mac == POD_MAC
+    assert machine.nets == tuple(net_device(d) for d in net.devices)
+    assert machine.nets[0].mac == POD_MAC and machine.hotplug_ports == 4
     # the cloud-init ISO is attached at its planned path (run builds it before the VMM)
     assert [(d.id, d.format, d.boot_order, d.cdrom, d.read_only) for d in machine.disks] == [
         ("disk0", "qcow2", 1, False, False),
@@ -125,8 +127,8 @@ def test_initrd_without_kernel_is_refused(tmp_path: Path) -> None:
 def test_passthrough_devices_come_from_the_plan(tmp_path: Path) -> None:
     spec = vm_spec()
     net = plan(spec, pod_state())
-    vf = VfioDevice(id="sriov0", sysfs_path="/sys/bus/pci/devices/0000:58:01.2")
-    vdpa = VdpaDevice(id="vdpa0", path="/dev/vhost-vdpa-0", num_queues=4)
+    vf = GuestVfio(id="sriov0", sysfs_path="/sys/bus/pci/devices/0000:58:01.2")
+    vdpa = GuestVdpa(id="vdpa0", path="/dev/vhost-vdpa-0", num_queues=4)
     passthrough = tuple(
         PassthroughNic(
             name=dev.id,
@@ -140,5 +142,32 @@ def test_passthrough_devices_come_from_the_plan(tmp_path: Path) -> None:
     )
     layout = VolumeLayout(volumes_dir=tmp_path, scratch_dir=tmp_path)
     machine = build_machine(spec, replace(net, passthrough=passthrough), resolve(spec, layout))
-    assert machine.vfio == (vf,) and machine.vdpa == (vdpa,)
-    assert machine.nets == net.devices
+    assert machine.vfio == (
+        VfioDevice(id="sriov0", sysfs_path="/sys/bus/pci/devices/0000:58:01.2"),
+    )
+    assert machine.vdpa == (VdpaDevice(id="vdpa0", path="/dev/vhost-vdpa-0", num_queues=4),)
+    assert [(n.id, n.tap, n.mac, n.mtu) for n in machine.nets] == [
+        (d.id, d.tap, d.mac, d.mtu) for d in net.devices
+    ]
+
+
+def test_the_plans_guest_devices_map_field_for_field_to_the_hypervisors() -> None:
+    """launcher.network.devices mirrors hypervisor.machine's device types on purpose (the
+    network package does not import the hypervisor package); no field may drift."""
+    import dataclasses
+
+    from hypervisor.machine import NetDevice
+    from launcher.machine import passthrough_device
+    from launcher.network.devices import GuestNic
+
+    pairs = ((GuestNic, NetDevice), (GuestVfio, VfioDevice), (GuestVdpa, VdpaDevice))
+    for ours, theirs in pairs:
+        assert [f.name for f in dataclasses.fields(ours)] == [
+            f.name for f in dataclasses.fields(theirs)
+        ]
+    nic = GuestNic("net3", "vltap3", "02:00:00:00:00:03", 1400, 2, "0000:01:00.0", 3, "e1000")
+    assert dataclasses.astuple(net_device(nic)) == dataclasses.astuple(nic)
+    vf = GuestVfio("hostdev1", "/sys/bus/pci/devices/0000:3b:02.2", "0000:07:00.0")
+    vdpa = GuestVdpa("vdpa1", "/dev/vhost-vdpa-1", 4, True)
+    assert dataclasses.astuple(passthrough_device(vf)) == dataclasses.astuple(vf)
+    assert dataclasses.astuple(passthrough_device(vdpa)) == dataclasses.astuple(vdpa)

@@ -13,23 +13,26 @@ DNATed.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
 
-from hypervisor.machine import NetDevice
+from dhcp.ra import RaConfig
+from dhcp.v4.config import Dhcp4Config
+from dhcp.v6.lease import Config6
 from launcher.errors import NetworkError
 from launcher.spec.model import BindingKind, Masquerade, Protocol
 
-from ..names import bridge_name, derived_mac, device_id, tap_name
+from ..names import bridge_name, derived_mac, tap_name
 from ..nftables import NftFragment
-from ..plan import (
-    BridgeLink,
-    Dhcp6Config,
-    NicContext,
-    NicPlan,
-    RaConfig,
-    link_local_from_mac,
-)
+from ..plan import BridgeLink, NicContext, NicPlan
 from ..sysctl import Sysctl
-from .protocol import antispoof_rules, dhcp4_config, nft_set
+from .protocol import (
+    antispoof_rules,
+    dhcp4_config,
+    dhcp6_config,
+    guest_nic,
+    nft_set,
+    ra_config,
+)
 
 __all__ = ["MasqueradeBinding"]
 
@@ -42,6 +45,154 @@ def _gateway_and_guest(
     gw = ipaddress.ip_interface(f"{cidr.network_address + 1}/{cidr.prefixlen}")
     guest = ipaddress.ip_interface(f"{cidr.network_address + 2}/{cidr.prefixlen}")
     return gw, guest
+
+
+@dataclass(frozen=True, slots=True)
+class _Forwards:
+    """Which ports reach the guest: all (no ``ports`` listed) or the listed ones."""
+
+    index: int
+    reserved: tuple[int, ...]
+    by_proto: dict[Protocol, list[int]]
+
+    @property
+    def all_ports(self) -> bool:
+        return not any(self.by_proto.values())
+
+    def sets(self) -> list[str]:
+        """The nft sets: the reserved ports and the forwarded ports per protocol."""
+        i = self.index
+        reserved = nft_set([str(p) for p in self.reserved])
+        out = [f"set reserved{i} {{ type inet_service; elements = {reserved} }}"]
+        for proto, ports in self.by_proto.items():
+            if ports:
+                elements = nft_set([str(p) for p in ports])
+                out.append(
+                    f"set {proto.value.lower()}{i} {{ type inet_service; elements = {elements} }}"
+                )
+        return out
+
+    def keep_reserved(self) -> str:
+        """The rule that keeps the pod's own ports out of every DNAT that follows."""
+        return f"meta l4proto {{ tcp, udp }} th dport @reserved{self.index} return"
+
+    def dnat(self, fam: str, daddrs: list[str], guest: str) -> list[str]:
+        """DNAT rules sending traffic for ``daddrs`` (family ``ip``/``ip6``) to ``guest``."""
+        match = f"{fam} daddr {nft_set(daddrs)}"
+        to = f"dnat {fam} to {guest}"
+        if self.all_ports:
+            icmp = "icmp type echo-request" if fam == "ip" else "icmpv6 type echo-request"
+            return [f"{match} meta l4proto {{ tcp, udp, sctp }} {to}", f"{match} {icmp} {to}"]
+        return [
+            f"{match} {proto.value.lower()} dport @{proto.value.lower()}{self.index} {to}"
+            for proto, ports in self.by_proto.items()
+            if ports
+        ]
+
+
+def _forwards(ctx: NicContext, binding: Masquerade) -> _Forwards:
+    """The NIC's port forwards; a listed port the pod itself uses is refused."""
+    reserved = ctx.reserved_ports
+    clash = sorted({p.port for p in binding.ports} & set(reserved))
+    if clash:
+        raise NetworkError(
+            f"interface {ctx.interface.name!r} forwards port {clash[0]}, which the pod "
+            f"itself uses (reserved: {', '.join(map(str, reserved))})"
+        )
+    by_proto = {
+        proto: sorted({p.port for p in binding.ports if p.protocol is proto}) for proto in Protocol
+    }
+    return _Forwards(ctx.index, reserved, by_proto)
+
+
+@dataclass(slots=True)
+class _Family:
+    """What one address family (IPv4 or IPv6) adds to a masquerade NIC."""
+
+    gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    guest: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    prerouting: list[str] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)
+    postrouting: list[str] = field(default_factory=list)
+    sysctls: list[Sysctl] = field(default_factory=list)
+
+
+def _ipv4(ctx: NicContext, binding: Masquerade, fwd: _Forwards, bridge: str) -> _Family:
+    link = ctx.pod_link
+    pod = f'"{link.name}"'
+    gw, guest = _gateway_and_guest(binding.cidr4, "cidr4")
+    pod4 = [str(a.ip) for a in link.addresses4]
+    return _Family(
+        gateway=gw,
+        guest=guest,
+        prerouting=[f"iifname {pod} {r}" for r in fwd.dnat("ip", pod4, str(guest.ip))],
+        output=fwd.dnat("ip", ["127.0.0.1", *pod4], str(guest.ip)),
+        postrouting=[
+            f"oifname {pod} ip saddr {guest.ip} masquerade",
+            f'oifname "{bridge}" ip saddr {nft_set(["127.0.0.1", *pod4])} snat ip to {gw.ip}',
+        ],
+        sysctls=[
+            Sysctl("net.ipv4.ip_forward", "1"),
+            Sysctl(f"net.ipv4.conf.{bridge}.route_localnet", "1"),
+        ],
+    )
+
+
+def _ipv6(ctx: NicContext, binding: Masquerade, fwd: _Forwards, bridge: str) -> _Family:
+    link = ctx.pod_link
+    pod = f'"{link.name}"'
+    gw, guest = _gateway_and_guest(binding.cidr6, "cidr6")
+    pod6 = [str(a.ip) for a in link.addresses6]
+    return _Family(
+        gateway=gw,
+        guest=guest,
+        prerouting=[f"iifname {pod} {r}" for r in fwd.dnat("ip6", pod6, str(guest.ip))],
+        # ::1 cannot be routed off the loopback device (IPv6 has no route_localnet),
+        # so port-forward over IPv6 is served through the pod's own address.
+        output=fwd.dnat("ip6", pod6, str(guest.ip)),
+        postrouting=[
+            f"oifname {pod} ip6 saddr {guest.ip} masquerade",
+            f'oifname "{bridge}" ip6 saddr {nft_set(pod6)} snat ip6 to {gw.ip}',
+        ],
+        sysctls=[
+            Sysctl("net.ipv6.conf.all.forwarding", "1"),
+            # forwarding=1 stops RA processing unless accept_ra=2 (pod routes from RA)
+            Sysctl(f"net.ipv6.conf.{link.name}.accept_ra", "2"),
+        ],
+    )
+
+
+def _servers(
+    ctx: NicContext,
+    binding: Masquerade,
+    bridge: str,
+    guest_mac: str,
+    *,
+    v4: _Family | None,
+    v6: _Family | None,
+) -> tuple[Dhcp4Config | None, Config6 | None, RaConfig | None]:
+    """DHCPv4 from the IPv4 gateway; DHCPv6 + RA (the bridge is the guest's router)."""
+    mtu = ctx.pod_link.mtu
+    dhcp4 = dhcp6 = ra = None
+    if v4 is not None:
+        assert isinstance(v4.guest, ipaddress.IPv4Interface)
+        assert isinstance(v4.gateway, ipaddress.IPv4Interface)
+        dhcp4 = dhcp4_config(
+            ctx,
+            interface=bridge,
+            server_address=v4.gateway.ip,
+            client_mac=guest_mac,
+            address=v4.guest,
+            router=v4.gateway.ip,
+            mtu=mtu,
+        )
+    if v6 is not None:
+        assert isinstance(v6.guest, ipaddress.IPv6Interface)
+        dhcp6 = dhcp6_config(ctx, interface=bridge, client_mac=guest_mac, address=v6.guest)
+        ra = ra_config(
+            ctx, interface=bridge, prefixes=(binding.cidr6,), mtu=mtu, default_router=True
+        )
+    return dhcp4, dhcp6, ra
 
 
 class MasqueradeBinding:
@@ -57,159 +208,54 @@ class MasqueradeBinding:
         i = ctx.index
         br = bridge_name(i)
         tap = tap_name(i)
-        pod = f'"{link.name}"'
         if not link.addresses4 and not link.addresses6:
             raise NetworkError(f"pod interface {link.name!r} has no IPv4 or global IPv6 address")
-        reserved = ctx.reserved_ports
-        clash = sorted({p.port for p in binding.ports} & set(reserved))
-        if clash:
-            raise NetworkError(
-                f"interface {ctx.interface.name!r} forwards port {clash[0]}, which the pod "
-                f"itself uses (reserved: {', '.join(map(str, reserved))})"
-            )
-        by_proto = {
-            proto: sorted({p.port for p in binding.ports if p.protocol is proto})
-            for proto in Protocol
-        }
+        fwd = _forwards(ctx, binding)
         guest_mac = ctx.interface.mac or derived_mac(
             f"guest/{ctx.spec.namespace}/{ctx.spec.name}/{ctx.interface.name}"
         )
         bridge_mac = derived_mac(f"bridge/{link.name}/{link.mac}", avoid=guest_mac)
-        bridge_ll = link_local_from_mac(bridge_mac)
-        resolv = ctx.pod.resolv
-        mtu = link.mtu
-
-        reserved_set = nft_set([str(p) for p in reserved])
-        sets = [f"set reserved{i} {{ type inet_service; elements = {reserved_set} }}"]
-        for proto, ports in by_proto.items():
-            if ports:
-                name = f"{proto.value.lower()}{i}"
-                sets.append(
-                    f"set {name} {{ type inet_service; elements = "
-                    f"{nft_set([str(p) for p in ports])} }}"
-                )
-        forward_all = not binding.ports
-        pre: list[str] = []
-        out: list[str] = []
-        post: list[str] = []
-        sysctls: list[Sysctl] = [Sysctl(f"net.ipv6.conf.{br}.accept_dad", "0")]
-        addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
-        pre.append(f"iifname {pod} meta l4proto {{ tcp, udp }} th dport @reserved{i} return")
-        out.append(f"meta l4proto {{ tcp, udp }} th dport @reserved{i} return")
-
-        def dnat_rules(fam: str, daddrs: list[str], guest: str) -> list[str]:
-            match = f"{fam} daddr {nft_set(daddrs)}"
-            to = f"dnat {fam} to {guest}"
-            if forward_all:
-                icmp = "icmp type echo-request" if fam == "ip" else "icmpv6 type echo-request"
-                return [f"{match} meta l4proto {{ tcp, udp, sctp }} {to}", f"{match} {icmp} {to}"]
-            return [
-                f"{match} {proto.value.lower()} dport @{proto.value.lower()}{i} {to}"
-                for proto, ports in by_proto.items()
-                if ports
-            ]
-
-        dhcp4 = dhcp6 = ra = None
-        guest4 = guest6 = None
-        if link.addresses4:
-            gw4, g4 = _gateway_and_guest(binding.cidr4, "cidr4")
-            assert isinstance(gw4, ipaddress.IPv4Interface)
-            assert isinstance(g4, ipaddress.IPv4Interface)
-            guest4 = g4
-            addresses.append(gw4)
-            pod4 = [str(a.ip) for a in link.addresses4]
-            pre += [f"iifname {pod} {r}" for r in dnat_rules("ip", pod4, str(g4.ip))]
-            out += dnat_rules("ip", ["127.0.0.1", *pod4], str(g4.ip))
-            post += [
-                f"oifname {pod} ip saddr {g4.ip} masquerade",
-                f'oifname "{br}" ip saddr {nft_set(["127.0.0.1", *pod4])} snat ip to {gw4.ip}',
-            ]
-            sysctls += [
-                Sysctl("net.ipv4.ip_forward", "1"),
-                Sysctl(f"net.ipv4.conf.{br}.route_localnet", "1"),
-            ]
-            dhcp4 = dhcp4_config(
-                ctx,
-                interface=br,
-                server_address=gw4.ip,
-                client_mac=guest_mac,
-                address=g4,
-                routers=(gw4.ip,),
-                mtu=mtu,
-            )
-        if link.addresses6:
-            gw6, g6 = _gateway_and_guest(binding.cidr6, "cidr6")
-            assert isinstance(gw6, ipaddress.IPv6Interface)
-            assert isinstance(g6, ipaddress.IPv6Interface)
-            guest6 = g6
-            addresses.append(gw6)
-            pod6 = [str(a.ip) for a in link.addresses6]
-            pre += [f"iifname {pod} {r}" for r in dnat_rules("ip6", pod6, str(g6.ip))]
-            # ::1 cannot be routed off the loopback device (IPv6 has no route_localnet),
-            # so port-forward over IPv6 is served through the pod's own address.
-            out += dnat_rules("ip6", pod6, str(g6.ip))
-            post += [
-                f"oifname {pod} ip6 saddr {g6.ip} masquerade",
-                f'oifname "{br}" ip6 saddr {nft_set(pod6)} snat ip6 to {gw6.ip}',
-            ]
-            sysctls += [
-                Sysctl("net.ipv6.conf.all.forwarding", "1"),
-                # forwarding=1 stops RA processing unless accept_ra=2 (pod routes from RA)
-                Sysctl(f"net.ipv6.conf.{link.name}.accept_ra", "2"),
-            ]
-            dhcp6 = Dhcp6Config(
-                interface=br,
-                server_address=bridge_ll,
-                client_mac=guest_mac,
-                address=g6.ip,
-                dns=resolv.nameservers6,
-                search=resolv.search,
-                hostname=ctx.hostname,
-                preferred_lifetime_s=ctx.options.lease_time_s,
-                valid_lifetime_s=ctx.options.lease_time_s,
-            )
-            ra = RaConfig(
-                interface=br,
-                source=bridge_ll,
-                source_mac=bridge_mac,
-                router_lifetime_s=ctx.options.router_lifetime_s,
-                prefixes=(binding.cidr6,),
-                mtu=mtu,
-                rdnss=resolv.nameservers6,
-                dnssl=resolv.search,
-            )
-        anti = antispoof_rules(
-            tap, guest_mac, guest4.ip if guest4 else None, guest6.ip if guest6 else None
-        )
+        v4 = _ipv4(ctx, binding, fwd, br) if link.addresses4 else None
+        v6 = _ipv6(ctx, binding, fwd, br) if link.addresses6 else None
+        families = [f for f in (v4, v6) if f is not None]
+        dhcp4, dhcp6, ra = _servers(ctx, binding, br, guest_mac, v4=v4, v6=v6)
+        guest4 = v4.guest if v4 is not None else None
+        guest6 = v6.guest if v6 is not None else None
+        assert guest4 is None or isinstance(guest4, ipaddress.IPv4Interface)
+        assert guest6 is None or isinstance(guest6, ipaddress.IPv6Interface)
         return NicPlan(
             name=ctx.interface.name,
             index=i,
             binding=self.kind,
             pod_interface=link.name,
             original=link,
-            bridge=BridgeLink(name=br, mac=bridge_mac, mtu=mtu, addresses=tuple(addresses)),
-            tap=ctx.tap(tap, br, mtu, guest_mac),
-            device=NetDevice(
-                id=device_id(i),
-                tap=tap,
-                mac=guest_mac,
-                mtu=mtu,
-                queues=ctx.queues,
-                pci_address=ctx.interface.pci_address,
-                boot_order=ctx.interface.boot_order,
-                model=ctx.interface.model,
+            bridge=BridgeLink(
+                name=br,
+                mac=bridge_mac,
+                mtu=link.mtu,
+                addresses=tuple(f.gateway for f in families),
             ),
-            sysctls=tuple(sysctls),
+            tap=ctx.tap(tap, br, link.mtu, guest_mac),
+            device=guest_nic(ctx, tap, guest_mac, link.mtu),
+            sysctls=(
+                Sysctl(f"net.ipv6.conf.{br}.accept_dad", "0"),
+                *(s for f in families for s in f.sysctls),
+            ),
             dhcp4=dhcp4,
             dhcp6=dhcp6,
             ra=ra,
             guest_ipv4=guest4,
             guest_ipv6=guest6,
             nft=NftFragment(
-                inet_sets=tuple(sets),
-                prerouting=tuple(pre),
-                output=tuple(out),
-                postrouting=tuple(post),
-                bridge_prerouting=anti,
+                inet_sets=tuple(fwd.sets()),
+                prerouting=(
+                    f'iifname "{link.name}" {fwd.keep_reserved()}',
+                    *(r for f in families for r in f.prerouting),
+                ),
+                output=(fwd.keep_reserved(), *(r for f in families for r in f.output)),
+                postrouting=tuple(r for f in families for r in f.postrouting),
+                bridge_prerouting=antispoof_rules(
+                    tap, guest_mac, guest4.ip if guest4 else None, guest6.ip if guest6 else None
+                ),
             ),
         )

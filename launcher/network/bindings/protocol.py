@@ -10,11 +10,28 @@ from __future__ import annotations
 import ipaddress
 from typing import Protocol
 
+from dhcp.ra import RaConfig
+from dhcp.v4.config import Dhcp4Config, Lease4
+from dhcp.v6.lease import Config6, Lease6
 from launcher.spec.model import BindingKind
 
-from ..plan import Dhcp4Config, NicContext, NicPlan
+from ..devices import GuestNic
+from ..names import device_id
+from ..plan import NicContext, NicPlan
 
-__all__ = ["Binding", "antispoof_rules", "dhcp4_config", "dhcp_containment_rules", "nft_set"]
+__all__ = [
+    "Binding",
+    "antispoof_rules",
+    "dhcp4_config",
+    "dhcp6_config",
+    "ra_config",
+    "guest_nic",
+    "dhcp_containment_rules",
+    "nft_set",
+    "IPV6_MIN_MTU",
+]
+
+IPV6_MIN_MTU = 1280  # an RA MTU option below this is invalid (RFC 8200)
 
 
 class Binding(Protocol):
@@ -81,30 +98,85 @@ def dhcp4_config(
     server_address: ipaddress.IPv4Address,
     client_mac: str,
     address: ipaddress.IPv4Interface,
-    routers: tuple[ipaddress.IPv4Address, ...],
+    router: ipaddress.IPv4Address | None,
     mtu: int,
-    classless_routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...] = (),
+    routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...] = (),
 ) -> Dhcp4Config:
-    """The DHCPv4 lease for one NIC: the binding's addressing plus what every binding
-    hands out the same way (resolv.conf DNS and search list, hostname, lease time and
-    KubeVirt's per-interface ``dhcpOptions``)."""
+    """The DHCPv4 server configuration for one NIC: the binding's addressing plus what
+    every binding hands out the same way (resolv.conf DNS and search list, hostname,
+    lease time and KubeVirt's per-interface ``dhcpOptions``). ``routes`` are the pod's
+    other routes; the server's one rule (:func:`dhcp.v4.config.classless_routes`) makes
+    option 121 from them. ValueError names a value the server cannot serve."""
     resolv = ctx.pod.resolv
     opts = ctx.interface.dhcp_options
     return Dhcp4Config(
         interface=interface,
         server_address=server_address,
-        client_mac=client_mac,
-        address=address,
-        routers=routers,
-        classless_routes=classless_routes,
+        leases=(Lease4(mac=client_mac, address=address, hostname=ctx.hostname),),
+        router=router,
         dns=resolv.nameservers4,
         search=resolv.search,
-        domain_name=resolv.search[0] if resolv.search else None,
+        domain=resolv.search[0] if resolv.search else None,
         hostname=ctx.hostname,
         mtu=mtu,
-        lease_time_s=ctx.options.lease_time_s,
-        ntp_servers=opts.ntp_servers if opts else (),
-        boot_file_name=opts.boot_file_name if opts else None,
-        tftp_server_name=opts.tftp_server_name if opts else None,
-        private_options=tuple((p.option, p.value) for p in opts.private_options) if opts else (),
+        routes=routes,
+        lease_time=ctx.options.lease_time_s,
+        ntp=opts.ntp_servers if opts else (),
+        boot_file=opts.boot_file_name if opts else None,
+        tftp_server=opts.tftp_server_name if opts else None,
+        private_options=tuple((p.option, p.value.encode()) for p in opts.private_options)
+        if opts
+        else (),
+    )
+
+
+def dhcp6_config(
+    ctx: NicContext, *, interface: str, client_mac: str, address: ipaddress.IPv6Interface
+) -> Config6:
+    """The DHCPv6 server configuration for one NIC: its one lease plus the pod's
+    resolv.conf DNS servers and search list."""
+    resolv = ctx.pod.resolv
+    return Config6(
+        interface=interface,
+        leases=(Lease6(address=address, mac=client_mac),),
+        dns=resolv.nameservers6,
+        search=resolv.search,
+        preferred_lifetime=ctx.options.lease_time_s,
+        valid_lifetime=ctx.options.lease_time_s,
+    )
+
+
+def ra_config(
+    ctx: NicContext,
+    *,
+    interface: str,
+    prefixes: tuple[ipaddress.IPv6Network, ...],
+    mtu: int,
+    default_router: bool,
+) -> RaConfig:
+    """Router advertisements for one NIC (DHCPv6 cannot carry a default route): M and O
+    set, the on-link prefixes, the MTU when IPv6 can use it, resolv.conf DNS (RDNSS,
+    DNSSL); router lifetime 0 when the pod has no IPv6 default route to offer."""
+    resolv = ctx.pod.resolv
+    return RaConfig(
+        interface=interface,
+        prefixes=prefixes,
+        router_lifetime=ctx.options.router_lifetime_s if default_router else 0,
+        mtu=mtu if mtu >= IPV6_MIN_MTU else None,
+        rdnss=resolv.nameservers6,
+        dnssl=resolv.search,
+    )
+
+
+def guest_nic(ctx: NicContext, tap: str, mac: str, mtu: int) -> GuestNic:
+    """The guest's tap-backed NIC: spec model, PCI address and boot order, queue pairs."""
+    return GuestNic(
+        id=device_id(ctx.index),
+        tap=tap,
+        mac=mac,
+        mtu=mtu,
+        queues=ctx.queues,
+        pci_address=ctx.interface.pci_address,
+        boot_order=ctx.interface.boot_order,
+        model=ctx.interface.model,
     )

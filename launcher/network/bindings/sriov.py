@@ -6,7 +6,7 @@ device plugin's ``PCIDEVICE_<RESOURCE>`` variable (the resource KubeVirt names i
 ``KUBEVIRT_RESOURCE_NAME_<network>``, or the only PCIDEVICE variable there is), handing
 out its addresses in spec order and skipping those network-status already assigned.
 The VF is checked in sysfs (``launcher.network.sysfs.check_vf``) and becomes a
-:class:`~hypervisor.machine.VfioDevice` at the spec's guest PCI address, if any. The
+:class:`~launcher.network.devices.GuestVfio` at the spec's guest PCI address, if any. The
 guest MAC is what the CNI programmed on the VF (network-status ``mac``), else the
 spec's: VFIO cannot change it from the hypervisor.
 """
@@ -17,11 +17,11 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from hypervisor.machine import VfioDevice
 from launcher.errors import NetworkError, PodInfoError
 from launcher.podinfo import PodInfo, resource_env_name
 from launcher.spec.model import BindingKind, InterfaceState, VmSpec
 
+from ..devices import GuestVfio
 from ..multus import InterfaceMapping, PassthroughContext, PassthroughNic
 from ..sysfs import check_vf
 
@@ -157,7 +157,7 @@ class SriovBinding:
             binding=self.kind,
             network=network,
             mapping=ctx.mapping,
-            device=VfioDevice(
+            device=GuestVfio(
                 id=f"hostdev{ctx.index}",
                 sysfs_path=vf.sysfs_path,
                 guest_pci_address=iface.pci_address,

@@ -8,10 +8,10 @@ is checked to exist in the pod (``launcher.network.sysfs.check_vdpa``).
 
 from __future__ import annotations
 
-from hypervisor.machine import VdpaDevice
 from launcher.errors import NetworkError, PodInfoError
 from launcher.spec.model import BindingKind, Vdpa
 
+from ..devices import GuestVdpa
 from ..multus import PassthroughContext, PassthroughNic
 from ..sysfs import check_vdpa
 from .sriov import passthrough_fields
@@ -63,7 +63,7 @@ class VdpaBinding:
             binding=self.kind,
             network=network,
             mapping=ctx.mapping,
-            device=VdpaDevice(
+            device=GuestVdpa(
                 id=f"vdpa{ctx.index}",
                 path=node.path,
                 num_queues=binding.num_queues,

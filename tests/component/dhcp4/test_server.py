@@ -99,25 +99,24 @@ def test_events_are_bounded() -> None:
     assert len(snap.events) == 5 and snap.counters.offers == 20
 
 
-async def test_start_close_and_run_in_taskgroup() -> None:
+async def test_open_close_and_serve_in_taskgroup() -> None:
     server, _ = make()
     async with server:
         assert server.snapshot().running
     assert not server.snapshot().running
-    async with asyncio.TaskGroup() as group:
-        task = group.create_task(server.run(), name="dhcp4-lo")
-        for _ in range(100):
-            if server.snapshot().running:
-                break
-            await asyncio.sleep(0.01)
-        assert server.snapshot().running
+    async with server, asyncio.TaskGroup() as group:
+        task = group.create_task(server.serve(), name="dhcp4-lo")
+        await asyncio.sleep(0.05)
+        assert server.snapshot().running and not task.done()
         task.cancel()
     assert not server.snapshot().running
+    with pytest.raises(ServerError, match="not open"):
+        await server.serve()
 
 
 async def test_datagrams_reach_handle_through_the_socket() -> None:
     server, sent = make()
-    await server.start()
+    await server.open()
     try:
         assert server._udp is not None
         port = server._udp.getsockname()[1]
@@ -135,7 +134,7 @@ async def test_datagrams_reach_handle_through_the_socket() -> None:
 async def test_missing_interface_raises_server_error() -> None:
     cfg = Dhcp4Config(interface="d4-nothere", server_address=SERVER, port=0)
     with pytest.raises(ServerError, match="d4-nothere"):
-        await Dhcp4Server(cfg).start()
+        await Dhcp4Server(cfg).open()
 
 
 def test_raw_reply_frame_has_valid_checksums() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,13 @@ from hypervisor.machine import KernelBoot, MachineConfig, NetDevice, VfioDevice
 from launcher.errors import HypervisorError
 from launcher.hotplug.manager import HotplugState, Manager
 from launcher.hotplug.watch import Watcher
-from launcher.network import NicPlan, PlanOptions, plan
+from launcher.network import ApplyResult, NetworkPlan, PlanOptions, plan
+from launcher.network.devices import GuestVfio
 from launcher.network.discover import PodState
-from launcher.network.multus import PassthroughNic
-from launcher.network.sysfs import HostPaths
-from launcher.podinfo import PodInfo
-from launcher.run import RunContext, RunOptions
-from launcher.spec import VmSpec, parse
-from launcher.status.runsource import RunSource
+from launcher.nics import Nics
+from launcher.options import RunOptions
+from launcher.spec import parse
+from launcher.status.model import StatusBoard
 from tests.component.cloud_hypervisor.test_adapter import PipeTaps, recorded
 from tests.unit.network.fake_sysfs import FakeHost
 from tests.unit.network.helpers import pod_link, pod_state
@@ -88,60 +87,76 @@ def network_status(*, sec: bool) -> bytes:
     return f"k8s.v1.cni.cncf.io/network-status={json.dumps(value)}\n".encode()
 
 
-class RecordingPlumbing:
-    """Real plans against a described pod; apply/remove recorded (the netns boundary)."""
+class RecordingRunner:
+    """The pod netns boundary (a :class:`launcher.nics.PodRunner`): a described pod;
+    apply/cleanup recorded. Plans are the real ones (``launcher.machine.plan_nic``)."""
 
-    def __init__(self, pod: PodState, host: HostPaths | None = None) -> None:
+    def __init__(self, pod: PodState) -> None:
         self.pod = pod
-        self.host = host or HostPaths()
         self.applied: list[str] = []
         self.removed: list[tuple[str, tuple[str, ...]]] = []
+        self.nics: Nics | None = None
 
-    def pod_links(self) -> tuple[str, ...]:
-        return tuple(link.name for link in self.pod.links)
+    async def discover(self) -> PodState:
+        return self.pod
 
-    def plan(
-        self, spec: VmSpec, podinfo: PodInfo | None, name: str, avoid: Collection[int] = ()
-    ) -> NicPlan | PassthroughNic:
-        planned = plan(spec, self.pod, PlanOptions(podinfo=podinfo, host=self.host))
-        found: list[NicPlan | PassthroughNic] = [*planned.nics, *planned.passthrough]
-        nic = next(n for n in found if n.name == name)
-        if isinstance(nic, PassthroughNic) and isinstance(nic.device, VfioDevice):
-            # the fake host tree lives in a temp dir; the VMM sees the node's /sys path
-            real = "/sys/bus/pci/devices/" + Path(nic.device.sysfs_path).name
-            nic = replace(nic, device=replace(nic.device, sysfs_path=real))
-        return nic
+    async def apply(self, plan: NetworkPlan) -> ApplyResult:
+        self.applied += [n.name for n in plan.nics]
+        return ApplyResult(changes=len(plan.nics))
 
-    def apply(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
-        self.applied.append(nic.name)
+    async def cleanup(self, plan: NetworkPlan) -> None:
+        assert self.nics is not None
+        for nic in plan.nics:
+            self.removed.append((nic.name, tuple(p.name for p in self.nics.plans)))
 
-    def remove(self, nic: NicPlan, others: Sequence[NicPlan]) -> None:
-        self.removed.append((nic.name, tuple(o.name for o in others)))
+
+class NodeSysfs:
+    """The real adapter, except that a VF's path is the node's /sys view: the fake host
+    tree of the planner lives in a temp dir, the VMM contract wants /sys/bus/pci/…"""
+
+    def __init__(self, inner: CloudHypervisor) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def add_vfio(self, dev: VfioDevice) -> None:
+        real = "/sys/bus/pci/devices/" + Path(dev.sysfs_path).name
+        await self.inner.add_vfio(replace(dev, sysfs_path=real))
 
 
 class Setup:
-    def __init__(self, root: Path, vmm: CloudHypervisor, plumbing: RecordingPlumbing) -> None:
+    def __init__(self, root: Path, vmm: CloudHypervisor, runner: RecordingRunner) -> None:
         self.spec_dir, self.info_dir = root / "spec", root / "podinfo"
         self.vmm = vmm
-        self.plumbing = plumbing
+        self.runner = runner
         self.write(doc(), network_status(sec=False))
         running = parse(doc())
-        self.plan = plan(running, plumbing.pod, PlanOptions())
-        self.ctx = RunContext(RunOptions(spec_path=self.spec_dir / "vm.yaml"), plan=self.plan)
+        self.plan = plan(running, runner.pod, PlanOptions())
+        self.options = RunOptions(
+            spec_path=self.spec_dir / "vm.yaml", podinfo=self.info_dir, state_dir=root / "state"
+        )
+        self.board = StatusBoard()
+        self.nics = Nics(runner, state_dir=root / "state")
+        self.nics.bind(lambda coro, name: asyncio.create_task(coro, name=name))
+        runner.nics = self.nics
         self.manager = Manager(
             running,
             self.plan,
-            vmm,
-            plumbing,
-            spec_path=self.spec_dir / "vm.yaml",
-            podinfo_dir=self.info_dir,
-            state_dir=root / "state",
+            NodeSysfs(vmm),  # type: ignore[arg-type]
+            self.nics,
+            options=self.options,
+            board=self.board,
             step_timeout_s=10.0,
-            dhcp=False,
-            context=self.ctx,
         )
         self.watcher = Watcher(self.manager.watched_files(), interval_s=0.05, debounce_s=0.05)
         self.watcher.baseline()
+
+    async def boot(self) -> None:
+        """The boot NIC is wired like the run does it (no servers: no real bridge here)."""
+        for nic in self.plan.nics:
+            await self.nics.add(nic, serve=False, critical=True)
+        self.runner.applied.clear()
 
     def write(self, spec: dict[str, Any] | str, ann: bytes | None = None) -> None:
         text = spec if isinstance(spec, str) else yaml.safe_dump(spec)
@@ -169,7 +184,8 @@ async def hp(
         tap_opener=taps,
     )
     pod = pod_state(pod_link(), pod_link(SEC_LINK, v4=None, v6=None, gw4=None, gw6=None))
-    s = Setup(tmp_path, vmm, RecordingPlumbing(pod))
+    s = Setup(tmp_path, vmm, RecordingRunner(pod))
+    await s.boot()
     nic = s.plan.nics[0]
     await vmm.start(
         MachineConfig(
@@ -193,20 +209,21 @@ async def test_plug_then_unplug_by_state_absent(hp: Setup, record: Path) -> None
     await hp.change()
     assert state(m, "sec") is HotplugState.PLUGGED, m.status["sec"]
     assert m.status["default"].state is HotplugState.BOOT
-    assert hp.plumbing.applied == ["sec"]
-    new_id = m.nics["sec"].device.id
+    assert hp.runner.applied == ["sec"]
+    owner = hp.nics.get("sec")
+    assert owner is not None and owner.servers == ()  # no IPAM on "sec": nothing to serve
+    new_id = owner.plan.device.id
     assert new_id != hp.plan.nics[0].device.id
     assert [i.name for i in m.spec.interfaces] == ["default", "sec"]
-    assert hp.ctx.plan is not None and [n.name for n in hp.ctx.plan.nics] == ["default", "sec"]
-    hp.ctx.hotplug = m
-    assert RunSource(hp.ctx).hotplug == {"default": ("boot", None), "sec": ("plugged", None)}
+    assert hp.board.plan is not None and [n.name for n in hp.board.plan.nics] == ["default", "sec"]
+    assert hp.board.hotplug == {"default": ("boot", None), "sec": ("plugged", None)}
 
     hp.write(doc(sec="absent"))
     await hp.change()
     assert state(m, "sec") is HotplugState.UNPLUGGED, m.status["sec"]
-    assert hp.plumbing.removed == [("sec", ("default",))]
-    assert "sec" not in m.nics and [i.name for i in m.spec.interfaces] == ["default"]
-    assert hp.ctx.plan is not None and [n.name for n in hp.ctx.plan.nics] == ["default"]
+    assert hp.runner.removed == [("sec", ("default",))]
+    assert "sec" not in hp.nics and [i.name for i in m.spec.interfaces] == ["default"]
+    assert hp.board.plan is not None and [n.name for n in hp.board.plan.nics] == ["default"]
     await hp.vmm.stop()
     data = recorded(record)
     assert [r[1] for r in hotplug_requests(data)] == ["vm.add-net", "vm.remove-device"]
@@ -220,7 +237,7 @@ async def test_pending_until_the_pod_interface_is_listed(hp: Setup) -> None:
     await hp.change()
     assert hp.manager.status["sec"].state is HotplugState.PENDING
     assert "ns/blue" in (hp.manager.status["sec"].reason or "")
-    assert hp.plumbing.applied == []
+    assert hp.runner.applied == []
 
 
 class FailingAddNet:
@@ -240,16 +257,16 @@ async def test_failed_plug_rolls_the_plumbing_back_and_keeps_the_vm(
     hp: Setup, record: Path
 ) -> None:
     m = hp.manager
-    m.hypervisor = FailingAddNet(hp.vmm)
+    m.hypervisor = FailingAddNet(hp.vmm)  # type: ignore[assignment]
     hp.write(doc(sec="up"), network_status(sec=True))
     await hp.change()
     st = m.status["sec"]
     assert st.state is HotplugState.FAILED and "HTTP 500" in (st.last_error or "")
-    assert hp.plumbing.applied == ["sec"]
-    assert hp.plumbing.removed == [("sec", ("default",))]
-    assert "sec" not in m.nics and [i.name for i in m.spec.interfaces] == ["default"]
+    assert hp.runner.applied == ["sec"]
+    assert hp.runner.removed == [("sec", ("default",))]
+    assert "sec" not in hp.nics and [i.name for i in m.spec.interfaces] == ["default"]
     assert hp.vmm.pid is not None  # still running
-    assert hp.ctx.plan is hp.plan  # the run's plan is untouched
+    assert m.plan is hp.plan and hp.board.plan is None  # the run's plan is untouched
     await hp.vmm.stop()
     data = recorded(record)
     assert hotplug_requests(data) == []
@@ -265,7 +282,7 @@ async def test_invalid_spec_changes_nothing_and_is_logged(
     hp.write(bad, network_status(sec=True))
     await hp.change()
     assert m.last_error is not None and "bogus" in m.last_error
-    assert "sec" not in m.status and hp.plumbing.applied == []
+    assert "sec" not in m.status and hp.runner.applied == []
     assert any("refused, nothing changed" in r.getMessage() for r in caplog.records)
     hp.write("{not: [yaml")
     await hp.change()
@@ -282,7 +299,7 @@ async def test_memory_change_needs_restart_and_is_not_applied(
     hp.write(doc(memory="2Gi"))
     await hp.change()
     assert any("memory" in r.getMessage() and "restart" in r.getMessage() for r in caplog.records)
-    assert hp.plumbing.applied == [] and hp.manager.spec.memory_bytes == 1 << 30
+    assert hp.runner.applied == [] and hp.manager.spec.memory_bytes == 1 << 30
 
 
 async def test_run_loop_plugs_from_the_watcher(hp: Setup) -> None:
@@ -305,7 +322,7 @@ async def test_sriov_vf_plug_and_unplug(hp: Setup, record: Path, tmp_path: Path)
     host = FakeHost(tmp_path / "host")
     host.add_pf()
     host.add_vf("0000:3b:02.2")
-    hp.plumbing.host = host.paths
+    hp.manager.options = replace(hp.options, host_root=host.paths.root)
     vf_status = (
         "k8s.v1.cni.cncf.io/network-status="
         + json.dumps(
@@ -332,8 +349,8 @@ async def test_sriov_vf_plug_and_unplug(hp: Setup, record: Path, tmp_path: Path)
     await hp.change()
     assert state(m, "sec") is HotplugState.PLUGGED, m.status["sec"]
     vf = m.passthrough["sec"].device
-    assert isinstance(vf, VfioDevice) and vf.sysfs_path.endswith("/0000:3b:02.2")
-    assert hp.plumbing.applied == []  # a VF has no pod plumbing
+    assert isinstance(vf, GuestVfio) and vf.sysfs_path.endswith("/0000:3b:02.2")
+    assert hp.runner.applied == []  # a VF has no pod plumbing
     # KubeVirt validation allows state: absent only for bridge; removing the interface works
     hp.write(doc(sec="absent", binding="sriov"))
     await hp.change()
@@ -347,3 +364,13 @@ async def test_sriov_vf_plug_and_unplug(hp: Setup, record: Path, tmp_path: Path)
     data = recorded(record)
     assert [r[1] for r in hotplug_requests(data)] == ["vm.add-device", "vm.remove-device"]
     assert vf.id not in data["devices"]
+
+
+async def test_runtime_input_that_blows_the_parser_keeps_the_vm(hp: Setup) -> None:
+    """Bracket bombs and deep nesting: the strict loader refuses them like start-up does."""
+    m = hp.manager
+    for bad in ("[" * 600, "a: " + "[" * 5000 + "]" * 5000, "{" * 3000):
+        hp.write(bad)
+        await hp.change()
+        assert m.last_error is not None, bad[:20]
+        assert "sec" not in m.status and hp.vmm.pid is not None

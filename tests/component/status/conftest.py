@@ -23,8 +23,8 @@ from dhcp.v4.config import Dhcp4Config, Lease4
 from dhcp.v4.server import Dhcp4Server
 from hypervisor.base import LifecycleEvent
 from hypervisor.machine import VmState
-from launcher.machine import synthetic_pod
 from launcher.network import NetworkPlan, plan
+from launcher.plandoc import synthetic_pod
 from launcher.spec import VmSpec, load
 
 OPENAPI = Path(__file__).resolve().parents[3] / "launcher" / "status" / "openapi.yaml"
@@ -141,7 +141,7 @@ async def dhcp4(net_plan: NetworkPlan) -> AsyncIterator[Dhcp4Server]:
         Dhcp4Config(
             interface="lo",
             server_address=d4.server_address,
-            leases=(Lease4(d4.client_mac, d4.address),),
+            leases=(Lease4(d4.leases[0].mac, d4.leases[0].address),),
             port=port,
         )
     )

@@ -13,20 +13,20 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import StatusServerError
-from launcher.run import RunContext, RunOptions
-from launcher.status.runsource import status_hook
+from launcher.status.model import StatusBoard
+from launcher.status.task import status_task
 
 SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-from launcher.run import RunContext, RunOptions
-from launcher.status.runsource import status_hook
+from launcher.status.model import StatusBoard
+from launcher.status.task import status_task
 
 HEAVY = ("aiohttp", "prometheus_client", "psutil", "pyroute2", "launcher.status.server")
 
 async def main(path):
-    ctx = RunContext(RunOptions(spec_path=Path("vm.yaml")))
-    task = asyncio.create_task(status_hook(f"unix:{path}")(ctx), name="status")
+    board = StatusBoard()
+    task = asyncio.create_task(status_task(f"unix:{path}")(board), name="status")
     for _ in range(200):
         if Path(path).exists():
             break
@@ -67,6 +67,5 @@ async def test_a_taken_port_fails_the_status_task_at_once(tmp_path: Path) -> Non
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        ctx = RunContext(RunOptions(spec_path=tmp_path / "vm.yaml"))
         with pytest.raises(StatusServerError, match=f"127.0.0.1:{port}"):
-            await status_hook(f"127.0.0.1:{port}")(ctx)
+            await status_task(f"127.0.0.1:{port}")(StatusBoard())

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from dhcp.v4.config import classless_routes
 from launcher.errors import NetworkError
 from launcher.network import PlanOptions, apply, cleanup, discover, plan
-from launcher.network.plan import NetworkPlan
+from launcher.network.plan import NetworkPlan, link_local_from_mac
 from testbed.netns import POD_MAC, POD_MTU, Server, Topology, connect, nsrun, ping, sh, wait_for
 from testbed.runner import build_spec
 
@@ -28,28 +29,29 @@ def configure_guest_statically(topo: Topology, p: NetworkPlan) -> None:
     dev = nic.tap.stand_in_peer
     assert dev is not None
     if nic.dhcp4 is not None:
-        sh("ip", "-n", topo.guest, "addr", "add", str(nic.dhcp4.address), "dev", dev)
-        for dst, hop in nic.dhcp4.classless_routes:
+        address = nic.dhcp4.leases[0].address
+        sh("ip", "-n", topo.guest, "addr", "add", str(address), "dev", dev)
+        routes121 = classless_routes(address, nic.dhcp4.router, nic.dhcp4.routes)
+        for dst, hop in routes121:
             if str(hop) == "0.0.0.0":
                 sh("ip", "-n", topo.guest, "route", "replace", str(dst), "dev", dev)
             else:
                 sh("ip", "-n", topo.guest, "route", "replace", str(dst), "via", str(hop))
-        if nic.dhcp4.routers and not nic.dhcp4.classless_routes:
-            sh("ip", "-n", topo.guest, "route", "add", "default", "via", str(nic.dhcp4.routers[0]))
+        if nic.dhcp4.router and not routes121:
+            sh("ip", "-n", topo.guest, "route", "add", "default", "via", str(nic.dhcp4.router))
     if nic.dhcp6 is not None and nic.ra is not None:
-        plen = nic.ra.prefixes[0].prefixlen if nic.ra.prefixes else 128
         sh(
             "ip",
             "-n",
             topo.guest,
             "addr",
             "add",
-            f"{nic.dhcp6.address}/{plen}",
+            str(nic.dhcp6.leases[0].address),
             "dev",
             dev,
             "nodad",
         )
-        if nic.ra.router_lifetime_s:
+        if nic.ra.router_lifetime:
             sh(
                 "ip",
                 "-n",
@@ -59,7 +61,7 @@ def configure_guest_statically(topo: Topology, p: NetworkPlan) -> None:
                 "add",
                 "default",
                 "via",
-                str(nic.ra.source),
+                str(link_local_from_mac(nic.bridge.mac)),  # the RA's source: the bridge
                 "dev",
                 dev,
             )
@@ -69,10 +71,10 @@ def test_bridge_hands_pod_addresses_to_guest_side(topo: Topology, tmp_path: Path
     topo.create()
     p = _apply(topo, tmp_path)
     nic = p.nics[0]
-    assert str(nic.dhcp4.address) == "10.77.0.5/24" if nic.dhcp4 else False
-    assert nic.dhcp4 is not None and [str(r) for r in nic.dhcp4.routers] == ["10.77.0.1"]
+    assert str(nic.dhcp4.leases[0].address) == "10.77.0.5/24" if nic.dhcp4 else False
+    assert nic.dhcp4 is not None and str(nic.dhcp4.router) == "10.77.0.1"
     assert nic.dhcp4.server_address.is_link_local and nic.dhcp4.mtu == POD_MTU
-    assert nic.dhcp6 is not None and str(nic.dhcp6.address) == "fd77::5"
+    assert nic.dhcp6 is not None and str(nic.dhcp6.leases[0].address.ip) == "fd77::5"
     assert nic.device.mac == POD_MAC and nic.device.mtu == POD_MTU
 
     links = nsrun(topo.pod, "ip", "-d", "-o", "link", "show", "eth0").stdout
@@ -241,8 +243,8 @@ def test_no_default_route_plans_no_router(topo: Topology, tmp_path: Path) -> Non
     topo.create(default_route=False)
     p = _apply(topo, tmp_path)
     nic = p.nics[0]
-    assert nic.dhcp4 is not None and nic.dhcp4.routers == () and nic.dhcp4.classless_routes == ()
-    assert nic.ra is not None and nic.ra.router_lifetime_s == 0
+    assert nic.dhcp4 is not None and nic.dhcp4.router is None and nic.dhcp4.routes == ()
+    assert nic.ra is not None and nic.ra.router_lifetime == 0
     configure_guest_statically(topo, p)
     assert wait_for(lambda: ping(topo.peer, "10.77.0.5"), timeout=10)
 
@@ -251,8 +253,9 @@ def test_calico_style_slash32(topo: Topology, tmp_path: Path) -> None:
     topo.create(ipv6=False, calico32=True)
     p = _apply(topo, tmp_path)
     nic = p.nics[0]
-    assert nic.dhcp4 is not None and str(nic.dhcp4.address) == "10.77.0.5/32"
-    assert [(str(d), str(h)) for d, h in nic.dhcp4.classless_routes] == [
+    assert nic.dhcp4 is not None and str(nic.dhcp4.leases[0].address) == "10.77.0.5/32"
+    served = classless_routes(nic.dhcp4.leases[0].address, nic.dhcp4.router, nic.dhcp4.routes)
+    assert [(str(d), str(h)) for d, h in served] == [
         ("169.254.1.1/32", "0.0.0.0"),
         ("0.0.0.0/0", "169.254.1.1"),
     ]
@@ -291,7 +294,7 @@ def test_ipv6_default_route_via_link_local_gateway(topo: Topology, tmp_path: Pat
     sh("ip", "-n", topo.peer, "addr", "add", "fd99::1/128", "dev", "lo")
     p = _apply(topo, tmp_path)
     nic = p.nics[0]
-    assert nic.ra is not None and nic.ra.router_lifetime_s > 0
+    assert nic.ra is not None and nic.ra.router_lifetime > 0
     routes = nsrun(topo.pod, "ip", "-6", "route", "show", "default").stdout
     assert f"via {gw} dev vlbr0" in routes
     configure_guest_statically(topo, p)

@@ -28,34 +28,35 @@ def serve_argv(nic: NicPlan) -> list[str]:
     argv = [sys.executable, "-m", "dhcp", "serve", "-i", nic.bridge.name, "--log-level", "debug"]
     d4 = nic.dhcp4
     if d4 is not None:
+        lease = d4.leases[0]
         argv += [
             "--lease",
-            f"{d4.client_mac}={d4.address}",
+            f"{lease.mac}={lease.address}",
             "--server-address",
             str(d4.server_address),
             "--lease-time",
-            str(d4.lease_time_s),
+            str(d4.lease_time),
         ]
-        if d4.routers:
-            argv += ["--router", str(d4.routers[0])]
+        if d4.router:
+            argv += ["--router", str(d4.router)]
         if d4.mtu:
             argv += ["--mtu", str(d4.mtu)]
         if d4.hostname:
             argv += ["--hostname", d4.hostname]
         if d4.dns:
             argv += ["--dns", *map(str, d4.dns)]
-        extra = [f"{dst}={hop}" for dst, hop in d4.classless_routes if dst.prefixlen]
+        extra = [f"{dst}={hop}" for dst, hop in d4.routes]
         if extra:
             argv += ["--route", *extra]
     d6, ra = nic.dhcp6, nic.ra
     if d6 is not None and ra is not None:
-        plen = ra.prefixes[0].prefixlen if ra.prefixes else 128
+        lease6 = d6.leases[0]
         argv += [
             "--lease6",
-            f"{d6.client_mac}={d6.address}/{plen}",
+            f"{lease6.mac}={lease6.address}",
             "--ra",
             "--ra-lifetime",
-            str(ra.router_lifetime_s),
+            str(ra.router_lifetime),
         ]
         for prefix in ra.prefixes:
             argv += ["--ra-prefix", str(prefix)]
@@ -144,7 +145,7 @@ def test_guest_side_gets_planned_addresses_by_dhcp(
         # reach the pod's server (no new offer is logged)
         offers = _offers(tmp_path / "server.log")
         peer_mac = nsrun(topo.peer, "cat", "/sys/class/net/peer0/address").stdout.strip()
-        sh("ip", "-n", topo.peer, "link", "set", "peer0", "address", nic.dhcp4.client_mac)
+        sh("ip", "-n", topo.peer, "link", "set", "peer0", "address", nic.dhcp4.leases[0].mac)
         assert not _udhcpc(topo.peer, "peer0")
         assert _offers(tmp_path / "server.log") == offers
         if binding == "bridge":
@@ -166,8 +167,8 @@ def test_guest_side_gets_planned_addresses_by_dhcp(
     want6 = "fd77::5" if binding == "bridge" else "fd10:0:2::2"
     assert re.search(rf"fixed-address {re.escape(want4)};", lease4), (lease4, log[-2000:])
     assert f"option interface-mtu {nic.dhcp4.mtu};" in lease4
-    if nic.dhcp4.routers:
-        assert f"option routers {nic.dhcp4.routers[0]};" in lease4
+    if nic.dhcp4.router:
+        assert f"option routers {nic.dhcp4.router};" in lease4
     assert re.search(rf"iaaddr {re.escape(want6)} ", lease6), (lease6, log[-2000:])
     # the leased addresses, put on the guest side, are reachable from the peer
     if binding == "bridge":

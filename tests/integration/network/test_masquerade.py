@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launcher.network import PlanOptions, apply, discover, plan
-from launcher.network.plan import NetworkPlan
+from launcher.network.plan import NetworkPlan, link_local_from_mac
 from testbed.netns import Server, Topology, connect, nsrun, ping, sh, wait_for
 from testbed.runner import build_spec
 
@@ -22,10 +22,10 @@ def configure_guest(topo: Topology, p: NetworkPlan) -> None:
     """Give the guest side what the plan's DHCPv4/DHCPv6/RA hand out."""
     nic = p.nics[0]
     assert nic.dhcp4 is not None and nic.dhcp6 is not None and nic.ra is not None
-    sh("ip", "-n", topo.guest, "addr", "add", str(nic.dhcp4.address), "dev", "vlg0")
-    sh("ip", "-n", topo.guest, "route", "add", "default", "via", str(nic.dhcp4.routers[0]))
-    plen = nic.ra.prefixes[0].prefixlen
-    sh("ip", "-n", topo.guest, "addr", "add", f"{nic.dhcp6.address}/{plen}", "dev", "vlg0", "nodad")
+    sh("ip", "-n", topo.guest, "addr", "add", str(nic.dhcp4.leases[0].address), "dev", "vlg0")
+    sh("ip", "-n", topo.guest, "route", "add", "default", "via", str(nic.dhcp4.router))
+    address6 = str(nic.dhcp6.leases[0].address)
+    sh("ip", "-n", topo.guest, "addr", "add", address6, "dev", "vlg0", "nodad")
     sh(
         "ip",
         "-n",
@@ -35,7 +35,7 @@ def configure_guest(topo: Topology, p: NetworkPlan) -> None:
         "add",
         "default",
         "via",
-        str(nic.ra.source),
+        str(link_local_from_mac(nic.bridge.mac)),  # the RA's source: the bridge
         "dev",
         "vlg0",
     )

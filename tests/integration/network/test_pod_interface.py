@@ -27,7 +27,7 @@ def test_bridge_binding_on_a_pod_interface_named_ens5(topo: Topology, tmp_path: 
     planned = plan(spec, pod, PlanOptions(stand_in_netns=topo.guest, pod_interface="ens5"))
     nic = planned.nics[0]
     assert nic.pod_interface == "ens5"
-    assert nic.dhcp4 is not None and str(nic.dhcp4.address) == POD4
+    assert nic.dhcp4 is not None and str(nic.dhcp4.leases[0].address) == POD4
     assert [str(r.gateway) for r in nic.original.routes] == [gateway]
     apply(planned, tmp_path, netns=topo.pod)
     port = nsrun(topo.pod, "ip", "-o", "link", "show", "ens5").stdout

@@ -162,9 +162,35 @@ def test_all_options_without_request_list_at_exact_sizes() -> None:
     assert int.from_bytes(opts[o.RENEWAL_TIME], "big") == 43200
     assert int.from_bytes(opts[o.REBINDING_TIME], "big") == 75600
     assert decode_search_list(opts[o.DOMAIN_SEARCH]) == ["ns1.svc.cluster.local", "cluster.local"]
-    assert o.decode_classless_routes(opts[o.CLASSLESS_ROUTES]) == [
-        (IPv4Network("0.0.0.0/0"), IPv4Address("10.244.1.1"))
+    # the router is inside the subnet and there is no other route: option 3 says it all
+    assert o.CLASSLESS_ROUTES not in opts
+
+
+def test_an_extra_route_brings_option_121_with_the_default_route_last() -> None:
+    extra = (IPv4Network("10.96.0.0/12"), IPv4Address("10.244.1.254"))
+    d = Responder(config(routes=(extra,))).decide(req(o.DISCOVER))
+    assert d.reply is not None
+    assert o.decode_classless_routes(d.reply.option(o.CLASSLESS_ROUTES) or b"") == [
+        extra,
+        (IPv4Network("0.0.0.0/0"), IPv4Address("10.244.1.1")),
     ]
+
+
+def test_classless_routes_is_the_one_rule() -> None:
+    from dhcp.v4.config import classless_routes
+
+    on_link, default = IPv4Address("0.0.0.0"), IPv4Network("0.0.0.0/0")
+    addr24, addr32 = IPv4Interface("10.244.1.5/24"), IPv4Interface("10.244.1.5/32")
+    gw, calico = IPv4Address("10.244.1.1"), IPv4Address("169.254.1.1")
+    assert classless_routes(addr24, gw) == ()
+    # the subnet route the mask implies and default routes are never repeated
+    assert classless_routes(addr24, gw, [(addr24.network, on_link), (default, gw)]) == ()
+    host = (IPv4Network("169.254.1.1/32"), on_link)
+    assert classless_routes(addr32, calico) == (host, (default, calico))
+    # a host route already among the extras is sent once, first
+    svc = (IPv4Network("10.96.0.0/12"), calico)
+    assert classless_routes(addr32, calico, [svc, host]) == (host, svc, (default, calico))
+    assert classless_routes(addr24, None, [svc]) == (svc,)
 
 
 def test_request_list_limits_options_to_requested_plus_mandatory() -> None:

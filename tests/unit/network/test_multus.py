@@ -275,8 +275,8 @@ def test_secondary_bridge_with_ipam_gets_dhcp_without_a_default_route() -> None:
     p = plan(spec, pod_state(pod_link(), sec), PlanOptions(podinfo=status("multus-bridge.json")))
     nic = p.nics[1]
     assert nic.pod_interface == "pod03b731d2111" and nic.binding.value == "bridge"
-    assert nic.dhcp4 is not None and str(nic.dhcp4.address) == "10.10.10.14/24"
-    assert nic.dhcp4.routers == () and nic.dhcp4.classless_routes == ()
+    assert nic.dhcp4 is not None and str(nic.dhcp4.leases[0].address) == "10.10.10.14/24"
+    assert nic.dhcp4.router is None and nic.dhcp4.routes == ()
     assert nic.device.mac == "02:6b:8e:1c:44:10"
     assert p.interfaces[1].rule is MappingRule.NETWORK_STATUS
 

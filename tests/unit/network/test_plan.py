@@ -10,9 +10,9 @@ import pytest
 
 from launcher.errors import NetworkError
 from launcher.network import PlanOptions, plan
-from launcher.network.bindings.bridge import classless_routes
+from launcher.network.discover import PodLink
 from launcher.network.netlink import Route
-from launcher.network.plan import ISTIO_PORTS, link_local_from_mac
+from launcher.network.plan import ISTIO_PORTS, link_local_from_mac, served_options
 from launcher.spec.model import (
     Bridge,
     Cpu,
@@ -40,14 +40,15 @@ def test_bridge_guest_takes_pod_mac_and_addresses() -> None:
     new_mac = nic.pod_port.new_mac
     assert new_mac is not None and int(new_mac[:2], 16) & 0x03 == 0x02  # local, unicast
     assert nic.pod_port.learning is False
-    assert nic.dhcp4 is not None and str(nic.dhcp4.address) == "10.244.1.5/24"
+    assert nic.dhcp4 is not None and str(nic.dhcp4.leases[0].address) == "10.244.1.5/24"
+    assert nic.dhcp4.leases[0].mac == POD_MAC
     assert str(nic.dhcp4.server_address) == "169.254.75.10"
     assert [str(a) for a in nic.dhcp4.dns] == ["10.96.0.10"]
     assert nic.dhcp4.search[0] == "ns.svc.cluster.local" and nic.dhcp4.mtu == 1450
     assert nic.dhcp4.hostname == "vm-pod"
-    assert nic.dhcp6 is not None and str(nic.dhcp6.address) == "fd00:10:244:1::5"
-    assert nic.dhcp6.server_address == link_local_from_mac(nic.bridge.mac)
-    assert nic.ra is not None and nic.ra.mtu == 1450 and nic.ra.router_lifetime_s > 0
+    assert nic.dhcp6 is not None and str(nic.dhcp6.leases[0].address) == "fd00:10:244:1::5/64"
+    assert nic.dhcp6.leases[0].mac == POD_MAC
+    assert nic.ra is not None and nic.ra.mtu == 1450 and nic.ra.router_lifetime > 0
     assert [str(x) for x in nic.ra.prefixes] == ["fd00:10:244:1::/64"]
     assert [str(a) for a in nic.ra.rdnss] == ["fd00:10:96::a"]
     assert nic.bridge.mac not in (POD_MAC, new_mac)
@@ -73,25 +74,27 @@ def test_bridge_nft_blocks_dhcp_and_spoofing() -> None:
     assert "table inet" not in text  # no NAT for the bridge binding
 
 
+def served(link: PodLink, code: int) -> object:
+    """Option ``code`` as the plan says the NIC's server sends it (None: not sent)."""
+    view = served_options(plan(vm_spec(), pod_state(link)).nics[0])
+    assert isinstance(view, dict) and isinstance(view["dhcp4"], list)
+    found = [o for o in view["dhcp4"] if isinstance(o, dict) and o["code"] == code]
+    return found[0]["value"] if found else None
+
+
 def test_calico_slash32_routes() -> None:
     onlink = Route(ipaddress.ip_network("169.254.1.1/32"), None, "eth0")
     link = pod_link(v4="10.244.1.5/32", gw4="169.254.1.1", extra_routes=(onlink,))
-    routers, routes = classless_routes(link, link.addresses4[0])
-    assert [str(r) for r in routers] == ["169.254.1.1"]
-    assert [(str(d), str(h)) for d, h in routes] == [
-        ("169.254.1.1/32", "0.0.0.0"),
-        ("0.0.0.0/0", "169.254.1.1"),
-    ]
+    assert served(link, 3) == ["169.254.1.1"]
+    assert served(link, 121) == ["169.254.1.1/32 via 0.0.0.0", "0.0.0.0/0 via 169.254.1.1"]
     # without the explicit on-link route the host route is still added first
     link = pod_link(v4="10.244.1.5/32", gw4="169.254.1.1")
-    _, routes = classless_routes(link, link.addresses4[0])
-    assert [str(d) for d, _ in routes] == ["169.254.1.1/32", "0.0.0.0/0"]
+    assert served(link, 121) == ["169.254.1.1/32 via 0.0.0.0", "0.0.0.0/0 via 169.254.1.1"]
 
 
 def test_plain_subnet_needs_no_classless_routes() -> None:
     link = pod_link()
-    routers, routes = classless_routes(link, link.addresses4[0])
-    assert [str(r) for r in routers] == ["10.244.1.1"] and routes == ()
+    assert served(link, 3) == ["10.244.1.1"] and served(link, 121) is None
 
 
 def test_extra_route_brings_default_into_option_121() -> None:
@@ -99,11 +102,7 @@ def test_extra_route_brings_default_into_option_121() -> None:
         ipaddress.ip_network("10.96.0.0/12"), ipaddress.ip_address("10.244.1.254"), "eth0"
     )
     link = pod_link(extra_routes=(extra,))
-    _, routes = classless_routes(link, link.addresses4[0])
-    assert [(str(d), str(h)) for d, h in routes] == [
-        ("10.96.0.0/12", "10.244.1.254"),
-        ("0.0.0.0/0", "10.244.1.1"),
-    ]
+    assert served(link, 121) == ["10.96.0.0/12 via 10.244.1.254", "0.0.0.0/0 via 10.244.1.1"]
 
 
 def test_ipv6_only_and_ipv4_only() -> None:
@@ -127,7 +126,7 @@ def test_masquerade_defaults() -> None:
     nic = plan(vm_spec(Masquerade()), pod_state()).nics[0]
     assert str(nic.guest_ipv4) == "10.0.2.2/30" and str(nic.guest_ipv6) == "fd10:0:2::2/120"
     assert [str(a) for a in nic.bridge.addresses] == ["10.0.2.1/30", "fd10:0:2::1/120"]
-    assert nic.dhcp4 is not None and [str(r) for r in nic.dhcp4.routers] == ["10.0.2.1"]
+    assert nic.dhcp4 is not None and str(nic.dhcp4.router) == "10.0.2.1"
     assert nic.pod_port is None
     assert int(nic.device.mac[:2], 16) & 0x03 == 0x02  # derived, locally administered
     keys = {s.key: s.value for s in nic.sysctls}
@@ -218,9 +217,9 @@ def test_dhcp_options_from_spec() -> None:
     spec = vm_spec()
     spec = replace(spec, interfaces=(replace(spec.interfaces[0], dhcp_options=opts),))
     d4 = plan(spec, pod_state()).nics[0].dhcp4
-    assert d4 is not None and d4.boot_file_name == "pxelinux.0"
-    assert d4.tftp_server_name == "tftp.local" and d4.private_options == ((240, "extra"),)
-    assert [str(a) for a in d4.ntp_servers] == ["10.0.0.123"]
+    assert d4 is not None and d4.boot_file == "pxelinux.0"
+    assert d4.tftp_server == "tftp.local" and d4.private_options == ((240, b"extra"),)
+    assert [str(a) for a in d4.ntp] == ["10.0.0.123"]
 
 
 def test_plan_is_pure_and_json_serialisable() -> None:
@@ -229,7 +228,10 @@ def test_plan_is_pure_and_json_serialisable() -> None:
     assert a == b
     data = json.loads(a.to_json())
     nic = data["nics"][0]
-    assert nic["binding"] == "masquerade" and nic["dhcp4"]["address"] == "10.0.2.2/30"
+    assert nic["binding"] == "masquerade"
+    assert nic["dhcp4"]["leases"][0]["address"] == "10.0.2.2/30"
+    served_codes = [o["code"] for o in nic["served"]["dhcp4"]]
+    assert served_codes[:2] == [53, 54] and 1 in served_codes and 121 not in served_codes
     assert nic["device"]["tap"] == "vltap0" and data["nftables"] == a.nftables
     assert json.loads(plan(vm_spec(), state).to_json())["nics"][0]["pod_port"]["learning"] is False
 

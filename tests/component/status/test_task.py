@@ -1,7 +1,8 @@
-"""status_hook plugged into a real launcher.run.RunContext: conditions, phases, lifecycle events.
+"""The status task serving a real StatusBoard: conditions, phases, lifecycle events.
 
-The RunContext is filled step by step the way ``launcher.run`` fills it (spec, plan after
-apply, DHCP servers, hypervisor, phases); the hook's server is queried over HTTP.
+The board is told each step the way ``launcher.run`` tells it (spec, phase, plan, network
+applied, servers, hypervisor, phases); the task's server is queried over HTTP. Nothing
+polls: a change shows as soon as the snapshot's 0.5 s cache lets it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from dhcp.v6.lease import Config6
 from dhcp.v6.server import Dhcp6Server
 from hypervisor.machine import VmState
 from launcher.network import NetworkPlan
-from launcher.run import RunContext, RunOptions
+from launcher.phase import Phase
 from launcher.spec import VmSpec
+from launcher.status.model import StatusBoard
 
 from .conftest import StandInHypervisor, check
 
@@ -33,19 +35,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_hook_follows_the_run_context(
+async def test_task_serves_what_the_run_tells_the_board(
     spec: VmSpec,
     net_plan: NetworkPlan,
     dhcp4: Dhcp4Server,
     vmm: StandInHypervisor,
     tmp_path: Path,
 ) -> None:
-    from launcher.status.runsource import POLL_S, status_hook
+    from launcher.status.task import status_task
 
-    ctx = RunContext(RunOptions(spec_path=tmp_path / "vm.yaml"))
-    ctx.spec = spec
+    board = StatusBoard()
+    board.set_spec(spec)
+    servers: list[tuple[str, object]] = []
+    board.set_servers(lambda: servers)
     port = free_port()
-    task = asyncio.create_task(status_hook(f"127.0.0.1:{port}")(ctx), name="status")
+    task = asyncio.create_task(status_task(f"127.0.0.1:{port}")(board), name="status")
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as s:
@@ -59,31 +63,27 @@ async def test_hook_follows_the_run_context(
                             return body
                     except aiohttp.ClientConnectionError:
                         await asyncio.sleep(0.05)
-                raise AssertionError("the status hook never served")
+                raise AssertionError("the status task never served")
 
             async def settle() -> dict[str, Any]:
-                await asyncio.sleep(POLL_S * 3 + 0.6)  # a poll plus the 0.5 s snapshot ttl
+                await asyncio.sleep(0.6)  # the 0.5 s snapshot ttl: nothing else to wait for
                 await doc()  # triggers the refresh; the next read sees it
                 await asyncio.sleep(0.2)
                 return await doc()
 
             first = await doc()
             assert (first["vm"], first["phase"], first["ready"]) == ("st/st-vm", "Pending", False)
-            ctx.set_phase("network")
-            ctx.plan = net_plan  # run.py sets the plan once apply() succeeded
-            ctx.set_phase("dhcp")
-            ctx.dhcp4.append(dhcp4)
-            await asyncio.sleep(POLL_S * 3)
-            assert "DhcpServing" not in {  # the plan also has DHCPv6: not serving yet
-                c["type"] for c in (await settle())["conditions"] if c["status"] == "True"
-            }
-            d6 = net_plan.nics[0].dhcp6
-            assert d6 is not None
-            ctx.dhcp6.append(
-                Dhcp6Server(Config6(interface=d6.interface, leases=(), server_duid=b"\0\3st"))
-            )
-            ctx.hypervisor = vmm  # type: ignore[assignment]
-            ctx.set_phase("hypervisor")
+            board.set_phase(Phase.NETWORK)
+            board.set_plan(net_plan)
+            board.network_applied("wired")
+            board.set_phase(Phase.DHCP)
+            bridge = net_plan.nics[0].bridge.name  # launcher.nics lists servers by bridge
+            servers.append((bridge, dhcp4))
+            d6 = Config6(interface=bridge, leases=(), server_duid=b"\0\3st")
+            servers.append((bridge, Dhcp6Server(d6)))
+            board.dhcp_serving("2 DHCP server(s) listening")
+            board.set_hypervisor(vmm)  # type: ignore[arg-type]
+            board.set_phase(Phase.HYPERVISOR)
             d = await settle()
             conds = {c["type"]: (c["status"], c["reason"]) for c in d["conditions"]}
             assert conds == {
@@ -92,8 +92,9 @@ async def test_hook_follows_the_run_context(
                 "HypervisorRunning": ("False", "Created"),
             }
             assert d["phase"] == "Starting"
-            vmm.emit("resume", VmState.RUNNING)
-            ctx.set_phase("running")
+            assert {i["name"]: i["dhcp"]["serving"] for i in d["interfaces"]} == {"pod": True}
+            vmm.emit("resume", VmState.RUNNING)  # the status task follows the VMM's events
+            board.set_phase(Phase.RUNNING)
             d = await settle()
             assert (d["phase"], d["ready"]) == ("Running", True)
             assert d["launcher"]["timeToReadySeconds"] is not None
@@ -101,13 +102,16 @@ async def test_hook_follows_the_run_context(
             assert ("hypervisor", "resume") in kinds
             assert ("launcher", "phase") in kinds
             assert ("launcher", "HypervisorRunning=True") in kinds
-            ctx.set_phase("stopping")
+            board.set_phase(Phase.STOPPING, "SIGTERM")
             d = await settle()
             assert d["phase"] == "Stopping"
             vmm.emit("shutdown", VmState.SHUTDOWN)
             d = await settle()
             assert (d["phase"], d["ready"]) == ("Succeeded", False)
             assert ("hypervisor", "shutdown") in [(e["source"], e["kind"]) for e in d["events"]]
+            # told, never polled: the task created no timer task of its own
+            names = {t.get_name() for t in asyncio.all_tasks()}
+            assert not any("poll" in n for n in names), names
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -98,18 +98,9 @@ def test_the_server_sends_exactly_what_the_plan_prints(
     codes = [code for code, _ in _served(printed)]
     assert (121 in codes) == (pod != "plain"), codes
     (tmp_path / "nic.pickle").write_bytes(pickle.dumps(nic))
+    argv = ["ip", "netns", "exec", topo.pod, sys.executable, "-c", textwrap.dedent(SERVE)]
     server = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            topo.pod,
-            sys.executable,
-            "-c",
-            textwrap.dedent(SERVE),
-            str(tmp_path / "nic.pickle"),
-            str(state),
-        ],  # fmt: skip
+        [*argv, str(tmp_path / "nic.pickle"), str(state)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,

@@ -323,6 +323,15 @@ class Nics:
         for owner in self:
             await owner.serve()
 
+    async def stop_serving(self) -> None:
+        """Every NIC's servers closed (the RA servers' final adverts sent); plumbing kept.
+
+        The run calls this when the VM has ended, so the TaskGroup holding the server
+        tasks can finish; leaving the set (:meth:`close`) then removes the plumbing.
+        """
+        for owner in reversed(tuple(self._owners.values())):
+            await owner.close_servers()
+
     async def remove(self, name: str) -> None:
         """Close ``name``'s servers and remove its plumbing; the other NICs keep running
         (their nftables rules are loaded again: cleanup drops the launcher's table)."""

@@ -372,6 +372,7 @@ class _Run:
                 board.set_phase(Phase.STOPPING, outcome.cause)
                 for task in others:
                     task.cancel()
+                await nics.stop_serving()
         except BaseExceptionGroup as group_error:
             raise _first_error(group_error) from None
         return outcome

@@ -27,6 +27,7 @@ from dhcp.v4.server import Dhcp4Snapshot
 from dhcp.v6.server import Dhcp6Snapshot
 from hypervisor.machine import VmState
 from launcher.errors import NetworkError
+from launcher.network.netlink import LinkCounters, Neighbour, NetlinkReader
 from launcher.network.plan import NicPlan
 
 from .model import (
@@ -43,7 +44,6 @@ from .model import (
     StatusSource,
     Traffic,
 )
-from .neighbours import LinkCounters, Neighbour, NetlinkReader
 
 __all__ = ["Collector", "DhcpView"]
 

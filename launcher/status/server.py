@@ -26,11 +26,12 @@ from launcher.notls import without_ssl
 with without_ssl():  # plain HTTP on loopback: no TLS contexts (see launcher.notls)
     from aiohttp import web
 
+from launcher.network.netlink import NetlinkReader
+
 from .collect import Collector
 from .listen import DEFAULT_LISTEN, Listen, bind, parse_listen
 from .metrics import CONTENT_TYPE, Metrics
 from .model import StatusSnapshot, StatusSource
-from .neighbours import NetlinkReader
 from .render import status_json
 
 __all__ = ["StatusServer", "Listen", "parse_listen", "DEFAULT_LISTEN", "LAG_LIMIT_S"]

@@ -57,3 +57,23 @@ def test_the_check_sees_function_level_imports(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
     sample.write_text("def f():\n    from launcher.errors import X\n    import hypervisor.base\n")
     assert imported_packages(sample) == {"launcher", "hypervisor"}
+
+
+def test_one_pyroute2_adapter() -> None:
+    """Only launcher/network/netlink.py talks to pyroute2 (the one netlink adapter)."""
+    users = [
+        str(path.relative_to(ROOT))
+        for path in sorted(ROOT.glob("launcher/**/*.py"))
+        if "pyroute2" in imported_packages(path)
+    ]
+    assert users == ["launcher/network/netlink.py"]
+
+
+def test_no_task_lookup_by_name() -> None:
+    """Tasks are owned (the run's TaskGroup, the NIC owners), never found again by name."""
+    found = [
+        str(path.relative_to(ROOT))
+        for path in sorted(ROOT.glob("launcher/**/*.py"))
+        if "all_tasks" in path.read_text()
+    ]
+    assert found == []

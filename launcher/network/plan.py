@@ -1,42 +1,42 @@
 """The network plan: a PURE function from (VmSpec, PodState, PlanOptions) to frozen data.
 
-Called by the composition root and by ``virt-launcher plan`` (which prints
-``NetworkPlan.to_json()``). Each guest NIC is planned by its binding module (see
-``bindings``); this module owns the plan types, the shared helpers the bindings use, and
-the assembly of the whole plan: links to create, MAC changes, sysctls, the nftables
+Called by the composition (:func:`launcher.machine.compose`) and by ``virt-launcher
+plan`` (which prints ``NetworkPlan.to_json()``). Each guest NIC is planned by its
+binding module (see ``bindings``); the plan's types live in :mod:`.model` (re-exported
+here), so the bindings depend on the types and this module on the bindings. This module
+assembles the whole plan: links to create, MAC changes, sysctls, the nftables
 document, the DHCPv4/DHCPv6/RA configuration per NIC (the ``dhcp`` package's own config
 types, which its servers consume as is: what ``plan`` prints is what is served) and the
-guest device per NIC (``devices``; ``launcher.compose`` makes the hypervisor's device from
+guest device per NIC (``devices``; ``launcher.machine`` makes the hypervisor's device from
 it). Nothing here touches the system.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 from collections.abc import Collection
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from dhcp.ra import RaConfig
-from dhcp.v4.config import Dhcp4Config
-from dhcp.v6.lease import Config6
 from launcher.errors import NetworkError
-from launcher.jsonable import JsonValue, to_jsonable
-from launcher.podinfo import PodInfo
-from launcher.spec.model import BindingKind, Interface, InterfaceState, VmSpec
+from launcher.spec.model import InterfaceState, VmSpec
 
-from .devices import GuestNic, GuestVdpa, GuestVfio
-from .discover import PodLink, PodState
-from .multus import InterfaceMapping, PassthroughContext, PassthroughNic, map_interfaces
-from .names import POD_INTERFACE, stand_in_peer_name
-from .netlink import Route
-from .nftables import NftFragment, render
+from .bindings import Binding, binding_for, passthrough_for
+from .discover import PodState
+from .model import (
+    DEFAULT_STATUS_PORT,
+    ISTIO_PORTS,
+    MIGRATION_PORTS,
+    BridgeLink,
+    NetworkPlan,
+    NicContext,
+    NicPlan,
+    PlanOptions,
+    PodPort,
+    TapLink,
+    link_local_from_mac,
+    served_options,
+)
+from .multus import PassthroughContext, PassthroughNic, map_interfaces
+from .nftables import render
 from .sysctl import Sysctl
-from .sysfs import HostPaths
-
-if TYPE_CHECKING:
-    from .bindings import Binding
 
 __all__ = [
     "NetworkPlan",
@@ -55,197 +55,7 @@ __all__ = [
     "served_options",
 ]
 
-DEFAULT_STATUS_PORT = 8186
-MIGRATION_PORTS = (49152, 49153)
-ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
-ISTIO_ANNOTATION = "sidecar.istio.io/inject"
-
-
-@dataclass(frozen=True, slots=True)
-class PlanOptions:
-    """Knobs of the plan that do not come from the spec."""
-
-    status_port: int = DEFAULT_STATUS_PORT  # the launcher's own port, never DNATed
-    lease_time_s: int = 86400
-    router_lifetime_s: int = 1800
-    # Test mode: a tap carries nothing without a VMM, so each "tap" is a veth whose
-    # peer (``vlg<N>``) is moved into this netns, where a DHCP client plays the guest.
-    stand_in_netns: str | None = None
-    # Secondary networks: the Multus network-status and device-plugin env (launcher.podinfo),
-    # and where sysfs and /dev are for the SR-IOV/vDPA checks (a fake tree in tests).
-    podinfo: PodInfo | None = None
-    host: HostPaths = field(default_factory=HostPaths)
-    # The pod network's interface: eth0, as Kubernetes names it, unless `run
-    # --pod-interface` says otherwise.
-    pod_interface: str = POD_INTERFACE
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeLink:
-    """The in-pod bridge of one guest NIC."""
-
-    name: str
-    mac: str  # fixed, so the bridge's IPv6 link-local is known in the plan
-    mtu: int
-    addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class TapLink:
-    """The tap the hypervisor opens (or, in test mode, the veth standing in for it)."""
-
-    name: str
-    bridge: str
-    mtu: int
-    queues: int = 1
-    stand_in_netns: str | None = None
-    stand_in_peer: str | None = None
-    stand_in_mac: str | None = None  # the guest MAC, as the VMM would use it
-
-    @property
-    def multi_queue(self) -> bool:
-        """A tap with more than one queue pair must be created multiqueue."""
-        return self.queues > 1
-
-
-@dataclass(frozen=True, slots=True)
-class PodPort:
-    """Bridge binding: the pod interface becomes a bridge port without its addresses."""
-
-    name: str
-    bridge: str
-    new_mac: str | None  # the guest took the original MAC; None = keep it
-    learning: bool = False
-    remove_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class NicPlan:
-    """Everything planned for one guest NIC."""
-
-    name: str  # the spec interface name
-    index: int
-    binding: BindingKind
-    pod_interface: str
-    original: PodLink  # the pod interface as the CNI left it (cached in the state dir)
-    bridge: BridgeLink
-    tap: TapLink
-    device: GuestNic
-    pod_port: PodPort | None = None
-    routes: tuple[Route, ...] = ()  # routes to (re)create in the pod netns
-    sysctls: tuple[Sysctl, ...] = ()
-    # What the NIC's DHCPv4, DHCPv6 and RA servers serve, exactly (consumed as is).
-    dhcp4: Dhcp4Config | None = None
-    dhcp6: Config6 | None = None
-    ra: RaConfig | None = None
-    guest_ipv4: ipaddress.IPv4Interface | None = None
-    guest_ipv6: ipaddress.IPv6Interface | None = None
-    nft: NftFragment = field(default_factory=NftFragment)
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkPlan:
-    """The whole plan: per-NIC plans, sysctls and the one nftables document."""
-
-    nics: tuple[NicPlan, ...]
-    sysctls: tuple[Sysctl, ...] = ()
-    nftables: str = ""
-    passthrough: tuple[PassthroughNic, ...] = ()  # SR-IOV VFs and vDPA devices
-    interfaces: tuple[InterfaceMapping, ...] = ()  # spec interface → pod interface, and why
-
-    @property
-    def devices(self) -> tuple[GuestNic, ...]:
-        """The tap-backed guest NICs, in spec order."""
-        return tuple(n.device for n in self.nics)
-
-    @property
-    def vfio(self) -> tuple[GuestVfio, ...]:
-        """The SR-IOV VFs, in spec order."""
-        return tuple(p.device for p in self.passthrough if isinstance(p.device, GuestVfio))
-
-    @property
-    def vdpa(self) -> tuple[GuestVdpa, ...]:
-        """The vhost-vdpa devices, in spec order."""
-        return tuple(p.device for p in self.passthrough if isinstance(p.device, GuestVdpa))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plan as plain JSON-compatible data, with each NIC's ``served`` options: the
-        DHCPv4 options its server puts in an ACK (computed by the server's own code,
-        :func:`dhcp.v4.logic.lease_options`: what ``plan`` prints is what is served)."""
-        out = to_jsonable(self)
-        assert isinstance(out, dict) and isinstance(out["nics"], list)
-        for nic, view in zip(self.nics, out["nics"], strict=True):
-            assert isinstance(view, dict)
-            view["served"] = served_options(nic)
-        return out
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """The plan as JSON text (what ``virt-launcher plan`` prints)."""
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
-
-
-def served_options(nic: NicPlan) -> JsonValue:
-    """The DHCPv4 options ``nic``'s server sends in an ACK to its guest (no request list:
-    a client's list picks from these), each as :func:`dhcp.v4.options.describe` shows it."""
-    from dhcp.v4.logic import lease_options  # noqa: PLC0415 - only plan prints this
-    from dhcp.v4.options import describe  # noqa: PLC0415
-
-    if nic.dhcp4 is None:
-        return {"dhcp4": None}
-    options = lease_options(nic.dhcp4, nic.dhcp4.leases[0])
-    data: dict[str, object] = {"dhcp4": [describe(code, value) for code, value in options]}
-    return to_jsonable(data)
-
-
-def link_local_from_mac(mac: str) -> ipaddress.IPv6Address:
-    """The EUI-64 IPv6 link-local address the kernel gives an interface with ``mac``."""
-    octets = [int(b, 16) for b in mac.split(":")]
-    octets[0] ^= 0x02
-    eui = [*octets[:3], 0xFF, 0xFE, *octets[3:]]
-    return ipaddress.IPv6Address(bytes([0xFE, 0x80, 0, 0, 0, 0, 0, 0, *eui]))
-
-
-@dataclass(frozen=True, slots=True)
-class NicContext:
-    """What a binding gets to plan one guest NIC."""
-
-    spec: VmSpec
-    interface: Interface
-    index: int
-    pod_link: PodLink
-    pod: PodState
-    options: PlanOptions
-
-    @property
-    def queues(self) -> int:
-        """Queue pairs: the vCPU count when the spec asks for multiqueue, else 1."""
-        return self.spec.cpu.vcpus if self.spec.network_interface_multiqueue else 1
-
-    @property
-    def hostname(self) -> str:
-        """The guest hostname: the spec's, else the pod's, else the VM name."""
-        return self.spec.hostname or self.pod.hostname or self.spec.name
-
-    @property
-    def reserved_ports(self) -> tuple[int, ...]:
-        """Ports the pod itself uses: never DNATed into the guest."""
-        ports = [self.options.status_port, *MIGRATION_PORTS]
-        if (self.spec.annotation(ISTIO_ANNOTATION) or "").lower() == "true":
-            ports += ISTIO_PORTS
-        return tuple(sorted(set(ports)))
-
-    def tap(self, name: str, bridge: str, mtu: int, guest_mac: str) -> TapLink:
-        """The tap (or test stand-in veth) for this NIC."""
-        stand_in = self.options.stand_in_netns
-        return TapLink(
-            name=name,
-            bridge=bridge,
-            mtu=mtu,
-            queues=self.queues,
-            stand_in_netns=stand_in,
-            stand_in_peer=stand_in_peer_name(self.index) if stand_in else None,
-            stand_in_mac=guest_mac if stand_in else None,
-        )
+_DEFAULTS = PlanOptions()
 
 
 def _plan_nic(binding: Binding, ctx: NicContext) -> NicPlan:
@@ -259,9 +69,8 @@ def _plan_nic(binding: Binding, ctx: NicContext) -> NicPlan:
         ) from err
 
 
-def plan(spec: VmSpec, pod: PodState, options: PlanOptions = PlanOptions()) -> NetworkPlan:
+def plan(spec: VmSpec, pod: PodState, options: PlanOptions = _DEFAULTS) -> NetworkPlan:
     """Plan every guest NIC of ``spec`` against ``pod``; pure, raises NetworkError."""
-    from .bindings import binding_for, passthrough_for  # noqa: PLC0415 - they import this module
 
     nics: list[NicPlan] = []
     passthrough: list[PassthroughNic] = []
@@ -336,7 +145,6 @@ def plan_interface(
     planned, so it is validated as a whole). When its position-derived index (tap, bridge,
     device id) is among ``avoid`` (the running NICs'), it is planned at the lowest free
     index instead. NetworkError when the new plan has no such interface."""
-    from .bindings import binding_for  # noqa: PLC0415 - they import this module
 
     planned = plan(spec, pod, options)
     for nic in planned.nics:

@@ -22,10 +22,10 @@ from launcher.errors import NetworkError
 from launcher.spec.model import BindingKind, MultusNetwork
 
 from ..discover import PodLink
+from ..model import BridgeLink, NicContext, NicPlan, PodPort
 from ..names import bridge_name, derived_mac, tap_name
 from ..netlink import Route
 from ..nftables import NftFragment
-from ..plan import BridgeLink, NicContext, NicPlan, PodPort
 from ..sysctl import Sysctl
 from .protocol import (
     antispoof_rules,

@@ -21,9 +21,9 @@ from dhcp.v6.lease import Config6
 from launcher.errors import NetworkError
 from launcher.spec.model import BindingKind, Masquerade, Protocol
 
+from ..model import BridgeLink, NicContext, NicPlan
 from ..names import bridge_name, derived_mac, tap_name
 from ..nftables import NftFragment
-from ..plan import BridgeLink, NicContext, NicPlan
 from ..sysctl import Sysctl
 from .protocol import (
     antispoof_rules,

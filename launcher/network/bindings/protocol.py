@@ -16,8 +16,8 @@ from dhcp.v6.lease import Config6, Lease6
 from launcher.spec.model import BindingKind
 
 from ..devices import GuestNic
+from ..model import NicContext, NicPlan
 from ..names import device_id
-from ..plan import NicContext, NicPlan
 
 __all__ = [
     "Binding",

@@ -295,6 +295,8 @@ class RaCounters:
     rate_limited: int = 0
     ignored: int = 0
     last_advert: float = 0.0
+    last_solicit: float = 0.0
+    last_solicit_mac: str | None = None
 
     def snapshot(self) -> RaSnapshot:
         return RaSnapshot(
@@ -304,6 +306,8 @@ class RaCounters:
             self.rate_limited,
             self.ignored,
             self.last_advert,
+            self.last_solicit,
+            self.last_solicit_mac,
         )
 
 
@@ -317,6 +321,8 @@ class RaSnapshot:
     rate_limited: int
     ignored: int
     last_advert: float
+    last_solicit: float = 0.0  # wall time of the last RS answered (0: none yet)
+    last_solicit_mac: str | None = None  # its source link-layer address, when it had one
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
@@ -487,6 +493,8 @@ class RaServer(Server):
             self.counters.rate_limited += 1
             return
         self.counters.solicits += 1
+        self.counters.last_solicit = time.time()
+        self.counters.last_solicit_mac = rs.source_mac
         log.debug("<-- RS from %s (%s)", src, rs.source_mac)
         # Answers are multicast at most every 3 s; a solicitation from a known source
         # address with its link-layer address may be answered by unicast.

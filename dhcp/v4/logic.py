@@ -30,7 +30,15 @@ from dhcp.v4 import options as o
 from dhcp.v4.codec import BOOTREPLY, BOOTREQUEST, FLAG_BROADCAST, Message, encoded_size
 from dhcp.v4.config import Dhcp4Config, Lease4, classless_routes
 
-__all__ = ["Responder", "Decision", "Destination", "DestKind", "MANDATORY", "lease_options"]
+__all__ = [
+    "Responder",
+    "Decision",
+    "Destination",
+    "DestKind",
+    "MANDATORY",
+    "NO_LEASE",
+    "lease_options",
+]
 
 MANDATORY = (
     o.MESSAGE_TYPE,
@@ -43,6 +51,8 @@ MANDATORY = (
     o.CLIENT_ID,
 )
 _ZERO = IPv4Address(0)
+#: The start of an ``ignored`` decision's reason for a client MAC no lease is for.
+NO_LEASE = "no lease for MAC"
 _BROADCAST = IPv4Address("255.255.255.255")
 _HEADER_SIZE = 240  # fixed fields + magic cookie
 _IP_UDP = 28
@@ -128,7 +138,7 @@ class Responder:
             return Decision("ignored", f"relayed through {msg.giaddr} and relaying is off")
         lease = self.lease_for(msg.chaddr, allocate=kind == o.DISCOVER)
         if lease is None:
-            return Decision("ignored", f"no lease for MAC {msg.chaddr.hex(':')}")
+            return Decision("ignored", f"{NO_LEASE} {msg.chaddr.hex(':')}")
         try:
             sid = msg.option(o.SERVER_ID)
             requested = msg.option(o.REQUESTED_ADDRESS)

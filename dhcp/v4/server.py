@@ -46,7 +46,7 @@ from dhcp.lifecycle import Server
 from dhcp.ratelimit import RateLimiter
 from dhcp.v4.codec import parse
 from dhcp.v4.config import Dhcp4Config
-from dhcp.v4.logic import Decision, Destination, DestKind, Responder
+from dhcp.v4.logic import NO_LEASE, Decision, Destination, DestKind, Responder
 
 __all__ = ["Dhcp4Server", "Dhcp4Snapshot", "Dhcp4Counters", "Dhcp4Event"]
 
@@ -96,8 +96,12 @@ class Dhcp4Snapshot:
     running: bool
     counters: Dhcp4Counters
     events: tuple[Dhcp4Event, ...]
+    #: Client MACs that asked although no lease is for them (the guest uses another MAC
+    #: than planned?), as (mac, requests, wall time of the last), at most ``_STRANGERS``.
+    strangers: tuple[tuple[str, int, float], ...] = ()
 
 
+_STRANGERS = 8
 _LEVELS = {"offer": logging.DEBUG, "inform": logging.DEBUG, "decline": logging.WARNING}
 _EVENT_COUNTER = {
     "offer": "offers",
@@ -119,6 +123,7 @@ class Dhcp4Server(Server):
         self._limiter = RateLimiter(rate=config.rate, burst=config.burst)
         self._counts: dict[str, int] = {f.name: 0 for f in dataclasses.fields(Dhcp4Counters)}
         self._events: collections.deque[Dhcp4Event] = collections.deque(maxlen=config.max_events)
+        self._strangers: dict[str, tuple[int, float]] = {}
         self._udp: socket.socket | None = None
         self._raw: socket.socket | None = None
         self._ifindex = 0
@@ -194,6 +199,7 @@ class Dhcp4Server(Server):
             running=self._udp is not None,
             counters=Dhcp4Counters(**self._counts),
             events=tuple(self._events),
+            strangers=tuple((mac, n, t) for mac, (n, t) in self._strangers.items()),
         )
 
     # ------------------------------------------------------------- datagrams
@@ -235,6 +241,8 @@ class Dhcp4Server(Server):
             self._send(decision.reply.build(), decision.destination)  # reply first, then record
         mac = msg.chaddr.hex(":")
         if decision.event == "ignored":
+            if decision.reason.startswith(NO_LEASE):
+                self._stranger(mac)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("<-- ignored", extra={"mac": mac, "reason": decision.reason})
             return decision
@@ -262,6 +270,14 @@ class Dhcp4Server(Server):
                 },
             )
         return decision
+
+    def _stranger(self, mac: str) -> None:
+        """Count a request from ``mac``, which no lease is for (bounded: the newest
+        ``_STRANGERS`` MACs are kept, a flood of random MACs costs nothing more)."""
+        count, _ = self._strangers.pop(mac, (0, 0.0))
+        self._strangers[mac] = (count + 1, time.time())
+        while len(self._strangers) > _STRANGERS:
+            del self._strangers[next(iter(self._strangers))]
 
     def _send(self, payload: bytes, dest: Destination) -> None:
         try:

@@ -476,6 +476,12 @@ class LinkCounters:
     tx_bytes: int
     rx_packets: int
     tx_packets: int
+    rx_errors: int = 0
+    tx_errors: int = 0
+    rx_dropped: int = 0
+    tx_dropped: int = 0
+    mtu: int = 0
+    mac: str = ""
 
 
 class NetlinkReader:
@@ -507,11 +513,12 @@ class NetlinkReader:
                 self._ip.close()
                 self._ip = None
 
-    def links(self, names: Iterable[str]) -> dict[str, LinkCounters]:
-        """Counters of the named links that exist (missing ones are left out)."""
-        wanted = set(names)
+    def links(self, names: Iterable[str] | None) -> dict[str, LinkCounters]:
+        """Counters of the named links that exist (missing ones are left out); every
+        link of the netns when ``names`` is None."""
+        wanted = None if names is None else set(names)
         out: dict[str, LinkCounters] = {}
-        if not wanted:
+        if wanted is not None and not wanted:
             return out
         with self._lock:
             try:
@@ -521,7 +528,7 @@ class NetlinkReader:
                 raise NetworkError(f"cannot list links in netns {self.netns!r}: {err}") from err
         for msg in raw:
             name = _attr(msg, "IFLA_IFNAME")
-            if name not in wanted:
+            if wanted is not None and name not in wanted:
                 continue
             stats = _attr(msg, "IFLA_STATS64") or _attr(msg, "IFLA_STATS") or {}
             out[name] = LinkCounters(
@@ -531,6 +538,12 @@ class NetlinkReader:
                 tx_bytes=int(stats.get("tx_bytes", 0)),
                 rx_packets=int(stats.get("rx_packets", 0)),
                 tx_packets=int(stats.get("tx_packets", 0)),
+                rx_errors=int(stats.get("rx_errors", 0)),
+                tx_errors=int(stats.get("tx_errors", 0)),
+                rx_dropped=int(stats.get("rx_dropped", 0)),
+                tx_dropped=int(stats.get("tx_dropped", 0)),
+                mtu=int(_attr(msg, "IFLA_MTU") or 0),
+                mac=str(_attr(msg, "IFLA_ADDRESS") or "").lower(),
             )
         return out
 

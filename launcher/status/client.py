@@ -73,6 +73,31 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
+def _diagnosis(interfaces: list[dict[str, Any]]) -> list[str]:
+    """The DIAGNOSIS section: one verdict per NIC, its reason, then each finding."""
+    out = ["", "DIAGNOSIS"]
+    shown = False
+    for i in interfaces:
+        g = i.get("diagnosis")
+        if not g:
+            continue
+        shown = True
+        out.append(f"{i['name']}: {g['verdict']} - {g['reason']}")
+        for f in g["findings"]:
+            out.append(f"  {f['severity']:<7} {f['code']}: {f['message']}")
+            if f["fix"]:
+                out.append(f"          next: {f['fix']}")
+        for p in g["probes"]:
+            seen = "n/a" if p["answered"] is None else ("answers" if p["answered"] else "silent")
+            who = f" from {p['mac']}" if p.get("mac") else ""
+            out.append(
+                f"  probe   {p['target']} on {p['interface']}: {seen}{who} {p['detail']}".rstrip()
+            )
+    if not shown:
+        out.append("(no NIC diagnosed yet: the network is not applied)")
+    return out
+
+
 def format_status(doc: dict[str, Any], events: int = 10) -> str:
     """A terminal rendering of a ``/status`` document."""
     lines = [
@@ -124,6 +149,7 @@ def format_status(doc: dict[str, Any], events: int = 10) -> str:
     digest = (doc.get("nftables") or {}).get("digest")
     if digest:
         lines.append(f"nftables {digest}")
+    lines += _diagnosis(doc["interfaces"])
     lines.append("")
     lines.append(f"LAST {events} EVENTS")
     for e in doc["events"][-events:]:

@@ -30,6 +30,7 @@ from launcher.errors import NetworkError
 from launcher.network.netlink import LinkCounters, Neighbour, NetlinkReader
 from launcher.network.plan import NicPlan
 
+from .doctor import Doctor, NicFacts, diagnose
 from .model import (
     CONDITION_TYPES,
     MAX_EVENTS,
@@ -83,6 +84,7 @@ class Collector:
         self._self = psutil.Process(os.getpid())
         self._vmm: psutil.Process | None = None
         self._netlink_failed = False
+        self.doctor = Doctor()
 
     async def snapshot(self) -> StatusSnapshot:
         """The current snapshot.
@@ -93,7 +95,8 @@ class Collector:
         snapshot for every call (tests).
         """
         cached = self._cached
-        if cached is not None and self.ttl > 0:
+        fresh_enough = time.monotonic() - self._cached_at < self.doctor.max_age
+        if cached is not None and self.ttl > 0 and fresh_enough:
             if time.monotonic() - self._cached_at >= self.ttl and self._refresh is None:
                 self._refresh = asyncio.create_task(self._rebuild(), name="status-refresh")
             return cached
@@ -143,7 +146,14 @@ class Collector:
         bridges = [n.bridge.name for n in nics]
         links, neighbours = await self._netlink(taps, bridges)
         launcher, hypervisor = await asyncio.to_thread(self._processes, now)
-        interfaces = tuple(self._interface(n, dhcp, links, neighbours) for n in nics)
+        hv = src.hypervisor
+        running = hv is not None and hv.state is VmState.RUNNING
+        if nics and self.doctor.due():
+            await self.doctor.probe(nics, running)
+        interfaces = tuple(
+            self._interface(n, dhcp, links, neighbours, self._facts(n, now, dhcp, links))
+            for n in nics
+        )
         if plan is None and src.spec is not None:
             interfaces = tuple(
                 _spec_only(i.name, i.binding.kind.value) for i in src.spec.interfaces
@@ -327,7 +337,8 @@ class Collector:
             return {}, ()
 
         def read() -> tuple[dict[str, LinkCounters], tuple[Neighbour, ...]]:
-            return self.netlink.links(taps), self.netlink.neighbours(bridges)
+            # every link: the taps' counters, and the pod interfaces for the doctor
+            return self.netlink.links(None), self.netlink.neighbours(bridges)
 
         try:
             result = await asyncio.wait_for(asyncio.to_thread(read), timeout=2.0)
@@ -339,12 +350,51 @@ class Collector:
         self._netlink_failed = False
         return result
 
+    def _network_name(self, interface: str) -> str | None:
+        """KubeVirt's ``network`` label: "pod networking" or the Multus network's name."""
+        spec = self.source.spec
+        if spec is None:
+            return None
+        for iface in spec.interfaces:
+            if iface.name == interface:
+                try:
+                    source = spec.network_for(iface).source
+                except KeyError:
+                    return None
+                return getattr(source, "network_name", None) or "pod networking"
+        return None
+
+    def _facts(
+        self, nic: NicPlan, now: float, dhcp: DhcpView, links: dict[str, LinkCounters]
+    ) -> NicFacts:
+        """What the doctor needs to know of ``nic`` (docs/status.md, *Network doctor*)."""
+        hv = self.source.hypervisor
+        mark = self.source.marks.get("HypervisorRunning")
+        v4, v6, ra = dhcp
+        served = {nic.bridge.name, nic.tap.name}
+        return NicFacts(
+            nic=nic,
+            now=now,
+            vmm_running=hv is not None and hv.state is VmState.RUNNING,
+            vmm_state="not started" if hv is None else str(hv.state.value),
+            running_since=mark[3] if mark is not None and mark[0] else None,
+            dhcp4=next((s for iface, s in v4 if iface in served), None),
+            dhcp6=next((s for iface, s in v6 if iface in served), None),
+            ra=next((s for iface, s in ra if iface in served), None),
+            tap=links.get(nic.tap.name),
+            pod_link=links.get(nic.pod_interface),
+            pod_links=tuple(links.values()),
+            probes=self.doctor.probes(nic.name),
+            silent_after_s=self.doctor.silent_after_s,
+        )
+
     def _interface(
         self,
         nic: NicPlan,
         dhcp: DhcpView,
         links: dict[str, LinkCounters],
         neighbours: Iterable[Neighbour],
+        facts: NicFacts | None = None,
     ) -> InterfaceStatus:
         served = {nic.bridge.name, nic.tap.name}
         if nic.dhcp4 is not None:
@@ -409,6 +459,11 @@ class Collector:
             ),
             hotplug_state=self.source.hotplug.get(nic.name, (None, None))[0],
             hotplug_error=self.source.hotplug.get(nic.name, (None, None))[1],
+            diagnosis=None if facts is None or not links else diagnose(facts),
+            network=self._network_name(nic.name),
+            errors=(0, 0, 0, 0)
+            if tap is None
+            else (tap.tx_errors, tap.rx_errors, tap.tx_dropped, tap.rx_dropped),
         )
 
     def _events(self, dhcp: DhcpView) -> tuple[Event, ...]:

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from hypervisor.machine import VmState
 
+from .doctor import VERDICTS
 from .model import StatusSnapshot
 
 __all__ = ["Metrics", "CONTENT_TYPE"]
@@ -96,6 +97,78 @@ class _SnapshotCollector(Collector):
                     nic[n].add_metric([i.name, i.tap or ""], getattr(i.traffic, n))
         yield dhcp
         yield from nic.values()
+        yield from _kubevirt(s)
+        verdict = GaugeMetricFamily(
+            _P + "network_verdict",
+            "The network doctor's verdict per guest NIC: 1 for the current one",
+            labels=["interface", "verdict"],
+        )
+        for i in s.interfaces:
+            if i.diagnosis is not None:
+                for word in VERDICTS:
+                    current = 1.0 if i.diagnosis.verdict == word else 0.0
+                    verdict.add_metric([i.name, word], current)
+        yield verdict
+
+
+#: KubeVirt's per-vNIC counters (docs/status.md lists their definitions side by side):
+#: name suffix → (help, index into the guest-side traffic/errors).
+_KV_NET = (
+    ("receive_bytes_total", "Total network traffic received in bytes.", "rx_bytes"),
+    ("transmit_bytes_total", "Total network traffic transmitted in bytes.", "tx_bytes"),
+    ("receive_packets_total", "Total network traffic received packets.", "rx_packets"),
+    ("transmit_packets_total", "Total network traffic transmitted packets.", "tx_packets"),
+    ("receive_errors_total", "Total network received error packets.", 0),
+    ("transmit_errors_total", "Total network transmitted error packets.", 1),
+    (
+        "receive_packets_dropped_total",
+        "The total number of rx packets dropped on vNIC interfaces.",
+        2,
+    ),
+    (
+        "transmit_packets_dropped_total",
+        "The total number of tx packets dropped on vNIC interfaces.",
+        3,
+    ),
+)
+
+
+def _kubevirt(s: StatusSnapshot) -> Iterator[Metric]:
+    """The series KubeVirt dashboards and alerts use, under KubeVirt's names and labels
+    (``namespace``, ``name``, ``interface``; counts from the guest's side, as libvirt's)."""
+    namespace, _, name = (s.vm or "/").partition("/")
+    for suffix, help_text, field in _KV_NET:
+        # prometheus-client adds "_total" to counter samples itself
+        family = CounterMetricFamily(
+            "kubevirt_vmi_network_" + suffix.removesuffix("_total"),
+            help_text,
+            labels=["namespace", "name", "interface"],
+        )
+        for i in s.interfaces:
+            if i.traffic is None:
+                continue
+            value = getattr(i.traffic, field) if isinstance(field, str) else i.errors[field]
+            family.add_metric([namespace, name, i.name], value)
+        yield family
+    vnic = GaugeMetricFamily(
+        "kubevirt_vmi_vnic_info",
+        "Details of VirtualMachineInstance (VMI) vNIC interfaces, such as vNIC name, binding "
+        "type, network name, and binding name for each vNIC of a running instance.",
+        labels=["name", "namespace", "vnic_name", "binding_type", "network", "binding_name"],
+    )
+    addresses = GaugeMetricFamily(
+        "kubevirt_vmi_status_addresses",
+        "The addresses of a VirtualMachineInstance. This metric provides the address of an "
+        "available network interface associated with the VMI in the 'address' label, and "
+        "about the type of address, such as internal IP, in the 'type' label.",
+        labels=["namespace", "name", "network_name", "address", "type"],
+    )
+    for i in s.interfaces:
+        vnic.add_metric([name, namespace, i.name, "core", i.network or "", i.binding], 1.0)
+        for address in i.ip_addresses:
+            addresses.add_metric([namespace, name, i.name, address, "InternalIP"], 1.0)
+    yield vnic
+    yield addresses
 
 
 class Metrics:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the servers' modules load after the VMM spawn (launcher.nic
     from dhcp.ra import RaSnapshot
     from dhcp.v4.server import Dhcp4Snapshot
     from dhcp.v6.server import Dhcp6Snapshot
+    from launcher.status.doctor import Diagnosis
 
 __all__ = [
     "StatusSource",
@@ -355,6 +356,9 @@ class InterfaceStatus:
     traffic: Traffic | None
     hotplug_state: str | None = None  # docs/hotplug.md: boot, plugged, failed…
     hotplug_error: str | None = None
+    diagnosis: Diagnosis | None = None  # the network doctor's (launcher.status.doctor)
+    errors: tuple[int, int, int, int] = (0, 0, 0, 0)  # guest rx/tx errors, rx/tx dropped
+    network: str | None = None  # "pod networking" or the Multus network name (KubeVirt's label)
 
 
 @dataclass(frozen=True, slots=True)

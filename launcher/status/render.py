@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .doctor import Diagnosis, Exchange
 from .model import Event, InterfaceStatus, StatusSnapshot
 
-__all__ = ["status_json", "rfc3339"]
+__all__ = ["status_json", "rfc3339", "diagnosis_json"]
 
 
 def rfc3339(t: float) -> str:
@@ -30,6 +31,62 @@ def _event(e: Event) -> dict[str, Any]:
         if value is not None:
             out[key] = value
     return out
+
+
+def _time(t: float | None) -> str | None:
+    return None if t is None else rfc3339(t)
+
+
+def _exchange(e: Exchange | None) -> dict[str, Any] | None:
+    if e is None:
+        return None
+    return {
+        "last": e.last_kind,
+        "lastAt": _time(e.last_at),
+        "reason": e.reason,
+        "messages": [
+            {"kind": kind, "time": rfc3339(at), "address": address}
+            for kind, at, address in e.messages
+        ],
+    }
+
+
+def diagnosis_json(d: Diagnosis) -> dict[str, Any]:
+    """``interfaces[].diagnosis``: the network doctor's view of one NIC."""
+    return {
+        "verdict": d.verdict,
+        "reason": d.reason,
+        "checkedAt": rfc3339(d.checked_at),
+        "findings": [
+            {"code": f.code, "severity": f.severity, "message": f.message, "fix": f.fix}
+            for f in d.findings
+        ],
+        "dhcp4": _exchange(d.dhcp4),
+        "dhcp6": _exchange(d.dhcp6),
+        "routerAdverts": {
+            "solicits": d.router_solicits,
+            "lastSolicitAt": _time(d.last_solicit_at),
+            "sent": d.router_adverts,
+            "lastSentAt": _time(d.last_advert_at),
+        },
+        "lease": {
+            "ageSeconds": d.lease_age_s,
+            "renewDueSeconds": d.renew_due_s,
+            "renewed": d.renewed,
+        },
+        "mtu": dict(d.mtu),
+        "probes": [
+            {
+                "target": p.target,
+                "interface": p.interface,
+                "answered": p.answered,
+                "mac": p.mac,
+                "rttMs": p.rtt_ms,
+                "detail": p.detail,
+            }
+            for p in d.probes
+        ],
+    }
 
 
 def _interface(i: InterfaceStatus) -> dict[str, Any]:
@@ -83,6 +140,7 @@ def _interface(i: InterfaceStatus) -> dict[str, Any]:
         "hotplug": None
         if i.hotplug_state is None
         else {"state": i.hotplug_state, "lastError": i.hotplug_error},
+        "diagnosis": None if i.diagnosis is None else diagnosis_json(i.diagnosis),
     }
 
 

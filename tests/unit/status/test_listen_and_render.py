@@ -142,3 +142,60 @@ def test_metrics_text() -> None:
     lines = set(metrics.render(snapshot(running=False)).decode().splitlines())
     assert "virt_launcher_hypervisor_up 0.0" in lines and "virt_launcher_ready 0.0" in lines
     assert not any(ln.startswith("virt_launcher_time_to_ready_seconds ") for ln in lines)
+
+
+def test_kubevirt_series_parse_and_match_the_snapshot() -> None:
+    """KubeVirt's names and labels, read back with prometheus-client's own parser."""
+    from dataclasses import replace
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from launcher.status.doctor import Diagnosis, Finding
+
+    snap = snapshot(running=True)
+    diagnosis = Diagnosis("degraded", "x", 100.0, (Finding("mtu-changed", "warning", "x"),))
+    iface = replace(
+        snap.interfaces[0], errors=(1, 2, 3, 4), network="pod networking", diagnosis=diagnosis
+    )
+    snap = replace(snap, interfaces=(iface,))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(Metrics().render(snap).decode())
+        for s in family.samples
+    }
+    vm = (("interface", "pod"), ("name", "vm"), ("namespace", "ns"))
+    want = {
+        "kubevirt_vmi_network_receive_bytes_total": 1000,
+        "kubevirt_vmi_network_transmit_bytes_total": 2000,
+        "kubevirt_vmi_network_receive_packets_total": 10,
+        "kubevirt_vmi_network_transmit_packets_total": 20,
+        "kubevirt_vmi_network_receive_errors_total": 1,
+        "kubevirt_vmi_network_transmit_errors_total": 2,
+        "kubevirt_vmi_network_receive_packets_dropped_total": 3,
+        "kubevirt_vmi_network_transmit_packets_dropped_total": 4,
+    }
+    for name, value in want.items():
+        assert samples[(name, vm)] == value, name
+    vnic = (
+        ("binding_name", "bridge"),
+        ("binding_type", "core"),
+        ("name", "vm"),
+        ("namespace", "ns"),
+        ("network", "pod networking"),
+        ("vnic_name", "pod"),
+    )
+    assert samples[("kubevirt_vmi_vnic_info", vnic)] == 1
+    for address in ("10.244.1.5", "fd00::5"):
+        labels = (
+            ("address", address),
+            ("name", "vm"),
+            ("namespace", "ns"),
+            ("network_name", "pod"),
+            ("type", "InternalIP"),
+        )
+        assert samples[("kubevirt_vmi_status_addresses", labels)] == 1
+    verdicts = {
+        v: samples[("virt_launcher_network_verdict", (("interface", "pod"), ("verdict", v)))]
+        for v in ("ok", "degraded", "no-network")
+    }
+    assert verdicts == {"ok": 0, "degraded": 1, "no-network": 0}

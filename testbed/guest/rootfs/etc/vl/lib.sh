@@ -33,7 +33,9 @@ wait_linklocal() {
 }
 
 start_nic() {
+  [ -n "${VL_MAC:-}" ] && ip link set dev "$1" address "$VL_MAC"
   ip link set dev "$1" up
+  [ "${VL_NODHCP:-0}" = 1 ] && return 0
   udhcpc -f -i "$1" -s /etc/vl/dhcp4 -p "/run/vl/udhcpc.$1.pid" -t 3 -T 1 -A 2 \
     -O mtu -O staticroutes -O search > "/run/vl/udhcpc.$1.log" 2>&1 &
   (

@@ -246,6 +246,14 @@ class _Run:
         spec = load(options.spec_path)
         board.set_spec(spec)
         logs.set_context(vm=f"{spec.namespace}/{spec.name}")
+        log.info(
+            "spec loaded",
+            extra={
+                "event": "spec-loaded",
+                "hypervisor": choose_hypervisor(spec, options.hypervisor),
+                "grace_s": spec.termination_grace_period_s,
+            },
+        )
         # Every file the spec names must be there before the pod netns is touched.
         volumes = resolve(spec, VolumeLayout(options.volumes_dir, options.state_dir))
         require_present(volumes)
@@ -260,7 +268,7 @@ class _Run:
                 try:
                     boot, accel = await self._start_network(spec, volumes)
                     child = self.runner.release()  # the start-up child exits now
-                    board.set_phase(Phase.DHCP)
+                    _phase(board, Phase.DHCP)
                     kind = boot.composition.hypervisor
                     hypervisor = _make_hypervisor(kind, options, on_serial, accel)
                     self.supervisor = Supervisor(
@@ -273,7 +281,7 @@ class _Run:
                     board.set_hypervisor(hypervisor)
                     return await self._supervise(spec, boot, child)
                 finally:
-                    board.set_phase(Phase.CLEANUP)
+                    _phase(board, Phase.CLEANUP)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -284,7 +292,7 @@ class _Run:
         self, spec: VmSpec, volumes: ResolvedVolumes
     ) -> tuple[_Boot, AccelChoice | None]:
         """discover → compose → wire every NIC, with QEMU's accelerator probe beside it."""
-        self.board.set_phase(Phase.NETWORK)
+        _phase(self.board, Phase.NETWORK)
         kind = choose_hypervisor(spec, self.options.hypervisor)
         try:
             async with asyncio.TaskGroup() as startup:
@@ -344,7 +352,7 @@ class _Run:
                     others.append(group.create_task(ChildReaper().run(), name="reaper"))
                 if child is not None:  # the released start-up netlink child: collect it
                     group.create_task(child.close(), name="netlink-child-exit")
-                board.set_phase(Phase.HYPERVISOR)
+                _phase(board, Phase.HYPERVISOR)
                 supervised = group.create_task(
                     supervisor.run(boot.composition.machine), name="supervisor"
                 )
@@ -369,7 +377,7 @@ class _Run:
                 if self.status is not None:
                     others.append(group.create_task(self.status(board), name="status"))
                 outcome = await supervised
-                board.set_phase(Phase.STOPPING, outcome.cause)
+                _phase(board, Phase.STOPPING, outcome.cause)
                 for task in others:
                     task.cancel()
                 await nics.stop_serving()
@@ -378,9 +386,17 @@ class _Run:
         return outcome
 
 
+def _phase(board: StatusBoard, phase: Phase, cause: str | None = None) -> None:
+    """The run moved to ``phase``: logged once per change (``event: phase``) and told to
+    the status board."""
+    if phase is not board.phase:
+        log.info("phase %s", phase, extra={"event": "phase", "phase": str(phase)})
+    board.set_phase(phase, cause)
+
+
 def _supervisor_phase(board: StatusBoard, phase: Phase) -> None:
     if phase in (Phase.RUNNING, Phase.STOPPING):
-        board.set_phase(phase)
+        _phase(board, phase)
     board.hypervisor_state()
 
 
@@ -403,7 +419,7 @@ def run(
         log.debug("exit %d: %s", exit_code_for(err), cause)
         write_termination_log(options.termination_log, f"unexpected error: {cause}")
         raise
-    board.set_phase(Phase.EXITED, outcome.cause)
+    _phase(board, Phase.EXITED, outcome.cause)
     log.info("exit 0: %s", outcome.cause, extra={"event": "exit", "exit_code": EXIT_OK})
     write_termination_log(options.termination_log, outcome.cause)
     return EXIT_OK

@@ -302,6 +302,13 @@ def test_sigterm_presses_power_button_and_exits_0(
     assert code == 0, launcher.stderr_path.read_text()[-3000:]
     assert took < GRACE_S, f"exit took {took:.1f} s, not within the {GRACE_S} s grace period"
     assert "guest powered off after SIGTERM" in launcher.termination_log.read_text()
+    # The log tells the run's story: the spec, then every phase once, in order.
+    records = launcher.records()
+    assert [r["event"] for r in records if r.get("event") == "spec-loaded"] == ["spec-loaded"]
+    phases = [r["phase"] for r in records if r.get("event") == "phase"]
+    assert phases == [
+        "network", "dhcp", "hypervisor", "running", "stopping", "cleanup", "exited"
+    ], phases  # fmt: skip
     # Cleanup gave the pod interface its address back and removed the launcher's links.
     pod_links = sh("ip", "-n", POD, "-br", "addr").stdout
     assert POD4 in pod_links and "vlbr0" not in pod_links and "vltap0" not in pod_links

@@ -337,15 +337,19 @@ def _findings_strangers(facts: NicFacts) -> list[Finding]:
 def _findings_probes(facts: NicFacts) -> list[Finding]:
     out: list[Finding] = []
     planned = facts.nic.device.mac.lower()
+    tap = facts.nic.tap.name
+    # silent on every address: no network; silent on one family only: degraded (an IPv6
+    # address still in duplicate address detection does not answer for about a second)
+    answers = any(p.answered for p in facts.probes if p.interface == tap)
     for p in facts.probes:
-        guest = p.interface == facts.nic.tap.name
+        guest = p.interface == tap
         if p.answered is None:
             out.append(Finding("probe-unavailable", "info", f"{p.target}: {p.detail}"))
         elif guest and not p.answered:
             out.append(
                 Finding(
                     "guest-silent",
-                    "error",
+                    "warning" if answers else "error",
                     f"the guest does not answer {'ARP' if '.' in p.target else 'ND'} for "
                     f"{p.target} on {p.interface} ({p.detail})",
                     "the guest is frozen or still booting, its NIC is down, or it uses "

@@ -185,6 +185,10 @@ def test_pod_interface_gone_or_renamed(nic: NicPlan) -> None:
 def test_probes(nic: NicPlan) -> None:
     silent = diagnose(facts(nic, probes=(guest_probe(nic, False),)))
     assert only(silent) == [("guest-silent", "error")] and "frozen" in silent.reason
+    six = ProbeResult("fd00:10:244:1::5", nic.tap.name, False, detail="no answer")
+    half = diagnose(facts(nic, probes=(guest_probe(nic, True, POD_MAC), six)))
+    assert only(half) == [("guest-silent", "warning")] and half.verdict == "degraded"
+    assert "ND for fd00:10:244:1::5" in half.reason
     other = diagnose(facts(nic, probes=(guest_probe(nic, True, "02:11:22:33:44:55"),)))
     assert only(other) == [("guest-mac-mismatch", "error")]
     gateway = ProbeResult("10.244.1.1", nic.pod_interface, False, detail="no answer")

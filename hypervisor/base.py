@@ -61,6 +61,7 @@ REQUIRED: Mapping[str, frozenset[VmState]] = {
     "start": frozenset({VmState.CREATED}),
     "power_button": frozenset({VmState.RUNNING}),
     "counters": _LIVE,
+    "ping": _LIVE,
     "add_net": _LIVE,
     "add_vfio": _LIVE,
     "add_vdpa": _LIVE,
@@ -155,6 +156,12 @@ class Hypervisor(Protocol):
 
     async def stop(self) -> None:
         """Make the VMM quit now (no guest cooperation); returns once it has exited."""
+        ...
+
+    async def ping(self) -> None:
+        """Ask the VMM something trivial (QMP ``query-status`` / ``vmm.ping``); returns
+        when it answered. Callers bound it with their own (short) timeout: a VMM that does
+        not answer is frozen or deadlocked (launcher.liveness)."""
         ...
 
     async def wait(self) -> ExitInfo:

@@ -11,13 +11,19 @@ How a run ends (and the exit code the composition root derives from it):
   A clean guest power-off (terminal state Shutdown) returns an :class:`Outcome` (exit 0);
   anything else (crash, kill, guest panic) raises :class:`~hypervisor.errors.HypervisorError`
   naming the cause (exit 4);
-* SIGTERM or SIGINT (:meth:`Supervisor.request_stop`): the ACPI power button is pressed,
-  then the supervisor waits up to the grace period (the spec's
-  ``terminationGracePeriodSeconds``) for the guest to power off (exit 0). If it does not,
-  the adapter's ``stop()`` makes the VMM quit (QMP ``quit`` / ``vmm.shutdown``), then
-  SIGTERM, then SIGKILL, each step bounded, and
-  :class:`~launcher.errors.GraceExpiredError` is raised (exit 5). A second signal during
-  the grace period skips the rest of it;
+* SIGTERM or SIGINT (:meth:`Supervisor.request_stop`): the whole stop fits in the grace
+  period (the spec's ``terminationGracePeriodSeconds``, counted from the first signal,
+  the time kubelet allows before its SIGKILL). A VMM found stopped (process state ``T``)
+  is sent SIGCONT first; the ACPI power button is pressed (bounded: a VMM that does not
+  answer it is stopped hard at once), then the guest gets the grace period minus a
+  reserve (:func:`hard_stop_reserve`: a quarter of it, at most 5 s) to power off (exit 0).
+  If it does not, the adapter's ``stop()`` makes the VMM quit (QMP ``quit`` /
+  ``vmm.shutdown``), then SIGTERM, then SIGKILL, each step bounded, the whole bounded by
+  what is left of the grace period (then the supervisor SIGKILLs the VMM itself), and
+  :class:`~launcher.errors.GraceExpiredError` is raised (exit 5) with the true reason
+  (the guest's time ran out; the VMM did not answer; a second signal). The same signal
+  repeated within :data:`REPEAT_WINDOW_S` is the same request; a later second signal
+  skips the rest of the grace period;
 * the supervisor task is cancelled (another task of the run failed): the VMM is stopped
   hard (bounded) and the cancellation propagates.
 
@@ -45,6 +51,7 @@ from hypervisor.base import ExitInfo, Hypervisor
 from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig, VmState
 from launcher.errors import GraceExpiredError
+from launcher.liveness import thaw
 from launcher.phase import Phase
 
 __all__ = [
@@ -56,6 +63,9 @@ __all__ = [
     "zombie_children",
     "DEFAULT_TERMINATION_LOG",
     "TERMINATION_LOG_LIMIT",
+    "REPEAT_WINDOW_S",
+    "BUTTON_TIMEOUT_S",
+    "hard_stop_reserve",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +73,18 @@ log = logging.getLogger(__name__)
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 #: kubelet reads at most 4096 bytes of the termination message.
 TERMINATION_LOG_LIMIT = 4096
+#: A signal repeated within this many seconds of the first is the same stop request
+#: (``kill`` run twice, a process group signalled twice), not "hurry up".
+REPEAT_WINDOW_S = 1.0
+#: How long the VMM gets to take the power button press; no answer: it is stopped hard.
+BUTTON_TIMEOUT_S = 3.0
+#: The least time the hard stop gets, even when the grace period is (nearly) over.
+MIN_HARD_STOP_S = 1.0
+
+
+def hard_stop_reserve(grace_s: float) -> float:
+    """The end of the grace period kept for the hard stop and cleanup: a quarter, at most 5 s."""
+    return min(5.0, grace_s / 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +126,8 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
         self._signals: list[int] = []
+        self._stop_at: float | None = None  # monotonic time of the first stop request
+        self._hurried: str | None = None  # how the second request came, for the reason
 
     @property
     def phase(self) -> Phase:
@@ -120,11 +144,28 @@ class Supervisor:
 
     def request_stop(self, reason: str) -> None:
         """Start the graceful shutdown (first call) or skip the rest of the grace (second)."""
+        now = time.monotonic()
         if self._stop.is_set():
-            log.warning("second stop request (%s): stopping the VM now", reason)
+            since = now - (self._stop_at or now)
+            if since < REPEAT_WINDOW_S or self._hurry.is_set():
+                log.info(
+                    "%s again %.2f s after the stop request: already stopping",
+                    reason,
+                    since,
+                    extra={"event": "stop-repeated"},
+                )
+                return
+            log.warning(
+                "second stop request (%s) %.1f s after the first: stopping the VM now",
+                reason,
+                since,
+                extra={"event": "stop-hurried"},
+            )
+            self._hurried = f"a second {reason} came {since:.1f} s into the grace period"
             self._hurry.set()
             return
         self.stop_reason = reason
+        self._stop_at = now
         log.info("stop requested: %s", reason, extra={"event": "stop-requested"})
         self._stop.set()
 
@@ -194,16 +235,28 @@ class Supervisor:
         hv = self.hypervisor
         self.phase = Phase.STOPPING
         reason = self.stop_reason or "a stop request"
+        deadline = (self._stop_at or time.monotonic()) + self.grace_s
+        reserve = hard_stop_reserve(self.grace_s)
+        frozen = thaw(hv)  # a stopped VMM can take neither the button nor a quit
+        note = f" (the VMM was stopped, process state {frozen}: sent SIGCONT)" if frozen else ""
         pressed = False
+        silent: str | None = None
         if hv.state is VmState.RUNNING:
+            limit = max(0.1, min(BUTTON_TIMEOUT_S, deadline - reserve - time.monotonic()))
             try:
-                await hv.power_button()
+                async with asyncio.timeout(limit):
+                    await hv.power_button()
                 pressed = True
                 log.info(
-                    "pressed the power button; waiting up to %s s for the guest to power off",
+                    "pressed the power button; waiting up to %.1f s of the %g s grace period "
+                    "for the guest to power off",
+                    max(0.0, deadline - reserve - time.monotonic()),
                     self.grace_s,
                     extra={"event": "power-button", "grace_s": self.grace_s},
                 )
+            except TimeoutError:
+                silent = f"the {hv.kind} VMM did not answer the power button within {limit:g} s"
+                log.warning("%s%s; stopping it hard", silent, note)
             except HypervisorError as err:
                 log.warning("could not press the power button: %s", err)
                 # Often the VMM is already going away (e.g. Ctrl-C reached its process
@@ -216,42 +269,63 @@ class Supervisor:
             waiters: set[asyncio.Future[Any]] = {exit_task, hurry}
             try:
                 await asyncio.wait(
-                    waiters, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
+                    waiters,
+                    timeout=max(0.0, deadline - reserve - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 hurry.cancel()
         if exit_task.done():
             info = exit_task.result()
             if info.state is VmState.SHUTDOWN:
-                cause = f"{info.cause} after {reason}"
+                cause = f"{info.cause} after {reason}{note}"
                 log.info("the VM ended: %s", cause, extra={"event": "vm-exited"})
                 return Outcome(cause, info, True)
             raise HypervisorError(
                 f"the {hv.kind} VMM failed while shutting down after {reason}: {info.cause}"
             )
+        hurried = self._hurried  # a second signal that cut the guest's time short
         started = time.monotonic()
-        await self._hard_stop()
+        thaw(hv)  # stopped again meanwhile? SIGTERM would only stay pending
+        await self._hard_stop(max(MIN_HARD_STOP_S, deadline - reserve / 2 - started))
         stopped = await self._exit_info(exit_task)
+        took = time.monotonic() - started
         waited = "" if stopped is None else f" ({stopped.cause})"
+        if silent is not None:
+            raise GraceExpiredError(
+                f"{silent} after {reason}{note}, so it was stopped hard in {took:.1f} s{waited}"
+            )
         if not pressed:
             raise GraceExpiredError(
-                f"the guest could not be asked to power off after {reason}, so the "
+                f"the guest could not be asked to power off after {reason}{note}, so the "
                 f"{hv.kind} VMM was stopped{waited}"
+            )
+        if hurried is not None:
+            raise GraceExpiredError(
+                f"{hurried} of {self.grace_s:g} s, so the {hv.kind} VMM was stopped "
+                f"without waiting for the guest, in {took:.1f} s{waited}"
             )
         raise GraceExpiredError(
             f"the guest did not power off within the {self.grace_s:g} s grace period after "
-            f"{reason}; the {hv.kind} VMM was stopped in "
-            f"{time.monotonic() - started:.1f} s{waited}"
+            f"{reason}{note}; the {hv.kind} VMM was stopped in {took:.1f} s{waited}"
         )
 
-    async def _hard_stop(self) -> None:
-        """The adapter's quit → SIGTERM → SIGKILL sequence, bounded as a whole."""
+    async def _hard_stop(self, budget_s: float | None = None) -> None:
+        """The adapter's quit → SIGTERM → SIGKILL sequence, bounded as a whole by
+        ``budget_s`` (default ``stop_timeout_s``); past it the VMM is SIGKILLed here."""
+        budget = self.stop_timeout_s if budget_s is None else min(budget_s, self.stop_timeout_s)
         try:
-            async with asyncio.timeout(self.stop_timeout_s):
+            async with asyncio.timeout(budget):
                 await self.hypervisor.stop()
         except (TimeoutError, HypervisorError) as err:
             pid = self.hypervisor.pid
-            log.error("could not stop the VMM (pid %s): %s", pid, err or "timed out")
+            log.warning(
+                "the VMM (pid %s) did not stop within %.1f s (%s); sending SIGKILL",
+                pid,
+                budget,
+                err or "timed out",
+                extra={"event": "vmm-killed"},
+            )
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)

@@ -180,6 +180,11 @@ class CloudHypervisor:
             self._guest_off = False
             raise
 
+    async def ping(self) -> None:
+        """``vmm.ping`` (answered by the VMM's API thread; a frozen VMM does not)."""
+        require("ping", self._state)
+        await self._api().ping()
+
     async def stop(self) -> None:
         """``vmm.shutdown``, then SIGTERM, then SIGKILL, each bounded by ``stop_timeout``."""
         if self._proc is None:

@@ -405,6 +405,11 @@ class Qemu:
         require("power_button", self._state)
         await self._command("system_powerdown")
 
+    async def ping(self) -> None:
+        """QMP ``query-status`` (answered by QEMU's main loop; a frozen QEMU does not)."""
+        require("ping", self._state)
+        await self._command("query-status")
+
     async def pause(self) -> None:
         """Pause the vCPUs (QMP ``stop``); the STOP event moves the state to Paused."""
         require("counters", self._state)

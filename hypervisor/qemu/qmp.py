@@ -41,6 +41,25 @@ log = logging.getLogger(__name__)
 _RETRY = 0.02  # seconds between connection attempts while QEMU creates the socket
 
 
+class _Quiet(logging.Filter):
+    """Demotes two of ``qemu.qmp``'s own log lines to DEBUG: a negotiation cut short by
+    cancellation (a stop during start-up: not an error) and the late answer to a command
+    that timed out (the liveness ping of a VMM that was frozen) being dropped."""
+
+    _EXPECTED = ("CancelledError", "Unknown ID")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and any(
+            text in record.getMessage() for text in self._EXPECTED
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_QUIET = _Quiet()
+
+
 def _exists(path: str) -> bool:
     """Whether the socket file exists yet (a single stat: cheap enough for the event loop)."""
     return os.path.exists(path)
@@ -88,6 +107,7 @@ class QmpSession:
                 raise HypervisorError(f"QEMU exited before its QMP socket {path} accepted")
             if _exists(path):  # before that, retry without qemu.qmp logging an error
                 client = QMPClient(name)
+                client.logger.addFilter(_QUIET)
                 try:
                     async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                         await client.connect(path)

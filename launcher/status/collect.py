@@ -46,9 +46,12 @@ from .model import (
     Traffic,
 )
 
-__all__ = ["Collector", "DhcpView"]
+__all__ = ["Collector", "DhcpView", "STALE_LIMIT_S"]
 
 log = logging.getLogger(__name__)
+
+#: The oldest snapshot served as is (while a fresh one is built in the background).
+STALE_LIMIT_S = 2.0
 
 _V4_LEASE = frozenset({"ack"})
 _V4_GONE = frozenset({"release", "decline"})
@@ -91,15 +94,21 @@ class Collector:
 
         With ``ttl`` > 0, a snapshot older than ``ttl`` is still returned at once while one
         background task builds the next (stale-while-revalidate), so no request waits for
-        netlink or /proc; only the very first request waits. ``ttl`` = 0 builds a fresh
+        netlink or /proc while requests keep coming; the very first request, and the first
+        after an idle spell (a snapshot older than :data:`STALE_LIMIT_S`), waits for a
+        fresh one instead of being served old news. ``ttl`` = 0 builds a fresh
         snapshot for every call (tests).
         """
         cached = self._cached
-        fresh_enough = time.monotonic() - self._cached_at < self.doctor.max_age
-        if cached is not None and self.ttl > 0 and fresh_enough:
-            if time.monotonic() - self._cached_at >= self.ttl and self._refresh is None:
-                self._refresh = asyncio.create_task(self._rebuild(), name="status-refresh")
-            return cached
+        if cached is not None and self.ttl > 0:
+            age = time.monotonic() - self._cached_at
+            if age < self.ttl:
+                return cached
+            if age < min(STALE_LIMIT_S, self.doctor.max_age):  # served while the next is built
+                if self._refresh is None:
+                    self._refresh = asyncio.create_task(self._rebuild(), name="status-refresh")
+                return cached
+            # After an idle spell the cached snapshot is too old to serve: build anew.
         return await self._rebuild()
 
     async def _rebuild(self) -> StatusSnapshot:

@@ -17,10 +17,12 @@ import contextlib
 import json
 import logging
 import socket
+import time
 from importlib import resources
 from types import TracebackType
 
 from launcher.errors import StatusServerError
+from launcher.liveness import Liveness
 from launcher.notls import without_ssl
 
 with without_ssl():  # plain HTTP on loopback: no TLS contexts (see launcher.notls)
@@ -67,6 +69,7 @@ class StatusServer:
         self._sock = sock  # already bound by the caller (launcher.status.runsource), or None
         self.collector = Collector(source, netlink=NetlinkReader(netns), ttl=ttl)
         self.metrics = Metrics()
+        self.liveness = Liveness(lambda: source.hypervisor)  # checked on request, no timer
         self._runner: web.AppRunner | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self._page = _page()
@@ -134,6 +137,7 @@ class StatusServer:
             await self._runner.cleanup()
             self._runner = None
         await self.collector.close()
+        await self.liveness.close()
         await asyncio.to_thread(self.collector.netlink.close)
 
     async def run(self) -> None:
@@ -197,22 +201,37 @@ class StatusServer:
         del request
         lag = self.collector.loop_lag_s
         ok = lag <= LAG_LIMIT_S
-        body = {"status": "ok" if ok else "lagging", "loopLagSeconds": round(lag, 6)}
+        body: dict[str, object] = {
+            "status": "ok" if ok else "lagging",
+            "loopLagSeconds": round(lag, 6),
+        }
         if not ok:
             body["reason"] = f"event loop lagged {lag:.3f} s (limit {LAG_LIMIT_S} s)"
+        vmm = await self.liveness.check()
+        if ok and not self.liveness.healthy(vmm):
+            ok = False
+            took = vmm.unresponsive_for(time.monotonic())
+            body["status"] = "vmm-unresponsive"
+            body["reason"] = (
+                f"{vmm.reason} (for {took:.0f} s; limit {self.liveness.unhealthy_after_s:g} s)"
+            )
         return _json(body, 200 if ok else 503)
 
     async def _readyz(self, request: web.Request) -> web.Response:
         del request
         snap = await self.collector.snapshot()
+        vmm = await self.liveness.check()
+        ready = snap.ready and vmm.responsive
         body: dict[str, object] = {
-            "ready": snap.ready,
+            "ready": ready,
             "phase": snap.phase,
             "conditions": {c.type: c.status for c in snap.conditions},
         }
         if not snap.ready:
             body["reason"] = snap.not_ready_reason
-        return _json(body, 200 if snap.ready else 503)
+        elif not ready:
+            body["reason"] = f"HypervisorRunning: Unresponsive: {vmm.reason}"
+        return _json(body, 200 if ready else 503)
 
     async def _status(self, request: web.Request) -> web.Response:
         del request

@@ -46,6 +46,7 @@ class FakeVmm:
         self._proc: asyncio.subprocess.Process | None = None
         self._exit: asyncio.Task[ExitInfo] | None = None
         self.stop_requested = False
+        self.hang_button = False  # power_button() never returns (a VMM that does not answer)
         self.calls: list[str] = []
 
     @property
@@ -93,7 +94,12 @@ class FakeVmm:
         require("power_button", self._state)
         self.calls.append("power_button")
         assert self._proc is not None
+        if self.hang_button:
+            await asyncio.sleep(3600)
         self._proc.send_signal(signal.SIGUSR1)
+
+    async def ping(self) -> None:
+        require("ping", self._state)
 
     async def stop(self) -> None:
         self.calls.append("stop")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from launcher.errors import (
     HypervisorError,
     exit_code_for,
 )
-from launcher.supervisor import Supervisor
+from launcher.supervisor import REPEAT_WINDOW_S, Supervisor
 
 from .fake_vmm import FakeVmm
 
@@ -130,13 +131,62 @@ async def test_second_stop_request_skips_the_rest_of_the_grace_period() -> None:
     sup = Supervisor(vmm, grace_s=30)
     task = await started(sup)
     sup.request_stop("SIGTERM")
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(REPEAT_WINDOW_S + 0.2)
     began = time.monotonic()
     sup.request_stop("SIGINT")
-    with pytest.raises(GraceExpiredError):
+    with pytest.raises(GraceExpiredError) as info:
         async with asyncio.timeout(10):
             await task
     assert time.monotonic() - began < 3.0
+    # The true reason: a second signal, not an expired grace period.
+    assert re.search(r"a second SIGINT came \d+\.\d s into the grace period of 30 s", str(info.value))
+    assert "did not power off" not in str(info.value)
+
+
+async def test_a_signal_repeated_at_once_is_the_same_request() -> None:
+    """Two SIGTERMs 50 ms apart: one stop; the guest powers off in its own time (exit 0)."""
+    vmm = FakeVmm()
+    sup = Supervisor(vmm, grace_s=10)
+    task = await started(sup)
+    sup.request_stop("SIGTERM")
+    await asyncio.sleep(0.05)
+    sup.request_stop("SIGTERM")
+    async with asyncio.timeout(5):
+        outcome = await task
+    assert outcome.cause == "guest powered off after SIGTERM"  # type: ignore[attr-defined]
+
+
+async def test_a_stopped_vmm_is_continued_then_powers_off() -> None:
+    """A VMM stopped with SIGSTOP: SIGTERM sends it SIGCONT, then the power button works."""
+    vmm = FakeVmm()
+    sup = Supervisor(vmm, grace_s=10)
+    task = await started(sup)
+    assert vmm.pid is not None
+    os.kill(vmm.pid, signal.SIGSTOP)
+    await asyncio.sleep(0.1)
+    sup.request_stop("SIGTERM")
+    async with asyncio.timeout(5):
+        outcome = await task
+    assert outcome.cause.startswith("guest powered off after SIGTERM")  # type: ignore[attr-defined]
+    assert "process state T: sent SIGCONT" in outcome.cause  # type: ignore[attr-defined]
+
+
+async def test_a_silent_vmm_is_stopped_within_the_grace_period() -> None:
+    """A VMM that never answers the power button (it hangs): stopped hard, within grace."""
+    vmm = FakeVmm("ignore-quit", step_timeout=5.0)
+    vmm.hang_button = True
+    sup = Supervisor(vmm, grace_s=6)
+    task = await started(sup)
+    pid = vmm.pid
+    began = time.monotonic()
+    sup.request_stop("SIGTERM")
+    with pytest.raises(GraceExpiredError) as info:
+        async with asyncio.timeout(15):
+            await task
+    took = time.monotonic() - began
+    assert took < 6.0, took
+    assert "did not answer the power button within 3 s after SIGTERM" in str(info.value)
+    assert not alive(pid)
 
 
 async def test_cancelled_supervisor_stops_the_vmm() -> None:

@@ -103,6 +103,9 @@ class StandInHypervisor:
     def pid(self) -> int | None:
         return self.proc.pid
 
+    async def ping(self) -> None:
+        """Answers at once (the liveness check's ping)."""
+
     async def events(self) -> AsyncIterator[LifecycleEvent]:
         seen = 0
         for _ in range(1000):

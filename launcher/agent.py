@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from launcher import signals
 from launcher.errors import LauncherError, NetworkError
 
 if TYPE_CHECKING:  # the child's side imports the network package; this side only types it
@@ -189,6 +190,7 @@ class Agent:
         if pid == 0:  # the child: serve, and never return into the caller's code
             code = 70
             try:
+                signals.release()  # the parent's "record, do not die" is not the child's
                 ours.close()
                 if log_level is not None:
                     from launcher import logs  # noqa: PLC0415

@@ -336,8 +336,10 @@ def run(options: Options, agent: Agent | None = None) -> int:
     imports pyroute2 and the network package and discovers the pod on the other core
     while this process imports the rest of the launcher and loads the spec (docs/run.md).
     """
+    from launcher import signals  # noqa: PLC0415
     from launcher.notls import import_asyncio  # noqa: PLC0415 - keeps validate/plan light
 
+    signals.hold()  # launcher.entry did already; a caller of main() may not have
     import_asyncio()
     from launcher.agent import Agent  # noqa: PLC0415
 

@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     agent = None
     if _command(args) == "run" and "-h" not in args and "--help" not in args:
+        from launcher import signals  # noqa: PLC0415 - first: a SIGTERM now must not kill
+
+        signals.hold()
         from launcher.notls import import_asyncio  # noqa: PLC0415
 
         import_asyncio()

@@ -161,7 +161,12 @@ class NicOwner:
                 except (OSError, TimeoutError, _dhcp_error()) as err:
                     raise NetworkError(f"{what} could not start: {err or 'timed out'}") from err
                 self._servers.append((kind, server))
-                task = self._nics.spawner(self._run(kind, server, what), f"{kind}-{self.name}")
+                coro = self._run(kind, server, what)
+                try:
+                    task = self._nics.spawner(coro, f"{kind}-{self.name}")
+                except BaseException:  # the run's TaskGroup is already shutting down
+                    coro.close()  # never started: no "coroutine was never awaited"
+                    raise
                 self._tasks.append(task)
         except BaseException:
             await self.close_servers()

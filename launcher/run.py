@@ -32,14 +32,13 @@ import asyncio
 import importlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from hypervisor.base import serial_to_stdout
-from launcher import logs
+from launcher import logs, signals
 from launcher.agent import Agent, AgentRunner
 from launcher.errors import (
     EXIT_OK,
@@ -237,10 +236,29 @@ class _Run:
         """SIGTERM/SIGINT: to the supervisor, or kept until there is one."""
         if self.supervisor is not None:
             self.supervisor.request_stop(name)
-        else:
-            self._stop_early.append(name)
+            return
+        if not self._stop_early:
+            log.info(
+                "stop requested: %s, before the VM started (the current start-up step ends first)",
+                name,
+                extra={"event": "stop-requested"},
+            )
+        self._stop_early.append(name)
 
     async def __call__(self) -> Outcome:
+        loop = asyncio.get_running_loop()
+        for sig in signals.STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        for name in signals.take():  # came before the loop handled them (launcher.signals)
+            self.request_stop(name)
+        try:
+            return await self._run()
+        finally:
+            for sig in signals.STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            signals.hold()  # from here to the exit a signal is recorded, never fatal
+
+    async def _run(self) -> Outcome:
         options, board = self.options, self.board
         options.check()
         spec = load(options.spec_path)
@@ -257,10 +275,9 @@ class _Run:
         # Every file the spec names must be there before the pod netns is touched.
         volumes = resolve(spec, VolumeLayout(options.volumes_dir, options.state_dir))
         require_present(volumes)
+        if self._stop_early:  # nothing was touched yet: end here
+            return Outcome(f"stopped by {self._stop_early[0]} before the VM started", None, True)
         on_serial, console = _serial_sink(options)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop, sig.name)
         try:
             options.state_dir.mkdir(parents=True, exist_ok=True)
             async with self.nics:
@@ -283,8 +300,6 @@ class _Run:
                 finally:
                     _phase(board, Phase.CLEANUP)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
             if console is not None:
                 console.close()
 
@@ -360,22 +375,8 @@ class _Run:
                 # in a thread, so the spawn is not kept waiting; they listen tens of ms after
                 # the spawn, long before QEMU (~80 ms to run) or a guest kernel asks.
                 await asyncio.to_thread(_import_servers)
-                await nics.serve_all()
-                serving = sum(len(o.servers) for o in nics)
-                board.dhcp_serving(f"{serving} DHCP/RA server(s) listening")
-                from launcher.hotplug.manager import Manager  # noqa: PLC0415 - after the spawn
-
-                manager = Manager(
-                    spec,
-                    boot.composition.network,
-                    supervisor.hypervisor,
-                    nics,
-                    options=options,
-                    board=board,
-                )
-                others.append(group.create_task(manager.run(), name="hotplug"))
-                if self.status is not None:
-                    others.append(group.create_task(self.status(board), name="status"))
+                if not supervised.done():  # else it ended at once (a stop before the start)
+                    await self._serve(spec, boot, group, others)
                 outcome = await supervised
                 _phase(board, Phase.STOPPING, outcome.cause)
                 for task in others:
@@ -384,6 +385,33 @@ class _Run:
         except BaseExceptionGroup as group_error:
             raise _first_error(group_error) from None
         return outcome
+
+    async def _serve(
+        self,
+        spec: VmSpec,
+        boot: _Boot,
+        group: asyncio.TaskGroup,
+        others: list[asyncio.Task[None]],
+    ) -> None:
+        """The boot NICs' servers, then the hot-plug manager and the status task."""
+        options, board, nics, supervisor = self.options, self.board, self.nics, self.supervisor
+        assert supervisor is not None
+        await nics.serve_all()
+        serving = sum(len(o.servers) for o in nics)
+        board.dhcp_serving(f"{serving} DHCP/RA server(s) listening")
+        from launcher.hotplug.manager import Manager  # noqa: PLC0415 - after the spawn
+
+        manager = Manager(
+            spec,
+            boot.composition.network,
+            supervisor.hypervisor,
+            nics,
+            options=options,
+            board=board,
+        )
+        others.append(group.create_task(manager.run(), name="hotplug"))
+        if self.status is not None:
+            others.append(group.create_task(self.status(board), name="status"))
 
 
 def _phase(board: StatusBoard, phase: Phase, cause: str | None = None) -> None:
@@ -419,6 +447,14 @@ def run(
         log.debug("exit %d: %s", exit_code_for(err), cause)
         write_termination_log(options.termination_log, f"unexpected error: {cause}")
         raise
+    finally:
+        late = signals.take()
+        if late:
+            log.info(
+                "%s while exiting: the launcher was already ending",
+                ", ".join(late),
+                extra={"event": "signal-while-exiting"},
+            )
     _phase(board, Phase.EXITED, outcome.cause)
     log.info("exit 0: %s", outcome.cause, extra={"event": "exit", "exit_code": EXIT_OK})
     write_termination_log(options.termination_log, outcome.cause)

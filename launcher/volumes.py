@@ -114,7 +114,29 @@ class ResolvedFile:
         if self.state is not FileState.MISSING:
             return None
         where = " or ".join(self.looked_at) or self.path
+        found = [f"{p} is {what}" for p in self.looked_at or (self.path,) if (what := _what_is(p))]
+        if found:  # something is there, just not a file we can use: say what
+            return (
+                f"{self.kind.value} {self.volume!r}: no usable file at {where} ({'; '.join(found)})"
+            )
         return f"{self.kind.value} {self.volume!r}: no file at {where}"
+
+
+def _what_is(path: str) -> str | None:
+    """What is at ``path`` when it is not a usable file (for the error message), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"not accessible ({err.strerror})"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISBLK(mode):
+        return "a block device (not allowed here)"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

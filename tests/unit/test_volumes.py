@@ -78,6 +78,17 @@ def test_virtink_kernel_is_vmlinux_in_the_kernel_dir(layout: VolumeLayout) -> No
     assert found.cmdline == "c=1" and found.problems == ()
 
 
+def test_a_directory_at_the_kernel_path_is_named_as_such(layout: VolumeLayout) -> None:
+    """issue 16: a directory where the kernel should be is not "no file at"."""
+    spec = spec_with(shape=SourceShape.VIRTINK, kernel=KernelBoot(image="k:1", cmdline="c=1"))
+    where = layout.volumes_dir / "kernel" / "vmlinux"
+    where.mkdir(parents=True)
+    resolved = resolve(spec, layout)
+    assert resolved.problems == (
+        f"kernel 'kernel': no usable file at {where} ({where} is a directory)",
+    )
+
+
 def test_kubevirt_kernel_boot_paths_are_rooted_in_the_kernel_dir(layout: VolumeLayout) -> None:
     boot = KernelBoot(
         image="k:1", kernel_path="/boot/vmlinuz", initrd_path="/boot/initrd.img", cmdline="a"

@@ -139,7 +139,8 @@ async def test_second_stop_request_skips_the_rest_of_the_grace_period() -> None:
             await task
     assert time.monotonic() - began < 3.0
     # The true reason: a second signal, not an expired grace period.
-    assert re.search(r"a second SIGINT came \d+\.\d s into the grace period of 30 s", str(info.value))
+    said = str(info.value)
+    assert re.search(r"a second SIGINT came \d+\.\d s into the grace period of 30 s", said)
     assert "did not power off" not in str(info.value)
 
 

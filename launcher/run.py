@@ -62,6 +62,7 @@ from launcher.supervisor import (
     Outcome,
     Supervisor,
     raise_memlock,
+    raise_nofile,
     write_termination_log,
 )
 from launcher.volumes import (
@@ -437,6 +438,7 @@ def run(
     CLI reports it in its one place (one ERROR line) and returns its exit code.
     """
     board = StatusBoard(started_at=time.time())
+    raise_nofile()  # room for the status endpoint's connection cap (docs/status.md)
     try:
         outcome = asyncio.run(run_async(options, board, status=status, agent=agent))
     except (LauncherError, HypervisorError) as err:

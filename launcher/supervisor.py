@@ -59,6 +59,7 @@ __all__ = [
     "Outcome",
     "ChildReaper",
     "raise_memlock",
+    "raise_nofile",
     "write_termination_log",
     "zombie_children",
     "DEFAULT_TERMINATION_LOG",
@@ -456,6 +457,30 @@ def raise_memlock() -> tuple[int, int]:
         extra={"event": "memlock"},
     )
     return new
+
+
+#: The soft RLIMIT_NOFILE the launcher raises itself to (never above the hard limit).
+NOFILE_TARGET = 65536
+
+
+def raise_nofile(target: int = NOFILE_TARGET) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit (at most ``target``); returns it.
+
+    Raising a soft limit up to the hard one needs no privilege. More descriptors keep the
+    status endpoint's connection cap (launcher.status.conncap) far from anything else the
+    launcher needs; ``target`` keeps the VMM (which inherits it) from getting a huge table.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as err:
+            log.warning("cannot raise RLIMIT_NOFILE to %d: %s", want, err)
+            return soft
+        log.debug("RLIMIT_NOFILE %s -> %d", _limit(soft), want)
+        return want
+    return soft
 
 
 def _limit(value: int) -> str:

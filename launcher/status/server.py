@@ -31,6 +31,7 @@ with without_ssl():  # plain HTTP on loopback: no TLS contexts (see launcher.not
 from launcher.network.netlink import NetlinkReader
 
 from .collect import Collector
+from .conncap import CappedSockSite, connection_limit
 from .listen import DEFAULT_LISTEN, Listen, bind, parse_listen
 from .metrics import CONTENT_TYPE, Metrics
 from .model import StatusSnapshot, StatusSource
@@ -100,7 +101,7 @@ class StatusServer:
         handed = self._sock is not None  # bound by the run's status task (socket activation)
         try:
             sock = self._sock if self._sock is not None else bind(self.listen)
-            site = web.SockSite(runner, sock)
+            site = CappedSockSite(runner, sock, limit=connection_limit())  # .conncap
             await site.start()
         except (OSError, StatusServerError) as err:
             await runner.cleanup()

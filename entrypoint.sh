@@ -6,10 +6,4 @@ set -eu
 if [ "$#" -eq 0 ]; then
     set -- run
 fi
-case " $* " in
-    *" run "*)
-        # Ignored signals stay ignored across exec: a SIGTERM in the interpreter's first
-        # milliseconds must not kill `run`, whose first line records it (docs/run.md).
-        trap '' TERM INT ;;
-esac
 exec virt-launcher "$@"

@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -133,24 +132,3 @@ def test_entrypoint_passes_arguments_through(tmp_path: Path) -> None:
     code, lines, _ = _run_entrypoint(tmp_path, "validate", "--spec", "/a b.yaml", "")
     assert (code, lines) == (7, ["arg:validate", "arg:--spec", "arg:/a b.yaml", "arg:"])
 
-
-def test_entrypoint_run_starts_with_sigterm_ignored(tmp_path: Path) -> None:
-    """``run`` is exec'd with SIGTERM/SIGINT ignored (launcher.signals records them from
-    its first line on); other commands keep the default (a SIGTERM ends them)."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    stub = bindir / "virt-launcher"
-    stub.write_text("#!/bin/sh\ngrep SigIgn /proc/$$/status\n")
-    stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-
-    def ignored(*args: str) -> int:
-        argv = [str(ENTRYPOINT), *args]
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30, check=True)
-        out = done.stdout
-        return int(out.split()[1], 16)
-
-    both = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
-    assert ignored() & both == both
-    assert ignored("--log-level", "debug", "run") & both == both
-    assert ignored("validate") & both == 0

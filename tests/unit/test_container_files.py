@@ -131,4 +131,3 @@ def test_entrypoint_defaults_to_run(tmp_path: Path) -> None:
 def test_entrypoint_passes_arguments_through(tmp_path: Path) -> None:
     code, lines, _ = _run_entrypoint(tmp_path, "validate", "--spec", "/a b.yaml", "")
     assert (code, lines) == (7, ["arg:validate", "arg:--spec", "arg:/a b.yaml", "arg:"])
-

@@ -288,7 +288,10 @@ class Supervisor:
         hurried = self._hurried  # a second signal that cut the guest's time short
         started = time.monotonic()
         thaw(hv)  # stopped again meanwhile? SIGTERM would only stay pending
-        await self._hard_stop(max(MIN_HARD_STOP_S, deadline - reserve / 2 - started))
+        budget = max(MIN_HARD_STOP_S, deadline - reserve / 2 - started)
+        if silent is not None:  # it will not answer a quit either: SIGKILL comes soon
+            budget = MIN_HARD_STOP_S
+        await self._hard_stop(budget)
         stopped = await self._exit_info(exit_task)
         took = time.monotonic() - started
         waited = "" if stopped is None else f" ({stopped.cause})"

@@ -97,7 +97,7 @@ def test_guest_ignoring_the_power_button_is_stopped_after_the_grace_period(
     pod: None, guest: GuestImage, tmp_path: Path, launchers: list[Launcher]
 ) -> None:
     """The real guest kernel with ``rdinit=/bin/sleep 600`` (no acpid): the power button
-    does nothing, so after the 3 s grace period the VMM is stopped: exit 5, pod restored.
+    does nothing, so within the 3 s grace period the VMM is stopped: exit 5, pod restored.
     Also checks ``--console-log``."""
     del pod
     spec = spec_yaml("bridge", grace_s=3, kernel_args="console=ttyS0 rdinit=/bin/sleep 600")
@@ -114,7 +114,9 @@ def test_guest_ignoring_the_power_button_is_stopped_after_the_grace_period(
     code = launcher.wait(40)
     took = time.monotonic() - began
     assert code == 5, launcher.stderr_path.read_text()[-3000:]
-    assert 3 <= took < 3 + 15, took
+    # The guest had the grace period less the hard-stop reserve (a quarter of it); the
+    # whole stop ends within the grace period (plus the process exit).
+    assert 3 * 0.75 <= took < 3 + 1.5, took
     (error,) = errors_of(launcher)
     assert "did not power off within the 3 s grace period after SIGTERM" in str(error["msg"])
     assert launcher.termination_log.read_text().strip() == error["msg"]

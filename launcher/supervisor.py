@@ -240,31 +240,7 @@ class Supervisor:
         reserve = hard_stop_reserve(self.grace_s)
         frozen = thaw(hv)  # a stopped VMM can take neither the button nor a quit
         note = f" (the VMM was stopped, process state {frozen}: sent SIGCONT)" if frozen else ""
-        pressed = False
-        silent: str | None = None
-        if hv.state is VmState.RUNNING:
-            limit = max(0.1, min(BUTTON_TIMEOUT_S, deadline - reserve - time.monotonic()))
-            try:
-                async with asyncio.timeout(limit):
-                    await hv.power_button()
-                pressed = True
-                log.info(
-                    "pressed the power button; waiting up to %.1f s of the %g s grace period "
-                    "for the guest to power off",
-                    max(0.0, deadline - reserve - time.monotonic()),
-                    self.grace_s,
-                    extra={"event": "power-button", "grace_s": self.grace_s},
-                )
-            except TimeoutError:
-                silent = f"the {hv.kind} VMM did not answer the power button within {limit:g} s"
-                log.warning("%s%s; stopping it hard", silent, note)
-            except HypervisorError as err:
-                log.warning("could not press the power button: %s", err)
-                # Often the VMM is already going away (e.g. Ctrl-C reached its process
-                # group too): give its exit a moment to arrive before stopping it hard.
-                await asyncio.wait({exit_task}, timeout=self.exit_timeout_s / 5)
-        else:
-            log.warning("the VM is %s, so the power button cannot be pressed", hv.state)
+        pressed, silent = await self._press(exit_task, deadline - reserve, note)
         if pressed:
             hurry = asyncio.ensure_future(self._hurry.wait())
             waiters: set[asyncio.Future[Any]] = {exit_task, hurry}
@@ -313,6 +289,37 @@ class Supervisor:
             f"the guest did not power off within the {self.grace_s:g} s grace period after "
             f"{reason}{note}; the {hv.kind} VMM was stopped in {took:.1f} s{waited}"
         )
+
+    async def _press(
+        self, exit_task: asyncio.Future[ExitInfo], guest_until: float, note: str
+    ) -> tuple[bool, str | None]:
+        """Press the power button (bounded); (pressed, why the VMM is silent or None)."""
+        hv = self.hypervisor
+        if hv.state is not VmState.RUNNING:
+            log.warning("the VM is %s, so the power button cannot be pressed", hv.state)
+            return False, None
+        limit = max(0.1, min(BUTTON_TIMEOUT_S, guest_until - time.monotonic()))
+        try:
+            async with asyncio.timeout(limit):
+                await hv.power_button()
+        except TimeoutError:
+            silent = f"the {hv.kind} VMM did not answer the power button within {limit:g} s"
+            log.warning("%s%s; stopping it hard", silent, note)
+            return False, silent
+        except HypervisorError as err:
+            log.warning("could not press the power button: %s", err)
+            # Often the VMM is already going away (e.g. Ctrl-C reached its process
+            # group too): give its exit a moment to arrive before stopping it hard.
+            await asyncio.wait({exit_task}, timeout=self.exit_timeout_s / 5)
+            return False, None
+        log.info(
+            "pressed the power button; waiting up to %.1f s of the %g s grace period "
+            "for the guest to power off",
+            max(0.0, guest_until - time.monotonic()),
+            self.grace_s,
+            extra={"event": "power-button", "grace_s": self.grace_s},
+        )
+        return True, None
 
     async def _hard_stop(self, budget_s: float | None = None) -> None:
         """The adapter's quit → SIGTERM → SIGKILL sequence, bounded as a whole by

@@ -308,7 +308,8 @@ def test_sigterm_at_random_moments_always_ends_with_a_documented_exit(
         err = launcher.stderr_path.read_text()
         what = f"run {run} (delay {delay:.3f} s, twice={twice}, seed {seed}): {err[-2000:]}"
         assert code in (0, 5), what  # never killed by the signal (negative), never a bug (1)
-        assert took < grace + 2, what  # within the grace period (plus the exit itself)
+        # Within the grace period plus the cleanup and the exit (seconds under load here).
+        assert took < grace + 3.5, what
         assert "Traceback" not in err and "Warning" not in err, what
         records = launcher.records()
         exits = [r for r in records if r.get("event") in ("exit", "error")]

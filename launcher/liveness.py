@@ -14,10 +14,14 @@ A check, while the VM is Running or Paused:
    ``query-status`` / ``vmm.ping``) bounded by :data:`PING_TIMEOUT_S`; no answer in
    time, or an error while the VM is still live, is unresponsive.
 
-So ``/readyz`` fails at most ``MAX_AGE_S + PING_TIMEOUT_S`` (4 s) after the VMM froze,
-with the reason. ``/healthz`` (what a liveness probe restarts the container on) fails
-only once the VMM has stayed unresponsive for :data:`UNHEALTHY_AFTER_S` (30 s), counted
-from the first check that found it so; one answer resets it. Transitions are logged
+So a ``/readyz`` request fails at most ``MAX_AGE_S + PING_TIMEOUT_S`` (4 s) after the
+VMM froze, with the reason (at once when it is stopped: no ping). It waits for the check
+(at most the 2 s ping); a probe whose own timeout is shorter counts that as not ready,
+which is the right answer. ``/healthz`` (what a liveness probe restarts the container
+on) never waits for a ping (``check(wait_s=0)``: the last verdict, a new check started
+for the next request), so a probe timeout cannot restart the pod early; it fails only
+once the VMM has stayed unresponsive for :data:`UNHEALTHY_AFTER_S` (30 s), counted from
+the first check that found it so; one answer resets it. Transitions are logged
 once each (``vmm-unresponsive`` warning, ``vmm-responsive`` info).
 """
 
@@ -133,14 +137,25 @@ class Liveness:
         self._last: Verdict | None = None
         self._running: asyncio.Task[Verdict] | None = None
 
-    async def check(self) -> Verdict:
-        """The current verdict: the cached one if fresh, else a new check (shared)."""
+    async def check(self, wait_s: float | None = None) -> Verdict:
+        """The current verdict: the cached one if fresh, else a new check (shared).
+
+        ``wait_s`` bounds how long the caller waits for a new check (None: until it is
+        done); past it the last verdict is returned (responsive when there is none yet)
+        and the check goes on for the next caller (``/healthz`` passes 0).
+        """
         last = self._last
         if last is not None and self._clock() - last.checked_at < self.max_age_s:
             return last
         if self._running is None:
             self._running = asyncio.create_task(self._check(), name="vmm-liveness")
-        return await asyncio.shield(self._running)
+        if wait_s is None:
+            return await asyncio.shield(self._running)
+        try:
+            async with asyncio.timeout(wait_s):
+                return await asyncio.shield(self._running)
+        except TimeoutError:
+            return last if last is not None else Verdict(None, self._clock())
 
     def healthy(self, verdict: Verdict) -> bool:
         """False once the VMM has been unresponsive for ``unhealthy_after_s``."""

@@ -208,7 +208,7 @@ class StatusServer:
         }
         if not ok:
             body["reason"] = f"event loop lagged {lag:.3f} s (limit {LAG_LIMIT_S} s)"
-        vmm = await self.liveness.check()
+        vmm = await self.liveness.check(wait_s=0)  # never waits for a ping
         if ok and not self.liveness.healthy(vmm):
             ok = False
             took = vmm.unresponsive_for(time.monotonic())
@@ -221,7 +221,7 @@ class StatusServer:
     async def _readyz(self, request: web.Request) -> web.Response:
         del request
         snap = await self.collector.snapshot()
-        vmm = await self.liveness.check()
+        vmm = await self.liveness.check()  # at most the 2 s ping
         ready = snap.ready and vmm.responsive
         body: dict[str, object] = {
             "ready": ready,

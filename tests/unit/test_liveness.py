@@ -142,3 +142,19 @@ async def test_nothing_to_check_before_the_vm_runs_or_after_it_ended(vmm: Vmm) -
     vmm.state = VmState.SHUTDOWN
     assert (await live.check()).responsive and len(vmm.pings) == 1
     assert (await Liveness(lambda: None).check()).responsive
+
+
+async def test_a_probe_never_waits_for_a_slow_ping(vmm: Vmm) -> None:
+    """/healthz (wait 0) answers from the last verdict while a slow ping is out (a probe's
+    timeout must not decide liveness); the next request after it timed out sees it."""
+    live = Liveness(lambda: vmm, ping_timeout_s=0.6, max_age_s=0)  # type: ignore[arg-type,return-value]
+    assert (await live.check()).responsive  # answered
+    vmm.answer = "never"
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert (await live.check(wait_s=0)).responsive  # the last verdict, at once
+    assert (await live.check(wait_s=0.2)).responsive  # the same check, still out
+    assert loop.time() - began < 0.4
+    await asyncio.sleep(0.6)  # the ping timed out meanwhile
+    assert not (await live.check(wait_s=0)).responsive
+    assert len(vmm.pings) == 3  # the first check, the slow one, and a new one now

@@ -73,16 +73,47 @@ def link_to_json(link: PodLink) -> dict[str, Any]:
         "kind": link.kind,
         "addresses4": [str(a) for a in link.addresses4],
         "addresses6": [str(a) for a in link.addresses6],
-        "routes": [
-            {
-                "dst": str(r.dst),
-                "gateway": str(r.gateway) if r.gateway else None,
-                "ifname": r.ifname,
-                "onlink": r.onlink,
-            }
-            for r in link.routes
-        ],
+        "routes": [route_to_json(r) for r in link.routes],
     }
+
+
+def route_to_json(r: Route) -> dict[str, Any]:
+    """A Route as plain JSON data (every attribute, so it can be put back as it was)."""
+    return {
+        "dst": str(r.dst),
+        "gateway": str(r.gateway) if r.gateway else None,
+        "ifname": r.ifname,
+        "onlink": r.onlink,
+        "metric": r.metric,
+        "proto": r.proto,
+        "scope": r.scope,
+        "prefsrc": str(r.prefsrc) if r.prefsrc else None,
+    }
+
+
+def route_from_json(r: dict[str, Any]) -> Route:
+    """The inverse of :func:`route_to_json` (records of older launchers lack the
+    optional attributes); ValueError/KeyError/TypeError on bad data."""
+
+    def opt_int(key: str) -> int | None:
+        value = r.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"route {key} {value!r} is not an integer")
+        return value
+
+    prefsrc = r.get("prefsrc")
+    return Route(
+        dst=ipaddress.ip_network(r["dst"]),
+        gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
+        ifname=str(r["ifname"]),
+        onlink=bool(r["onlink"]),
+        metric=opt_int("metric"),
+        proto=opt_int("proto"),
+        scope=opt_int("scope"),
+        prefsrc=ipaddress.ip_address(prefsrc) if prefsrc else None,
+    )
 
 
 def link_from_json(data: dict[str, Any]) -> PodLink:
@@ -94,15 +125,7 @@ def link_from_json(data: dict[str, Any]) -> PodLink:
         kind=data.get("kind"),
         addresses4=tuple(ipaddress.IPv4Interface(a) for a in data["addresses4"]),
         addresses6=tuple(ipaddress.IPv6Interface(a) for a in data["addresses6"]),
-        routes=tuple(
-            Route(
-                dst=ipaddress.ip_network(r["dst"]),
-                gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
-                ifname=str(r["ifname"]),
-                onlink=bool(r["onlink"]),
-            )
-            for r in data["routes"]
-        ),
+        routes=tuple(route_from_json(r) for r in data["routes"]),
         restored=True,
     )
 

@@ -2,11 +2,23 @@
 
 Called by ``discover`` (reads), ``apply``/``cleanup`` (writes) and the status endpoint
 (:class:`NetlinkReader`: neighbours and link counters, read-only). pyroute2 message
-objects never leave this module: reads return the frozen :class:`Link` and
-:class:`Route` values; every netlink failure becomes a :class:`NetworkError` naming the
-interface. ``run_in_netns`` runs a callable in a thread that entered a named network
-namespace, so sysctl writes and the ``nft`` child land in the pod netns in tests (in
-production the launcher already lives in the pod netns and ``netns`` is ``None``).
+objects never leave this module: reads return the frozen :class:`Link`,
+:class:`Address` and :class:`Route` values; every netlink failure becomes a
+:class:`NetworkError` naming the interface.
+
+Per-interface IP settings go through netlink too, never through ``/proc/sys`` (read-only
+in every unprivileged container): :meth:`Netlink.set_link_settings` sends one
+``RTM_NEWLINK`` whose ``IFLA_AF_SPEC`` carries ``AF_INET`` → ``IFLA_INET_CONF`` (the
+``net.ipv4.conf.<if>.*`` knobs, by their ``IPV4_DEVCONF_*`` id) and ``AF_INET6`` →
+``IFLA_INET6_ADDR_GEN_MODE``. pyroute2 decodes ``AF_INET`` as a flat struct (the dump's
+layout), which cannot encode the nested attributes the kernel expects on a set, so the
+request uses a small message class of our own (:func:`_setlink_class`). The kernel
+accepts nothing else per link for IPv6: ``IFLA_INET6_CONF`` (accept_ra, forwarding,
+accept_dad, disable_ipv6, …) is read-only over netlink and can only be a sysctl.
+
+``run_in_netns`` runs a callable in a thread that entered a named network namespace, so
+sysctl reads/writes and the ``nft`` child land in the pod netns in tests (in production
+the launcher already lives in the pod netns and ``netns`` is ``None``).
 
 pyroute2 is imported when the first :class:`Netlink` is opened, not with this module: the
 long-lived launcher imports the network package for its types and plan but runs netlink
@@ -26,13 +38,15 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from types import TracebackType
 from typing import Any, TypeVar
 
 from launcher.errors import NetworkError
 
 __all__ = [
+    "Address",
     "Link",
     "Netlink",
     "Route",
@@ -41,6 +55,9 @@ __all__ = [
     "NetlinkReader",
     "Neighbour",
     "LinkCounters",
+    "ADDR_GEN_MODE_NONE",
+    "IPV4_CONF_IDS",
+    "RTPROT_RA",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +73,60 @@ _RTN_UNICAST = 1
 _RTNH_F_ONLINK = 4
 _IFF_UP = 1
 _ENODEV = 19
+_RTM_NEWLINK = 16
+_NLM_F_REQUEST = 1
+_NLM_F_ACK = 4
+_INFINITY = 0xFFFFFFFF
+RTPROT_RA = 9  # a route learned from a router advertisement
+ADDR_GEN_MODE_NONE = 1  # IN6_ADDR_GEN_MODE_NONE: the kernel makes no link-local
+#: IFA_F_* flags a caller may set when adding an address (the rest is kernel state:
+#: secondary, tentative, dadfailed, deprecated, permanent)
+_IFA_SETTABLE = 0x02 | 0x04 | 0x10 | 0x100 | 0x200 | 0x400 | 0x800
+_IFA_F_NODAD = 0x02
+_IFA_F_PERMANENT = 0x80
+
+#: ``IPV4_DEVCONF_*`` ids (include/uapi/linux/ip.h) by their sysctl name
+#: (``net.ipv4.conf.<if>.<name>``): the attribute types inside ``IFLA_INET_CONF``.
+IPV4_CONF_IDS: dict[str, int] = {
+    name: i + 1
+    for i, name in enumerate(
+        (
+            "forwarding",
+            "mc_forwarding",
+            "proxy_arp",
+            "accept_redirects",
+            "secure_redirects",
+            "send_redirects",
+            "shared_media",
+            "rp_filter",
+            "accept_source_route",
+            "bootp_relay",
+            "log_martians",
+            "tag",
+            "arp_filter",
+            "medium_id",
+            "disable_xfrm",
+            "disable_policy",
+            "force_igmp_version",
+            "arp_announce",
+            "arp_ignore",
+            "promote_secondaries",
+            "arp_accept",
+            "arp_notify",
+            "accept_local",
+            "src_valid_mark",
+            "proxy_arp_pvlan",
+            "route_localnet",
+            "igmpv2_unsolicited_report_interval",
+            "igmpv3_unsolicited_report_interval",
+            "ignore_routes_with_linkdown",
+            "drop_unicast_in_l2_multicast",
+            "drop_gratuitous_arp",
+            "bc_forwarding",
+            "arp_evict_nocarrier",
+        )
+    )
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +143,55 @@ class Link:
     addresses: tuple[IPInterface, ...]
     learning: bool | None = None  # bridge-port MAC learning, None when not a bridge port
     multi_queue: bool | None = None  # tun/tap only
+    # net.ipv4.conf.<if>.* as (name, value), sorted by IPV4_DEVCONF id; () without IPv4
+    ipv4_conf: tuple[tuple[str, int], ...] = ()
+    addr_gen_mode: int | None = None  # IFLA_INET6_ADDR_GEN_MODE; None: no IPv6 on the link
+
+    def ipv4(self, knob: str) -> int | None:
+        """The link's ``net.ipv4.conf.<if>.<knob>`` value (None when unknown)."""
+        return dict(self.ipv4_conf).get(knob)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One address of a link with what is needed to add it back exactly as it was."""
+
+    address: IPInterface
+    flags: int = 0  # IFA_F_* as the kernel reports them (IFA_FLAGS)
+    scope: int = 0
+    broadcast: IPAddress | None = None
+    label: str | None = None
+    valid_lft: int | None = None  # seconds left; None = forever
+    preferred_lft: int | None = None
+
+    @property
+    def secondary(self) -> bool:
+        """An IPv4 secondary (another address of the same subnet came first)."""
+        return bool(self.flags & 0x01)
+
+    @property
+    def tentative(self) -> bool:
+        """IPv6 duplicate address detection has not finished."""
+        return bool(self.flags & 0x40)
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A unicast route of the main table that is not a kernel prefix route."""
+    """A unicast route of the main table that is not a kernel prefix route.
+
+    Equality is (dst, gateway, ifname, onlink); the other attributes are what a dump
+    reports, kept so that a route the launcher took away can be put back exactly
+    (None: the kernel's default when adding).
+    """
 
     dst: IPNetwork
     gateway: IPAddress | None
     ifname: str
     onlink: bool = False
+    metric: int | None = field(default=None, compare=False)
+    proto: int | None = field(default=None, compare=False)
+    scope: int | None = field(default=None, compare=False)
+    prefsrc: IPAddress | None = field(default=None, compare=False)
 
 
 def lean_import() -> None:
@@ -206,6 +316,21 @@ class Netlink:
             raise NetworkError(f"cannot read link {name!r} in netns {self.netns!r}: {err}") from err
         return _to_link(msg, names, _addresses(raw_addrs).get(msg["index"], ()))
 
+    def addresses(self, name: str) -> tuple[Address, ...]:
+        """Every address of link ``name`` in the kernel's order, with flags and lifetimes.
+
+        IPv4: primaries then secondaries, each in the order they were added. IPv6: the
+        kernel lists the newest address of a scope first.
+        """
+        index = self._index(name)
+        try:
+            raw = list(self._ip.get_addr(index=index))
+        except self._error as err:
+            raise NetworkError(
+                f"cannot read the addresses of {name!r} in netns {self.netns!r}: {err}"
+            ) from err
+        return tuple(_to_address(a) for a in raw if a["index"] == index)
+
     def routes(self, names: dict[int, str] | None = None) -> tuple[Route, ...]:
         """Unicast routes of the main table except kernel prefix routes, IPv4 then IPv6.
 
@@ -228,12 +353,18 @@ class Netlink:
                 zero = "0.0.0.0" if family == socket.AF_INET else "::"
                 dst = ipaddress.ip_network(f"{_attr(r, 'RTA_DST') or zero}/{r['dst_len']}")
                 gw = _attr(r, "RTA_GATEWAY")
+                src = _attr(r, "RTA_PREFSRC")
+                metric = _attr(r, "RTA_PRIORITY")
                 out.append(
                     Route(
                         dst=dst,
                         gateway=ipaddress.ip_address(gw) if gw else None,
                         ifname=names[oif],
                         onlink=bool(r["flags"] & _RTNH_F_ONLINK),
+                        metric=int(metric) if metric is not None else None,
+                        proto=int(r["proto"]),
+                        scope=int(r["scope"]),
+                        prefsrc=ipaddress.ip_address(src) if src else None,
                     )
                 )
         return tuple(out)
@@ -326,19 +457,78 @@ class Netlink:
             lambda: self._ip.brport("set", index=index, learning=int(learning)),
         )
 
-    def add_address(self, name: str, address: IPInterface) -> None:
-        """Add ``address`` to ``name`` (without DAD for IPv6, the address is ours)."""
+    def set_link_settings(
+        self,
+        name: str,
+        *,
+        ipv4: tuple[tuple[str, int], ...] = (),
+        addr_gen_mode: int | None = None,
+    ) -> None:
+        """Set ``net.ipv4.conf.<name>.<knob>`` values and the IPv6 link-local mode of
+        ``name`` through netlink (one ``RTM_NEWLINK`` with ``IFLA_AF_SPEC``), so
+        ``/proc/sys`` may stay read-only. ``ipv4``: (knob, value) pairs, knobs named as
+        in ``IPV4_CONF_IDS``; ``addr_gen_mode``: ``IFLA_INET6_ADDR_GEN_MODE``."""
+        unknown = [knob for knob, _ in ipv4 if knob not in IPV4_CONF_IDS]
+        if unknown:
+            raise NetworkError(f"{unknown[0]!r} is not a per-interface IPv4 setting")
+        if not ipv4 and addr_gen_mode is None:
+            return
         index = self._index(name)
+        families: list[list[Any]] = []
+        if ipv4:
+            conf = [[f"C{IPV4_CONF_IDS[knob]}", int(value)] for knob, value in ipv4]
+            families.append(["AF_INET", {"attrs": [["IFLA_INET_CONF", {"attrs": conf}]]}])
+        if addr_gen_mode is not None:
+            families.append(
+                ["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", int(addr_gen_mode)]]}]
+            )
+        msg = _setlink_class()()
+        msg["family"] = socket.AF_UNSPEC
+        msg["index"] = index
+        msg["attrs"] = [["IFLA_AF_SPEC", {"attrs": families}]]
+        msg["header"]["type"] = _RTM_NEWLINK
+        msg["header"]["flags"] = _NLM_F_REQUEST | _NLM_F_ACK
+        what = ", ".join(
+            [f"{knob}={value}" for knob, value in ipv4]
+            + ([f"addr_gen_mode={addr_gen_mode}"] if addr_gen_mode is not None else [])
+        )
+        self._do(f"set {name} {what}", lambda: self._ip.nlm_request_batch([msg]))
+
+    def add_address(self, name: str, address: IPInterface | Address) -> None:
+        """Add ``address`` to ``name``.
+
+        A bare interface address is the launcher's own: IPv6 without DAD (usable at
+        once, never tentative). An :class:`Address` is put back as it was read (flags,
+        scope, broadcast, label, lifetimes).
+        """
+        index = self._index(name)
+        if isinstance(address, Address):
+            detail = address
+        else:
+            detail = Address(address, flags=_IFA_F_NODAD if address.version == 6 else 0)
+        iface = detail.address
         extra: dict[str, Any] = {}
-        if address.version == 6:
-            extra["flags"] = 0x02  # IFA_F_NODAD
+        flags = detail.flags & _IFA_SETTABLE
+        if flags:
+            extra["flags"] = flags
+        if detail.scope:
+            extra["scope"] = detail.scope
+        if detail.broadcast is not None:
+            extra["broadcast"] = str(detail.broadcast)
+        if detail.label:
+            extra["label"] = detail.label
+        if detail.valid_lft is not None:
+            extra["valid_lft"] = detail.valid_lft
+            extra["preferred_lft"] = (
+                detail.preferred_lft if detail.preferred_lft is not None else detail.valid_lft
+            )
         self._do(
-            f"add address {address} to {name}",
+            f"add address {iface} to {name}",
             lambda: self._ip.addr(
                 "add",
                 index=index,
-                address=str(address.ip),
-                prefixlen=address.network.prefixlen,
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
                 **extra,
             ),
         )
@@ -366,6 +556,14 @@ class Netlink:
             args["gateway"] = str(route.gateway)
         if route.onlink:
             args["flags"] = _RTNH_F_ONLINK
+        if route.metric is not None:
+            args["priority"] = route.metric
+        if route.proto is not None:
+            args["proto"] = route.proto
+        if route.scope is not None:
+            args["scope"] = route.scope
+        if route.prefsrc is not None:
+            args["prefsrc"] = str(route.prefsrc)
         self._do(f"replace route {route}", lambda: self._ip.route("replace", **args))
 
     def delete(self, name: str) -> None:
@@ -376,6 +574,28 @@ class Netlink:
             return
         self._indexes.pop(name, None)
         self._do(f"delete {name}", lambda: self._ip.link("del", index=index))
+
+
+def _to_address(a: Any) -> Address:
+    text = _attr(a, "IFA_ADDRESS")
+    if a["family"] == socket.AF_INET:
+        text = _attr(a, "IFA_LOCAL") or text
+    flags = _attr(a, "IFA_FLAGS")
+    cache = _attr(a, "IFA_CACHEINFO")
+    valid = preferred = None
+    if cache is not None and int(cache["ifa_valid"]) != _INFINITY:
+        valid, preferred = int(cache["ifa_valid"]), int(cache["ifa_preferred"])
+    broadcast = _attr(a, "IFA_BROADCAST")
+    label = _attr(a, "IFA_LABEL")
+    return Address(
+        address=ipaddress.ip_interface(f"{text}/{a['prefixlen']}"),
+        flags=int(flags if flags is not None else a["flags"]),
+        scope=int(a["scope"]),
+        broadcast=ipaddress.ip_address(broadcast) if broadcast else None,
+        label=str(label) if label else None,
+        valid_lft=valid,
+        preferred_lft=preferred,
+    )
 
 
 def _addresses(raw_addrs: list[Any]) -> dict[int, list[IPInterface]]:
@@ -401,6 +621,7 @@ def _to_link(m: Any, names: dict[int, str], addresses: Any) -> Link:
         if data is not None:
             multi_queue = bool(data.get_attr("IFLA_TUN_MULTI_QUEUE"))
     master = _attr(m, "IFLA_MASTER")
+    ipv4_conf, addr_gen_mode = _af_spec(_attr(m, "IFLA_AF_SPEC"))
     return Link(
         name=names[m["index"]],
         index=m["index"],
@@ -412,7 +633,64 @@ def _to_link(m: Any, names: dict[int, str], addresses: Any) -> Link:
         addresses=tuple(addresses),
         learning=learning,
         multi_queue=multi_queue,
+        ipv4_conf=ipv4_conf,
+        addr_gen_mode=addr_gen_mode,
     )
+
+
+def _af_spec(spec: Any) -> tuple[tuple[tuple[str, int], ...], int | None]:
+    """(net.ipv4.conf values, IPv6 addr_gen_mode) from a link's IFLA_AF_SPEC."""
+    if spec is None:
+        return (), None
+    ipv4: list[tuple[str, int]] = []
+    inet = spec.get_attr("AF_INET")
+    if inet is not None:
+        # pyroute2 decodes IFLA_INET_CONF as a struct whose field i is IPV4_DEVCONF id i
+        fields = [name for name, _ in getattr(type(inet), "fields", ())]
+        for knob, conf_id in IPV4_CONF_IDS.items():
+            if conf_id < len(fields) and inet.get(fields[conf_id]) is not None:
+                ipv4.append((knob, int(inet[fields[conf_id]])))
+    inet6 = spec.get_attr("AF_INET6")
+    mode = inet6.get_attr("IFLA_INET6_ADDR_GEN_MODE") if inet6 is not None else None
+    return tuple(ipv4), int(mode) if mode is not None else None
+
+
+@cache
+def _setlink_class() -> Any:
+    """An ``ifinfmsg`` whose ``IFLA_AF_SPEC`` encodes the nested attributes a set needs.
+
+    pyroute2's own ``ifinfmsg`` maps ``AF_INET`` to the struct a dump returns; the
+    kernel (``inet_set_link_af``) wants ``IFLA_INET_CONF`` holding one u32 attribute per
+    setting, typed by its ``IPV4_DEVCONF_*`` id. Each class marks its attribute map as
+    not yet compiled: pyroute2 keeps the compiled map on the class, and a subclass would
+    otherwise inherit its parent's.
+    """
+    from pyroute2.netlink import nla  # noqa: PLC0415 - see the module docstring
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: PLC0415
+
+    class _Conf(nla):  # type: ignore[misc]
+        _nlmsg_base__compiled_nla = False
+        nla_map = tuple((i, f"C{i}", "uint32") for i in sorted(IPV4_CONF_IDS.values()))
+
+    class _Inet(nla):  # type: ignore[misc]
+        _nlmsg_base__compiled_nla = False
+        nla_map = ((1, "IFLA_INET_CONF", "conf"),)
+        conf = _Conf
+
+    class _Inet6(nla):  # type: ignore[misc]
+        _nlmsg_base__compiled_nla = False
+        nla_map = ((8, "IFLA_INET6_ADDR_GEN_MODE", "uint8"),)
+
+    class _AfSpec(nla):  # type: ignore[misc]
+        _nlmsg_base__compiled_nla = False
+        nla_map = ((socket.AF_INET, "AF_INET", "inet"), (socket.AF_INET6, "AF_INET6", "inet6"))
+        inet = _Inet
+        inet6 = _Inet6
+
+    class _SetLink(ifinfmsg):  # type: ignore[misc]
+        af_spec_inet = _AfSpec
+
+    return _SetLink
 
 
 def run_in_netns(netns: str | None, fn: Callable[[], T]) -> T:

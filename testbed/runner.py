@@ -1,9 +1,12 @@
 """Subprocess entry for the restart tests and the benchmark: discover → plan → apply.
 
-``python -m testbed.runner --netns POD --state-dir DIR --binding
+``python -m testbed.runner [--netns POD] --state-dir DIR --binding
 bridge|masquerade [--guest-netns G] [--ports 80,443/udp] [--nics N] [--hold]`` prints
 one JSON line ``{"changes": N, "plan": {...}}`` after applying; with ``--hold`` it then
-sleeps (like a launcher supervising its VM) until it is killed.
+sleeps (like a launcher supervising its VM) until it is killed. Without ``--netns`` it
+works on the network namespace it runs in, as the launcher does in a pod (the
+least-privilege tests start it with ``ip netns exec`` and no CAP_SYS_ADMIN, which
+entering a named netns would need).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def build_spec(binding: str, nics: int, ports: str, istio: bool = False) -> VmSp
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--netns", required=True)
+    ap.add_argument("--netns", help="a name under /run/netns (default: this process's netns)")
     ap.add_argument("--state-dir", required=True)
     ap.add_argument("--binding", choices=["bridge", "masquerade"], required=True)
     ap.add_argument("--guest-netns")

@@ -21,7 +21,7 @@ from pathlib import Path
 from launcher.errors import NetworkError, StateCacheError
 
 from .discover import link_to_json
-from .netlink import Link, Netlink, Route
+from .netlink import ADDR_GEN_MODE_NONE, Link, Netlink, Route
 from .nftables import apply_ruleset, delete_tables, list_tables
 from .plan import NetworkPlan, NicPlan
 from .state import (
@@ -33,7 +33,7 @@ from .state import (
     remove_record,
     write_record,
 )
-from .sysctl import apply_sysctls
+from .sysctl import ensure_sysctls
 
 __all__ = ["ApplyResult", "apply", "cleanup"]
 
@@ -156,7 +156,22 @@ def _create_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
             )
 
 
+def _link_settings(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
+    """Per-interface settings through netlink (before the links go up: a link without a
+    kernel link-local must not get one when it comes up)."""
+    for want in nic.link_settings:
+        have = changed.need(want.name)
+        ipv4 = tuple((k, v) for k, v in want.ipv4 if have.ipv4(k) != v)
+        mode = None
+        if want.no_link_local and have.addr_gen_mode not in (None, ADDR_GEN_MODE_NONE):
+            mode = ADDR_GEN_MODE_NONE  # None: the kernel has no IPv6 on this link
+        if ipv4 or mode is not None:
+            nl.set_link_settings(want.name, ipv4=ipv4, addr_gen_mode=mode)
+            changed(f"set {want.name} {dict(ipv4)} addr_gen_mode={mode}", want.name)
+
+
 def _configure_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
+    _link_settings(nl, nic, changed)
     br = nic.bridge
     have = changed.need(br.name)
     if have.mac != br.mac or have.mtu != br.mtu:
@@ -231,6 +246,8 @@ def apply(
 ) -> ApplyResult:
     """Make the pod netns (``netns`` name, or the current one) match ``plan``."""
     state_dir = Path(state_dir)
+    # the pod-level sysctls first: where they cannot be set, nothing is touched
+    written = ensure_sysctls(plan.sysctls, netns)
     for nic in plan.nics:
         _begin(state_dir, nic)
     with Netlink(netns) as nl, ThreadPoolExecutor(1, thread_name_prefix="nft") as pool:
@@ -240,7 +257,7 @@ def apply(
         changed = _Changes(nl)
         for nic in plan.nics:
             _create_links(nl, nic, changed)
-        changed.count += apply_sysctls(plan.sysctls, netns)
+        changed.count += len(written)
         for nic in plan.nics:
             _configure_links(nl, nic, changed)
         if nft.result():

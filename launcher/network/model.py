@@ -35,6 +35,7 @@ __all__ = [
     "NetworkPlan",
     "PlanOptions",
     "BridgeLink",
+    "LinkSettings",
     "NicContext",
     "NicPlan",
     "PodPort",
@@ -100,6 +101,22 @@ class TapLink:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """Per-interface settings of one link, set through netlink, never through /proc/sys.
+
+    ``ipv4``: ``net.ipv4.conf.<name>.<knob>`` values as (knob, value) pairs, set with
+    ``IFLA_INET_CONF``. ``no_link_local``: the kernel generates no IPv6 link-local on
+    this link (``IFLA_INET6_ADDR_GEN_MODE`` none, set while the link is still down): the
+    launcher owns the link's link-local (the bridge's is in its ``addresses``, added
+    without DAD) or it needs none (the tap, a bridge port).
+    """
+
+    name: str
+    ipv4: tuple[tuple[str, int], ...] = ()
+    no_link_local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PodPort:
     """Bridge binding: the pod interface becomes a bridge port without its addresses."""
 
@@ -124,7 +141,8 @@ class NicPlan:
     device: GuestNic
     pod_port: PodPort | None = None
     routes: tuple[Route, ...] = ()  # routes to (re)create in the pod netns
-    sysctls: tuple[Sysctl, ...] = ()
+    sysctls: tuple[Sysctl, ...] = ()  # pod-level only (plan's module docstring)
+    link_settings: tuple[LinkSettings, ...] = ()  # per-interface, through netlink
     # What the NIC's DHCPv4, DHCPv6 and RA servers serve, exactly (consumed as is).
     dhcp4: Dhcp4Config | None = None
     dhcp6: Config6 | None = None
@@ -136,7 +154,11 @@ class NicPlan:
 
 @dataclass(frozen=True, slots=True)
 class NetworkPlan:
-    """The whole plan: per-NIC plans, sysctls and the one nftables document."""
+    """The whole plan: per-NIC plans, pod-level sysctls and the one nftables document.
+
+    ``sysctls``: exactly the pod-level ``net.*`` sysctls the plan needs (plan's module
+    docstring).
+    """
 
     nics: tuple[NicPlan, ...]
     sysctls: tuple[Sysctl, ...] = ()

@@ -9,6 +9,18 @@ document, the DHCPv4/DHCPv6/RA configuration per NIC (the ``dhcp`` package's own
 types, which its servers consume as is: what ``plan`` prints is what is served) and the
 guest device per NIC (``devices``; ``launcher.machine`` makes the hypervisor's device from
 it). Nothing here touches the system.
+
+Sysctls, the contract: ``NetworkPlan.sysctls`` (and each ``NicPlan.sysctls``) holds
+EXACTLY the namespaced ``net.*`` sysctls that must be set at pod level for this plan to
+work, each with the value it needs — what ``virt-launcher manifest`` puts into the Pod's
+``spec.securityContext.sysctls`` and what ``apply`` checks first (reads; writes only where
+``/proc/sys`` is writable; otherwise a NetworkError naming the sysctl and that field).
+Nothing per-interface that netlink can set is a sysctl: those are ``NicPlan.link_settings``
+(``net.ipv4.conf.<if>.*`` through ``IFLA_INET_CONF``, the IPv6 link-local through
+``IFLA_INET6_ADDR_GEN_MODE``), and the launcher's IPv6 addresses are added without DAD.
+What stays a sysctl is what the kernel offers no netlink for: ``net.ipv6.conf.all.
+forwarding`` (IPv6 forwarding is one switch per netns before Linux 6.17) and a pod
+interface's ``net.ipv6.conf.<if>.accept_ra`` (IFLA_INET6_CONF is read-only).
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from .model import (
     ISTIO_PORTS,
     MIGRATION_PORTS,
     BridgeLink,
+    LinkSettings,
     NetworkPlan,
     NicContext,
     NicPlan,
@@ -43,6 +56,7 @@ __all__ = [
     "PlanOptions",
     "plan",
     "BridgeLink",
+    "LinkSettings",
     "NicContext",
     "NicPlan",
     "PodPort",

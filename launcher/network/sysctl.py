@@ -1,14 +1,26 @@
-"""Read and write per-netns sysctls (/proc/sys/net/…), the only sysctls the launcher sets.
+"""Pod-level sysctls: check them first, write them only where /proc/sys is writable.
 
-Called by ``apply`` with the plan's :class:`Sysctl` items. Forwarding, arp_ignore and
-accept_dad are per network namespace, so setting them in the pod netns never touches
-the node. Writes are skipped when the value is already right (applying twice changes
-nothing).
+Called by ``apply`` with ``NetworkPlan.sysctls`` before anything in the pod is touched,
+and by its rollback (:func:`restore_sysctls`). The contract (docstring of
+``launcher.network.plan``): the plan lists exactly the namespaced ``net.*`` sysctls that
+must be set at pod level; per-interface settings go through netlink, not here.
+
+Every CRI runtime mounts ``/proc/sys`` read-only in an unprivileged container, so the
+launcher cannot set these itself there: the Pod declares them in
+``spec.securityContext.sysctls`` and the runtime sets them in the pod's network namespace
+before the launcher starts. :func:`ensure_sysctls` reads each one; a right value needs
+nothing; a wrong one is written only where ``/proc/sys`` is writable (host root, the
+tests: behaving as before); otherwise it raises one NetworkError line naming the sysctl,
+the value needed and the Pod field, having changed nothing. ``net.*`` sysctls are per
+network namespace (checked on Linux 6.18: ``net.ipv4.ip_forward``,
+``net.ipv4.conf.all.*``, ``net.ipv6.conf.all.*`` set in one netns are not seen in
+another), so setting them in the pod never touches the node.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +29,12 @@ from launcher.errors import NetworkError
 
 from .netlink import run_in_netns
 
-__all__ = ["Sysctl", "apply_sysctls", "read_sysctl"]
+__all__ = ["POD_SYSCTLS_FIELD", "Sysctl", "ensure_sysctls", "read_sysctl", "restore_sysctls"]
 
 log = logging.getLogger(__name__)
 PROC_SYS = Path("/proc/sys")
+#: Where a Pod declares the sysctls its runtime sets (Kubernetes PodSecurityContext).
+POD_SYSCTLS_FIELD = "spec.securityContext.sysctls"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,34 +53,85 @@ class Sysctl:
         return PROC_SYS.joinpath(*parts)
 
 
+def _read(item: Sysctl) -> str:
+    try:
+        return item.path.read_text().strip()
+    except OSError as err:
+        raise NetworkError(f"cannot read sysctl {item.key}: {err.strerror or err}") from err
+
+
 def read_sysctl(key: str, netns: str | None = None) -> str:
     """The current value of ``key`` in ``netns``."""
-    path = Sysctl(key, "").path
-
-    def read() -> str:
-        try:
-            return path.read_text().strip()
-        except OSError as err:
-            raise NetworkError(f"cannot read sysctl {key}: {err}") from err
-
-    return run_in_netns(netns, read)
+    return run_in_netns(netns, lambda: _read(Sysctl(key, "")))
 
 
-def apply_sysctls(items: Iterable[Sysctl], netns: str | None = None) -> int:
-    """Write every sysctl whose value differs; returns how many were written."""
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return True
+
+
+def _unset(missing: list[tuple[Sysctl, str]], why: str) -> NetworkError:
+    if len(missing) == 1:
+        item, now = missing[0]
+        what = f"pod-level sysctl {item.key} must be {item.value} (it is {now})"
+        them = "it"
+    else:
+        listed = ", ".join(f"{item.key}={item.value} (it is {now})" for item, now in missing)
+        what = f"pod-level sysctls {listed} are not set"
+        them = "them"
+    return NetworkError(f"{what} and {why}: set {them} in the Pod's {POD_SYSCTLS_FIELD}")
+
+
+def ensure_sysctls(
+    items: Iterable[Sysctl], netns: str | None = None
+) -> tuple[tuple[Sysctl, str], ...]:
+    """Make sure every pod-level sysctl has its value; returns (sysctl, previous value)
+    for each one written (none where all were already right).
+
+    NetworkError, with nothing changed, when one is wrong and ``/proc/sys`` is read-only
+    (or refuses the write): the message names each such sysctl, its needed value and
+    ``spec.securityContext.sysctls``.
+    """
     wanted = list(items)
+    for item in wanted:
+        if not item.key.startswith("net."):
+            raise NetworkError(f"sysctl {item.key} is not a namespaced net.* sysctl")
 
-    def write() -> int:
-        changed = 0
-        for item in wanted:
+    def work() -> tuple[tuple[Sysctl, str], ...]:
+        missing = [(item, now) for item in wanted if (now := _read(item)) != item.value]
+        if not missing:
+            return ()
+        if any(_read_only(item.path) for item, _ in missing):
+            raise _unset(missing, "/proc/sys is read-only in this container")
+        written: list[tuple[Sysctl, str]] = []
+        for item, now in missing:
             try:
-                if item.path.read_text().strip() == item.value:
-                    continue
                 item.path.write_text(item.value + "\n")
             except OSError as err:
-                raise NetworkError(f"cannot set sysctl {item.key}={item.value}: {err}") from err
-            log.debug("--> sysctl %s=%s", item.key, item.value)
-            changed += 1
-        return changed
+                _write_back(written)
+                raise _unset(
+                    missing, f"the launcher may not write it ({err.strerror or err})"
+                ) from err
+            log.debug("--> sysctl %s=%s (was %s)", item.key, item.value, now)
+            written.append((item, now))
+        return tuple(written)
 
-    return run_in_netns(netns, write)
+    return run_in_netns(netns, work)
+
+
+def _write_back(written: list[tuple[Sysctl, str]] | tuple[tuple[Sysctl, str], ...]) -> None:
+    for item, old in reversed(written):
+        try:
+            item.path.write_text(old + "\n")
+        except OSError as err:
+            log.warning("could not set sysctl %s back to %s: %s", item.key, old, err)
+
+
+def restore_sysctls(previous: Iterable[tuple[Sysctl, str]], netns: str | None = None) -> None:
+    """Write back the values :func:`ensure_sysctls` replaced (a rollback; best effort,
+    a failure is a warning: the pod's addresses and links matter, these are harmless)."""
+    items = list(previous)
+    if items:
+        run_in_netns(netns, lambda: _write_back(items))

@@ -22,7 +22,14 @@ from launcher.errors import NetworkError
 from launcher.spec.model import BindingKind, MultusNetwork
 
 from ..discover import PodLink
-from ..model import BridgeLink, NicContext, NicPlan, PodPort
+from ..model import (
+    BridgeLink,
+    LinkSettings,
+    NicContext,
+    NicPlan,
+    PodPort,
+    link_local_from_mac,
+)
 from ..names import bridge_name, derived_mac, tap_name
 from ..netlink import Route
 from ..nftables import NftFragment
@@ -198,13 +205,16 @@ class BridgeBinding:
         guest4 = link.addresses4[0] if link.addresses4 else None
         guest6 = link.addresses6[0] if link.addresses6 else None
         ipv6 = _ipv6(ctx, br, macs.guest, guest6) if guest6 is not None else None
-        sysctls = [
-            Sysctl(f"net.ipv4.conf.{br}.arp_ignore", "1"),
-            Sysctl(f"net.ipv4.conf.{link.name}.arp_ignore", "1"),
-            Sysctl(f"net.ipv6.conf.{br}.accept_dad", "0"),
-        ]
-        if ipv6 is not None and ipv6.forwarding:
-            sysctls.append(Sysctl("net.ipv6.conf.all.forwarding", "1"))
+        # pod-level only: per-link settings go through netlink (link_settings)
+        sysctls = [Sysctl("net.ipv6.conf.all.forwarding", "1")] if ipv6 and ipv6.forwarding else []
+        bridge_addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
+        if not l2_only:
+            bridge_addresses.append(ipaddress.IPv4Interface(_server4(ctx)))
+        if ipv6 is not None:
+            # the DHCPv6/RA source: the kernel makes none (no_link_local), so no DAD
+            bridge_addresses.append(
+                ipaddress.IPv6Interface(f"{link_local_from_mac(macs.bridge)}/64")
+            )
         return NicPlan(
             name=ctx.interface.name,
             index=ctx.index,
@@ -212,10 +222,7 @@ class BridgeBinding:
             pod_interface=link.name,
             original=link,
             bridge=BridgeLink(
-                name=br,
-                mac=macs.bridge,
-                mtu=link.mtu,
-                addresses=() if l2_only else (ipaddress.IPv4Interface(_server4(ctx)),),
+                name=br, mac=macs.bridge, mtu=link.mtu, addresses=tuple(bridge_addresses)
             ),
             tap=ctx.tap(tap, br, link.mtu, macs.guest),
             device=guest_nic(ctx, tap, macs.guest, link.mtu),
@@ -231,6 +238,12 @@ class BridgeBinding:
             dhcp4=_dhcp4(ctx, br, macs.guest, guest4) if guest4 is not None else None,
             dhcp6=ipv6.dhcp6 if ipv6 is not None else None,
             ra=ipv6.ra if ipv6 is not None else None,
+            # arp_ignore=1: the pod never answers ARP for the guest's address
+            link_settings=(
+                LinkSettings(br, ipv4=(("arp_ignore", 1),), no_link_local=True),
+                LinkSettings(tap, no_link_local=True),
+                LinkSettings(link.name, ipv4=(("arp_ignore", 1),)),
+            ),
             guest_ipv4=guest4,
             guest_ipv6=guest6,
             nft=_nft(ctx, tap, macs.guest, guest4, guest6, l2_only=l2_only),

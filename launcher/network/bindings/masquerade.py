@@ -21,8 +21,9 @@ from dhcp.v6.lease import Config6
 from launcher.errors import NetworkError
 from launcher.spec.model import BindingKind, Masquerade, Protocol
 
-from ..model import BridgeLink, NicContext, NicPlan
+from ..model import BridgeLink, LinkSettings, NicContext, NicPlan, link_local_from_mac
 from ..names import bridge_name, derived_mac, tap_name
+from ..netlink import RTPROT_RA
 from ..nftables import NftFragment
 from ..sysctl import Sysctl
 from .protocol import (
@@ -115,6 +116,8 @@ class _Family:
     output: list[str] = field(default_factory=list)
     postrouting: list[str] = field(default_factory=list)
     sysctls: list[Sysctl] = field(default_factory=list)
+    # net.ipv4.conf.<bridge> values, set through netlink (not pod-level sysctls)
+    bridge4: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _ipv4(ctx: NicContext, binding: Masquerade, fwd: _Forwards, bridge: str) -> _Family:
@@ -131,10 +134,10 @@ def _ipv4(ctx: NicContext, binding: Masquerade, fwd: _Forwards, bridge: str) -> 
             f"oifname {pod} ip saddr {guest.ip} masquerade",
             f'oifname "{bridge}" ip saddr {nft_set(["127.0.0.1", *pod4])} snat ip to {gw.ip}',
         ],
-        sysctls=[
-            Sysctl("net.ipv4.ip_forward", "1"),
-            Sysctl(f"net.ipv4.conf.{bridge}.route_localnet", "1"),
-        ],
+        # IPv4 forwarding is decided per input interface: the pod interface (DNATed
+        # traffic in) and the bridge (the guest's traffic out), no net.ipv4.ip_forward;
+        # route_localnet so DNATed 127.0.0.1 traffic may leave through the bridge
+        bridge4=[("forwarding", 1), ("route_localnet", 1)],
     )
 
 
@@ -156,8 +159,13 @@ def _ipv6(ctx: NicContext, binding: Masquerade, fwd: _Forwards, bridge: str) -> 
         ],
         sysctls=[
             Sysctl("net.ipv6.conf.all.forwarding", "1"),
-            # forwarding=1 stops RA processing unless accept_ra=2 (pod routes from RA)
-            Sysctl(f"net.ipv6.conf.{link.name}.accept_ra", "2"),
+            # forwarding=1 stops RA processing unless accept_ra=2: the pod keeps the
+            # routes it learns from router advertisements
+            *(
+                [Sysctl(f"net.ipv6.conf.{link.name}.accept_ra", "2")]
+                if any(r.proto == RTPROT_RA for r in link.routes if r.dst.version == 6)
+                else []
+            ),
         ],
     )
 
@@ -233,13 +241,26 @@ class MasqueradeBinding:
                 name=br,
                 mac=bridge_mac,
                 mtu=link.mtu,
-                addresses=tuple(f.gateway for f in families),
+                # the IPv6 link-local is the RA/DHCPv6 source: the kernel makes none
+                # (no_link_local), so it is added without DAD
+                addresses=(
+                    *(f.gateway for f in families),
+                    *(
+                        (ipaddress.IPv6Interface(f"{link_local_from_mac(bridge_mac)}/64"),)
+                        if v6
+                        else ()
+                    ),
+                ),
             ),
             tap=ctx.tap(tap, br, link.mtu, guest_mac),
             device=guest_nic(ctx, tap, guest_mac, link.mtu),
-            sysctls=(
-                Sysctl(f"net.ipv6.conf.{br}.accept_dad", "0"),
-                *(s for f in families for s in f.sysctls),
+            sysctls=tuple(s for f in families for s in f.sysctls),  # pod-level only
+            link_settings=(
+                LinkSettings(
+                    br, ipv4=tuple(k for f in families for k in f.bridge4), no_link_local=True
+                ),
+                LinkSettings(tap, no_link_local=True),
+                *((LinkSettings(link.name, ipv4=(("forwarding", 1),)),) if v4 is not None else ()),
             ),
             dhcp4=dhcp4,
             dhcp6=dhcp6,

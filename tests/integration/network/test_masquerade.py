@@ -12,6 +12,9 @@ from testbed.runner import build_spec
 
 def _apply(topo: Topology, state: Path, ports: str, istio: bool = False) -> NetworkPlan:
     spec = build_spec("masquerade", 1, ports, istio=istio)
+    # a new netns inherits the node's ip_forward: start from 0 so every traffic test
+    # proves the launcher's per-interface forwarding (netlink) is enough
+    nsrun(topo.pod, "sysctl", "-qw", "net.ipv4.ip_forward=0")
     pod = discover(netns=topo.pod, state_dir=state, hostname="pod-host")
     p = plan(spec, pod, PlanOptions(stand_in_netns=topo.guest))
     apply(p, state, netns=topo.pod)
@@ -61,7 +64,16 @@ def test_masquerade_layout(topo: Topology, tmp_path: Path) -> None:
     assert "10.77.0.5/24" in addrs and "10.0.2.1/30" in addrs and "fd10:0:2::1/120" in addrs
     ruleset = nsrun(topo.pod, "nft", "list", "table", "inet", "virt_launcher").stdout
     assert "set tcp0" in ruleset and "set udp0" in ruleset and "set reserved0" in ruleset
-    assert nsrun(topo.pod, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    # IPv4 forwarding per interface through netlink, not the pod-wide switch
+    assert nsrun(topo.pod, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+    for key in (
+        "net.ipv4.conf.eth0.forwarding",
+        "net.ipv4.conf.vlbr0.forwarding",
+        "net.ipv4.conf.vlbr0.route_localnet",
+        "net.ipv6.conf.all.forwarding",
+    ):
+        assert nsrun(topo.pod, "sysctl", "-n", key).stdout.strip() == "1", key
+    assert nsrun(topo.pod, "sysctl", "-n", "net.ipv4.conf.vltap0.forwarding").stdout.strip() == "0"
 
 
 def test_listed_ports_reach_guest_and_others_do_not(topo: Topology, tmp_path: Path) -> None:

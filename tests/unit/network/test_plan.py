@@ -125,12 +125,14 @@ def test_missing_pod_interface_names_what_exists() -> None:
 def test_masquerade_defaults() -> None:
     nic = plan(vm_spec(Masquerade()), pod_state()).nics[0]
     assert str(nic.guest_ipv4) == "10.0.2.2/30" and str(nic.guest_ipv6) == "fd10:0:2::2/120"
-    assert [str(a) for a in nic.bridge.addresses] == ["10.0.2.1/30", "fd10:0:2::1/120"]
+    assert [str(a) for a in nic.bridge.addresses] == [
+        "10.0.2.1/30",
+        "fd10:0:2::1/120",
+        f"{link_local_from_mac(nic.bridge.mac)}/64",
+    ]
     assert nic.dhcp4 is not None and str(nic.dhcp4.router) == "10.0.2.1"
     assert nic.pod_port is None
     assert int(nic.device.mac[:2], 16) & 0x03 == 0x02  # derived, locally administered
-    keys = {s.key: s.value for s in nic.sysctls}
-    assert keys["net.ipv4.ip_forward"] == "1" and keys["net.ipv6.conf.all.forwarding"] == "1"
 
 
 def test_masquerade_custom_cidr_and_too_small() -> None:
@@ -245,3 +247,66 @@ def test_bridge_ipv6_slash128_gets_host_route_and_no_prefix() -> None:
     assert nic.ra is not None and nic.ra.prefixes == ()
     first = nic.routes[0]
     assert (str(first.dst), first.ifname) == ("fd00:10:244:1::5/128", "vlbr0")
+
+
+# ---- the sysctl contract: NetworkPlan.sysctls is exactly what the pod must declare ----
+
+
+def _sysctls(p: object) -> dict[str, str]:
+    return {s.key: s.value for s in p.sysctls}  # type: ignore[attr-defined]
+
+
+def test_bridge_pod_level_sysctls_only_ipv6_forwarding() -> None:
+    assert _sysctls(plan(vm_spec(), pod_state())) == {"net.ipv6.conf.all.forwarding": "1"}
+    # no IPv6 default route: the bridge routes nothing, nothing to declare
+    assert _sysctls(plan(vm_spec(), pod_state(pod_link(gw6=None)))) == {}
+    assert _sysctls(plan(vm_spec(), pod_state(pod_link(v6=None, gw6=None)))) == {}
+
+
+def test_bridge_per_interface_settings_go_through_netlink() -> None:
+    nic = plan(vm_spec(), pod_state()).nics[0]
+    settings = {s.name: s for s in nic.link_settings}
+    assert settings["vlbr0"].ipv4 == (("arp_ignore", 1),) and settings["vlbr0"].no_link_local
+    assert settings["vltap0"].ipv4 == () and settings["vltap0"].no_link_local
+    assert settings["eth0"].ipv4 == (("arp_ignore", 1),) and not settings["eth0"].no_link_local
+    # the bridge's link-local (the DHCPv6/RA source) is the launcher's own address
+    assert nic.ra is not None
+    assert f"{link_local_from_mac(nic.bridge.mac)}/64" in [str(a) for a in nic.bridge.addresses]
+    v4only = plan(vm_spec(), pod_state(pod_link(v6=None, gw6=None))).nics[0]
+    assert not any(a.version == 6 for a in v4only.bridge.addresses)
+
+
+def test_masquerade_pod_level_sysctls() -> None:
+    assert _sysctls(plan(vm_spec(Masquerade()), pod_state())) == {
+        "net.ipv6.conf.all.forwarding": "1"
+    }
+    # IPv4 forwarding and route_localnet are per interface: nothing at pod level
+    v4only = plan(vm_spec(Masquerade()), pod_state(pod_link(v6=None, gw6=None)))
+    assert _sysctls(v4only) == {}
+    settings = {s.name: s.ipv4 for s in v4only.nics[0].link_settings}
+    assert settings == {
+        "vlbr0": (("forwarding", 1), ("route_localnet", 1)),
+        "vltap0": (),
+        "eth0": (("forwarding", 1),),
+    }
+
+
+def test_masquerade_accept_ra_only_when_the_pod_learns_routes_from_ra() -> None:
+    ra_route = Route(
+        ipaddress.ip_network("fd00:99::/64"), ipaddress.ip_address("fe80::1"), "eth0", proto=9
+    )
+    p = plan(vm_spec(Masquerade()), pod_state(pod_link(extra_routes=(ra_route,))))
+    assert _sysctls(p) == {
+        "net.ipv6.conf.all.forwarding": "1",
+        "net.ipv6.conf.eth0.accept_ra": "2",
+    }
+
+
+@pytest.mark.parametrize("binding", [Bridge(), Masquerade()])
+def test_plan_sysctls_are_namespaced_and_never_per_link_netlink_knobs(binding: object) -> None:
+    p = plan(vm_spec(binding), pod_state())  # type: ignore[arg-type]
+    for s in p.sysctls:
+        assert s.key.startswith("net.")
+        assert ".ipv4.conf." not in s.key  # every net.ipv4.conf knob has a netlink path
+        assert not s.key.endswith((".accept_dad", ".arp_ignore", ".route_localnet"))
+    assert p.sysctls == tuple({s.key: s for n in p.nics for s in n.sysctls}.values())

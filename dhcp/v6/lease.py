@@ -9,12 +9,18 @@ Server DUID: a DUID-LL built from the serving interface's MAC by default. The la
 derives the guest-facing interface MAC deterministically, so the DUID stays the same
 across launcher restarts without any state. When a ``state_file`` is given to
 :func:`server_duid` (the server's ``duid_file``, for links whose MAC may change), a
-DUID-UUID is created once and persisted there instead.
+DUID-UUID is created once and persisted there instead. That file is only a cache: when
+it holds anything else (not ASCII, not a UUID) a new DUID is made, written over it and a
+warning logged; when it cannot be written (a read-only or full directory), the new DUID
+is used for this run with a warning. It is written atomically (temp file, fsync, rename;
+the temp file is removed if that fails).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -23,6 +29,8 @@ from pathlib import Path
 from dhcp.v6.codec import duid_ll, duid_uuid, mac_bytes
 
 __all__ = ["Lease6", "Config6", "parse_lease6", "server_duid"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +105,37 @@ def server_duid(mac: str, state_file: Path | None = None) -> bytes:
     if state_file is None:
         return duid_ll(mac)
     try:
-        text = state_file.read_text(encoding="ascii").strip()
+        text = state_file.read_bytes().decode("ascii").strip()
         return duid_uuid(uuid.UUID(text).bytes)
     except FileNotFoundError:
         pass
-    except ValueError as err:
-        raise ValueError(f"server DUID state file {state_file} holds no UUID") from err
+    except (ValueError, OSError) as err:  # UnicodeDecodeError is a ValueError
+        log.warning(
+            "server DUID file %s holds no UUID (%s); a new server DUID is made and kept there",
+            state_file,
+            err,
+            extra={"event": "dhcp6-duid-regenerated", "file": str(state_file)},
+        )
     new = uuid.uuid4()
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(f"{new}\n", encoding="ascii")
-    os.replace(tmp, state_file)
+    _write_atomic(state_file, f"{new}\n")
     return duid_uuid(new.bytes)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, text.encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        log.warning(
+            "cannot keep the server DUID in %s (%s); clients will see a new one after a restart",
+            path,
+            err.strerror or err,
+        )

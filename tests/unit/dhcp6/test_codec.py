@@ -209,6 +209,27 @@ def test_server_duid_is_stable(tmp_path: Path) -> None:
     first = server_duid("52:54:00:12:34:56", state)
     assert first[:2] == b"\x00\x04" and len(first) == 18
     assert server_duid("02:00:00:00:00:01", state) == first
-    state.write_text("garbage")
-    with pytest.raises(ValueError, match="holds no UUID"):
-        server_duid("52:54:00:12:34:56", state)
+
+
+@pytest.mark.parametrize("junk", [b"garbage", b"\xff\xfe\x00", b""])
+def test_a_server_duid_file_we_did_not_write_is_regenerated_with_a_warning(
+    tmp_path: Path, junk: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "dhcp6-duid-eth0"
+    state.write_bytes(junk)
+    with caplog.at_level("WARNING", logger="dhcp.v6.lease"):
+        duid = server_duid("52:54:00:12:34:56", state)
+    assert duid[:2] == b"\x00\x04" and len(duid) == 18
+    assert server_duid("52:54:00:12:34:56", state) == duid  # kept from now on
+    assert any("holds no UUID" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dhcp6-duid-eth0"]
+
+
+def test_a_server_duid_that_cannot_be_kept_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "no-such-dir" / "dhcp6-duid-eth0"
+    with caplog.at_level("WARNING", logger="dhcp.v6.lease"):
+        duid = server_duid("52:54:00:12:34:56", missing)
+    assert duid[:2] == b"\x00\x04"
+    assert any("cannot keep the server DUID" in r.getMessage() for r in caplog.records)

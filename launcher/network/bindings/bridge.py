@@ -8,6 +8,12 @@ DHCPv6 plus router advertisements from the bridge's link-local. DHCP and RA neve
 through the pod port, and frames from the tap must carry the guest's MAC and addresses.
 On a secondary (Multus) network whose pod interface has no address (no IPAM) the NIC is
 plain L2: no DHCP/RA is served, DHCP may cross the pod port, only the MAC is enforced.
+
+Several addresses on the pod interface: the guest gets the first IPv4 (the kernel's first
+primary: the CNI's pod IP) and the first IPv6 (the oldest global one, discover's order);
+DHCP can hand out only one per family. The others stay on the pod side, on the NIC's
+bridge, with the pod's IPv4 routes when an IPv4 address stays: nothing is lost, and the
+pod's own processes keep using them (docs/network.md).
 """
 
 from __future__ import annotations
@@ -215,6 +221,18 @@ class BridgeBinding:
             bridge_addresses.append(
                 ipaddress.IPv6Interface(f"{link_local_from_mac(macs.bridge)}/64")
             )
+        # DHCP hands the guest one address per family; the pod's others stay on the pod
+        # side, on the bridge (the pod's own processes keep them), never lost
+        bridge_addresses += [*link.addresses4[1:], *link.addresses6[1:]]
+        routes = list(ipv6.routes) if ipv6 is not None else []
+        if link.addresses4[1:]:
+            # their IPv4 routes follow them; gateways are on the pod port's link, behind
+            # the bridge, though maybe not in a subnet the bridge has: on-link
+            routes += [
+                Route(dst=r.dst, gateway=r.gateway, ifname=br, onlink=r.onlink or bool(r.gateway))
+                for r in link.routes
+                if r.dst.version == 4
+            ]
         return NicPlan(
             name=ctx.interface.name,
             index=ctx.index,
@@ -233,7 +251,7 @@ class BridgeBinding:
                 learning=False,
                 remove_addresses=(*link.addresses4, *link.addresses6),
             ),
-            routes=ipv6.routes if ipv6 is not None else (),
+            routes=tuple(routes),
             sysctls=tuple(sysctls),
             dhcp4=_dhcp4(ctx, br, macs.guest, guest4) if guest4 is not None else None,
             dhcp6=ipv6.dhcp6 if ipv6 is not None else None,

@@ -1,4 +1,4 @@
-"""The netlink child: ``discover``, ``apply`` and ``cleanup`` run in a short-lived process.
+"""The netlink child: discover, apply, cleanup and recover run in a short-lived process.
 
 Called by the composition root (start-up: one :class:`Agent` answers ``discover`` and
 ``apply``; shutdown: ``cleanup``) and by the hot-plug plumbing (:func:`call_once`). The
@@ -57,7 +57,7 @@ __all__ = ["Agent", "AgentRunner", "call_once", "main", "OPS", "CALL_TIMEOUT_S"]
 log = logging.getLogger("launcher.agent")  # also when run as __main__
 
 #: The operations the child runs (the launcher.network functions of the same name).
-OPS = ("discover", "apply", "cleanup")
+OPS = ("discover", "apply", "cleanup", "recover")
 CALL_TIMEOUT_S = 60.0
 _HEADER = struct.Struct(">I")
 _MAX_MESSAGE = 64 << 20
@@ -422,10 +422,15 @@ def _child(sock: socket.socket | None) -> int:
     from launcher.network.netlink import lean_import  # noqa: PLC0415
 
     lean_import()  # before the first request: the parent is still reading its spec
-    from launcher.network import apply, cleanup, discover  # noqa: PLC0415
+    from launcher.network import apply, cleanup, discover, recover  # noqa: PLC0415
 
     log.debug("netlink child ready", extra={"event": "netlink-child-ready"})
-    ops: dict[str, Callable[..., Any]] = {"discover": discover, "apply": apply, "cleanup": cleanup}
+    ops: dict[str, Callable[..., Any]] = {
+        "discover": discover,
+        "apply": apply,
+        "cleanup": cleanup,
+        "recover": recover,
+    }
     try:
         return _serve(channel, requests, ops)
     except (BrokenPipeError, ConnectionError, KeyboardInterrupt):

@@ -7,6 +7,11 @@ sleeps (like a launcher supervising its VM) until it is killed. Without ``--netn
 works on the network namespace it runs in, as the launcher does in a pod (the
 least-privilege tests start it with ``ip netns exec`` and no CAP_SYS_ADMIN, which
 entering a named netns would need).
+
+Test-only fault injection (``testbed.faults``): ``--kill-at N`` kills the process with
+SIGKILL, ``--fail-at N`` raises a NetworkError, ``--fill-state-at N`` fills the state
+dir's (small, test) file system, each just before apply's N-th pod-changing step;
+``--count-steps`` adds the list of steps of a clean apply to the output.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.errors import LauncherError
-from launcher.network import PlanOptions, apply, discover, plan
-from launcher.spec.model import (
+from launcher.network.netlink import lean_import
+
+lean_import()  # the launcher's netlink child imports pyroute2 this way too (faster start)
+
+from launcher.errors import LauncherError  # noqa: E402
+from launcher.network import PlanOptions, apply, discover, plan  # noqa: E402
+from launcher.spec.model import (  # noqa: E402
     Bridge,
     Interface,
     Masquerade,
@@ -31,6 +40,7 @@ from launcher.spec.model import (
     SourceShape,
     VmSpec,
 )
+from testbed.faults import Faults, armed  # noqa: E402
 
 
 def build_spec(binding: str, nics: int, ports: str, istio: bool = False) -> VmSpec:
@@ -68,29 +78,28 @@ def main() -> int:
     ap.add_argument("--ports", default="")
     ap.add_argument("--nics", type=int, default=1)
     ap.add_argument("--hold", action="store_true")
-    ap.add_argument(
-        "--pause-before-remove",
-        action="store_true",
-        help="test hook: print PAUSED and sleep when apply is about to remove a pod address",
-    )
+    ap.add_argument("--kill-at", type=int, help="test only: SIGKILL before apply step N")
+    ap.add_argument("--fail-at", type=int, help="test only: fail before apply step N")
+    ap.add_argument("--fill-state-at", type=int, help="test only: fill the state dir at step N")
+    ap.add_argument("--count-steps", action="store_true", help="list apply's steps")
     args = ap.parse_args()
-    if args.pause_before_remove:
-        from launcher.network.netlink import Netlink
-
-        def paused(self: Netlink, name: str, address: object) -> None:
-            print("PAUSED", flush=True)
-            time.sleep(600)
-
-        Netlink.del_address = paused  # type: ignore[assignment,method-assign]
+    state_dir = Path(args.state_dir)
+    faults = Faults(
+        kill_at=args.kill_at, fail_at=args.fail_at, fill_at=args.fill_state_at, state_dir=state_dir
+    )
     spec = build_spec(args.binding, args.nics, args.ports)
     try:
-        pod = discover(netns=args.netns, state_dir=Path(args.state_dir), hostname="pod-host")
+        pod = discover(netns=args.netns, state_dir=state_dir, hostname="pod-host")
         the_plan = plan(spec, pod, PlanOptions(stand_in_netns=args.guest_netns))
-        result = apply(the_plan, Path(args.state_dir), netns=args.netns)
+        with armed(faults):
+            result = apply(the_plan, state_dir, netns=args.netns)
     except LauncherError as err:
         print(json.dumps({"error": type(err).__name__, "message": str(err)}), flush=True)
         return err.exit_code
-    print(json.dumps({"changes": result.changes, "plan": the_plan.to_dict()}), flush=True)
+    out: dict[str, object] = {"changes": result.changes, "plan": the_plan.to_dict()}
+    if args.count_steps:
+        out["steps"] = faults.steps
+    print(json.dumps(out), flush=True)
     if args.hold:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:

@@ -1,44 +1,71 @@
-"""Apply a NetworkPlan to the pod netns — the ONLY code that changes it — and undo it.
+"""Apply a NetworkPlan to the pod netns — the ONLY code that changes it — as one
+transaction, and undo it at exit (``cleanup``).
 
-Called by the composition root after ``plan`` (and by ``cleanup`` at exit). ``apply``
-is idempotent: every step compares the live state first and only changes what differs,
-so a second run reports zero changes. Before an interface is touched its original state
-is written to the state dir in phase ``configuring``; when everything is in place the
-phase becomes ``configured``. A launcher restarted in the same pod therefore rediscovers
-the original pod addresses and MAC from the cache (``discover(state_dir=…)``) and
-re-applies to the same result; a record left in ``configuring`` is a StateCacheError.
+Called by the composition root after ``plan`` (in the netlink child), by hot plug for one
+NIC at a time, and ``cleanup`` at exit. ``apply`` goes:
+
+1. **recover** — an earlier apply that did not finish (its launcher or netlink child was
+   killed) is rolled back first (:func:`launcher.network.transaction.recover`); the plan,
+   made by ``discover`` from the recorded originals, then meets the pod as the CNI made it.
+2. **preflight**, nothing touched yet: each pod interface exists with the MAC and the
+   addresses the plan moves, no foreign link has the launcher's names, ``/dev/net/tun``
+   opens, ``nft`` is there, the pod-level sysctls are set or settable (else one line
+   naming ``spec.securityContext.sysctls``), the state dir is writable with room for the
+   records.
+3. **the transaction record** (``network-txn.json``, written atomically): a snapshot of
+   every pod interface — MAC, MTU, up/down, every address with its attributes in kernel
+   order, routes, the ``net.ipv4.conf`` values the plan changes — the links the launcher
+   makes, the previous values of the sysctls it writes, and its nftables tables to put
+   back when other NICs' rules are loaded.
+4. **the steps**: pod-level sysctls; bridges and taps created (down), their per-interface
+   settings (netlink), the pod port (MAC, addresses off in reverse kernel order, bridge
+   master, learning off, up), the bridge's addresses and routes; meanwhile a thread loads
+   the nftables ruleset (the rules match interfaces by name).
+5. **commit**: each interface record is written (phase ``configured``), then the
+   transaction record is removed: the commit point.
+
+A failure at any of 3–5 (a netlink error, a full state dir, nft refusing the ruleset,
+anything) rolls the pod back to the snapshots — addresses, routes, MACs, link states,
+the launcher's links and tables gone — and then raises (NetworkError: exit 3, with the
+cause). A kill -9 between any two steps leaves the transaction record, and the next
+``apply`` or ``recover`` rolls back from it. Every step compares the live state first, so
+``apply`` is idempotent: on a configured pod (a restarted launcher) it changes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import NetworkError, StateCacheError
+from launcher.errors import LauncherError, NetworkError, StateCacheError
 
+from . import nftables, state
 from .discover import link_to_json
 from .netlink import ADDR_GEN_MODE_NONE, Link, Netlink, Route
-from .nftables import apply_ruleset, delete_tables, list_tables
 from .plan import NetworkPlan, NicPlan
-from .state import (
-    DEFAULT_STATE_DIR,
-    PHASE_CONFIGURED,
-    PHASE_CONFIGURING,
-    InterfaceRecord,
-    read_record,
-    remove_record,
-    write_record,
+from .state import DEFAULT_STATE_DIR, TXN_FILE, InterfaceRecord, Transaction
+from .sysctl import Sysctl, write_sysctls
+from .transaction import (
+    NFT_DIGEST_FILE,
+    begin_record,
+    capture,
+    check_state_dir,
+    configured,
+    pod_knobs,
+    preflight,
+    recover,
+    restore_link,
+    rollback,
+    snapshot_from_original,
 )
-from .sysctl import ensure_sysctls
 
-__all__ = ["ApplyResult", "apply", "cleanup"]
+__all__ = ["ApplyResult", "apply", "cleanup", "recover"]
 
 log = logging.getLogger(__name__)
-NFT_DIGEST_FILE = "nft.sha256"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,56 +115,14 @@ class _Changes:
         return self._routes
 
 
-def _begin(state_dir: Path, nic: NicPlan) -> None:
-    record = read_record(state_dir, nic.pod_interface)
-    if record is None:
-        write_record(
-            state_dir,
-            InterfaceRecord(
-                pod_interface=nic.pod_interface,
-                binding=nic.binding.value,
-                phase=PHASE_CONFIGURING,
-                original=link_to_json(nic.original),
-            ),
-        )
-    elif record.phase != PHASE_CONFIGURED:
-        raise StateCacheError(
-            f"pod interface {nic.pod_interface!r} is in phase {record.phase!r} in {state_dir}; "
-            "an earlier launcher stopped half-way, so the pod must be recreated"
-        )
-    elif record.binding != nic.binding.value:
-        raise StateCacheError(
-            f"pod interface {nic.pod_interface!r} was configured for binding "
-            f"{record.binding!r}, not {nic.binding.value!r}"
-        )
-
-
-def _finish(state_dir: Path, nic: NicPlan) -> None:
-    record = read_record(state_dir, nic.pod_interface)
-    if record is not None and record.phase == PHASE_CONFIGURED:
-        return
-    write_record(
-        state_dir,
-        InterfaceRecord(
-            pod_interface=nic.pod_interface,
-            binding=nic.binding.value,
-            phase=PHASE_CONFIGURED,
-            original=link_to_json(nic.original),
-        ),
-    )
-
-
 def _create_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
+    """The NIC's bridge and tap (or stand-in veth), created down (checked in preflight)."""
     br = nic.bridge
-    have = changed.get(br.name)
-    if have is None:
+    if changed.get(br.name) is None:
         nl.add_bridge(br.name, br.mac, br.mtu)
         changed(f"created bridge {br.name}", br.name)
-    elif have.kind != "bridge":
-        raise NetworkError(f"{br.name!r} exists in the pod but is a {have.kind!r}, not a bridge")
     tap = nic.tap
-    have = changed.get(tap.name)
-    if have is None:
+    if changed.get(tap.name) is None:
         if tap.stand_in_netns and tap.stand_in_peer:
             nl.add_veth(tap.name, tap.stand_in_peer, tap.stand_in_netns, tap.mtu)
             with Netlink(tap.stand_in_netns) as guest:
@@ -145,15 +130,6 @@ def _create_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
         else:
             nl.add_tap(tap.name, tap.mtu, tap.multi_queue)
         changed(f"created tap {tap.name}", tap.name)
-    else:
-        want_kind = "veth" if tap.stand_in_netns else "tun"
-        if have.kind != want_kind:
-            raise NetworkError(f"{tap.name!r} exists in the pod but is a {have.kind!r}")
-        if not tap.stand_in_netns and bool(have.multi_queue) != tap.multi_queue:
-            raise NetworkError(
-                f"tap {tap.name!r} exists with multi_queue={have.multi_queue}, "
-                f"the plan needs {tap.multi_queue}"
-            )
 
 
 def _link_settings(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
@@ -195,9 +171,11 @@ def _configure_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
             nl.set_link(port.name, mac=port.new_mac)
             changed(f"changed {port.name} MAC to {port.new_mac}", port.name)
             pod = changed.need(port.name)  # link down drops IPv6 addresses
-        for addr in port.remove_addresses:
-            if addr in pod.addresses:
-                nl.del_address(port.name, addr)
+        # reverse kernel order: an IPv4 secondary goes before its primary, which would
+        # otherwise take it along (without promote_secondaries)
+        for addr in reversed(pod.addresses):
+            if addr in port.remove_addresses:
+                nl.del_address(port.name, addr, missing_ok=True)
                 changed(f"removed {addr} from {port.name}", port.name)
         if pod.master != port.bridge:
             nl.set_link(port.name, master=port.bridge)
@@ -221,93 +199,179 @@ def _configure_links(nl: Netlink, nic: NicPlan, changed: _Changes) -> None:
             changed(f"added route {route.dst} via {route.gateway} dev {route.ifname}")
 
 
+def _recorded_digest(path: Path) -> str:
+    """The digest of the ruleset loaded last ('' when unknown). Only a cache: a file
+    that is not what we wrote is logged and the ruleset simply loaded again."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return ""
+    except OSError as err:
+        log.warning("cannot read %s (%s); the nftables ruleset is loaded again", path, err)
+        return ""
+    text = raw.decode("ascii", errors="replace").strip()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        log.warning("%s is not a digest the launcher wrote; the ruleset is loaded again", path)
+        return ""
+    return text
+
+
 def _apply_nft(plan: NetworkPlan, state_dir: Path, netns: str | None) -> bool:
     """Load the plan's ruleset unless the recorded digest says it is loaded; True if loaded."""
-    digest_path = state_dir / NFT_DIGEST_FILE
-    digest = hashlib.sha256(plan.nftables.encode()).hexdigest()
-    try:
-        recorded = digest_path.read_text().strip()
-    except FileNotFoundError:
-        recorded = ""
     if not plan.nftables:
         return False
-    if recorded == digest and list_tables(netns):
+    digest_path = state_dir / NFT_DIGEST_FILE
+    digest = hashlib.sha256(plan.nftables.encode()).hexdigest()
+    if _recorded_digest(digest_path) == digest and nftables.list_tables(netns):
         return False
-    apply_ruleset(plan.nftables, netns)
-    try:
-        digest_path.write_text(digest + "\n")
-    except OSError as err:
-        raise StateCacheError(f"cannot write {digest_path}: {err}") from err
+    nftables.apply_ruleset(plan.nftables, netns)
+    state.write_text_atomic(digest_path, digest + "\n")
     return True
+
+
+def _begin(
+    nl: Netlink,
+    plan: NetworkPlan,
+    state_dir: Path,
+    netns: str | None,
+    *,
+    records: dict[str, InterfaceRecord],
+    pending: tuple[tuple[Sysctl, str], ...],
+) -> Transaction:
+    """Snapshot every pod interface (or take the recorded original of a configured one)
+    and write the transaction record: the last step before the first change."""
+    entries = []
+    for nic in plan.nics:
+        record = records.get(nic.pod_interface)
+        if record is not None:
+            snap = record.snapshot or snapshot_from_original(record.original)
+        else:
+            snap = capture(nl, nic.pod_interface, pod_knobs(nic))
+        entries.append(begin_record(nic, snap))
+    ours = {nic.pod_interface for nic in plan.nics}
+    others = [name for name in state.list_records(state_dir) if name not in ours]
+    # other NICs' rules are loaded (hot plug): a rollback puts them back
+    before = nftables.list_tables(netns) if others and plan.nftables else None
+    txn = Transaction(
+        nics=tuple(entries),
+        sysctls=tuple((s.key, s.value, previous) for s, previous in pending),
+        nft_before=before,
+    )
+    # the transaction record and the interface records each hold every snapshot/original
+    need = sum(
+        len(json.dumps(e.original)) + len(json.dumps(state.snapshot_to_json(e.snapshot)))
+        for e in entries
+        if e.snapshot is not None
+    )
+    check_state_dir(state_dir, 2 * need + len(before or "") + 256, 2 + len(entries))
+    state.write_txn(state_dir, txn)
+    return txn
+
+
+def _commit(state_dir: Path, txn: Transaction) -> None:
+    for entry in txn.nics:
+        state.write_record(state_dir, configured(entry))
+    state.remove_txn(state_dir)  # the commit point
 
 
 def apply(
     plan: NetworkPlan, state_dir: Path = DEFAULT_STATE_DIR, *, netns: str | None = None
 ) -> ApplyResult:
-    """Make the pod netns (``netns`` name, or the current one) match ``plan``."""
+    """Make the pod netns (``netns`` name, or the current one) match ``plan``, or leave it
+    exactly as it was and raise (see the module docstring)."""
     state_dir = Path(state_dir)
-    # the pod-level sysctls first: where they cannot be set, nothing is touched
-    written = ensure_sysctls(plan.sysctls, netns)
-    for nic in plan.nics:
-        _begin(state_dir, nic)
-    with Netlink(netns) as nl, ThreadPoolExecutor(1, thread_name_prefix="nft") as pool:
-        # The ruleset matches interfaces by name only, so nft (a process: ~30 ms) loads
-        # it while the links are made; both are done before apply returns.
-        nft = pool.submit(_apply_nft, plan, state_dir, netns)
-        changed = _Changes(nl)
-        for nic in plan.nics:
-            _create_links(nl, nic, changed)
-        changed.count += len(written)
-        for nic in plan.nics:
-            _configure_links(nl, nic, changed)
-        if nft.result():
-            changed("loaded the nftables ruleset")
-    for nic in plan.nics:
-        _finish(state_dir, nic)
+    recover(state_dir, netns=netns)
+    records = {
+        nic.pod_interface: record
+        for nic in plan.nics
+        if (record := state.read_record(state_dir, nic.pod_interface)) is not None
+    }
+    with Netlink(netns) as nl:
+        pending = preflight(nl, plan, records, netns)
+        txn = _begin(nl, plan, state_dir, netns, records=records, pending=pending)
+        try:
+            count = write_sysctls(pending, netns)
+            with ThreadPoolExecutor(1, thread_name_prefix="nft") as pool:
+                # nft (a process: ~30 ms) loads the ruleset while the links are made;
+                # both are done (the pool waits) before anything else happens
+                nft = pool.submit(_apply_nft, plan, state_dir, netns)
+                changed = _Changes(nl)
+                for nic in plan.nics:
+                    _create_links(nl, nic, changed)
+                for nic in plan.nics:
+                    _configure_links(nl, nic, changed)
+                if nft.result():
+                    changed("loaded the nftables ruleset")
+            _commit(state_dir, txn)
+        except BaseException as err:
+            _roll_back(err, txn, state_dir, netns)
+            if isinstance(err, OSError):
+                raise NetworkError(f"pod network set-up failed: {err}") from err
+            raise
     log.info(
         "pod network applied",
-        extra={"changes": changed.count, "nics": [n.pod_interface for n in plan.nics]},
+        extra={"changes": count + changed.count, "nics": [n.pod_interface for n in plan.nics]},
     )
-    return ApplyResult(changes=changed.count)
+    return ApplyResult(changes=count + changed.count)
+
+
+def _roll_back(err: BaseException, txn: Transaction, state_dir: Path, netns: str | None) -> None:
+    """Roll the pod back after ``err``; raise a NetworkError saying so if that fails too."""
+    log.warning(
+        "pod network set-up failed (%s); rolling the pod back", err, extra={"event": "rollback"}
+    )
+    try:
+        rollback(txn, state_dir, netns)
+    except (LauncherError, OSError) as again:
+        raise NetworkError(
+            f"{err}; rolling the pod back failed too ({again}), so "
+            f"{state_dir / TXN_FILE} is kept and the next start retries"
+        ) from err
+    log.info("pod network restored as it was", extra={"event": "network-restored"})
 
 
 def cleanup(
     plan: NetworkPlan, state_dir: Path = DEFAULT_STATE_DIR, *, netns: str | None = None
 ) -> None:
-    """Remove what the launcher created and give bridge-bound pod interfaces back their
-    original MAC, addresses and routes; sysctls are left as they are (per-netns, harmless).
-    """
+    """Remove what the launcher created and give each pod interface back exactly what it
+    had (MAC, addresses, routes, up/down, net.ipv4.conf values) from its record; pod-level
+    sysctls are left as they are (per netns, they die with the pod). An unfinished apply
+    is rolled back first."""
     state_dir = Path(state_dir)
-    delete_tables(netns)
+    recover(state_dir, netns=netns)
+    errors: list[str] = []
+    try:
+        nftables.delete_tables(netns)
+    except NetworkError as err:
+        if nftables.nft_binary() is not None:
+            errors.append(str(err))
+    restored: list[str] = []
     with Netlink(netns) as nl:
         for nic in plan.nics:
-            nl.delete(nic.tap.name)
-            nl.delete(nic.bridge.name)
-            port = nic.pod_port
-            if port is None:
-                continue
-            pod = nl.link(port.name)
-            if pod is None:
-                continue
-            orig = nic.original
-            if pod.mac != orig.mac:
-                nl.set_link(port.name, up=False)
-                nl.set_link(port.name, mac=orig.mac)
-            nl.set_link(port.name, up=True)
-            now = nl.link(port.name)
-            present = set(now.addresses) if now is not None else set()
-            restore: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
-                *orig.addresses4,
-                *orig.addresses6,
-            ]
-            for addr in restore:
-                if addr not in present:
-                    nl.add_address(port.name, addr)
-            for route in orig.routes:
+            for name in (nic.tap.name, nic.bridge.name):
                 try:
-                    nl.add_route(route)
+                    nl.delete(name)
                 except NetworkError as err:
-                    log.warning("could not restore route %s: %s", route, err)
-    for nic in plan.nics:
-        remove_record(state_dir, nic.pod_interface)
+                    errors.append(str(err))
+            try:
+                record = state.read_record(state_dir, nic.pod_interface)
+            except StateCacheError as err:
+                errors.append(str(err))
+                record = None
+            if record is not None and record.snapshot is not None:
+                snap = record.snapshot
+            elif nic.pod_port is not None:  # no usable record: what the plan was made from
+                snap = snapshot_from_original(link_to_json(nic.original))
+            else:
+                restored.append(nic.pod_interface)
+                continue
+            try:
+                restore_link(nl, snap)
+                restored.append(nic.pod_interface)
+            except NetworkError as err:
+                errors.append(str(err))
+    for name in restored:  # a record whose interface could not be restored is kept
+        state.remove_record(state_dir, name)
     (state_dir / NFT_DIGEST_FILE).unlink(missing_ok=True)
+    if errors:
+        raise NetworkError(f"network cleanup failed: {'; '.join(errors)}")

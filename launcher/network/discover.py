@@ -2,9 +2,17 @@
 
 Called by the composition root (and ``virt-launcher plan``) before ``plan``. Links,
 MACs, MTUs, addresses, routes, resolv.conf and the hostname become a :class:`PodState`.
-When a state dir is given and holds a finished record for an interface, the cached
-original (MAC, addresses, routes) replaces what the live interface shows, because a
-launcher restarted in the same pod finds the pod address already handed to the guest.
+When a state dir is given and holds a record for an interface — a finished set-up, or an
+unfinished one that ``apply`` will roll back first — the cached original (MAC, addresses,
+routes) replaces what the live interface shows, because a launcher restarted in the same
+pod finds the pod address already handed to the guest. discover never changes anything
+(``virt-launcher plan`` calls it too); recovering from an unfinished set-up is
+``apply``'s (or ``recover``'s) first step.
+
+Address order: the guest of a bridge-bound NIC gets ``addresses4[0]`` and
+``addresses6[0]``. IPv4 is listed as the kernel does (the first primary first: the CNI's
+pod IP); the kernel lists IPv6 addresses of one scope newest first, so they are reversed
+here, oldest (the CNI's) first.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from launcher.errors import NetworkError, StateCacheError
 
 from .netlink import Link, Netlink, Route
 from .resolv import Resolv, parse_resolv_conf
-from .state import PHASE_CONFIGURED, read_record
+from .state import list_records, read_record, read_txn, route_from_json, route_to_json
 
 __all__ = ["PodLink", "PodState", "Route", "discover", "link_from_json", "link_to_json"]
 
@@ -77,45 +85,6 @@ def link_to_json(link: PodLink) -> dict[str, Any]:
     }
 
 
-def route_to_json(r: Route) -> dict[str, Any]:
-    """A Route as plain JSON data (every attribute, so it can be put back as it was)."""
-    return {
-        "dst": str(r.dst),
-        "gateway": str(r.gateway) if r.gateway else None,
-        "ifname": r.ifname,
-        "onlink": r.onlink,
-        "metric": r.metric,
-        "proto": r.proto,
-        "scope": r.scope,
-        "prefsrc": str(r.prefsrc) if r.prefsrc else None,
-    }
-
-
-def route_from_json(r: dict[str, Any]) -> Route:
-    """The inverse of :func:`route_to_json` (records of older launchers lack the
-    optional attributes); ValueError/KeyError/TypeError on bad data."""
-
-    def opt_int(key: str) -> int | None:
-        value = r.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"route {key} {value!r} is not an integer")
-        return value
-
-    prefsrc = r.get("prefsrc")
-    return Route(
-        dst=ipaddress.ip_network(r["dst"]),
-        gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
-        ifname=str(r["ifname"]),
-        onlink=bool(r["onlink"]),
-        metric=opt_int("metric"),
-        proto=opt_int("proto"),
-        scope=opt_int("scope"),
-        prefsrc=ipaddress.ip_address(prefsrc) if prefsrc else None,
-    )
-
-
 def link_from_json(data: dict[str, Any]) -> PodLink:
     """The inverse of :func:`link_to_json`; ValueError/KeyError/TypeError on bad data."""
     return PodLink(
@@ -134,7 +103,7 @@ def _pod_link(link: Link, routes: tuple[Route, ...]) -> PodLink:
     v4 = tuple(a for a in link.addresses if isinstance(a, ipaddress.IPv4Interface))
     v6 = tuple(
         a
-        for a in link.addresses
+        for a in reversed(link.addresses)
         if isinstance(a, ipaddress.IPv6Interface) and not a.ip.is_link_local
     )
     return PodLink(
@@ -149,23 +118,33 @@ def _pod_link(link: Link, routes: tuple[Route, ...]) -> PodLink:
     )
 
 
-def _restore(link: PodLink, state_dir: Path) -> PodLink:
-    record = read_record(state_dir, link.name)
-    if record is None:
+def _originals(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each recorded pod interface's original (PodLink JSON): from an unfinished
+    transaction first (apply rolls it back to exactly that), else from its record."""
+    out: dict[str, dict[str, Any]] = {}
+    txn = read_txn(state_dir)
+    if txn is not None:
+        out.update({nic.pod_interface: nic.original for nic in txn.nics})
+    for name in list_records(state_dir):
+        if name not in out:
+            record = read_record(state_dir, name)
+            if record is not None:
+                out[name] = record.original
+    return out
+
+
+def _restore(link: PodLink, original: dict[str, Any] | None, state_dir: Path) -> PodLink:
+    if original is None:
         return link
-    if record.phase != PHASE_CONFIGURED:
-        raise StateCacheError(
-            f"pod interface {link.name!r} was left in phase {record.phase!r} by an earlier "
-            f"launcher (state dir {state_dir}); its original addresses may be gone, "
-            "so the pod must be recreated"
-        )
     try:
-        original = link_from_json(record.original)
+        cached = link_from_json(original)
     except (ValueError, KeyError, TypeError) as err:
         raise StateCacheError(
-            f"state file for {link.name!r} in {state_dir} has a bad original: {err}"
+            f"state file for {link.name!r} in {state_dir} has a bad original ({err}): "
+            f"if {link.name} still has its addresses (ip addr), delete the file and restart "
+            "the launcher, otherwise recreate the pod"
         ) from err
-    return replace(original, kind=link.kind)
+    return replace(cached, kind=link.kind)
 
 
 def discover(
@@ -180,7 +159,8 @@ def discover(
         routes = nl.routes()
     pod_links = [_pod_link(lk, routes) for lk in links if lk.name != "lo"]
     if state_dir is not None:
-        pod_links = [_restore(lk, Path(state_dir)) for lk in pod_links]
+        originals = _originals(Path(state_dir))
+        pod_links = [_restore(lk, originals.get(lk.name), Path(state_dir)) for lk in pod_links]
     try:
         resolv = parse_resolv_conf(Path(resolv_conf).read_text())
     except FileNotFoundError:

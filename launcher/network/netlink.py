@@ -38,7 +38,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from types import TracebackType
 from typing import Any, TypeVar
@@ -73,6 +73,7 @@ _RTN_UNICAST = 1
 _RTNH_F_ONLINK = 4
 _IFF_UP = 1
 _ENODEV = 19
+_EADDRNOTAVAIL = 99
 _RTM_NEWLINK = 16
 _NLM_F_REQUEST = 1
 _NLM_F_ACK = 4
@@ -320,7 +321,8 @@ class Netlink:
         """Every address of link ``name`` in the kernel's order, with flags and lifetimes.
 
         IPv4: primaries then secondaries, each in the order they were added. IPv6: the
-        kernel lists the newest address of a scope first.
+        kernel lists the newest address of a scope first. A label equal to the link's
+        name (the kernel's default) is reported as None.
         """
         index = self._index(name)
         try:
@@ -329,7 +331,15 @@ class Netlink:
             raise NetworkError(
                 f"cannot read the addresses of {name!r} in netns {self.netns!r}: {err}"
             ) from err
-        return tuple(_to_address(a) for a in raw if a["index"] == index)
+        out = []
+        for a in raw:
+            if a["index"] != index:
+                continue
+            address = _to_address(a)
+            if address.label == name:  # the kernel's default label: not worth keeping
+                address = replace(address, label=None)
+            out.append(address)
+        return tuple(out)
 
     def routes(self, names: dict[int, str] | None = None) -> tuple[Route, ...]:
         """Unicast routes of the main table except kernel prefix routes, IPv4 then IPv6.
@@ -389,12 +399,16 @@ class Netlink:
         self._indexes[name] = int(found[0]["index"])
         return self._indexes[name]
 
-    def _do(self, what: str, fn: Callable[[], object]) -> None:
+    def _do(self, what: str, fn: Callable[[], object], ignore: tuple[int, ...] = ()) -> bool:
+        """Run one request; False when it failed with an errno in ``ignore``."""
         log.debug("--> netlink %s", what, extra={"netns": self.netns})
         try:
             fn()
         except self._error as err:
+            if _code(err) in ignore:
+                return False
             raise NetworkError(f"netlink {what} failed in netns {self.netns!r}: {err}") from err
+        return True
 
     def add_bridge(self, name: str, mac: str, mtu: int) -> None:
         """Create a bridge (down) with a fixed MAC, so its IPv6 link-local is predictable."""
@@ -533,15 +547,22 @@ class Netlink:
             ),
         )
 
-    def del_address(self, name: str, address: IPInterface) -> None:
-        """Remove ``address`` from ``name``."""
+    def del_address(self, name: str, address: IPInterface, *, missing_ok: bool = False) -> None:
+        """Remove ``address`` from ``name`` (``missing_ok``: no error if it is gone, e.g.
+        an IPv4 secondary deleted with its primary)."""
         index = self._index(name)
         self._do(
             f"delete address {address} from {name}",
             lambda: self._ip.addr(
                 "del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
             ),
+            ignore=(_EADDRNOTAVAIL,) if missing_ok else (),
         )
+
+    def release(self, name: str) -> None:
+        """Take ``name`` out of its bridge (no master)."""
+        index = self._index(name)
+        self._do(f"release {name}", lambda: self._ip.link("set", index=index, master=0))
 
     def add_route(self, route: Route) -> None:
         """Add ``route`` (replacing an equal one)."""
@@ -573,7 +594,7 @@ class Netlink:
         except NetworkError:
             return
         self._indexes.pop(name, None)
-        self._do(f"delete {name}", lambda: self._ip.link("del", index=index))
+        self._do(f"delete {name}", lambda: self._ip.link("del", index=index), ignore=(_ENODEV,))
 
 
 def _to_address(a: Any) -> Address:

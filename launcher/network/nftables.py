@@ -12,6 +12,7 @@ duplicates. Called by ``plan`` (render) and ``apply``/``cleanup``.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -22,10 +23,19 @@ from launcher.errors import NetworkError
 from .names import NFT_TABLE
 from .netlink import run_in_netns
 
-__all__ = ["NftFragment", "apply_ruleset", "delete_tables", "list_tables", "render"]
+__all__ = [
+    "NftFragment",
+    "apply_ruleset",
+    "delete_tables",
+    "list_tables",
+    "nft_binary",
+    "reload_document",
+    "render",
+]
 
 log = logging.getLogger(__name__)
 NFT_TIMEOUT_S = 30
+_FALLBACK = "/usr/sbin/nft"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +88,21 @@ def render(fragments: Iterable[NftFragment]) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
+def nft_binary() -> str | None:
+    """The nft executable the launcher runs (PATH, else /usr/sbin/nft), None if there is none."""
+    found = shutil.which("nft")
+    if found:
+        return found
+    return _FALLBACK if os.access(_FALLBACK, os.X_OK) else None
+
+
 def _nft(args: list[str], stdin: str | None, netns: str | None) -> str:
-    nft = shutil.which("nft") or "/usr/sbin/nft"
+    nft = nft_binary()
+    if nft is None:
+        raise NetworkError(
+            f"nft (nftables) is not installed: neither on PATH nor at {_FALLBACK}; the "
+            "launcher's image must contain it"
+        )
 
     def run() -> str:
         try:
@@ -120,6 +143,16 @@ def list_tables(netns: str | None = None) -> str:
         except NetworkError:
             continue
     return "".join(out)
+
+
+def reload_document(listing: str) -> str:
+    """An nft document that replaces the launcher's tables by ``listing`` (what
+    :func:`list_tables` printed earlier): both tables are deleted, the listed ones made."""
+    drop = "".join(
+        f"table {family} {NFT_TABLE}\ndelete table {family} {NFT_TABLE}\n"
+        for family in ("inet", "bridge")
+    )
+    return drop + listing
 
 
 def delete_tables(netns: str | None = None) -> None:

@@ -11,8 +11,11 @@ launcher cannot set these itself there: the Pod declares them in
 before the launcher starts. :func:`ensure_sysctls` reads each one; a right value needs
 nothing; a wrong one is written only where ``/proc/sys`` is writable (host root, the
 tests: behaving as before); otherwise it raises one NetworkError line naming the sysctl,
-the value needed and the Pod field, having changed nothing. ``net.*`` sysctls are per
-network namespace (checked on Linux 6.18: ``net.ipv4.ip_forward``,
+the value needed and the Pod field, having changed nothing. ``apply`` uses the two halves
+(:func:`pending_sysctls` in its preflight, :func:`write_sysctls` as its first change) so
+the previous values are in its transaction record before anything is written.
+
+``net.*`` sysctls are per network namespace (checked on Linux 6.18: ``net.ipv4.ip_forward``,
 ``net.ipv4.conf.all.*``, ``net.ipv6.conf.all.*`` set in one netns are not seen in
 another), so setting them in the pod never touches the node.
 """
@@ -29,7 +32,15 @@ from launcher.errors import NetworkError
 
 from .netlink import run_in_netns
 
-__all__ = ["POD_SYSCTLS_FIELD", "Sysctl", "ensure_sysctls", "read_sysctl", "restore_sysctls"]
+__all__ = [
+    "POD_SYSCTLS_FIELD",
+    "Sysctl",
+    "ensure_sysctls",
+    "pending_sysctls",
+    "read_sysctl",
+    "restore_sysctls",
+    "write_sysctls",
+]
 
 log = logging.getLogger(__name__)
 PROC_SYS = Path("/proc/sys")
@@ -84,16 +95,13 @@ def _unset(missing: list[tuple[Sysctl, str]], why: str) -> NetworkError:
     return NetworkError(f"{what} and {why}: set {them} in the Pod's {POD_SYSCTLS_FIELD}")
 
 
-def ensure_sysctls(
+def pending_sysctls(
     items: Iterable[Sysctl], netns: str | None = None
 ) -> tuple[tuple[Sysctl, str], ...]:
-    """Make sure every pod-level sysctl has its value; returns (sysctl, previous value)
-    for each one written (none where all were already right).
-
-    NetworkError, with nothing changed, when one is wrong and ``/proc/sys`` is read-only
-    (or refuses the write): the message names each such sysctl, its needed value and
-    ``spec.securityContext.sysctls``.
-    """
+    """The pod-level sysctls that do not have their value yet, each with its current
+    value; NetworkError when one of them cannot be written here (``/proc/sys`` read-only):
+    one line naming each such sysctl, its needed value and ``spec.securityContext.sysctls``.
+    Reads only."""
     wanted = list(items)
     for item in wanted:
         if not item.key.startswith("net."):
@@ -101,24 +109,43 @@ def ensure_sysctls(
 
     def work() -> tuple[tuple[Sysctl, str], ...]:
         missing = [(item, now) for item in wanted if (now := _read(item)) != item.value]
-        if not missing:
-            return ()
         if any(_read_only(item.path) for item, _ in missing):
             raise _unset(missing, "/proc/sys is read-only in this container")
+        return tuple(missing)
+
+    return run_in_netns(netns, work)
+
+
+def write_sysctls(pending: Iterable[tuple[Sysctl, str]], netns: str | None = None) -> int:
+    """Write what :func:`pending_sysctls` returned (all or, on a refused write, none:
+    the ones written are set back); returns how many were written."""
+    items = list(pending)
+
+    def work() -> int:
         written: list[tuple[Sysctl, str]] = []
-        for item, now in missing:
+        for item, now in items:
             try:
                 item.path.write_text(item.value + "\n")
             except OSError as err:
                 _write_back(written)
                 raise _unset(
-                    missing, f"the launcher may not write it ({err.strerror or err})"
+                    items, f"the launcher may not write it ({err.strerror or err})"
                 ) from err
             log.debug("--> sysctl %s=%s (was %s)", item.key, item.value, now)
             written.append((item, now))
-        return tuple(written)
+        return len(written)
 
-    return run_in_netns(netns, work)
+    return run_in_netns(netns, work) if items else 0
+
+
+def ensure_sysctls(
+    items: Iterable[Sysctl], netns: str | None = None
+) -> tuple[tuple[Sysctl, str], ...]:
+    """:func:`pending_sysctls` then :func:`write_sysctls`: every pod-level sysctl has its
+    value afterwards; returns (sysctl, previous value) for each one written."""
+    pending = pending_sysctls(items, netns)
+    write_sysctls(pending, netns)
+    return pending
 
 
 def _write_back(written: list[tuple[Sysctl, str]] | tuple[tuple[Sysctl, str], ...]) -> None:

@@ -1,23 +1,15 @@
-"""names, resolv.conf parsing and the state-dir records."""
+"""names, resolv.conf parsing, PodLink JSON (the records: test_transaction.py)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from launcher.errors import NetworkError, StateCacheError
+from launcher.errors import NetworkError
 from launcher.network.discover import link_from_json, link_to_json
 from launcher.network.names import bridge_name, derived_mac, stand_in_peer_name, tap_name
 from launcher.network.resolv import parse_resolv_conf
-from launcher.network.state import (
-    PHASE_CONFIGURED,
-    InterfaceRecord,
-    read_record,
-    remove_record,
-    write_record,
-)
 
 from .helpers import pod_link
 
@@ -54,52 +46,10 @@ options ndots:5
     assert parse_resolv_conf("").nameservers == ()
 
 
-def test_record_roundtrip(tmp_path: Path) -> None:
+def test_pod_link_json_roundtrip() -> None:
     link = pod_link()
-    rec = InterfaceRecord("eth0", "bridge", PHASE_CONFIGURED, link_to_json(link))
-    write_record(tmp_path, rec)
-    got = read_record(tmp_path, "eth0")
-    assert got == rec
-    restored = link_from_json(got.original)
+    restored = link_from_json(json.loads(json.dumps(link_to_json(link))))
     assert restored == link and restored.restored
-    remove_record(tmp_path, "eth0")
-    assert read_record(tmp_path, "eth0") is None
-
-
-@pytest.mark.parametrize(
-    ("content", "match"),
-    [
-        ("{nope", "not a valid record"),
-        (
-            json.dumps(
-                {
-                    "version": 9,
-                    "pod_interface": "eth0",
-                    "binding": "bridge",
-                    "phase": "configured",
-                    "original": {},
-                }
-            ),
-            "version 9",
-        ),
-        (
-            json.dumps(
-                {
-                    "version": 1,
-                    "pod_interface": "eth0",
-                    "binding": "bridge",
-                    "phase": "weird",
-                    "original": {},
-                }
-            ),
-            "phase 'weird'",
-        ),
-    ],
-)
-def test_bad_records_are_state_cache_errors(tmp_path: Path, content: str, match: str) -> None:
-    (tmp_path / "net-eth0.json").write_text(content)
-    with pytest.raises(StateCacheError, match=match):
-        read_record(tmp_path, "eth0")
 
 
 def test_sysctl_path_keeps_dotted_interface_names() -> None:

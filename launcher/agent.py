@@ -220,6 +220,11 @@ class Agent:
         """The child's pid."""
         return self._proc.pid
 
+    @property
+    def alive(self) -> bool:
+        """The child has not exited (it may still answer)."""
+        return self._proc.poll() is None
+
     async def call(
         self,
         op: str,
@@ -362,9 +367,44 @@ class AgentRunner:
         return pod
 
     async def apply(self, plan: NetworkPlan) -> ApplyResult:
+        """``apply`` in the child. A failed apply rolls the pod back itself, unless its
+        child died (killed, out of time) or the call was cancelled (SIGTERM during
+        set-up): then that child is stopped and a fresh one rolls the pod back from the
+        transaction record (``recover``) before the error goes on."""
         extra = {"netns": self.netns} if self.netns is not None else {}
-        result: ApplyResult = await self._call("apply", plan, self.state_dir, **extra)
+        try:
+            result: ApplyResult = await self._call("apply", plan, self.state_dir, **extra)
+        except BaseException as err:
+            await self._recover_after(err)
+            raise
         return result
+
+    async def _recover_after(self, err: BaseException) -> None:
+        agent = self._agent
+        if agent is not None:
+            if agent.alive and not isinstance(err, asyncio.CancelledError):
+                return  # it answered: apply has rolled back (or kept its record) itself
+            self._agent = None  # later calls each start a fresh child
+            await agent.kill()
+        try:
+            # shielded: a second cancellation must not stop the roll-back half-way
+            done = await asyncio.shield(
+                asyncio.to_thread(call_once, "recover", self.state_dir, netns=self.netns)
+            )
+        except (LauncherError, OSError) as again:
+            log.error(
+                "rolling the pod network back after %s failed too: %s (the next start retries)",
+                err or type(err).__name__,
+                again,
+                extra={"event": "network-recover-failed"},
+            )
+            return
+        if done:
+            log.warning(
+                "the pod network set-up was interrupted (%s); the pod is rolled back",
+                err or type(err).__name__,
+                extra={"event": "network-recovered"},
+            )
 
     async def cleanup(self, plan: NetworkPlan) -> None:
         extra = {"netns": self.netns} if self.netns is not None else {}

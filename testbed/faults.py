@@ -1,5 +1,5 @@
-"""TEST-ONLY fault injection into ``launcher.network.apply``: kill -9, fail or fill the
-state dir before its N-th pod-changing step.
+"""TEST-ONLY fault injection into ``launcher.network.apply``: kill -9, fail, fill the
+state dir or hang before its N-th pod-changing step.
 
 Used by the transaction tests and ``python -m testbed.runner --kill-at/--fail-at/
 --fill-state-at/--count-steps``. Nothing in the launcher knows about it: :func:`armed`
@@ -20,6 +20,7 @@ import importlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ NETLINK_WRITES = (
     "add_route",
     "delete",
 )
+PAUSE_S = 120.0
 _MAX_FILL = 64 << 20  # never fill a file system bigger than this (a test tmpfs only)
 
 
@@ -56,6 +58,7 @@ class Faults:
     kill_at: int | None = None
     fail_at: int | None = None
     fill_at: int | None = None
+    pause_at: int | None = None  # sleep (bounded: PAUSE_S) before step N, e.g. to cancel
     state_dir: Path | None = None
     steps: list[str] = field(default_factory=list)
     quiet: bool = False
@@ -67,6 +70,8 @@ class Faults:
                 return
             self.steps.append(what)
             n = len(self.steps)
+            if n == self.pause_at:
+                time.sleep(PAUSE_S)
             if n == self.kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if n == self.fill_at:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.agent import Agent, call_once
+from launcher.agent import Agent, AgentRunner, call_once
 from launcher.errors import NetworkError
 from launcher.network import PlanOptions, apply, cleanup, discover, plan, recover
 from launcher.network.plan import NetworkPlan
@@ -337,3 +337,57 @@ async def test_a_killed_netlink_child_is_recovered(pod: Topology, tmp_path: Path
     assert await asyncio.to_thread(call_once, "recover", state, netns=pod.pod) is True
     assert settle(pod, pristine) == pristine
     assert await asyncio.to_thread(call_once, "recover", state, netns=pod.pod) is False
+
+
+async def test_the_launchers_runner_rolls_back_after_its_child_is_killed(
+    pod: Topology, tmp_path: Path
+) -> None:
+    """AgentRunner (what run uses): the apply's child dies half-way → a fresh child rolls
+    the pod back before the error goes on; the next apply (a fresh child) completes."""
+    state = tmp_path / "state"
+    pristine = pristine_dump(pod)
+    p = await asyncio.to_thread(make_plan, pod, state, "bridge")
+    with armed(Faults(kill_at=12)):
+        agent = Agent.fork()
+    runner = AgentRunner(state, agent, netns=pod.pod)
+    try:
+        with pytest.raises(NetworkError, match="before answering 'apply'"):
+            await runner.apply(p)
+    finally:
+        await agent.close()
+    assert not (state / TXN_FILE).exists()
+    assert settle(pod, pristine) == pristine
+    result = await runner.apply(p)  # no start-up child any more: a fresh one
+    assert result.changes > 10
+    await runner.cleanup(p)
+    assert settle(pod, pristine) == pristine
+
+
+async def test_a_cancelled_apply_stops_its_child_and_rolls_back(
+    pod: Topology, tmp_path: Path
+) -> None:
+    """SIGTERM during set-up cancels the apply call: the child (here hung before step 12)
+    is killed and the pod rolled back, bounded, before the cancellation goes on."""
+    state = tmp_path / "state"
+    pristine = pristine_dump(pod)
+    p = await asyncio.to_thread(make_plan, pod, state, "bridge")
+    with armed(Faults(pause_at=12)):
+        agent = Agent.fork()
+    runner = AgentRunner(state, agent, netns=pod.pod)
+    started = time.monotonic()
+    try:
+        task = asyncio.create_task(runner.apply(p))
+        for _ in range(100):  # the child hangs half-way (bounded: 10 s)
+            if (state / TXN_FILE).exists() and "vlbr0" in dump(pod):
+                break
+            await asyncio.sleep(0.1)
+        assert "vlbr0" in dump(pod) and not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await agent.close()
+    assert time.monotonic() - started < 30
+    assert not agent.alive
+    assert not (state / TXN_FILE).exists()
+    assert settle(pod, pristine) == pristine

@@ -58,6 +58,7 @@ class Faults:
     kill_at: int | None = None
     fail_at: int | None = None
     fill_at: int | None = None
+    fail_from: int | None = None  # fail step N and every later one (the rollback's too)
     pause_at: int | None = None  # sleep (bounded: PAUSE_S) before step N, e.g. to cancel
     state_dir: Path | None = None
     steps: list[str] = field(default_factory=list)
@@ -77,6 +78,8 @@ class Faults:
             if n == self.fill_at:
                 self.quiet = True
                 fill(self.state_dir)
+            if self.fail_from is not None and n >= self.fail_from:
+                raise NetworkError(f"injected lasting failure at step {n} ({what})")
             if n == self.fail_at:
                 self.quiet = True
                 raise NetworkError(f"injected failure before step {n} ({what})")

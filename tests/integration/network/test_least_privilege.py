@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.network.plan import link_local_from_mac
 from testbed.netns import Topology, nsrun
 
 REPO = Path(__file__).resolve().parents[3]
@@ -96,7 +97,7 @@ def test_bridge_applies_with_the_pod_level_sysctl_preset(topo: Topology, tmp_pat
     assert sysctl(topo.pod, "net.ipv6.conf.vltap0.addr_gen_mode") == "1"
     # the bridge has exactly the link-local the plan serves DHCPv6/RA from, never tentative;
     # the tap has no IPv6 address at all (no DAD, no router solicitations towards the guest)
-    source = out["plan"]["nics"][0]["ra"]["source"]
+    source = link_local_from_mac(out["plan"]["nics"][0]["bridge"]["mac"])
     bridge6 = addresses6(topo.pod, "vlbr0")
     assert len(bridge6) == 1 and f"{source}/64" in bridge6[0], bridge6
     assert "tentative" not in bridge6[0] and "dadfailed" not in bridge6[0]

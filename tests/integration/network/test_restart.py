@@ -4,16 +4,18 @@ files the launcher did not write, a read-only state dir."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 from launcher.errors import NetworkError
-from launcher.network import PlanOptions, cleanup, discover, plan
+from launcher.network import PlanOptions, apply, cleanup, discover, plan
 from launcher.network.discover import link_to_json
 from testbed.netns import Topology
 from testbed.runner import build_spec
@@ -200,3 +202,47 @@ def test_a_read_only_state_dir_on_restart_is_exit_3(topo: Topology, tmp_path: Pa
     assert out["error"] == "StateCacheError" and "is read-only" in out["message"]
     assert "--state-dir" in out["message"]
     assert topo.settled_dump() == before
+
+
+SERVE6 = """
+import asyncio, pickle, sys
+from pathlib import Path
+from launcher.nics import _make_servers
+
+async def main():
+    nic = pickle.loads(Path(sys.argv[1]).read_bytes())
+    server = next(s for kind, s in _make_servers(nic, Path(sys.argv[2])) if kind == "dhcp6")
+    async with server:
+        print(server.duid.hex(), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_dhcp6_duid_file_we_did_not_write_is_regenerated_and_logged(
+    topo: Topology, tmp_path: Path
+) -> None:
+    """The DUID file is only a cache: the NIC's DHCPv6 server (the run's code path) opens
+    on the real bridge, logs one warning naming the file and keeps a new DUID there."""
+    topo.create()
+    state = tmp_path / "state"
+    p = plan(
+        build_spec("bridge", 1, ""),
+        discover(topo.pod, state),
+        PlanOptions(stand_in_netns=topo.guest),
+    )
+    apply(p, state, netns=topo.pod)
+    try:
+        duid_file = state / "dhcp6-duid-eth0"
+        duid_file.write_bytes(b"\xff\xfe not a uuid \x00")
+        (tmp_path / "nic.pickle").write_bytes(pickle.dumps(p.nics[0]))
+        argv = ["ip", "netns", "exec", topo.pod, sys.executable, "-c", SERVE6]
+        done = _run([*argv, str(tmp_path / "nic.pickle"), str(state)])
+        assert done.returncode == 0, done.stderr
+        assert f"server DUID file {duid_file} holds no UUID" in done.stderr
+        kept = uuid.UUID(duid_file.read_text().strip())
+        assert done.stdout.strip() == "0004" + kept.hex  # DUID-UUID: type 4, the UUID
+        again = _run([*argv, str(tmp_path / "nic.pickle"), str(state)])
+        assert again.stdout == done.stdout and "holds no UUID" not in again.stderr
+    finally:
+        cleanup(p, state, netns=topo.pod)

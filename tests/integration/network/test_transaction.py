@@ -132,6 +132,34 @@ def test_a_failure_before_any_step_restores_the_pod_exactly(
         assert leftovers(state) == [], k
 
 
+def test_a_rollback_that_fails_too_keeps_the_record_and_the_next_start_retries(
+    pod: Topology, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    pristine, _, steps = _reference(pod, state, "bridge")
+    p = make_plan(pod, state, "bridge")
+    with armed(Faults(fail_from=steps // 2)), pytest.raises(NetworkError) as info:
+        apply(p, state, netns=pod.pod)
+    message = str(info.value)
+    assert "injected lasting failure" in message and "rolling the pod back failed too" in message
+    assert f"{state / TXN_FILE} is kept and the next start retries" in message
+    assert (state / TXN_FILE).exists() and dump(pod) != pristine
+    assert recover(state, netns=pod.pod) is True  # what the next start does first
+    assert settle(pod, pristine) == pristine
+    assert leftovers(state) == []
+
+
+def test_a_plan_older_than_the_pod_changes_nothing(pod: Topology, tmp_path: Path) -> None:
+    """Preflight: the plan moves an address the pod no longer has → exit 3, untouched."""
+    state = tmp_path / "state"
+    p = make_plan(pod, state, "bridge")
+    sh("ip", "-n", pod.pod, "addr", "del", "10.88.0.5/24", "dev", "eth0")
+    before = dump(pod)
+    with pytest.raises(NetworkError, match=r"no longer has 10\.88\.0\.5/24"):
+        apply(p, state, netns=pod.pod)
+    assert dump(pod) == before and leftovers(state) == []
+
+
 def _killed_apply(topo: Topology, state: Path, binding: str, kill_at: int) -> int:
     """Apply in a forked child that SIGKILLs itself before step ``kill_at``; its status."""
     p = make_plan(topo, state, binding)
@@ -182,7 +210,8 @@ def test_a_restart_after_a_kill_applies_without_calling_recover(
     before = dump(pod)
     p = make_plan(pod, state, "bridge")  # from the record: eth0 has lost its addresses
     assert dump(pod) == before, "discover changed the pod"
-    assert p.nics[0].dhcp4 is not None and str(p.nics[0].dhcp4.address) == "10.77.0.5/24"
+    assert p.nics[0].dhcp4 is not None
+    assert str(p.nics[0].dhcp4.leases[0].address) == "10.77.0.5/24"
     apply(p, state, netns=pod.pod)
     assert settle(pod, configured) == configured
 
@@ -192,8 +221,8 @@ def test_bridge_keeps_the_other_addresses_on_the_pod_side(pod: Topology, tmp_pat
     pristine = pristine_dump(pod)
     p = make_plan(pod, state, "bridge")
     nic = p.nics[0]
-    assert nic.dhcp4 is not None and str(nic.dhcp4.address) == "10.77.0.5/24"
-    assert nic.dhcp6 is not None and str(nic.dhcp6.address) == "fd77::5"
+    assert nic.dhcp4 is not None and [str(x.address) for x in nic.dhcp4.leases] == ["10.77.0.5/24"]
+    assert nic.dhcp6 is not None and [str(x.address) for x in nic.dhcp6.leases] == ["fd77::5/64"]
     apply(p, state, netns=pod.pod)
     eth0 = nsrun(pod.pod, "ip", "-o", "addr", "show", "eth0").stdout
     assert "inet " not in eth0 and "fd77::" not in eth0

@@ -19,6 +19,7 @@ pod's own processes keep using them (docs/network.md).
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 
 from dhcp.ra import RaConfig
@@ -50,6 +51,8 @@ from .protocol import (
 )
 
 __all__ = ["SERVER_NET4", "BridgeBinding", "pod_routes4"]
+
+log = logging.getLogger(__name__)
 
 SERVER_NET4 = ipaddress.IPv4Network("169.254.75.0/24")
 _ANY4 = ipaddress.IPv4Address("0.0.0.0")
@@ -223,7 +226,21 @@ class BridgeBinding:
             )
         # DHCP hands the guest one address per family; the pod's others stay on the pod
         # side, on the bridge (the pod's own processes keep them), never lost
-        bridge_addresses += [*link.addresses4[1:], *link.addresses6[1:]]
+        kept: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
+            *link.addresses4[1:],
+            *link.addresses6[1:],
+        ]
+        bridge_addresses += kept
+        if kept:
+            log.info(
+                "pod interface %s has more addresses than DHCP hands one guest: the guest "
+                "gets %s; %s stay on the pod side, on %s",
+                link.name,
+                " and ".join(str(a) for a in (guest4, guest6) if a is not None),
+                ", ".join(map(str, kept)),
+                br,
+                extra={"event": "addresses-kept-in-pod", "kept": [str(a) for a in kept]},
+            )
         routes = list(ipv6.routes) if ipv6 is not None else []
         if link.addresses4[1:]:
             # their IPv4 routes follow them; gateways are on the pod port's link, behind

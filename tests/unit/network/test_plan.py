@@ -310,3 +310,41 @@ def test_plan_sysctls_are_namespaced_and_never_per_link_netlink_knobs(binding: o
         assert ".ipv4.conf." not in s.key  # every net.ipv4.conf knob has a netlink path
         assert not s.key.endswith((".accept_dad", ".arp_ignore", ".route_localnet"))
     assert p.sysctls == tuple({s.key: s for n in p.nics for s in n.sysctls}.values())
+
+
+def test_bridge_with_several_pod_addresses_keeps_the_others_on_the_pod_side(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DHCP hands the guest one address per family: the first (the CNI's); the others
+    stay on the NIC's bridge, IPv4 ones with the pod's IPv4 routes (on-link), never lost."""
+    link = replace(
+        pod_link(),
+        addresses4=(
+            ipaddress.IPv4Interface("10.244.1.5/24"),
+            ipaddress.IPv4Interface("10.244.1.6/24"),
+            ipaddress.IPv4Interface("10.88.0.5/24"),
+        ),
+        addresses6=(
+            ipaddress.IPv6Interface("fd00:10:244:1::5/64"),
+            ipaddress.IPv6Interface("fd00:99::5/64"),
+        ),
+    )
+    with caplog.at_level("INFO", logger="launcher.network.bindings.bridge"):
+        nic = plan(vm_spec(), pod_state(link)).nics[0]
+    assert str(nic.guest_ipv4) == "10.244.1.5/24" and str(nic.guest_ipv6) == "fd00:10:244:1::5/64"
+    assert nic.dhcp4 is not None and [str(x.address) for x in nic.dhcp4.leases] == ["10.244.1.5/24"]
+    on_bridge = [str(a) for a in nic.bridge.addresses]
+    for kept in ("10.244.1.6/24", "10.88.0.5/24", "fd00:99::5/64"):
+        assert kept in on_bridge
+    assert "10.244.1.5/24" not in on_bridge
+    assert nic.pod_port is not None and len(nic.pod_port.remove_addresses) == 5
+    default4 = [r for r in nic.routes if str(r.dst) == "0.0.0.0/0"]
+    assert len(default4) == 1 and default4[0].ifname == "vlbr0" and default4[0].onlink
+    assert any(
+        "10.88.0.5/24" in r.getMessage() and "vlbr0" in r.getMessage() for r in caplog.records
+    )
+    # one address per family: nothing kept, nothing logged
+    caplog.clear()
+    with caplog.at_level("INFO", logger="launcher.network.bindings.bridge"):
+        single = plan(vm_spec(), pod_state()).nics[0]
+    assert not any(r.dst.version == 4 for r in single.routes) and not caplog.records

@@ -32,6 +32,7 @@ from launcher.errors import NetworkError
 from launcher.network import PlanOptions, apply, cleanup, discover, plan, recover
 from launcher.network.plan import NetworkPlan
 from launcher.network.state import TXN_FILE
+from launcher.nics import LocalRunner, Nics
 from testbed.faults import Faults, armed
 from testbed.netns import Topology, nsrun, ping, sh, wait_for
 from testbed.runner import build_spec
@@ -420,3 +421,45 @@ async def test_a_cancelled_apply_stops_its_child_and_rolls_back(
     assert not agent.alive
     assert not (state / TXN_FILE).exists()
     assert settle(pod, pristine) == pristine
+
+
+# ---- the run's NIC owners: a later NIC failing leaves nothing of the earlier ones -------
+
+
+async def test_a_second_nic_failing_leaves_the_first_working_and_exit_restores_all(
+    tmp_path: Path,
+) -> None:
+    """Boot wires NIC after NIC (launcher.nics, run's code path). The second NIC's apply
+    fails half-way: it rolls back alone (the first NIC's nft rules put back), the first
+    keeps working; leaving the owners (the run's exit) gives the pod back as it was."""
+    topo = Topology(pod_ifaces=2)
+    await asyncio.to_thread(topo.create)
+    try:
+        state = tmp_path / "state"
+        pristine = await asyncio.to_thread(pristine_dump, topo)
+        pod_state = await asyncio.to_thread(discover, topo.pod, state, hostname="pod-host")
+        p = plan(build_spec("bridge", 2, ""), pod_state, PlanOptions())
+        assert [n.pod_interface for n in p.nics] == ["eth0", "net1"]
+        with pytest.raises(NetworkError, match="injected failure"):
+            async with Nics(LocalRunner(state, topo.pod), state_dir=state) as nics:
+                await nics.add(p.nics[0], serve=False, critical=True)
+                first = await asyncio.to_thread(dump, topo)
+                with armed(Faults(fail_at=8)):
+                    try:
+                        await nics.add(p.nics[1], serve=False, critical=True)
+                    finally:
+                        now = await asyncio.to_thread(dump, topo)
+                        assert now == first, "the failed NIC was not rolled back alone"
+                        tables = nsrun(topo.pod, "nft", "list", "ruleset").stdout
+                        assert "vltap0" in tables and "vltap1" not in tables
+                        assert sorted(p.name for p in state.iterdir()) == ["net-eth0.json"]
+        # sorted: the kernel lists the two fe80::/64 prefix routes in the order their
+        # links came up, and eth0 went down and up
+        deadline = time.monotonic() + 10
+        while sorted(dump(topo).splitlines()) != sorted(pristine.splitlines()):
+            assert time.monotonic() < deadline, dump(topo)
+            await asyncio.sleep(0.1)
+        assert leftovers(state) == []
+        assert "virt_launcher" not in nsrun(topo.pod, "nft", "list", "ruleset").stdout
+    finally:
+        await asyncio.to_thread(topo.destroy)

@@ -93,6 +93,39 @@ def test_missing_pod_interface_exits_3_before_changing_anything(
     assert "vlbr0" not in links and "vltap0" not in links
 
 
+def _private_mounts(script: str) -> tuple[str, ...]:
+    """A ``start`` prefix: ``script`` runs in a private mount namespace, then the launcher."""
+    return ("unshare", "-m", "--propagation", "private", "sh", "-c", f'{script} && exec "$@"', "sh")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("mount -t tmpfs tmpfs /dev/net", "/dev/net/tun is missing"),
+        ("mkdir -p {state} && mount -t tmpfs -o size=8k tmpfs {state}", "bytes free"),
+    ],
+    ids=["no-dev-net-tun", "state-dir-8k"],
+)
+def test_a_set_up_refused_by_preflight_exits_3_and_leaves_the_pod_untouched(
+    pod: None,
+    placeholder_guest: GuestImage,
+    tmp_path: Path,
+    launchers: list[Launcher],
+    case: tuple[str, str],
+) -> None:
+    """docs/reliability.md, *Set-up*: checked before anything in the pod changes."""
+    del pod
+    script, expected = case
+    prefix = _private_mounts(script.format(state=tmp_path / "state"))
+    launcher = start(tmp_path, placeholder_guest, prefix=prefix)
+    launchers.append(launcher)
+    assert launcher.wait(30) == 3, launcher.stderr_path.read_text()[-3000:]
+    (error,) = errors_of(launcher)
+    assert expected in str(error["msg"])
+    assert launcher.termination_log.read_text().strip() == error["msg"]
+    assert_pod_as_the_cni_left_it()
+
+
 def test_guest_ignoring_the_power_button_is_stopped_after_the_grace_period(
     pod: None, guest: GuestImage, tmp_path: Path, launchers: list[Launcher]
 ) -> None:

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   shellcheck
   dpkg-dev libc6-dev bzip2 xz-utils debian-archive-keyring curl  # testbed/guest build + e2e
   chromium fonts-liberation  # e2e: the status page rendered headless
+  podman buildah runc catatonit mmdebstrap containernetworking-plugins  # the image + tests/container
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -61,6 +62,17 @@ rm -f "$log"
 # first e2e test does not spend its timeout building it.
 if ! .venv/bin/python -m testbed.guest.build >/dev/null; then
   echo "install.sh: building the test guest failed (python -m testbed.guest.build)" >&2
+  exit 1
+fi
+# The container image (docs/image.md) and tests/container: scripts/image.sh makes
+# debian:bookworm-slim with mmdebstrap, the wheels with this .venv's pip, and builds the
+# image with podman (runc, CNI). Cached by a hash of its inputs: a few minutes cold, about
+# a second when nothing changed. podman reads scripts/containers.conf through
+# CONTAINERS_CONF: nothing under /etc/containers is changed. The packages above add
+# podman's own files (/etc/containers/registries.conf, policy.json, a podman.socket unit
+# that nothing starts here); the images live in podman's store, /var/lib/containers.
+if ! bash scripts/image.sh build >/dev/null; then
+  echo "install.sh: building the container image failed (bash scripts/image.sh)" >&2
   exit 1
 fi
 echo "install.sh: ready (.venv)" >&2

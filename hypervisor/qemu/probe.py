@@ -195,7 +195,10 @@ async def choose_accel(
         if cached is not None:
             choice = cached
         else:
-            choice = await _probe(binary, kvm_device, limit_s)
+            # The probe image goes beside the cache (the state dir, the one writable place
+            # in a container with a read-only root file system), else to the temp dir.
+            workdir = cache_dir if cache_dir is not None and cache_dir.is_dir() else None
+            choice = await _probe(binary, kvm_device, limit_s, workdir)
             if cache is not None:
                 _write_cache(cache, key, choice)
     log.info(
@@ -207,9 +210,14 @@ async def choose_accel(
     return choice
 
 
-async def _probe(binary: str, kvm_device: str, limit_s: float) -> AccelChoice:
-    """TCG and KVM runs side by side; KVM must finish within max(1 s, TCG's time)."""
-    with tempfile.TemporaryDirectory(prefix="vl-accel-") as tmp:
+async def _probe(
+    binary: str, kvm_device: str, limit_s: float, workdir: Path | None = None
+) -> AccelChoice:
+    """TCG and KVM runs side by side; KVM must finish within max(1 s, TCG's time).
+
+    The probe image is written to a temporary directory in ``workdir`` (None: the
+    system's temp dir)."""
+    with tempfile.TemporaryDirectory(prefix="vl-accel-", dir=workdir) as tmp:
         image = Path(tmp) / "probe.bin"
         image.write_bytes(probe_image())
         kvm_usable = os.access(kvm_device, os.R_OK | os.W_OK)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,3 +84,31 @@ async def test_cancelling_the_probe_kills_both_qemus(tmp_path: Path) -> None:
         await task
     assert len(pids.read_text().split()) == 2
     assert _alive(pids) == []
+
+
+async def test_probe_image_goes_to_the_state_dir_when_tmp_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the container image the root file system is read-only and /tmp is not a mount:
+    the probe writes its firmware image beside its cache, in the state dir (an emptyDir)."""
+    argv_log = tmp_path / "argv"
+    binary = tmp_path / "qemu"
+    binary.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >>{argv_log}\n'
+        'for a in "$@"; do case "$a" in */probe.bin) test -s "$a" || exit 1;; esac; done\n'
+        "exit 85\n"
+    )
+    binary.chmod(0o755)
+    (tmp_path / "kvm").write_text("")
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    choice = await choose_accel(
+        "auto", binary=str(binary), cache_dir=state, kvm_device=str(tmp_path / "kvm")
+    )
+    assert choice.accel == "kvm"
+    runs = argv_log.read_text().splitlines()
+    assert len(runs) == 2
+    assert all(f"{state}/vl-accel-" in run for run in runs), runs
+    assert sorted(p.name for p in state.iterdir()) == ["qemu-accel.json"]  # temp dir removed

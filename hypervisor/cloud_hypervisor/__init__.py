@@ -8,7 +8,7 @@ from hypervisor.cloud_hypervisor.adapter import CloudHypervisor
 from hypervisor.cloud_hypervisor.client import CloudHypervisorClient
 from hypervisor.cloud_hypervisor.config import net_config, vm_config
 from hypervisor.cloud_hypervisor.events import EventParser
-from hypervisor.cloud_hypervisor.process import VmmProcess
+from hypervisor.cloud_hypervisor.process import VmmProcess, require_binary
 from hypervisor.cloud_hypervisor.taps import open_tap
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "net_config",
     "EventParser",
     "VmmProcess",
+    "require_binary",
     "open_tap",
 ]

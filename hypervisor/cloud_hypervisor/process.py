@@ -6,6 +6,8 @@ and stdout (the guest serial console, ``serial: Tty``) and stderr captured. Call
 :mod:`hypervisor.cloud_hypervisor.adapter`, which reads :attr:`VmmProcess.events` (the
 pipe's read end) and uses :meth:`VmmProcess.wait_for_socket` before the first request.
 The process exit is noticed at once (a task awaits it; no polling of the pid).
+:func:`require_binary` is the same "is it installed" check without spawning, for a caller
+that wants to fail before it changes anything (the container image has no cloud-hypervisor).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
@@ -22,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from hypervisor.errors import HypervisorError
 
-__all__ = ["VmmProcess", "describe_exit"]
+__all__ = ["VmmProcess", "describe_exit", "require_binary", "missing_binary"]
 
 log = logging.getLogger(__name__)
 serial_log = logging.getLogger("hypervisor.cloud_hypervisor.serial")
@@ -44,6 +47,26 @@ def describe_exit(returncode: int, stderr_tail: str, name: str = "cloud-hypervis
     if returncode == 0:
         return f"{name} exited with code 0"
     return f"{name} exited with code {returncode}" + (f": {last}" if last else "")
+
+
+def missing_binary(binary: str) -> HypervisorError:
+    """The error for a cloud-hypervisor binary that is not there, with the way out.
+
+    Virtink specs run cloud-hypervisor by default, and the project's image carries only
+    QEMU (cloud-hypervisor has no Debian package): the message says how to pick QEMU or
+    where adding a pinned release to the image is described."""
+    where = "does not exist" if os.sep in binary else "is not on PATH"
+    return HypervisorError(
+        f"cannot execute cloud-hypervisor binary {binary!r}: it {where}; run this VM with "
+        "QEMU instead (--hypervisor qemu) or add a cloud-hypervisor release to the image "
+        "(docs/image.md)"
+    )
+
+
+def require_binary(binary: str) -> None:
+    """Raise :func:`missing_binary`'s error unless ``binary`` resolves to an executable."""
+    if shutil.which(binary) is None:
+        raise missing_binary(binary)
 
 
 class VmmProcess:
@@ -97,6 +120,9 @@ class VmmProcess:
                 # which then shuts the guest down with the power button (docs/run.md).
                 start_new_session=True,
             )
+        except FileNotFoundError as err:
+            os.close(read_fd)
+            raise missing_binary(binary) from err
         except OSError as err:
             os.close(read_fd)
             raise HypervisorError(

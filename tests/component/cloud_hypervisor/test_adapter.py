@@ -22,7 +22,7 @@ import pytest
 from hypervisor.base import Hypervisor, LifecycleEvent
 from hypervisor.cloud_hypervisor.adapter import CloudHypervisor
 from hypervisor.cloud_hypervisor.events import EventParser
-from hypervisor.cloud_hypervisor.process import VmmProcess
+from hypervisor.cloud_hypervisor.process import VmmProcess, require_binary
 from hypervisor.errors import HypervisorError, StateError
 from hypervisor.machine import KernelBoot, MachineConfig, NetDevice, VfioDevice, VmState
 
@@ -313,9 +313,31 @@ async def test_missing_binary(sock_dir: str) -> None:
     ch = CloudHypervisor(binary="/nonexistent/cloud-hypervisor", api_socket=f"{sock_dir}/a.sock")
     with pytest.raises(
         HypervisorError, match="cannot execute cloud-hypervisor binary '/nonexistent"
-    ):
+    ) as caught:
         await ch.start(MACHINE)
     assert ch.state is VmState.FAILED
+    assert "does not exist" in str(caught.value)
+    assert "--hypervisor qemu" in str(caught.value)
+
+
+async def test_binary_not_on_path_names_it_and_the_qemu_choice(
+    sock_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image carries no cloud-hypervisor: a Virtink spec's default VMM is not on PATH."""
+    monkeypatch.setenv("PATH", sock_dir)
+    ch = CloudHypervisor(binary="cloud-hypervisor", api_socket=f"{sock_dir}/a.sock")
+    with pytest.raises(HypervisorError) as caught:
+        await ch.start(MACHINE)
+    assert str(caught.value) == (
+        "cannot execute cloud-hypervisor binary 'cloud-hypervisor': it is not on PATH; run "
+        "this VM with QEMU instead (--hypervisor qemu) or add a cloud-hypervisor release to "
+        "the image (docs/image.md)"
+    )
+    with pytest.raises(HypervisorError, match="is not on PATH") as early:
+        require_binary("cloud-hypervisor")
+    assert str(early.value) == str(caught.value)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    require_binary("sh")  # present: no error
 
 
 async def test_bad_config_refused_before_spawning(vmm: CloudHypervisor) -> None:

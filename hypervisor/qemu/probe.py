@@ -197,7 +197,12 @@ async def choose_accel(
         else:
             # The probe image goes beside the cache (the state dir, the one writable place
             # in a container with a read-only root file system), else to the temp dir.
-            workdir = cache_dir if cache_dir is not None and cache_dir.is_dir() else None
+            workdir = cache_dir
+            if workdir is not None:
+                try:
+                    os.makedirs(workdir, exist_ok=True)
+                except OSError:
+                    workdir = None
             choice = await _probe(binary, kvm_device, limit_s, workdir)
             if cache is not None:
                 _write_cache(cache, key, choice)

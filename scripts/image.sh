@@ -74,8 +74,14 @@ BASE_ARGS=(
   --customize-hook='mv "$1/etc/apt/sources.list.d/0000debian.sources" "$1/etc/apt/sources.list.d/debian.sources"'
 )
 
+# The image config of the official one: its PATH (podman kube play supplies none) and CMD.
+IMPORT_CHANGES=(
+  --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+  --change 'CMD ["bash"]'
+)
+
 base_recipe_hash() {
-  printf '%s\n' "${BASE_ARGS[@]}" "$SOURCES" | sha256sum | cut -c1-16
+  printf '%s\n' "${BASE_ARGS[@]}" "$SOURCES" "${IMPORT_CHANGES[@]}" | sha256sum | cut -c1-16
 }
 
 label_of() { # image label
@@ -108,7 +114,7 @@ base() {
     say "mmdebstrap failed"
     exit 1
   fi
-  podman import --quiet --change 'CMD ["bash"]' --change "LABEL $BASE_LABEL=$want" \
+  podman import --quiet "${IMPORT_CHANGES[@]}" --change "LABEL $BASE_LABEL=$want" \
     --message "debian:bookworm-slim made by scripts/image.sh (mmdebstrap)" \
     "$work/rootfs.tar" "$BASE" >/dev/null
   if [ -n "$old" ]; then # the superseded base, unless images built on it still use it

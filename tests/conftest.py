@@ -1,8 +1,9 @@
 """Test tiers: each folder's tests get its marker; tiers that need root fail, never skip.
 
 ``unit/`` pure, ``component/`` asyncio with fakes at the boundary, ``integration/`` real
-network namespaces and real DHCP clients, ``e2e/`` a real QEMU guest. CI runs as root
-on a machine where all of them can run, so a missing capability is a failure.
+network namespaces and real DHCP clients, ``e2e/`` a real QEMU guest, ``container/`` the
+built image under podman (runc) on a CNI network. CI runs as root on a machine where all
+of them can run, so a missing capability is a failure.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("unit", "component", "integration", "e2e")
-ROOT_TIERS = frozenset({"integration", "e2e"})
+TIERS = ("unit", "component", "integration", "e2e", "container")
+ROOT_TIERS = frozenset({"integration", "e2e", "container"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,6 +15,7 @@
 #   image.sh [build]  base + wheels + `podman build --isolation=chroot`; the image is tagged
 #                     localhost/virt-launcher:<first 16 hex of a sha256 over every input>
 #                     (and :latest). If that tag exists nothing is built. Prints the tag.
+#                     Tags older than a day and unused build stages are removed then.
 #   image.sh tag      prints the tag the current inputs give (needs the base image).
 #
 # Podman settings come from scripts/containers.conf through CONTAINERS_CONF (unless it is
@@ -174,7 +175,22 @@ build() {
   timeout 1800 podman build --isolation=chroot --pull=never --layers --quiet \
     --label "$INPUTS_LABEL=${t##*:}" --tag "$t" --tag "$REPO:latest" --file Dockerfile . >&2
   say "built $t in $(($(date +%s) - started)) s ($(podman image inspect --format '{{.Size}}' "$t") bytes)"
+  prune "$t"
   echo "$t"
+}
+
+# Each change of the sources leaves a tag behind: drop tags older than a day (another
+# worktree's current image is younger) and the build stages no tag uses any more; an
+# image a container still uses is kept (podman refuses).
+prune() {
+  local old
+  for old in $(podman images --filter "reference=$REPO" --filter until=24h \
+    --format '{{.Repository}}:{{.Tag}}'); do
+    if [ "$old" != "$1" ] && [ "$old" != "$REPO:latest" ]; then
+      podman rmi "$old" >/dev/null 2>&1 || true
+    fi
+  done
+  podman image prune --force >/dev/null 2>&1 || true
 }
 
 if [ "$(id -u)" -ne 0 ]; then

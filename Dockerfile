@@ -1,5 +1,7 @@
 # The VM pod's container image: the launcher in a venv plus what it drives (QEMU,
-# nftables, iproute2) and the VMM user (uid/gid 107, "qemu" as in KubeVirt). Runs with a
+# nftables, iproute2), a static /bin/busybox (the manifest's init containers run it
+# inside disk and kernel images that may have no shell), and the VMM user (uid/gid 107,
+# "qemu" as in KubeVirt). Runs with a
 # read-only root file system: all state is under /var/run/virt-launcher (an emptyDir).
 # Build: bash scripts/image.sh (docs/image.md). It first builds the launcher and its
 # dependencies as wheels into build/wheels/ on the host, with the host's pip settings:
@@ -14,7 +16,8 @@ RUN groupadd --system --gid 107 qemu \
     && useradd --system --uid 107 --gid qemu --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin qemu \
     && apt-get update \
-    && apt-get install -y --no-install-recommends python3 qemu-system-x86 nftables iproute2 \
+    && apt-get install -y --no-install-recommends \
+        python3 qemu-system-x86 nftables iproute2 busybox-static \
     && rm -rf /var/lib/apt/lists/* \
     && install -d -m 0755 /run/virt-launcher
 

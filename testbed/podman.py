@@ -4,7 +4,8 @@ Used by the container test tier (``tests/container/``) and by anyone trying the 
 by hand (docs/image.md):
 
 * :func:`ensure_image` runs ``scripts/image.sh build`` (cached by a hash of its inputs,
-  so a second call builds nothing) and returns the image tag;
+  so a second call builds nothing) and returns the image tag; :func:`ensure_guest_image`
+  packs the test guest's kernel and initrd into a kernel-boot image (``FROM scratch``);
 * :func:`node` yields a :class:`Node`: a private network namespace that plays the
   Kubernetes node. Every podman command of the node runs in it (``nsenter --net``) with
   the project's ``scripts/containers.conf`` and a private CNI config dir, so the CNI
@@ -45,10 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testbed.guest.build import GuestImage
 from testbed.guest.console import ConsoleReader
 
 __all__ = [
     "ensure_image",
+    "ensure_guest_image",
     "node",
     "Node",
     "Network",
@@ -68,6 +71,7 @@ CONTAINERS_CONF = ROOT / "scripts" / "containers.conf"
 IMAGE_BUILD_TIMEOUT_S = 1800.0
 PODMAN_TIMEOUT_S = 120.0
 START_TIMEOUT_S = 60.0
+INIT_TIMEOUT_S = 120.0
 _POLL_S = 0.1
 
 #: Device-plugin resources → the node's device files (KubeVirt's names, the manifest's
@@ -130,6 +134,31 @@ def ensure_image(timeout: float = IMAGE_BUILD_TIMEOUT_S) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def ensure_guest_image(guest: GuestImage, timeout: float = 300.0) -> str:
+    """The test guest as a kernel-boot container image (``/vmlinuz``, ``/initrd.gz`` in a
+    ``FROM scratch`` image, as KubeVirt's kernelBoot images are), built once per guest."""
+    tag = f"localhost/vl-test-guest:{guest.directory.name}"
+    env = _env()
+    if subprocess.run(["podman", "image", "exists", tag], env=env, timeout=60,
+                      check=False).returncode == 0:  # fmt: skip
+        return tag
+    containerfile = (
+        f"FROM scratch\nCOPY {guest.kernel.name} /vmlinuz\nCOPY {guest.initrd.name} /initrd.gz\n"
+    )
+    try:
+        done = subprocess.run(
+            ["podman", "build", "--isolation=chroot", "--pull=never", "--quiet", "--tag", tag,
+             "--file", "-", str(guest.directory)],
+            input=containerfile, capture_output=True, text=True, timeout=timeout, check=False,
+            env=env,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as err:
+        raise PodmanError(f"building {tag} took over {timeout:.0f} s") from err
+    if done.returncode != 0:
+        raise PodmanError(f"building {tag} failed: {done.stderr.strip()}")
+    return tag
+
+
 # --- the Pod → podman run translation ---------------------------------------------------
 
 
@@ -143,6 +172,7 @@ class RunSpec:
     termination_log: Path | None  # the host file kubelet would read the message from
     probes: Mapping[str, tuple[str, ...]]  # readiness/startup: exec command
     files: Path  # host directory holding configMap/downwardAPI/emptyDir contents
+    init: tuple[tuple[str, ...], ...] = ()  # init containers' `podman run` arguments, in order
 
 
 def _get(obj: Mapping[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
@@ -202,8 +232,11 @@ def _volume_source(
     volume: Mapping[str, Any],
     config_maps: Mapping[str, Mapping[str, str]],
     files: Path,
-) -> tuple[str, Path | None, bool, str]:
-    """(kind, host path or None for tmpfs, forced read-only, tmpfs options) of one volume."""
+    fs_group: int | None = None,
+) -> tuple[str, Path | str | None, bool, str]:
+    """(kind, host path — an image reference for image volumes — or None for a tmpfs,
+    forced read-only, tmpfs options) of one volume. With ``fs_group`` the files kubelet
+    writes (configMap, downwardAPI, emptyDir) belong to that group, directories setgid."""
     name = volume.get("name")
     where = f"spec.volumes[{name}]"
     kinds = sorted(set(volume) - {"name"})
@@ -222,6 +255,7 @@ def _volume_source(
             if item["key"] not in data:
                 raise TranslateError(f"{where}: ConfigMap has no key {item['key']!r}")
             _write(target / item["path"], data[item["key"]], item.get("mode", 0o644))
+        _own(target, fs_group)
         return kind, target, True, ""
     if kind == "downwardAPI":
         _only(source, frozenset({"items", "defaultMode"}), where)
@@ -230,6 +264,7 @@ def _volume_source(
                 raise TranslateError(f"{where}: only fieldRef items are supported")
             content = _field_value(pod, item["fieldRef"]["fieldPath"], where)
             _write(target / item["path"], content)
+        _own(target, fs_group)
         return kind, target, True, ""
     if kind == "emptyDir":
         _only(source, frozenset({"medium", "sizeLimit"}), where)
@@ -242,6 +277,7 @@ def _volume_source(
             raise TranslateError(f"{where}: emptyDir medium {source['medium']!r}")
         target.mkdir(parents=True, exist_ok=True)
         target.chmod(0o777)  # kubelet makes emptyDirs world-writable
+        _own(target, fs_group)
         return kind, target, False, ""
     if kind == "hostPath":
         _only(source, frozenset({"path", "type"}), where)
@@ -256,7 +292,20 @@ def _volume_source(
         if wanted not in ("", "Directory", "File", "CharDevice"):
             raise TranslateError(f"{where}: hostPath type {wanted!r} not supported")
         return kind, path, False, ""
+    if kind == "image":  # Kubernetes 1.31+ image volumes: the image's files, read-only
+        _only(source, frozenset({"reference", "pullPolicy"}), where)
+        return kind, str(source["reference"]), True, ""
     raise TranslateError(f"{where}: volume source {kind!r} not supported by the test bed")
+
+
+def _own(root: Path, gid: int | None) -> None:
+    """kubelet's fsGroup ownership: every file and directory in ``gid``, directories setgid."""
+    if gid is None:
+        return
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, -1, gid)
+        if path.is_dir():
+            path.chmod(path.stat().st_mode | 0o2070)
 
 
 def _capabilities(context: Mapping[str, Any], where: str) -> list[str]:
@@ -346,22 +395,84 @@ def _probe(probe: Mapping[str, Any], where: str) -> tuple[str, ...]:
     return tuple(probe["exec"]["command"])
 
 
+def _container(
+    pod: Mapping[str, Any],
+    ctr: Mapping[str, Any],
+    where: str,
+    *,
+    sources: Mapping[str, tuple[str, Path | str | None, bool, str]],
+    devices: Mapping[str, tuple[str, ...]],
+    images: Mapping[str, str],
+) -> list[str]:
+    """The flags one container contributes: security, resources, env, mounts, command."""
+    _only(ctr, _CONTAINER_KEYS | IGNORED_CONTAINER, where)
+    if ctr.get("stdin") or ctr.get("tty"):
+        raise TranslateError(f"{where}: stdin/tty not supported")
+    spec = pod.get("spec") or {}
+    pod_ctx = spec.get("securityContext") or {}
+    argv = _security(pod_ctx, ctr.get("securityContext") or {}, f"{where}.securityContext")
+    groups = [*(pod_ctx.get("supplementalGroups") or []), pod_ctx.get("fsGroup")]
+    argv += [f"--group-add={gid}" for gid in groups if gid is not None]
+    argv += _resources(ctr.get("resources") or {}, f"{where}.resources", devices)
+    for env in ctr.get("env") or []:
+        if "value" in env:
+            argv.append(f"--env={env['name']}={env['value']}")
+        elif "fieldRef" in (env.get("valueFrom") or {}):
+            value = _field_value(pod, env["valueFrom"]["fieldRef"]["fieldPath"], f"{where}.env")
+            argv.append(f"--env={env['name']}={value}")
+        else:
+            raise TranslateError(f"{where}.env[{env.get('name')}]: only value and fieldRef")
+    if ctr.get("workingDir"):
+        argv.append(f"--workdir={ctr['workingDir']}")
+    for mount in ctr.get("volumeMounts") or []:
+        _only(
+            mount, frozenset({"name", "mountPath", "readOnly", "subPath"}), f"{where}.volumeMounts"
+        )
+        if mount["name"] not in sources:
+            raise TranslateError(f"{where}.volumeMounts: no volume {mount['name']!r}")
+        kind, host, forced_ro, tmpfs = sources[mount["name"]]
+        dest = mount["mountPath"]
+        if kind == "image":
+            if mount.get("subPath"):
+                raise TranslateError(f"{where}.volumeMounts: subPath of an image volume")
+            argv.append(f"--mount=type=image,source={images.get(str(host), str(host))},"
+                        f"destination={dest}")  # fmt: skip
+            continue
+        if host is None:
+            argv.append(f"--mount=type=tmpfs,destination={dest},{tmpfs}")
+            continue
+        assert isinstance(host, Path)
+        src = host / mount["subPath"] if mount.get("subPath") else host
+        ro = forced_ro or bool(mount.get("readOnly"))
+        argv.append(f"--mount=type=bind,source={src},destination={dest}" + (",ro" if ro else ""))
+    if ctr.get("command"):
+        argv.append("--entrypoint=" + json.dumps(list(ctr["command"])))
+    image = str(ctr.get("image"))
+    argv.append(images.get(image, image))
+    argv += [str(a) for a in ctr.get("args") or []]
+    return argv
+
+
 def translate(
     objects: Sequence[Mapping[str, Any]],
     files: Path,
     *,
     image: str | None = None,
+    images: Mapping[str, str] | None = None,
     network: str | None = None,
     name_prefix: str = "",
     devices: Mapping[str, tuple[str, ...]] = DEVICE_RESOURCES,
 ) -> RunSpec:
     """The ``podman run`` arguments for the one Pod in ``objects`` (its ConfigMaps beside it).
 
-    ``image`` replaces the Pod's image (a registry name → the locally built tag);
-    ``network`` is the podman network standing in for the cluster's pod network;
-    ``files`` receives the contents of configMap, downwardAPI and disk emptyDir volumes
-    and the termination-message file. Raises :class:`TranslateError` naming the field
-    for anything it cannot run faithfully."""
+    ``image`` replaces the image of the Pod's container wherever the Pod names it (a
+    registry name → the locally built tag), ``images`` maps any other image reference
+    (init containers, image volumes) to a local one; ``network`` is the podman network
+    standing in for the cluster's pod network; ``files`` receives the contents of
+    configMap, downwardAPI and disk emptyDir volumes and the termination-message file.
+    Init containers become their own ``podman run`` (run to completion first, with the
+    pod's volumes but ``--network=none``: they must not need the pod network). Raises
+    :class:`TranslateError` naming the field for anything it cannot run faithfully."""
     pods = [o for o in objects if o.get("kind") == "Pod"]
     if len(pods) != 1:
         raise TranslateError(f"expected one Pod among the objects, got {len(pods)}")
@@ -381,27 +492,45 @@ def translate(
     _only(
         spec,
         IGNORED_POD_SPEC
-        | {"containers", "volumes", "securityContext", "terminationGracePeriodSeconds",
-           "hostname"},
+        | {"containers", "initContainers", "volumes", "securityContext",
+           "terminationGracePeriodSeconds", "hostname"},
         "spec",
     )  # fmt: skip
     containers = spec.get("containers") or []
     if len(containers) != 1:
         raise TranslateError(f"spec.containers: one container expected, got {len(containers)}")
     ctr = containers[0]
-    where = f"spec.containers[{ctr.get('name', 0)}]"
-    _only(ctr, _CONTAINER_KEYS | IGNORED_CONTAINER, where)
-    if ctr.get("stdin") or ctr.get("tty"):
-        raise TranslateError(f"{where}: stdin/tty not supported")
+    mapped = dict(images or {})
+    if image is not None:
+        mapped[str(ctr.get("image"))] = image
     name = f"{name_prefix}{pod_name}"
     grace = _get(spec, "terminationGracePeriodSeconds", int, "spec", _K8S_DEFAULT_GRACE_S)
     pod_ctx = spec.get("securityContext") or {}
     _only(
         pod_ctx,
         frozenset({"sysctls", "runAsUser", "runAsGroup", "runAsNonRoot", "seccompProfile",
-                   "supplementalGroups"}),
+                   "supplementalGroups", "fsGroup", "fsGroupChangePolicy"}),
         "spec.securityContext",
     )  # fmt: skip
+    fs_group = _get(pod_ctx, "fsGroup", int, "spec.securityContext")
+    sources = {
+        v["name"]: _volume_source(pod, v, config_maps, files, fs_group)
+        for v in spec.get("volumes") or []
+    }
+    inits: list[tuple[str, ...]] = []
+    for i, init in enumerate(spec.get("initContainers") or []):
+        where = f"spec.initContainers[{init.get('name', i)}]"
+        for key in ("readinessProbe", "livenessProbe", "startupProbe"):
+            if key in init:
+                raise TranslateError(f"{where}.{key}: init containers have no probes")
+        for mount in init.get("volumeMounts") or []:
+            if sources.get(mount.get("name"), ("", "", False, ""))[1] is None:
+                raise TranslateError(
+                    f"{where}.volumeMounts: a medium: Memory emptyDir shared with an init "
+                    "container is not supported here"
+                )
+        flags = _container(pod, init, where, sources=sources, devices=devices, images=mapped)
+        inits.append((f"--name={name}-init-{i}", "--pull=never", "--network=none", *flags))
     argv: list[str] = [
         f"--name={name}",
         f"--hostname={spec.get('hostname', pod_name)}",
@@ -415,38 +544,7 @@ def translate(
         if not key.startswith("net."):
             raise TranslateError(f"spec.securityContext.sysctls: {key} is not a net.* sysctl")
         argv.append(f"--sysctl={key}={sysctl['value']}")
-    for gid in pod_ctx.get("supplementalGroups") or []:
-        argv.append(f"--group-add={gid}")
-    argv += _security(pod_ctx, ctr.get("securityContext") or {}, f"{where}.securityContext")
-    argv += _resources(ctr.get("resources") or {}, f"{where}.resources", devices)
-    for env in ctr.get("env") or []:
-        if "value" in env:
-            argv.append(f"--env={env['name']}={env['value']}")
-        elif "fieldRef" in (env.get("valueFrom") or {}):
-            value = _field_value(pod, env["valueFrom"]["fieldRef"]["fieldPath"], f"{where}.env")
-            argv.append(f"--env={env['name']}={value}")
-        else:
-            raise TranslateError(f"{where}.env[{env.get('name')}]: only value and fieldRef")
-    if ctr.get("workingDir"):
-        argv.append(f"--workdir={ctr['workingDir']}")
-    sources = {
-        v["name"]: _volume_source(pod, v, config_maps, files) for v in spec.get("volumes") or []
-    }
-    for mount in ctr.get("volumeMounts") or []:
-        _only(
-            mount, frozenset({"name", "mountPath", "readOnly", "subPath"}), f"{where}.volumeMounts"
-        )
-        if mount["name"] not in sources:
-            raise TranslateError(f"{where}.volumeMounts: no volume {mount['name']!r}")
-        kind, host, forced_ro, tmpfs = sources[mount["name"]]
-        dest = mount["mountPath"]
-        if host is None:
-            argv.append(f"--mount=type=tmpfs,destination={dest},{tmpfs}")
-            continue
-        src = host / mount["subPath"] if mount.get("subPath") else host
-        ro = forced_ro or bool(mount.get("readOnly"))
-        argv.append(f"--mount=type=bind,source={src},destination={dest}" + (",ro" if ro else ""))
-        del kind
+    where = f"spec.containers[{ctr.get('name', 0)}]"
     termination_log: Path | None = None
     message_path = ctr.get("terminationMessagePath", _K8S_DEFAULT_TERMINATION_LOG)
     if message_path:
@@ -461,11 +559,8 @@ def translate(
     }
     if ctr.get("livenessProbe"):
         _probe(ctr["livenessProbe"], f"{where}.livenessProbe")  # same rule, not run here
-    if ctr.get("command"):
-        argv.append("--entrypoint=" + json.dumps(list(ctr["command"])))
-    argv.append(image or str(ctr.get("image")))
-    argv += [str(a) for a in ctr.get("args") or []]
-    return RunSpec(name, tuple(argv), grace, termination_log, probes, files)
+    argv += _container(pod, ctr, where, sources=sources, devices=devices, images=mapped)
+    return RunSpec(name, tuple(argv), grace, termination_log, probes, files, tuple(inits))
 
 
 # --- the node, its network and its containers -------------------------------------------
@@ -501,6 +596,7 @@ class Node:
     workdir: Path
     networks: list[Network] = field(default_factory=list)
     containers: list[Container] = field(default_factory=list)
+    init_names: list[str] = field(default_factory=list)
 
     @property
     def network_dir(self) -> Path:
@@ -552,6 +648,16 @@ class Node:
     def start(self, spec: RunSpec, log_dir: Path) -> Container:
         """``podman run`` the translated pod attached; stdout → ConsoleReader, stderr → file."""
         log_dir.mkdir(parents=True, exist_ok=True)
+        for init in spec.init:  # kubelet runs them in order, each to success, first
+            init_name = init[0].removeprefix("--name=")
+            self.init_names.append(init_name)
+            done = self.podman("run", *init, check=False, timeout=INIT_TIMEOUT_S)
+            (log_dir / f"{init_name}.log").write_text(done.stdout + done.stderr)
+            if done.returncode != 0:
+                raise PodmanError(
+                    f"init container {init_name} exited with {done.returncode}: "
+                    f"{(done.stdout + done.stderr)[-2000:]}"
+                )
         stderr_path = log_dir / f"{spec.name}.err"
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen(
@@ -569,6 +675,8 @@ class Node:
         """Remove every container and network and the node netns (errors ignored)."""
         for container in self.containers:
             container.remove()
+        for name in self.init_names:
+            self.podman("rm", "--force", "--time=0", name, check=False, timeout=60)
         for net in self.networks:
             self.podman("network", "rm", "--force", net.name, check=False)
             # host-local keeps its allocations per network name on the node's disk

@@ -134,7 +134,7 @@ def test_dockerfile_contract() -> None:
         if words[:2] == ["apt-get", "install"]:
             assert "--no-install-recommends" in words, words
             installed |= {w for w in words[2:] if not w.startswith("-")}
-    assert {"python3", "qemu-system-x86", "nftables", "iproute2"} <= installed
+    assert {"python3", "qemu-system-x86", "nftables", "iproute2", "busybox-static"} <= installed
     assert "rm -rf /var/lib/apt/lists/*" in runs
     # The VMM user (KubeVirt's qemu, uid/gid 107), created before any package can take 107.
     user_at = runs.index("useradd")

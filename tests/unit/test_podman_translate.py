@@ -200,3 +200,46 @@ def test_command_becomes_the_entrypoint(tmp_path: Path) -> None:
     argv = translate([CONFIG_MAP, pod], tmp_path).argv
     entry = next(a for a in argv if a.startswith("--entrypoint="))
     assert json.loads(entry.split("=", 1)[1]) == ["/bin/sh", "-c"]
+
+
+def test_init_containers_fs_group_and_image_volumes(tmp_path: Path) -> None:
+    """What virt-launcher manifest emits for kernel images: init containers copying out of
+    an image (or an image volume), fsGroup-owned volumes."""
+    pod = copy.deepcopy(POD)
+    pod["spec"]["securityContext"].update(fsGroup=107, fsGroupChangePolicy="OnRootMismatch")
+    pod["spec"]["volumes"].append({"name": "kernel", "image": {"reference": "reg/kernel:1"}})
+    _ctr(pod)["volumeMounts"].append({"name": "kernel", "mountPath": "/k", "readOnly": True})
+    pod["spec"]["initContainers"] = [
+        {
+            "name": "copy",
+            "image": "reg/kernel:1",
+            "command": ["/tools/busybox", "cp", "/vmlinuz", "/state/"],
+            "securityContext": {"capabilities": {"drop": ["ALL"]}, "runAsUser": 107},
+            "volumeMounts": [{"name": "state", "mountPath": "/state"}],
+        }
+    ]
+    images = {"reg/kernel:1": "localhost/kernel:abc"}
+    spec = translate(
+        [CONFIG_MAP, pod], tmp_path, image="localhost/vl:1", images=images, network="n"
+    )
+    assert "--mount=type=image,source=localhost/kernel:abc,destination=/k" in spec.argv
+    assert "--group-add=107" in spec.argv
+    (init,) = spec.init
+    assert init[:3] == ("--name=vm1-init-0", "--pull=never", "--network=none")
+    assert "--cap-drop=ALL" in init and not any(a.startswith("--cap-add") for a in init)
+    assert "--user=107" in init and "--group-add=107" in init
+    assert f"--mount=type=bind,source={tmp_path}/volumes/state,destination=/state" in init
+    command = pod["spec"]["initContainers"][0]["command"]
+    assert init[-2:] == ("--entrypoint=" + json.dumps(command), "localhost/kernel:abc")
+    state = tmp_path / "volumes/state"
+    assert state.stat().st_gid == 107 and state.stat().st_mode & 0o2000
+    assert (tmp_path / "volumes/spec/vm.yaml").stat().st_gid == 107
+
+
+def test_a_memory_emptydir_shared_with_an_init_container_is_refused(tmp_path: Path) -> None:
+    pod = copy.deepcopy(POD)
+    pod["spec"]["initContainers"] = [
+        {"name": "i", "image": "x", "volumeMounts": [{"name": "mem", "mountPath": "/m"}]}
+    ]
+    with pytest.raises(TranslateError, match="Memory emptyDir shared with an init container"):
+        translate([CONFIG_MAP, pod], tmp_path)

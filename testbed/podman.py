@@ -40,14 +40,14 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from testbed.guest.build import GuestImage
-from testbed.guest.console import ConsoleReader
+from testbed.guest.console import ConsoleReader, ConsoleTimeout, VlLine
 
 __all__ = [
     "ensure_image",
@@ -59,6 +59,7 @@ __all__ = [
     "RunSpec",
     "Container",
     "ProcessInfo",
+    "PodStarter",
     "TranslateError",
     "PodmanError",
     "DEVICE_RESOURCES",
@@ -744,6 +745,17 @@ class Container:
             time.sleep(_POLL_S)
         raise PodmanError(f"{self.name} has no IPv4 and IPv6 address on {network.name}")
 
+    def wait_for(self, kind: str, timeout: float, **kwargs: Any) -> VlLine:
+        """The console's next ``VL-<kind>`` line (ConsoleReader.wait_for); when it does not
+        come, the assertion carries the launcher's errors (an early exit says why)."""
+        try:
+            return self.console.wait_for(kind, timeout, **kwargs)
+        except ConsoleTimeout as err:
+            errors = [r.get("msg") for r in self.records() if r.get("level") == "error"]
+            raise ConsoleTimeout(
+                f"{err}; launcher exit {self.proc.poll()}, errors: {errors}"
+            ) from err
+
     def records(self) -> list[dict[str, Any]]:
         """The launcher's JSON log lines (its stderr)."""
         out = []
@@ -803,3 +815,7 @@ class Container:
             self.proc.kill()
         self.proc.wait(10)
         self.console.wait_closed(5)
+
+
+#: What the container tier's ``pods`` fixture is: ``(objects, images=None) -> Container``.
+PodStarter = Callable[..., Container]

@@ -23,21 +23,19 @@ default, not in the image) exits 4 naming the binary and ``--hypervisor qemu``.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from testbed.guest.build import GuestImage
-from testbed.podman import Container, Network, Node, ensure_image, translate
+from testbed.podman import Container, Network, Node, PodStarter, ensure_image
 
 pytestmark = pytest.mark.timeout(240)
 
-SUFFIX = os.getpid() % 100000
 NAMESPACE = "vms"
 GRACE_S = 20  # the spec's; the Pod gets GRACE_S + GRACE_MARGIN_S
 GRACE_MARGIN_S = 10
@@ -211,28 +209,6 @@ def vm_objects(
     return [config_map, pod]
 
 
-@pytest.fixture
-def pods(cluster: tuple[Node, Network], image: str, files: Path) -> Iterator[Any]:
-    """``pods(objects)`` translates and starts a pod; every pod is removed afterwards."""
-    the_node, network = cluster
-    started: list[Container] = []
-
-    def start(objects: list[dict[str, Any]]) -> Container:
-        spec = translate(
-            objects, files / f"pod-{len(started)}", image=image, network=network.name,
-            name_prefix=f"vlc-{SUFFIX}-",
-        )  # fmt: skip
-        container = the_node.start(spec, files / "logs")
-        started.append(container)
-        return container
-
-    try:
-        yield start
-    finally:
-        for container in started:
-            container.remove()
-
-
 def node_http(the_node: Node, url: str, attempts: int = 15) -> str:
     """GET ``url`` from the node netns (bounded retries); the body, or '' if never answered."""
     for _ in range(attempts):
@@ -281,7 +257,7 @@ def test_image_builds_is_cached_and_has_the_vmm_user(
     ], probe.stdout + probe.stderr
 
 
-def test_validate_runs_in_the_container(pods: Any, guest: GuestImage) -> None:
+def test_validate_runs_in_the_container(pods: PodStarter, guest: GuestImage) -> None:
     spec = (Path(__file__).parents[2] / "examples/kubevirt-masquerade-ports.yaml").read_text()
     container = pods(vm_objects("validate", spec, guest, args=["validate"]))
     assert container.wait(EXIT_TIMEOUT_S) == 0, container.stderr_path.read_text()[-2000:]
@@ -289,13 +265,13 @@ def test_validate_runs_in_the_container(pods: Any, guest: GuestImage) -> None:
 
 
 def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
-    pods: Any, guest: GuestImage, cluster: tuple[Node, Network]
+    pods: PodStarter, guest: GuestImage, cluster: tuple[Node, Network]
 ) -> None:
     the_node, network = cluster
     container = pods(vm_objects("bridge", kubevirt_spec("bridge", "bridge"), guest))
     pod4, pod6 = container.addresses(network)
-    lease4 = container.console.wait_for("LEASE4", BOOT_TIMEOUT_S)
-    lease6 = container.console.wait_for("LEASE6", BOOT_TIMEOUT_S)
+    lease4 = container.wait_for("LEASE4", BOOT_TIMEOUT_S)
+    lease6 = container.wait_for("LEASE6", BOOT_TIMEOUT_S)
     prefix4 = network.subnet4.split("/")[1]
     assert lease4.args == ("eth0", f"{pod4}/{prefix4}")
     assert lease4.fields["router"] == network.gateway4
@@ -312,8 +288,8 @@ def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
     sent = time.monotonic()
     stopper = subprocess.Popen(the_node.argv("stop", container.name), stdout=subprocess.DEVNULL)
     try:
-        container.console.wait_for("POWER-BUTTON", GRACE_S, since=mark)
-        container.console.wait_for("POWEROFF", GRACE_S, since=mark)
+        container.wait_for("POWER-BUTTON", GRACE_S, since=mark)
+        container.wait_for("POWEROFF", GRACE_S, since=mark)
         code = container.wait(GRACE_S + GRACE_MARGIN_S)
     finally:
         stopper.wait(GRACE_S + GRACE_MARGIN_S + 30)
@@ -325,25 +301,27 @@ def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
 
 
 def test_masquerade_vm_is_reached_through_a_listed_port_only(
-    pods: Any, guest: GuestImage, cluster: tuple[Node, Network]
+    pods: PodStarter, guest: GuestImage, cluster: tuple[Node, Network]
 ) -> None:
     the_node, network = cluster
     container = pods(
         vm_objects("masq", kubevirt_spec("masq", "masquerade"), guest, binding="masquerade")
     )
     pod4, pod6 = container.addresses(network)
-    lease4 = container.console.wait_for("LEASE4", BOOT_TIMEOUT_S)
+    lease4 = container.wait_for("LEASE4", BOOT_TIMEOUT_S)
     assert lease4.args[0] == "eth0" and lease4.args[1].startswith("10.0.2.2/")
-    container.console.wait_for("READY", BOOT_TIMEOUT_S)
+    container.wait_for("READY", BOOT_TIMEOUT_S)
     assert "VL-HTTP-OK port=80 hostname=masq" in node_http(the_node, f"http://{pod4}:80/")
-    container.console.wait_for("LEASE6", BOOT_TIMEOUT_S)
+    container.wait_for("LEASE6", BOOT_TIMEOUT_S)
     assert "VL-HTTP-OK port=80 hostname=masq" in node_http(the_node, f"http://[{pod6}]:80/")
     # The guest serves 8080 too (docs/guest.md), but only 80 is listed: no DNAT.
     refused = the_node.exec_in_node("curl", "-sS", "--max-time", "3", f"http://{pod4}:8080/")
     assert refused.returncode != 0 and "VL-HTTP-OK" not in refused.stdout, refused.stdout
 
 
-def test_without_net_admin_the_launcher_exits_3_naming_it(pods: Any, guest: GuestImage) -> None:
+def test_without_net_admin_the_launcher_exits_3_naming_it(
+    pods: PodStarter, guest: GuestImage
+) -> None:
     objects = vm_objects(
         "nocap",
         kubevirt_spec("nocap", "bridge"),
@@ -362,7 +340,7 @@ def test_without_net_admin_the_launcher_exits_3_naming_it(pods: Any, guest: Gues
 
 
 def test_virtink_spec_without_cloud_hypervisor_exits_4_naming_it(
-    pods: Any, guest: GuestImage
+    pods: PodStarter, guest: GuestImage
 ) -> None:
     objects = vm_objects(
         "virtink", virtink_spec("virtink"), guest, kernel_files={"vmlinux": guest.kernel}

@@ -228,13 +228,16 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
+_Source = tuple[str, Path | str | None, bool, str]
+
+
 def _volume_source(
     pod: Mapping[str, Any],
     volume: Mapping[str, Any],
     config_maps: Mapping[str, Mapping[str, str]],
     files: Path,
     fs_group: int | None = None,
-) -> tuple[str, Path | str | None, bool, str]:
+) -> _Source:
     """(kind, host path — an image reference for image volumes — or None for a tmpfs,
     forced read-only, tmpfs options) of one volume. With ``fs_group`` the files kubelet
     writes (configMap, downwardAPI, emptyDir) belong to that group, directories setgid."""
@@ -247,15 +250,7 @@ def _volume_source(
     source = volume[kind] or {}
     target = files / "volumes" / str(name)
     if kind == "configMap":
-        _only(source, frozenset({"name", "items", "defaultMode", "optional"}), where)
-        data = config_maps.get(source.get("name", ""))
-        if data is None:
-            raise TranslateError(f"{where}: ConfigMap {source.get('name')!r} is not given")
-        items = source.get("items") or [{"key": k, "path": k} for k in data]
-        for item in items:
-            if item["key"] not in data:
-                raise TranslateError(f"{where}: ConfigMap has no key {item['key']!r}")
-            _write(target / item["path"], data[item["key"]], item.get("mode", 0o644))
+        _config_map(source, config_maps, target, where)
         _own(target, fs_group)
         return kind, target, True, ""
     if kind == "downwardAPI":
@@ -268,35 +263,62 @@ def _volume_source(
         _own(target, fs_group)
         return kind, target, True, ""
     if kind == "emptyDir":
-        _only(source, frozenset({"medium", "sizeLimit"}), where)
-        if source.get("medium") == "Memory":
-            opts = "tmpfs-mode=1777"
-            if source.get("sizeLimit"):
-                opts += f",tmpfs-size={_quantity_bytes(source['sizeLimit'], where)}"
-            return kind, None, False, opts
-        if source.get("medium"):
-            raise TranslateError(f"{where}: emptyDir medium {source['medium']!r}")
-        target.mkdir(parents=True, exist_ok=True)
-        target.chmod(0o777)  # kubelet makes emptyDirs world-writable
-        _own(target, fs_group)
-        return kind, target, False, ""
+        return _empty_dir(source, target, where, fs_group)
     if kind == "hostPath":
-        _only(source, frozenset({"path", "type"}), where)
-        path = Path(source["path"])
-        wanted = source.get("type", "")
-        if wanted == "Directory" and not path.is_dir():
-            raise TranslateError(f"{where}: hostPath {path} is not a directory on this node")
-        if wanted == "File" and not path.is_file():
-            raise TranslateError(f"{where}: hostPath {path} is not a file on this node")
-        if wanted == "CharDevice" and not path.is_char_device():
-            raise TranslateError(f"{where}: hostPath {path} is not a char device on this node")
-        if wanted not in ("", "Directory", "File", "CharDevice"):
-            raise TranslateError(f"{where}: hostPath type {wanted!r} not supported")
-        return kind, path, False, ""
+        return kind, _host_path(source, where), False, ""
     if kind == "image":  # Kubernetes 1.31+ image volumes: the image's files, read-only
         _only(source, frozenset({"reference", "pullPolicy"}), where)
         return kind, str(source["reference"]), True, ""
     raise TranslateError(f"{where}: volume source {kind!r} not supported by the test bed")
+
+
+def _config_map(
+    source: Mapping[str, Any],
+    config_maps: Mapping[str, Mapping[str, str]],
+    target: Path,
+    where: str,
+) -> None:
+    _only(source, frozenset({"name", "items", "defaultMode", "optional"}), where)
+    data = config_maps.get(source.get("name", ""))
+    if data is None:
+        raise TranslateError(f"{where}: ConfigMap {source.get('name')!r} is not given")
+    items = source.get("items") or [{"key": k, "path": k} for k in data]
+    for item in items:
+        if item["key"] not in data:
+            raise TranslateError(f"{where}: ConfigMap has no key {item['key']!r}")
+        _write(target / item["path"], data[item["key"]], item.get("mode", 0o644))
+
+
+def _empty_dir(
+    source: Mapping[str, Any], target: Path, where: str, fs_group: int | None
+) -> _Source:
+    _only(source, frozenset({"medium", "sizeLimit"}), where)
+    if source.get("medium") == "Memory":
+        opts = "tmpfs-mode=1777"
+        if source.get("sizeLimit"):
+            opts += f",tmpfs-size={_quantity_bytes(source['sizeLimit'], where)}"
+        return "emptyDir", None, False, opts
+    if source.get("medium"):
+        raise TranslateError(f"{where}: emptyDir medium {source['medium']!r}")
+    target.mkdir(parents=True, exist_ok=True)
+    target.chmod(0o777)  # kubelet makes emptyDirs world-writable
+    _own(target, fs_group)
+    return "emptyDir", target, False, ""
+
+
+def _host_path(source: Mapping[str, Any], where: str) -> Path:
+    _only(source, frozenset({"path", "type"}), where)
+    path = Path(source["path"])
+    wanted = source.get("type", "")
+    if wanted == "Directory" and not path.is_dir():
+        raise TranslateError(f"{where}: hostPath {path} is not a directory on this node")
+    if wanted == "File" and not path.is_file():
+        raise TranslateError(f"{where}: hostPath {path} is not a file on this node")
+    if wanted == "CharDevice" and not path.is_char_device():
+        raise TranslateError(f"{where}: hostPath {path} is not a char device on this node")
+    if wanted not in ("", "Directory", "File", "CharDevice"):
+        raise TranslateError(f"{where}: hostPath type {wanted!r} not supported")
+    return path
 
 
 def _own(root: Path, gid: int | None) -> None:
@@ -401,7 +423,7 @@ def _container(
     ctr: Mapping[str, Any],
     where: str,
     *,
-    sources: Mapping[str, tuple[str, Path | str | None, bool, str]],
+    sources: Mapping[str, _Source],
     devices: Mapping[str, tuple[str, ...]],
     images: Mapping[str, str],
 ) -> list[str]:
@@ -452,6 +474,32 @@ def _container(
     argv.append(images.get(image, image))
     argv += [str(a) for a in ctr.get("args") or []]
     return argv
+
+
+def _init_containers(
+    pod: Mapping[str, Any],
+    name: str,
+    *,
+    sources: Mapping[str, _Source],
+    devices: Mapping[str, tuple[str, ...]],
+    images: Mapping[str, str],
+) -> tuple[tuple[str, ...], ...]:
+    """Each init container's own ``podman run`` arguments (no network, the pod's volumes)."""
+    inits: list[tuple[str, ...]] = []
+    for i, init in enumerate((pod.get("spec") or {}).get("initContainers") or []):
+        where = f"spec.initContainers[{init.get('name', i)}]"
+        for key in ("readinessProbe", "livenessProbe", "startupProbe"):
+            if key in init:
+                raise TranslateError(f"{where}.{key}: init containers have no probes")
+        for mount in init.get("volumeMounts") or []:
+            if sources.get(mount.get("name"), ("", "", False, ""))[1] is None:
+                raise TranslateError(
+                    f"{where}.volumeMounts: a medium: Memory emptyDir shared with an init "
+                    "container is not supported here"
+                )
+        flags = _container(pod, init, where, sources=sources, devices=devices, images=images)
+        inits.append((f"--name={name}-init-{i}", "--pull=never", "--network=none", *flags))
+    return tuple(inits)
 
 
 def translate(
@@ -518,20 +566,7 @@ def translate(
         v["name"]: _volume_source(pod, v, config_maps, files, fs_group)
         for v in spec.get("volumes") or []
     }
-    inits: list[tuple[str, ...]] = []
-    for i, init in enumerate(spec.get("initContainers") or []):
-        where = f"spec.initContainers[{init.get('name', i)}]"
-        for key in ("readinessProbe", "livenessProbe", "startupProbe"):
-            if key in init:
-                raise TranslateError(f"{where}.{key}: init containers have no probes")
-        for mount in init.get("volumeMounts") or []:
-            if sources.get(mount.get("name"), ("", "", False, ""))[1] is None:
-                raise TranslateError(
-                    f"{where}.volumeMounts: a medium: Memory emptyDir shared with an init "
-                    "container is not supported here"
-                )
-        flags = _container(pod, init, where, sources=sources, devices=devices, images=mapped)
-        inits.append((f"--name={name}-init-{i}", "--pull=never", "--network=none", *flags))
+    inits = _init_containers(pod, name, sources=sources, devices=devices, images=mapped)
     argv: list[str] = [
         f"--name={name}",
         f"--hostname={spec.get('hostname', pod_name)}",
@@ -561,7 +596,7 @@ def translate(
     if ctr.get("livenessProbe"):
         _probe(ctr["livenessProbe"], f"{where}.livenessProbe")  # same rule, not run here
     argv += _container(pod, ctr, where, sources=sources, devices=devices, images=mapped)
-    return RunSpec(name, tuple(argv), grace, termination_log, probes, files, tuple(inits))
+    return RunSpec(name, tuple(argv), grace, termination_log, probes, files, inits)
 
 
 # --- the node, its network and its containers -------------------------------------------

@@ -2,8 +2,10 @@
 
 ``validate`` checks the spec and prints a one-line summary, ``plan`` prints spec, network
 plan, resolved volumes and hypervisor config as JSON without changing anything
-(:mod:`launcher.machine`), ``run`` is the pod entrypoint (the composition root,
-:mod:`launcher.run`, imported only by :func:`run`). Exit
+(:mod:`launcher.machine`), ``manifest`` prints the Kubernetes objects that run the VM
+(:mod:`launcher.manifest`), ``run`` is the pod entrypoint (the composition root,
+:mod:`launcher.run`, imported only by :func:`run`), ``status`` reads a running
+launcher's status endpoint (``--check live|ready``: the exec probes). Exit
 codes come from :mod:`launcher.errors`: 0 ok, 2 invalid spec or usage, 1 unexpected.
 Expected errors never print a traceback; an unexpected one prints one ERROR line (the
 traceback only at ``--log-level debug``).
@@ -22,7 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from launcher import logs
-from launcher.errors import EXIT_INTERNAL, EXIT_OK, HypervisorError, LauncherError, SpecError
+from launcher.errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    HypervisorError,
+    LauncherError,
+    Problem,
+    SpecError,
+)
 
 if TYPE_CHECKING:
     from launcher.agent import Agent
@@ -37,6 +46,7 @@ __all__ = [
     "SPEC_ENV",
     "Options",
     "main",
+    "manifest",
     "parse_args",
     "plan",
     "run",
@@ -61,6 +71,7 @@ class Options:
     run_args: Mapping[str, Any] = field(default_factory=dict)  # ``run`` options (RUN_ARGS)
     plan_args: Mapping[str, Any] = field(default_factory=dict)  # ``plan``-only (PLAN_ARGS)
     status_args: Mapping[str, Any] = field(default_factory=dict)  # STATUS_ARGS (run, status)
+    manifest_args: Mapping[str, Any] = field(default_factory=dict)  # MANIFEST_ARGS
 
 
 def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
@@ -90,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     helps = {
         "validate": "check the spec and print a one-line summary (exit 2 listing every problem)",
         "plan": "print the normalized spec as JSON; changes nothing",
+        "manifest": "print the Kubernetes objects (ConfigMap + Pod) that run this VM, as "
+        "multi-document YAML for kubectl apply -f - (exit 2 listing every reason it cannot run)",
         "run": "start and supervise the VM (the pod entrypoint)",
         "status": "print what a running launcher's status endpoint serves (--json: raw)",
     }
@@ -100,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
             _add_run_arguments(sub)
         if name == "plan":
             _add_plan_arguments(sub)
+        if name == "manifest":
+            _add_manifest_arguments(sub)
         if name in ("run", "status", "plan"):
             _add_status_arguments(sub, name)
     return parser
@@ -118,6 +133,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         run_args=run_args,
         plan_args={k: v for k, v in vars(ns).items() if k in PLAN_ARGS and v is not None},
         status_args={k: v for k, v in vars(ns).items() if k in STATUS_ARGS and v is not None},
+        manifest_args={k: v for k, v in vars(ns).items() if k in MANIFEST_ARGS and v is not None},
     )
 
 
@@ -303,7 +319,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-STATUS_ARGS = ("status_listen", "json")
+STATUS_ARGS = ("status_listen", "json", "check")
 
 
 def _add_status_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -316,16 +332,191 @@ def _add_status_arguments(parser: argparse.ArgumentParser, command: str) -> None
         "(default 127.0.0.1:8186; never the pod IP)",
     )
     if command == "status":
-        g.add_argument("--json", action="store_true", default=None, help="print /status as served")
+        how = g.add_mutually_exclusive_group()
+        how.add_argument(
+            "--json", action="store_true", default=None, help="print /status as served"
+        )
+        how.add_argument(
+            "--check",
+            choices=("live", "ready"),
+            help="exec probe: GET /healthz (live) or /readyz (ready); exit 0 when it answers "
+            "200, 7 when it answers 503 (not live / not ready), 6 when it cannot be reached",
+        )
 
 
 def status(options: Options, out: TextIO) -> int:
-    """``virt-launcher status``: print the status a running launcher serves."""
-    from launcher.status.client import show  # noqa: PLC0415
+    """``virt-launcher status``: print the status a running launcher serves; with
+    ``--check``, the exec probe (standard library only: it runs every few seconds)."""
+    from launcher.status.client import check, show  # noqa: PLC0415
     from launcher.status.listen import DEFAULT_LISTEN  # noqa: PLC0415
 
     listen = options.status_args.get("status_listen", DEFAULT_LISTEN)
+    which = options.status_args.get("check")
+    if which is not None:
+        return check(listen, which, out)
     return show(listen, out, as_json=bool(options.status_args.get("json")))
+
+
+MANIFEST_ARGS = (
+    "image",
+    "namespace",
+    "image_pull_policy",
+    "hypervisor",
+    "accel",
+    "image_source",
+    "copier_image",
+    "network_resource",
+    "network_resources_injected",
+    "block_volume",
+    "grace_margin",
+    "cpu_allocation_ratio",
+    "restart_policy",
+    "ip_families",
+    "no_probes",
+    "kvm_resource",
+    "tun_resource",
+    "vhost_net_resource",
+)
+
+
+def _add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``manifest`` (docs/deploy.md)."""
+    g = parser.add_argument_group("manifest")
+    g.add_argument(
+        "--image", metavar="IMG", help="the launcher image (default virt-launcher:latest)"
+    )
+    g.add_argument(
+        "--namespace", metavar="N", help="namespace of the objects (default: the spec's)"
+    )
+    g.add_argument(
+        "--image-pull-policy", choices=("Always", "IfNotPresent", "Never"), help="for every image"
+    )
+    g.add_argument("--hypervisor", choices=("qemu", "cloud-hypervisor"), help="passed to run")
+    g.add_argument(
+        "--accel", choices=("auto", "kvm", "tcg"), help="passed to run; tcg requests no /dev/kvm"
+    )
+    g.add_argument(
+        "--image-source",
+        choices=("copy", "volume"),
+        help="kernelBoot and containerDisk images: copy (default: init containers copy the "
+        "files into emptyDirs, any Kubernetes) or volume (read-only Kubernetes image "
+        "volumes: Kubernetes 1.33+ with the ImageVolume feature; only read-only disks)",
+    )
+    g.add_argument(
+        "--copier-image",
+        metavar="IMG",
+        help="image holding the static /bin/busybox the copy init containers run "
+        "(default: the launcher image)",
+    )
+    g.add_argument(
+        "--network-resource",
+        action="append",
+        metavar="NETWORK=RESOURCE",
+        help="device-plugin resource of a spec multus network (its NetworkAttachmentDefinition's "
+        "k8s.v1.cni.cncf.io/resourceName); required for SR-IOV and vDPA networks; repeatable",
+    )
+    g.add_argument(
+        "--network-resources-injected",
+        action="store_true",
+        default=None,
+        help="the network-resources-injector webhook adds SR-IOV/vDPA resources: request none",
+    )
+    g.add_argument(
+        "--block-volume",
+        action="append",
+        metavar="VOLUME",
+        help="a persistentVolumeClaim/dataVolume volume whose claim is in block mode; repeatable",
+    )
+    g.add_argument(
+        "--grace-margin",
+        type=int,
+        metavar="S",
+        help="seconds added to the spec's grace period for kubelet's (default 15)",
+    )
+    g.add_argument(
+        "--cpu-allocation-ratio",
+        type=int,
+        metavar="N",
+        help="vCPUs per requested CPU when CPUs are shared (default 1; KubeVirt's default is 10)",
+    )
+    g.add_argument(
+        "--restart-policy",
+        choices=("Never", "OnFailure", "Always"),
+        help="the pod's restartPolicy (default Never: a powered-off VM stays off)",
+    )
+    g.add_argument(
+        "--ip-families",
+        choices=("dual", "ipv4", "ipv6"),
+        help="the cluster's pod network: decides the IPv4/IPv6 sysctls (default dual)",
+    )
+    g.add_argument("--no-probes", action="store_true", default=None, help="no exec probes")
+    for device, default in (
+        ("kvm", "devices.kubevirt.io/kvm"),
+        ("tun", "devices.kubevirt.io/tun"),
+        ("vhost-net", "devices.kubevirt.io/vhost-net"),
+    ):
+        g.add_argument(
+            f"--{device}-resource",
+            metavar="NAME",
+            help=f"device-plugin resource for /dev/{'net/tun' if device == 'tun' else device} "
+            f"(default {default}; 'none' leaves it out)",
+        )
+
+
+def manifest(options: Options, out: TextIO) -> int:
+    """``virt-launcher manifest``: the ConfigMap and Pod that run the VM, as YAML."""
+    from launcher.manifest import (  # noqa: PLC0415 - keeps validate light
+        DeviceNames,
+        ImageSource,
+        ManifestSettings,
+        build,
+        render,
+    )
+
+    spec = _load(options.spec_path)
+    args = options.manifest_args
+    resources: list[tuple[str, str]] = []
+    for item in args.get("network_resource", []):
+        name, sep, resource = item.partition("=")
+        if not sep or not name or not resource:
+            raise SpecError([Problem("--network-resource", f"{item!r} is not NETWORK=RESOURCE")])
+        resources.append((name, resource))
+    defaults = DeviceNames()
+
+    def device(key: str, default: str | None) -> str | None:
+        value = args.get(key)
+        if value is None:
+            return default
+        return None if value == "none" else str(value)
+
+    given: dict[str, Any] = {
+        "image": args.get("image"),
+        "namespace": args.get("namespace"),
+        "image_pull_policy": args.get("image_pull_policy"),
+        "hypervisor": args.get("hypervisor"),
+        "accel": args.get("accel"),
+        "copier_image": args.get("copier_image"),
+        "grace_margin_s": args.get("grace_margin"),
+        "cpu_allocation_ratio": args.get("cpu_allocation_ratio"),
+        "restart_policy": args.get("restart_policy"),
+        "ip_families": args.get("ip_families"),
+    }
+    settings = ManifestSettings(
+        **{k: v for k, v in given.items() if v is not None},
+        devices=DeviceNames(
+            kvm=device("kvm_resource", defaults.kvm),
+            tun=device("tun_resource", defaults.tun),
+            vhost_net=device("vhost_net_resource", defaults.vhost_net),
+        ),
+        image_source=ImageSource(args.get("image_source", ImageSource.COPY.value)),
+        network_resources=tuple(resources),
+        network_resources_injected=bool(args.get("network_resources_injected")),
+        block_volumes=tuple(args.get("block_volume", [])),
+        probes=not args.get("no_probes"),
+    )
+    text = options.spec_path.read_text(encoding="utf-8")
+    out.write(render(build(spec, text, settings), options.spec_path))
+    return EXIT_OK
 
 
 def run(options: Options, agent: Agent | None = None) -> int:
@@ -390,6 +581,8 @@ def main(argv: Sequence[str] | None = None, *, agent: Agent | None = None) -> in
             return plan(options, sys.stdout)
         if options.command == "status":
             return status(options, sys.stdout)
+        if options.command == "manifest":
+            return manifest(options, sys.stdout)
         return run(options, agent)
     except SpecError as err:
         for line in err.lines():

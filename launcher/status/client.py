@@ -3,29 +3,44 @@
 Called by ``launcher.cli``. Connects over TCP (loopback) or the unix socket the launcher
 listens on, with a bounded timeout. ``--json`` prints the document as served; otherwise
 a terminal view: phase, conditions, processes, a table of interfaces and the last events.
+
+``--check live|ready`` (:func:`check`) is the pod's exec probe: kubelet cannot reach the
+loopback-only endpoint with an httpGet probe, so it runs this every few seconds inside
+the container. It uses the standard library's sockets only (aiohttp is imported by
+:func:`fetch_status` alone): one HTTP/1.0 GET of ``/healthz`` or ``/readyz``, bounded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any, TextIO
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
 
-from launcher.errors import StatusServerError
-from launcher.notls import without_ssl
-
-with without_ssl():  # plain HTTP on loopback or a unix socket (see launcher.notls)
-    import aiohttp
+from launcher.errors import EXIT_OK, EXIT_STATUS_SERVER, StatusServerError
 
 from .listen import Listen, parse_listen
 
-__all__ = ["fetch_status", "format_status", "show"]
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["fetch_status", "format_status", "show", "check", "EXIT_NOT_OK"]
 
 TIMEOUT_S = 5.0
+CHECK_TIMEOUT_S = 3.0
+#: ``--check``: the endpoint answered 503 (not live / not ready).
+EXIT_NOT_OK = 7
+_CHECK_PATHS = {"live": "/healthz", "ready": "/readyz"}
 
 
 async def fetch_status(listen: Listen | str, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
     """The ``/status`` document of the launcher listening at ``listen``."""
+    from launcher.notls import without_ssl  # noqa: PLC0415
+
+    with without_ssl():  # plain HTTP on loopback or a unix socket (see launcher.notls)
+        import aiohttp  # noqa: PLC0415 - not for --check, which runs every few seconds
+
     where = parse_listen(listen) if isinstance(listen, str) else listen
     if where.path is not None:
         connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(where.path))
@@ -160,6 +175,8 @@ def format_status(doc: dict[str, Any], events: int = 10) -> str:
 
 def show(listen: str, out: TextIO, *, as_json: bool = False) -> int:
     """``virt-launcher status``: print the status of the launcher at ``listen``; exit code."""
+    import asyncio  # noqa: PLC0415
+
     doc = asyncio.run(fetch_status(listen))
     if as_json:
         json.dump(doc, out, indent=2)
@@ -167,3 +184,61 @@ def show(listen: str, out: TextIO, *, as_json: bool = False) -> int:
     else:
         out.write(format_status(doc))
     return 0
+
+
+def _get(where: Listen, path: str, timeout_s: float) -> tuple[int, bytes]:
+    """(HTTP status, body) of one ``GET path`` (HTTP/1.0: the server closes after it)."""
+    deadline = time.monotonic() + timeout_s
+    if where.path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address: Any = str(where.path)
+    else:
+        host = where.host or "127.0.0.1"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        address = (host, where.port)
+    with sock:
+        sock.settimeout(timeout_s)
+        sock.connect(address)
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        data = b""
+        while len(data) < 65536:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    parts = head.split(b"\r\n", 1)[0].split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise StatusServerError(f"{where} answered something that is not HTTP: {head[:60]!r}")
+    return int(parts[1]), body
+
+
+def check(listen: str, which: str, out: TextIO, timeout_s: float = CHECK_TIMEOUT_S) -> int:
+    """``virt-launcher status --check live|ready``: GET ``/healthz`` or ``/readyz``.
+
+    Exit 0 when it answers 200; :data:`EXIT_NOT_OK` (7) when it answers 503 (the reason
+    on stdout, which kubelet shows in the probe's event); 6 when the endpoint cannot be
+    reached within ``timeout_s`` or answers anything else (stderr).
+    """
+    path = _CHECK_PATHS[which]
+    where = parse_listen(listen)
+    try:
+        code, body = _get(where, path, timeout_s)
+    except (OSError, StatusServerError) as err:
+        print(f"cannot read {path} at {where}: {err}", file=sys.stderr)
+        return EXIT_STATUS_SERVER
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = {}
+    reason = doc.get("reason") if isinstance(doc, dict) else None
+    if code == 200:
+        print(f"{which}: ok", file=out)
+        return EXIT_OK
+    if code == 503:
+        print(f"not {which}: {reason or 'no reason given'}", file=out)
+        return EXIT_NOT_OK
+    print(f"{path} at {where} answered HTTP {code}", file=sys.stderr)
+    return EXIT_STATUS_SERVER

@@ -89,8 +89,11 @@ MIB = 1024 * 1024
 #: writes the termination log. 15 s = one bounded hard-stop step + 5 s; KubeVirt pads
 #: its launcher pod's grace period by 15 s too.
 GRACE_MARGIN_S = 15
-#: The launcher's share of the memory request (docs/deploy.md, "Memory and CPU").
-LAUNCHER_MEMORY_MIB = 96
+#: The launcher's share of the memory request (docs/deploy.md, "Memory and CPU"): the
+#: launcher once its status endpoint served a request (48 MiB, bench/README.md; the
+#: probes make that happen), one netlink child (35 MiB: start-up, exit cleanup, each hot
+#: plug) and two exec probes at once (2 x 16 MiB), 115 MiB of RSS, rounded up.
+LAUNCHER_MEMORY_MIB = 120
 #: The VMM process beyond guest RAM: QEMU's own RSS (30 MiB) and its I/O thread (8 MiB),
 #: KubeVirt's figures; used for cloud-hypervisor as well (it is smaller).
 VMM_MEMORY_MIB = 38
@@ -259,8 +262,8 @@ def capabilities(spec: VmSpec, network: NetworkPlan) -> tuple[str, ...]:
 def memory_overhead(spec: VmSpec) -> int:
     """Bytes the pod needs beyond guest RAM (docs/deploy.md, "Memory and CPU").
 
-    ``ceil(guest / 512)`` (page tables) + 8 MiB per vCPU + 38 MiB (the VMM) + 96 MiB
-    (the launcher, its netlink child at exit and hot plug, and the exec probes)
+    ``ceil(guest / 512)`` (page tables) + 8 MiB per vCPU + 38 MiB (the VMM) + 120 MiB
+    (the launcher, its netlink child and the exec probes)
     + 1 GiB with an SR-IOV VF (VFIO locks guest RAM and MMIO space).
     """
     guest = -(-spec.memory_bytes // MIB) * MIB
@@ -643,6 +646,7 @@ def build(
     """The ConfigMap and the Pod for ``spec``; SpecError listing every reason it cannot run."""
     problems: list[Problem] = []
     namespace = settings.namespace or spec.namespace
+    spec_text = _spec_text(spec, spec_text, namespace)
     if namespace != spec.namespace:
         spec = dataclasses.replace(spec, namespace=namespace)
     pod_name, config_name = _names(spec, namespace, problems)
@@ -787,7 +791,7 @@ def build(
                 "app.kubernetes.io/instance": spec.name,
             },
         },
-        "data": {SPEC_FILE: _spec_text(spec, spec_text, namespace)},
+        "data": {SPEC_FILE: spec_text},
     }
     return [config_map, {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}]
 

@@ -400,7 +400,8 @@ def _add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("copy", "volume"),
         help="kernelBoot and containerDisk images: copy (default: init containers copy the "
         "files into emptyDirs, any Kubernetes) or volume (read-only Kubernetes image "
-        "volumes: Kubernetes 1.33+ with the ImageVolume feature; only read-only disks)",
+        "volumes: Kubernetes 1.31+ with the ImageVolume feature gate, on by default from "
+        "1.35; only read-only disks)",
     )
     g.add_argument(
         "--copier-image",

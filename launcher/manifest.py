@@ -128,7 +128,7 @@ class ImageSource(enum.StrEnum):
     """How kernelBoot and containerDisk images reach the pod."""
 
     COPY = "copy"  # init containers copy the files into emptyDirs (any Kubernetes)
-    VOLUME = "volume"  # Kubernetes ``image`` volumes, read-only (ImageVolume, 1.33+)
+    VOLUME = "volume"  # Kubernetes ``image`` volumes, read-only (ImageVolume gate, 1.31+)
 
 
 @dataclass(frozen=True, slots=True)

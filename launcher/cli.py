@@ -516,7 +516,7 @@ def manifest(options: Options, out: TextIO) -> int:
         probes=not args.get("no_probes"),
     )
     text = options.spec_path.read_text(encoding="utf-8")
-    out.write(render(build(spec, text, settings), options.spec_path))
+    out.write(render(build(spec, text, settings, str(options.spec_path)), options.spec_path))
     return EXIT_OK
 
 

@@ -106,6 +106,8 @@ CPU_OVERHEAD_MILLI = 100
 #: The VMM user (KubeVirt's qemu uid/gid); also the pod's fsGroup.
 VMM_UID = 107
 
+#: The API server's limit on a ConfigMap's data (etcd's object size limit).
+CONFIGMAP_MAX_BYTES = 1024 * 1024
 SPEC_DIR = "/etc/virt-launcher"
 SPEC_FILE = "vm.yaml"
 PODINFO_DIR = "/etc/podinfo"
@@ -641,15 +643,27 @@ def _spec_text(spec: VmSpec, text: str, namespace: str) -> str:
 
 
 def build(
-    spec: VmSpec, spec_text: str, settings: ManifestSettings = ManifestSettings()
+    spec: VmSpec,
+    spec_text: str,
+    settings: ManifestSettings = ManifestSettings(),
+    source: str = "<spec>",
 ) -> list[dict[str, Any]]:
-    """The ConfigMap and the Pod for ``spec``; SpecError listing every reason it cannot run."""
+    """The ConfigMap and the Pod for ``spec`` (whose file, ``source``, holds
+    ``spec_text``); SpecError listing every reason it cannot run."""
     problems: list[Problem] = []
     namespace = settings.namespace or spec.namespace
     spec_text = _spec_text(spec, spec_text, namespace)
     if namespace != spec.namespace:
         spec = dataclasses.replace(spec, namespace=namespace)
     pod_name, config_name = _names(spec, namespace, problems)
+    if len(spec_text.encode()) > CONFIGMAP_MAX_BYTES:
+        problems.append(
+            Problem(
+                source,
+                f"the spec is {len(spec_text.encode())} bytes; a ConfigMap holds at most "
+                f"{CONFIGMAP_MAX_BYTES} (move large cloud-init data out of the spec)",
+            )
+        )
     _, devices_path = _prefix(spec)
     hypervisor = choose_hypervisor(spec, settings.hypervisor)
     network: NetworkPlan | None = None

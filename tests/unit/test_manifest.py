@@ -589,3 +589,12 @@ def test_probes_are_exec_probes_the_cli_parses() -> None:
         assert (options.command, options.status_args["check"]) == ("status", check)
     bare = launcher_of(objects(EXAMPLES / "demo-vm.yaml", probes=False))
     assert "livenessProbe" not in bare and "readinessProbe" not in bare
+
+
+def test_a_spec_too_large_for_a_configmap_is_refused() -> None:
+    path = EXAMPLES / "kubevirt-masquerade-ports.yaml"
+    text = path.read_text() + "#" + "x" * (1 << 20) + "\n"
+    with pytest.raises(SpecError) as caught:
+        build(load(path), text, ManifestSettings(), str(path))
+    assert caught.value.lines()[0].startswith(f"{path}: the spec is 1")
+    assert "a ConfigMap holds at most 1048576" in caught.value.lines()[0]

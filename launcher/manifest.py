@@ -9,9 +9,12 @@ by :func:`render` as a multi-document YAML stream for ``kubectl apply -f -``:
 
 What is derived from what (docs/deploy.md explains each choice):
 
-* **Capabilities** from the network plan (:func:`capabilities`): the plan is made against
-  :func:`launcher.machine.synthetic_pod` with the spec's tap NICs (bridge, masquerade),
-  so each capability is tied to something the launcher will really do.
+* **Capabilities** from the network plan (:func:`capabilities`): the plan is made by the
+  one composition's network stage (:func:`launcher.machine.plan_pod_network`) with the
+  :class:`~launcher.options.RunOptions` the Pod's ``run`` args give (:func:`run_options`)
+  against ``plan --offline``'s synthetic pod (:func:`launcher.plandoc.synthetic_pod`) with
+  the spec's tap NICs (bridge, masquerade), so each capability is tied to something the
+  launcher will really do.
 * **Pod sysctls** are ``NetworkPlan.sysctls``. Contract with ``launcher.network``: that
   field holds exactly the pod-level, network-namespaced ``net.*`` sysctls the pod must
   declare (what netlink cannot set); nothing is filtered here, and the tests check that
@@ -45,11 +48,12 @@ from typing import Any
 import yaml
 
 from launcher.errors import LauncherError, Problem, SpecError
-from launcher.machine import QEMU, choose_hypervisor, synthetic_pod
+from launcher.machine import QEMU, choose_hypervisor, plan_pod_network
 from launcher.network.discover import PodState
 from launcher.network.multus import map_interfaces, qualified_network_name
-from launcher.network.plan import NetworkPlan, PlanOptions
-from launcher.network.plan import plan as plan_network
+from launcher.network.plan import NetworkPlan
+from launcher.options import RunOptions
+from launcher.plandoc import synthetic_pod
 from launcher.spec.model import (
     BindingKind,
     ContainerDisk,
@@ -74,6 +78,7 @@ __all__ = [
     "grace_period",
     "network_annotations",
     "plan_for_manifest",
+    "run_options",
     "GRACE_MARGIN_S",
     "LAUNCHER_MEMORY_MIB",
     "VMM_MEMORY_MIB",
@@ -204,12 +209,34 @@ def _tap_only(spec: VmSpec) -> VmSpec:
     )
 
 
-def plan_for_manifest(spec: VmSpec, ip_families: str = "dual") -> NetworkPlan:
-    """The network plan of ``spec``'s tap NICs against a synthetic pod (dual-stack by
-    default, like the one ``plan --offline`` uses); NetworkError when it cannot be made."""
+_RUN_DEFAULTS = RunOptions(spec_path=Path(SPEC_DIR) / SPEC_FILE)
+
+
+def run_options(settings: ManifestSettings) -> RunOptions:
+    """The options the Pod's ``run`` gets (its args are rendered from them, :func:`_run_args`)."""
+    return RunOptions(
+        spec_path=Path(SPEC_DIR) / SPEC_FILE,
+        podinfo=Path(PODINFO_DIR),
+        state_dir=Path(STATE_DIR),
+        volumes_dir=Path(VOLUMES_DIR),
+        termination_log=Path(TERMINATION_LOG),
+        hypervisor=settings.hypervisor,
+        accel=settings.accel or _RUN_DEFAULTS.accel,
+    )
+
+
+def plan_for_manifest(
+    spec: VmSpec, ip_families: str = "dual", options: RunOptions | None = None
+) -> NetworkPlan:
+    """The network plan of ``spec``'s tap NICs against the synthetic pod ``plan --offline``
+    uses (dual-stack unless ``ip_families`` says otherwise), made by the one composition's
+    network stage (:func:`launcher.machine.plan_pod_network`) with ``options``, by default
+    those the Pod's ``run`` gets; NetworkError when it cannot be made."""
     tap_spec = _tap_only(spec)
     pod = _restrict_families(synthetic_pod(tap_spec), ip_families)
-    return plan_network(tap_spec, pod, PlanOptions())
+    if options is None:
+        options = run_options(ManifestSettings())
+    return plan_pod_network(tap_spec, pod, options, None)
 
 
 def _has_tap_nic(spec: VmSpec) -> bool:
@@ -611,24 +638,25 @@ def _probe(check: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _run_args(settings: ManifestSettings) -> list[str]:
+def _run_args(options: RunOptions) -> list[str]:
+    """``run``'s command line for ``options`` (a unit test parses it back to them)."""
     args = [
         "run",
         "--spec",
-        f"{SPEC_DIR}/{SPEC_FILE}",
+        str(options.spec_path),
         "--podinfo",
-        PODINFO_DIR,
+        str(options.podinfo),
         "--state-dir",
-        STATE_DIR,
+        str(options.state_dir),
         "--volumes-dir",
-        VOLUMES_DIR,
+        str(options.volumes_dir),
         "--termination-log",
-        TERMINATION_LOG,
+        str(options.termination_log),
     ]
-    if settings.hypervisor:
-        args += ["--hypervisor", settings.hypervisor]
-    if settings.accel:
-        args += ["--accel", settings.accel]
+    if options.hypervisor:
+        args += ["--hypervisor", options.hypervisor]
+    if options.accel != _RUN_DEFAULTS.accel:
+        args += ["--accel", options.accel]
     return args
 
 
@@ -665,10 +693,11 @@ def build(
             )
         )
     _, devices_path = _prefix(spec)
-    hypervisor = choose_hypervisor(spec, settings.hypervisor)
+    options = run_options(settings)
+    hypervisor = choose_hypervisor(spec, options.hypervisor)
     network: NetworkPlan | None = None
     try:
-        network = plan_for_manifest(spec, settings.ip_families)
+        network = plan_for_manifest(spec, settings.ip_families, options)
     except LauncherError as err:
         problems.append(Problem(f"{devices_path}.interfaces", str(err)))
     if settings.cpu_allocation_ratio < 1:
@@ -738,7 +767,7 @@ def build(
     container: dict[str, Any] = {
         "name": LAUNCHER_CONTAINER,
         "image": settings.image,
-        "args": _run_args(settings),
+        "args": _run_args(options),
         "resources": {"requests": requests, **({"limits": limits} if limits else {})},
         "securityContext": {
             "runAsUser": 0,

@@ -21,6 +21,7 @@ from dhcp.v6.lease import Config6
 from launcher.jsonable import JsonValue, to_jsonable
 from launcher.podinfo import PodInfo
 from launcher.spec.model import BindingKind, Interface, VmSpec
+from launcher.status.listen import DEFAULT_STATUS_PORT
 
 from .devices import GuestNic, GuestVdpa, GuestVfio
 from .discover import PodLink, PodState
@@ -47,7 +48,6 @@ __all__ = [
     "served_options",
 ]
 
-DEFAULT_STATUS_PORT = 8186
 MIGRATION_PORTS = (49152, 49153)
 ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
 ISTIO_ANNOTATION = "sidecar.istio.io/inject"

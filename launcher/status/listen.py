@@ -3,7 +3,7 @@
 Used by the status server, the ``virt-launcher status`` client and the composition
 root's status task, which binds the socket at start-up with :func:`bind` and imports the
 HTTP stack (aiohttp, prometheus-client, psutil: ≈17 MiB, ≈300 ms) only when the first
-connection arrives (see :mod:`launcher.status.runsource`). This module imports nothing
+connection arrives (see :mod:`launcher.status.task`). This module imports nothing
 heavy.
 """
 
@@ -19,9 +19,9 @@ from launcher.errors import StatusServerError, UsageError
 
 __all__ = ["DEFAULT_LISTEN", "Listen", "parse_listen", "bind"]
 
-#: launcher.network.plan.DEFAULT_STATUS_PORT, repeated so ``status --check`` (an exec
-#: probe, run every few seconds) does not import the network package (≈7 MiB, ≈40 ms);
-#: a unit test keeps the two equal.
+#: The status endpoint's port. Defined here, and imported by the network plan's model
+#: (masquerade never DNATs it), so ``status --check``, an exec probe run every few
+#: seconds, does not import the network package (≈7 MiB, ≈40 ms).
 DEFAULT_STATUS_PORT = 8186
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_STATUS_PORT}"
 

@@ -35,6 +35,7 @@ from launcher.manifest import (
     network_annotations,
     plan_for_manifest,
     render,
+    run_options,
 )
 from launcher.network.multus import kubevirt_hashed_name
 from launcher.spec import VmSpec, load, parse
@@ -589,6 +590,23 @@ def test_probes_are_exec_probes_the_cli_parses() -> None:
         assert (options.command, options.status_args["check"]) == ("status", check)
     bare = launcher_of(objects(EXAMPLES / "demo-vm.yaml", probes=False))
     assert "livenessProbe" not in bare and "readinessProbe" not in bare
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"hypervisor": "qemu", "accel": "tcg"}, {"hypervisor": "cloud-hypervisor"}],
+    ids=["defaults", "qemu-tcg", "cloud-hypervisor"],
+)
+def test_the_pods_run_args_are_the_options_the_plan_was_made_with(
+    settings: dict[str, Any],
+) -> None:
+    """The capabilities and sysctls come from a plan made with run_options(); the Pod's
+    args, parsed as run parses them, give exactly those options."""
+    container = launcher_of(objects(EXAMPLES / "demo-vm.yaml", **settings))
+    parsed = cli.parse_args(container["args"])
+    assert parsed.command == "run"
+    listen = cli._listen(parsed)
+    assert cli._run_options(parsed, listen) == run_options(ManifestSettings(**settings))
 
 
 def test_a_spec_too_large_for_a_configmap_is_refused() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.network.plan import DEFAULT_STATUS_PORT
+from launcher.network.plan import PlanOptions
 from launcher.status import StatusBoard, StatusServer
 from launcher.status import listen as listen_module
 from launcher.status.client import EXIT_NOT_OK, check
@@ -27,15 +27,10 @@ pytestmark = pytest.mark.timeout(60)
 
 LAUNCHER = """
 import asyncio, sys
-from pathlib import Path
-from launcher.run import RunContext, RunOptions
-from launcher.status.runsource import status_hook
+from launcher.status.model import StatusBoard
+from launcher.status.task import status_task
 
-async def main(listen):
-    ctx = RunContext(RunOptions(spec_path=Path("vm.yaml")))
-    await status_hook(listen)(ctx)
-
-asyncio.run(main(sys.argv[1]))
+asyncio.run(status_task(sys.argv[1])(StatusBoard()))
 """
 
 
@@ -51,7 +46,8 @@ def probe(listen: str, which: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def launcher_endpoint(tmp_path: Path) -> Iterator[str]:
-    """A real run's status task (socket bound at once, HTTP stack on first connection)."""
+    """The run's status task in its own process (socket bound at once, HTTP stack on first
+    connection), serving a board the run has told nothing yet."""
     path = tmp_path / "status.sock"
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(LAUNCHER), f"unix:{path}"])
     try:
@@ -153,7 +149,7 @@ def test_the_probe_imports_no_http_stack_and_no_network_package() -> None:
     assert done.stdout.strip() == "6 []", (done.stdout, done.stderr)
 
 
-def test_the_status_port_is_the_network_plans() -> None:
-    """listen.py repeats the port so the probe need not import the network package."""
-    assert listen_module.DEFAULT_STATUS_PORT == DEFAULT_STATUS_PORT
-    assert f"127.0.0.1:{DEFAULT_STATUS_PORT}" == listen_module.DEFAULT_LISTEN
+def test_the_default_endpoint_port_is_the_one_masquerade_never_dnats() -> None:
+    """One definition (launcher.status.listen), imported by the network plan."""
+    assert listen_module.parse_listen(listen_module.DEFAULT_LISTEN).port == 8186
+    assert PlanOptions().status_port == listen_module.DEFAULT_STATUS_PORT

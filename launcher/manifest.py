@@ -670,6 +670,100 @@ def _spec_text(spec: VmSpec, text: str, namespace: str) -> str:
     return str(yaml.safe_dump(document, sort_keys=False))
 
 
+def _common_volumes(config_name: str) -> list[dict[str, Any]]:
+    """The volumes every launcher pod has: the spec, the downward API, state and /tmp."""
+    return [
+        {"name": "vl-spec", "configMap": {"name": config_name}},
+        {
+            "name": "vl-podinfo",
+            "downwardAPI": {
+                "items": [
+                    {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
+                ]
+            },
+        },
+        {"name": "vl-state", "emptyDir": {}},
+        {"name": "vl-tmp", "emptyDir": {}},
+    ]
+
+
+_COMMON_MOUNTS: tuple[dict[str, Any], ...] = (
+    {"name": "vl-spec", "mountPath": SPEC_DIR, "readOnly": True},
+    {"name": "vl-podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
+    {"name": "vl-state", "mountPath": STATE_DIR},
+    {"name": "vl-tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
+)
+
+
+def _init_containers(
+    spec: VmSpec, settings: ManifestSettings, pod: _Pod, volumes: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The copier (the static busybox into an emptyDir, ``vl-tools``, added to ``volumes``)
+    first, then the copy containers; Guaranteed-QoS limits with dedicated CPUs."""
+    init: list[dict[str, Any]] = []
+    if pod.init:  # the static copier the copy containers run inside the disk images
+        volumes.append({"name": "vl-tools", "emptyDir": {}})
+        init.append(
+            {
+                "name": "vl-tools",
+                "image": settings.copier_image or settings.image,
+                "command": ["cp", COPIER, f"{TOOLS_DIR}/busybox"],
+                "securityContext": _unprivileged(VMM_UID),
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                "volumeMounts": [{"name": "vl-tools", "mountPath": TOOLS_DIR}],
+            }
+        )
+        init += pod.init
+    if spec.cpu.dedicated:
+        for helper in init:
+            helper["resources"] = {
+                "requests": {"cpu": "100m", "memory": "32Mi"},
+                "limits": {"cpu": "100m", "memory": "32Mi"},
+            }
+    return init
+
+
+def _launcher_container(
+    spec: VmSpec,
+    settings: ManifestSettings,
+    pod: _Pod,
+    *,
+    options: RunOptions,
+    network: NetworkPlan,
+    requests: dict[str, Any],
+    limits: dict[str, Any],
+) -> dict[str, Any]:
+    """The launcher's container: ``run`` with ``options``, the plan's capabilities only."""
+    container: dict[str, Any] = {
+        "name": LAUNCHER_CONTAINER,
+        "image": settings.image,
+        "args": _run_args(options),
+        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "privileged": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": list(capabilities(spec, network))},
+        },
+        "volumeMounts": [dict(m) for m in _COMMON_MOUNTS] + pod.mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if settings.image_pull_policy:
+        container["imagePullPolicy"] = settings.image_pull_policy
+    if pod.devices:
+        container["volumeDevices"] = pod.devices
+    if pod.env:
+        container["env"] = pod.env
+    if settings.probes:
+        container["startupProbe"] = _probe("live", 2, 90)
+        container["livenessProbe"] = _probe("live", 10, 3)
+        container["readinessProbe"] = _probe("ready", 5, 2)
+    return container
+
+
 def build(
     spec: VmSpec,
     spec_text: str,
@@ -725,73 +819,11 @@ def build(
     }.items():
         requests[resource] = limits[resource] = str(count)
 
-    common_volumes: list[dict[str, Any]] = [
-        {"name": "vl-spec", "configMap": {"name": config_name}},
-        {
-            "name": "vl-podinfo",
-            "downwardAPI": {
-                "items": [
-                    {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
-                ]
-            },
-        },
-        {"name": "vl-state", "emptyDir": {}},
-        {"name": "vl-tmp", "emptyDir": {}},
-    ]
-    common_mounts: list[dict[str, Any]] = [
-        {"name": "vl-spec", "mountPath": SPEC_DIR, "readOnly": True},
-        {"name": "vl-podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
-        {"name": "vl-state", "mountPath": STATE_DIR},
-        {"name": "vl-tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
-    ]
-    init: list[dict[str, Any]] = []
-    if pod.init:  # the static copier the copy containers run inside the disk images
-        common_volumes.append({"name": "vl-tools", "emptyDir": {}})
-        init.append(
-            {
-                "name": "vl-tools",
-                "image": settings.copier_image or settings.image,
-                "command": ["cp", COPIER, f"{TOOLS_DIR}/busybox"],
-                "securityContext": _unprivileged(VMM_UID),
-                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
-                "volumeMounts": [{"name": "vl-tools", "mountPath": TOOLS_DIR}],
-            }
-        )
-        init += pod.init
-    if spec.cpu.dedicated:
-        for helper in init:
-            helper["resources"] = {
-                "requests": {"cpu": "100m", "memory": "32Mi"},
-                "limits": {"cpu": "100m", "memory": "32Mi"},
-            }
-    container: dict[str, Any] = {
-        "name": LAUNCHER_CONTAINER,
-        "image": settings.image,
-        "args": _run_args(options),
-        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
-        "securityContext": {
-            "runAsUser": 0,
-            "runAsNonRoot": False,
-            "privileged": False,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"], "add": list(capabilities(spec, network))},
-        },
-        "volumeMounts": common_mounts + pod.mounts,
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    if settings.image_pull_policy:
-        container["imagePullPolicy"] = settings.image_pull_policy
-    if pod.devices:
-        container["volumeDevices"] = pod.devices
-    if pod.env:
-        container["env"] = pod.env
-    if settings.probes:
-        container["startupProbe"] = _probe("live", 2, 90)
-        container["livenessProbe"] = _probe("live", 10, 3)
-        container["readinessProbe"] = _probe("ready", 5, 2)
-
+    common_volumes = _common_volumes(config_name)
+    init = _init_containers(spec, settings, pod, common_volumes)
+    container = _launcher_container(
+        spec, settings, pod, options=options, network=network, requests=requests, limits=limits
+    )
     labels = {
         **dict(spec.labels),
         "app.kubernetes.io/name": "virt-launcher",

@@ -246,7 +246,7 @@ def test_sysctls_are_the_plans() -> None:
     security = pod_of(build(spec, text))["spec"]["securityContext"]
     assert security["sysctls"] == [{"name": s.key, "value": s.value} for s in network.sysctls]
     names = {s["name"] for s in security["sysctls"]}
-    assert {"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} <= names
+    assert "net.ipv6.conf.all.forwarding" in names  # what netlink cannot set per interface
     v4 = pod_of(build(spec, text, ManifestSettings(ip_families="ipv4")))["spec"]
     assert not [
         s for s in v4["securityContext"]["sysctls"] if s["name"].startswith("net.ipv6.conf.all")

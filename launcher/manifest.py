@@ -54,6 +54,7 @@ from launcher.network.multus import map_interfaces, qualified_network_name
 from launcher.network.plan import NetworkPlan
 from launcher.options import RunOptions
 from launcher.plandoc import synthetic_pod
+from launcher.privileges import needed_capabilities
 from launcher.spec.model import (
     BindingKind,
     ContainerDisk,
@@ -252,40 +253,10 @@ def _has_vfio(spec: VmSpec) -> bool:
     )
 
 
-#: Why each capability is asked for (docs/deploy.md repeats this table).
-CAPABILITY_REASONS: dict[str, str] = {
-    "NET_ADMIN": "create the bridge and tap of each tap NIC, move the pod's MAC and "
-    "addresses, set routes, load the nftables ruleset; delete the launcher's nftables "
-    "tables at exit (every VM)",
-    "NET_RAW": "DHCPv4 replies to clients without an address (AF_PACKET), DHCPv6 "
-    "receive socket (AF_PACKET), router advertisements (raw ICMPv6)",
-    "NET_BIND_SERVICE": "the DHCPv4 (UDP 67) and DHCPv6 (UDP 547) server ports",
-    "SYS_RESOURCE": "raise RLIMIT_MEMLOCK for VFIO, which pins all guest memory",
-    "SETUID": "start the VMM as uid 107 instead of root",
-    "SETGID": "start the VMM as gid 107 (and drop root's supplementary groups)",
-}
-
-
 def capabilities(spec: VmSpec, network: NetworkPlan) -> tuple[str, ...]:
-    """The capabilities the launcher container adds (after dropping ALL), in a fixed order.
-
-    NET_ADMIN for every VM (tap plumbing; even a VM without tap NICs runs the exit cleanup,
-    which deletes the launcher's nftables tables); NET_RAW and NET_BIND_SERVICE when a NIC
-    is served DHCP or router advertisements (bridge with addresses, masquerade; not a
-    plain-L2 bridge, not SR-IOV/vDPA); SYS_RESOURCE with an SR-IOV VF; SETUID and SETGID
-    always, to run the VMM as uid/gid 107.
-    """
-    caps = {"NET_ADMIN", "SETUID", "SETGID"}
-    for nic in network.nics:
-        if nic.dhcp4 is not None:
-            caps |= {"NET_BIND_SERVICE", "NET_RAW"}  # port 67 + AF_PACKET replies
-        if nic.dhcp6 is not None:
-            caps |= {"NET_BIND_SERVICE", "NET_RAW"}  # port 547 + AF_PACKET receive
-        if nic.ra is not None:
-            caps.add("NET_RAW")  # raw ICMPv6
-    if _has_vfio(spec):
-        caps.add("SYS_RESOURCE")
-    return tuple(c for c in CAPABILITY_REASONS if c in caps)
+    """The capabilities the launcher container adds after dropping ALL: the ones ``run``
+    checks at start (:func:`launcher.privileges.needed_capabilities`, one definition)."""
+    return needed_capabilities(spec, network)
 
 
 def memory_overhead(spec: VmSpec) -> int:

@@ -7,8 +7,9 @@ sequence (docs/run.md, docs/architecture.md):
    names (kernel, disks under ``--volumes-dir``; missing → exit 2), before the pod is
    touched;
 2. discover the pod (the netlink child sent ``discover`` ahead), compose the network
-   plan and the machine (:func:`launcher.machine.compose`, the one composition) and wire
-   each guest NIC through its owner (:class:`launcher.nics.Nics`; every privileged
+   plan and the machine (:func:`launcher.machine.compose`, the one composition), check
+   the capabilities the plan needs (:mod:`launcher.privileges`; missing → exit 3, nothing
+   changed) and wire each guest NIC through its owner (:class:`launcher.nics.Nics`; every privileged
    change through the one :class:`~launcher.agent.AgentRunner`), with QEMU's
    accelerator probe running beside it (failure → exit 3);
 3. start the VMM through :class:`~launcher.supervisor.Supervisor` (failure → exit 4)
@@ -55,6 +56,7 @@ from launcher.notls import without_ssl
 from launcher.options import RunOptions
 from launcher.phase import Phase
 from launcher.podinfo import load_podinfo
+from launcher.privileges import check_capabilities
 from launcher.spec import VmSpec, load
 from launcher.status.model import StatusBoard
 from launcher.supervisor import (
@@ -333,6 +335,7 @@ class _Run:
                 f"namespace (found: {', '.join(lk.name for lk in pod.links) or 'none'})"
             )
         composition = compose(spec, pod, options, load_podinfo(options.podinfo), volumes)
+        check_capabilities(spec, composition.network)  # before anything changes
         if any(d.file.state is FileState.BUILD for d in volumes.disks):
             # cloud-init seed ISOs need the plan (guest MACs, SR-IOV/vDPA addresses)
             from launcher.cloudinit import build_seeds  # noqa: PLC0415 - only with cloud-init

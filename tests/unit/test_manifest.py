@@ -249,10 +249,14 @@ def test_sysctls_are_the_plans() -> None:
     assert "net.ipv6.conf.all.forwarding" in names  # what netlink cannot set per interface
     v4 = pod_of(build(spec, text, ManifestSettings(ip_families="ipv4")))["spec"]
     assert not [
-        s for s in v4["securityContext"]["sysctls"] if s["name"].startswith("net.ipv6.conf.all")
+        s
+        for s in v4["securityContext"].get("sysctls", [])
+        if s["name"].startswith("net.ipv6.conf.all")
     ]
     v6 = pod_of(build(spec, text, ManifestSettings(ip_families="ipv6")))["spec"]
-    assert "net.ipv4.ip_forward" not in {s["name"] for s in v6["securityContext"]["sysctls"]}
+    assert "net.ipv4.ip_forward" not in {
+        s["name"] for s in v6["securityContext"].get("sysctls", [])
+    }
 
 
 # --- devices ----------------------------------------------------------------------------

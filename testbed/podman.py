@@ -34,6 +34,7 @@ state and the netns are removed on exit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -136,16 +137,19 @@ def ensure_image(timeout: float = IMAGE_BUILD_TIMEOUT_S) -> str:
 
 
 def ensure_guest_image(guest: GuestImage, timeout: float = 300.0) -> str:
-    """The test guest as a kernel-boot container image (``/vmlinuz``, ``/initrd.gz`` in a
-    ``FROM scratch`` image, as KubeVirt's kernelBoot images are), built once per guest."""
-    tag = f"localhost/vl-test-guest:{guest.directory.name}"
+    """The test guest as a kernel-boot container image, built once per guest: a ``FROM
+    scratch`` image with ``/vmlinuz`` and ``/initrd.gz`` (KubeVirt's kernelBoot layout) and
+    the kernel again as ``/vmlinux`` (Virtink's kernel image layout)."""
+    containerfile = (
+        f"FROM scratch\nCOPY {guest.kernel.name} /vmlinuz\nCOPY {guest.initrd.name} /initrd.gz\n"
+        f"COPY {guest.kernel.name} /vmlinux\n"
+    )
+    recipe = hashlib.sha256(containerfile.encode()).hexdigest()[:8]
+    tag = f"localhost/vl-test-guest:{guest.directory.name}-{recipe}"
     env = _env()
     if subprocess.run(["podman", "image", "exists", tag], env=env, timeout=60,
                       check=False).returncode == 0:  # fmt: skip
         return tag
-    containerfile = (
-        f"FROM scratch\nCOPY {guest.kernel.name} /vmlinuz\nCOPY {guest.initrd.name} /initrd.gz\n"
-    )
     try:
         done = subprocess.run(
             ["podman", "build", "--isolation=chroot", "--pull=never", "--quiet", "--tag", tag,

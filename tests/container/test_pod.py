@@ -1,62 +1,60 @@
-"""The built image runs VMs under podman (runc) on a real CNI network, with least privilege.
+"""The Pods ``virt-launcher manifest`` prints run VMs under podman (runc) on a real CNI network.
 
-Each VM test writes the Kubernetes objects ``virt-launcher manifest`` is to print (a
-ConfigMap with the spec and a Pod: capabilities drop ALL + NET_ADMIN, NET_RAW,
-NET_BIND_SERVICE, pod sysctls, /dev/kvm and /dev/net/tun as device-plugin resources, a
-read-only root file system, the state dir on an emptyDir, the guest kernel and initrd
-read-only from the node), ``testbed.podman.translate`` turns them into ``podman run``
-flags as kubelet + a CRI runtime would run them, and the container runs on a dual-stack
-podman network (CNI bridge + host-local IPAM) in a node netns (tests/container/conftest.py).
-The guest prints its addresses on its serial console, which the launcher writes to its
-stdout (``serial: VL-…`` lines, docs/guest.md); the node reaches it at the pod IP.
+The manifest is the contract a cluster admin approves, so these tests run exactly that
+Pod. Each VM test writes a spec, runs the real ``virt-launcher manifest`` on it (the
+``manifest`` fixture, tests/container/conftest.py), and ``testbed.podman.translate``
+turns the printed ConfigMap + Pod into ``podman run`` flags as kubelet + a CRI runtime
+would run them: the init containers that copy the kernel out of its image into an
+emptyDir, capabilities dropped to ALL + the plan's, the pod sysctls, /dev/kvm and
+/dev/net/tun as device-plugin resources, a read-only root file system, the spec and
+downward-API volumes, the exec probes. Nothing is privileged, and ``/proc/sys`` is
+read-only as podman (like containerd and CRI-O) mounts it for every such container
+(checked). The container runs on a dual-stack podman network (CNI bridge + host-local
+IPAM) in a node netns; the guest prints its addresses on its serial console, which the
+launcher writes to its stdout (``serial: VL-…`` lines, docs/guest.md), and the node
+reaches it at the pod IP.
+
+The negative tests change the printed Pod in one named place each (a capability or the
+sysctls taken out, ``args`` replaced by ``validate``) and nothing else.
 
 Checked: the image is built and a second build is a cache hit; it has the qemu user
 (107) and no pip; ``validate`` runs in the container; a bridge VM gets the pod's IPv4
-and IPv6 and serves HTTP at the pod IP, no process holds a capability beyond the three,
-and ``podman stop`` presses the power button → exit 0 + termination log; a masquerade
-VM is reached through a listed port at the pod IP and not through an unlisted one;
-without NET_ADMIN the launcher exits 3 naming it; a Virtink spec (cloud-hypervisor by
-default, not in the image) exits 4 naming the binary and ``--hypervisor qemu``.
-
-``vm_objects`` stands in for ``virt-launcher manifest`` until that command exists.
+and IPv6 and serves HTTP at both pod IPs, the Pod's own readiness probe passes, no
+process holds a capability the Pod did not add, and ``podman stop`` presses the power
+button → exit 0 + termination log; a masquerade VM is reached through a listed port at
+the pod IP and not through an unlisted one; without NET_ADMIN, or without the pod
+sysctl, the launcher exits 3 naming it; a Virtink spec (cloud-hypervisor by default, not
+in the image) exits 4 naming the binary and ``--hypervisor qemu``.
 """
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testbed.guest.build import GuestImage
 from testbed.podman import Container, Network, Node, PodStarter, ensure_image
+
+from .conftest import GUEST_IMAGE, Manifest
 
 pytestmark = pytest.mark.timeout(240)
 
 NAMESPACE = "vms"
-GRACE_S = 20  # the spec's; the Pod gets GRACE_S + GRACE_MARGIN_S
-GRACE_MARGIN_S = 10
+GRACE_S = 20  # the spec's; the manifest gives the Pod this + its margin
 BOOT_TIMEOUT_S = 90.0  # container start → guest lease under TCG; normally about 10 s
+READY_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 60.0
-LAUNCHER_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")
 CAP_BITS = {"SETGID": 6, "SETUID": 7, "NET_BIND_SERVICE": 10, "NET_ADMIN": 12, "NET_RAW": 13,
             "SYS_RESOURCE": 24}  # fmt: skip
-STATE_DIR = "/var/run/virt-launcher"
-KERNEL_DIR = f"{STATE_DIR}/volumes/kernel"  # docs/volumes.md: <volumes-dir>/kernel/<path>
-#: Pod sysctls the network plan needs that only a sysctl can set (per-interface IPv4
-#: forwarding, arp_ignore and route_localnet go through netlink, IPv6 DAD is avoided per
-#: address: issue 14 part 1). accept_ra=2 only when the pod has RA routes (not here).
-SYSCTLS = {
-    "bridge": {"net.ipv6.conf.all.forwarding": "1"},
-    "masquerade": {"net.ipv6.conf.all.forwarding": "1"},
-}
+IPV6_FORWARDING = "net.ipv6.conf.all.forwarding"
 
 
 def kubevirt_spec(name: str, binding: str) -> str:
-    """A KubeVirt VMI booting the test guest by direct kernel boot with one pod NIC."""
+    """A KubeVirt VMI booting the test guest from a kernel-boot image with one pod NIC."""
     iface = (
         "bridge: {}"
         if binding == "bridge"
@@ -79,7 +77,7 @@ spec:
     firmware:
       kernelBoot:
         container:
-          image: registry.example/vl-test-guest:1
+          image: {GUEST_IMAGE}
           kernelPath: /vmlinuz
           initrdPath: /initrd.gz
         kernelArgs: "console=ttyS0 quiet loglevel=1 panic=-1"
@@ -94,7 +92,7 @@ spec:
 
 
 def virtink_spec(name: str) -> str:
-    """A Virtink VM (cloud-hypervisor by default) booting the test guest's kernel."""
+    """A Virtink VM (cloud-hypervisor by default) booting the test guest's kernel image."""
     return f"""\
 apiVersion: virt.virtink.smartx.com/v1alpha1
 kind: VirtualMachine
@@ -106,7 +104,7 @@ spec:
     memory:
       size: 256Mi
     kernel:
-      image: registry.example/vl-test-kernel:1
+      image: {GUEST_IMAGE}
       cmdline: "console=ttyS0 quiet"
     interfaces:
       - name: pod
@@ -117,96 +115,21 @@ spec:
 """
 
 
-def vm_objects(
-    name: str,
-    spec_text: str,
-    guest: GuestImage,
-    *,
-    binding: str = "bridge",
-    capabilities: Sequence[str] = LAUNCHER_CAPS,
-    kernel_files: dict[str, Path] | None = None,
-    args: Sequence[str] = ("run",),
-) -> list[dict[str, Any]]:
-    """The ConfigMap + Pod ``virt-launcher manifest`` should print for this VM.
+def pod_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (pod,) = [o for o in objects if o["kind"] == "Pod"]
+    return pod
 
-    ``kernel_files`` maps file names under the kernel volume to node files (hostPath
-    ``File``); by default the guest's directory is the kernel volume (``vmlinuz``,
-    ``initrd.gz``), as a kernel container image would be mounted."""
-    volumes: list[dict[str, Any]] = [
-        {"name": "spec", "configMap": {"name": f"{name}-spec"}},
-        {
-            "name": "podinfo",
-            "downwardAPI": {
-                "items": [
-                    {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
-                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
-                ]
-            },
-        },
-        {"name": "state", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "spec", "mountPath": "/etc/virt-launcher", "readOnly": True},
-        {"name": "podinfo", "mountPath": "/etc/podinfo", "readOnly": True},
-        {"name": "state", "mountPath": STATE_DIR},
-    ]
-    if kernel_files is None:
-        volumes.append(
-            {"name": "kernel", "hostPath": {"path": str(guest.directory), "type": "Directory"}}
-        )
-        mounts.append({"name": "kernel", "mountPath": KERNEL_DIR, "readOnly": True})
-    else:
-        for i, (file_name, node_file) in enumerate(sorted(kernel_files.items())):
-            volumes.append(
-                {"name": f"kernel-{i}", "hostPath": {"path": str(node_file), "type": "File"}}
-            )
-            mounts.append(
-                {"name": f"kernel-{i}", "mountPath": f"{KERNEL_DIR}/{file_name}", "readOnly": True}
-            )
-    devices = {"devices.kubevirt.io/kvm": "1", "devices.kubevirt.io/tun": "1"}
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "labels": {"app.kubernetes.io/name": "virt-launcher", "vm": name},
-            "annotations": {"virt-launcher.io/spec-configmap": f"{name}-spec"},
-        },
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": GRACE_S + GRACE_MARGIN_S,
-            "securityContext": {
-                "sysctls": [{"name": k, "value": v} for k, v in SYSCTLS[binding].items()]
-            },
-            "containers": [
-                {
-                    "name": "launcher",
-                    "image": "registry.example/virt-launcher:test",
-                    "args": list(args),
-                    "securityContext": {
-                        "capabilities": {"drop": ["ALL"], "add": list(capabilities)},
-                        "readOnlyRootFilesystem": True,
-                        "allowPrivilegeEscalation": False,
-                        "runAsUser": 0,
-                    },
-                    "resources": {
-                        "requests": {"cpu": "500m", "memory": "512Mi", **devices},
-                        "limits": devices,
-                    },
-                    "volumeMounts": mounts,
-                }
-            ],
-            "volumes": volumes,
-        },
-    }
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": f"{name}-spec", "namespace": NAMESPACE},
-        "data": {"vm.yaml": spec_text},
-    }
-    return [config_map, pod]
+
+def launcher_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = pod_of(objects)["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["launcher"]
+    return containers[0]
+
+
+def added_capabilities(objects: list[dict[str, Any]]) -> list[str]:
+    caps = launcher_of(objects)["securityContext"]["capabilities"]
+    assert caps["drop"] == ["ALL"]
+    return list(caps["add"])
 
 
 def node_http(the_node: Node, url: str, attempts: int = 15) -> str:
@@ -219,10 +142,17 @@ def node_http(the_node: Node, url: str, attempts: int = 15) -> str:
     return ""
 
 
-def pod_capabilities(container: Container) -> list[str]:
-    """The capabilities the translated Pod gives its container (from its --cap-add)."""
-    adds = [a.removeprefix("--cap-add=") for a in container.spec.argv if a.startswith("--cap-add=")]
-    return [c for add in adds for c in add.split(",")]
+def mount_options(container: Container, mount_point: str) -> set[str]:
+    """The per-mount options of ``mount_point`` as the container's first process sees it
+    (of the last mount there: the one on top)."""
+    pid = int(container.inspect()["State"]["Pid"])
+    found: set[str] = set()
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == mount_point:
+            found = set(fields[5].split(","))
+    assert found, f"nothing is mounted at {mount_point} in {container.name}"
+    return found
 
 
 def error_records(container: Container) -> list[dict[str, Any]]:
@@ -257,18 +187,26 @@ def test_image_builds_is_cached_and_has_the_vmm_user(
     ], probe.stdout + probe.stderr
 
 
-def test_validate_runs_in_the_container(pods: PodStarter, guest: GuestImage) -> None:
-    spec = (Path(__file__).parents[2] / "examples/kubevirt-masquerade-ports.yaml").read_text()
-    container = pods(vm_objects("validate", spec, guest, args=["validate"]))
+def test_validate_runs_in_the_container(pods: PodStarter, manifest: Manifest) -> None:
+    objects = manifest(kubevirt_spec("validate", "masquerade"))
+    launcher_of(objects)["args"] = ["validate", "--spec", "/etc/virt-launcher/vm.yaml"]
+    container = pods(objects)
     assert container.wait(EXIT_TIMEOUT_S) == 0, container.stderr_path.read_text()[-2000:]
-    assert "ok" in container.console.text().lower(), container.console.text()
+    assert "ok: kubevirt-vmi vms/validate" in container.console.text(), container.console.text()
 
 
 def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
-    pods: PodStarter, guest: GuestImage, cluster: tuple[Node, Network]
+    pods: PodStarter, manifest: Manifest, cluster: tuple[Node, Network]
 ) -> None:
     the_node, network = cluster
-    container = pods(vm_objects("bridge", kubevirt_spec("bridge", "bridge"), guest))
+    objects = manifest(kubevirt_spec("bridge", "bridge"))
+    pod = pod_of(objects)
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    assert grace > GRACE_S
+    container = pods(objects)
+    # What podman gives an unprivileged container, as every CRI runtime does.
+    assert "ro" in mount_options(container, "/proc/sys")
+    assert "ro" in mount_options(container, "/")
     pod4, pod6 = container.addresses(network)
     lease4 = container.wait_for("LEASE4", BOOT_TIMEOUT_S)
     lease6 = container.wait_for("LEASE6", BOOT_TIMEOUT_S)
@@ -278,8 +216,14 @@ def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
     assert lease6.args == ("eth0", f"{pod6}/128")
     assert "VL-HTTP-OK port=80 hostname=bridge" in node_http(the_node, f"http://{pod4}/")
     assert "VL-HTTP-OK port=80 hostname=bridge" in node_http(the_node, f"http://[{pod6}]/")
+    # The Pod's own exec probe, run as kubelet runs it.
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while (ready := container.probe("readiness")).returncode != 0:
+        assert time.monotonic() < deadline, ready.stdout + ready.stderr
+        time.sleep(1)
+    assert ready.stdout.strip() == "ready: ok"
     # Least privilege: nothing in the pod holds a capability the Pod did not add.
-    allowed = sum(1 << CAP_BITS[c] for c in pod_capabilities(container))
+    allowed = sum(1 << CAP_BITS[c] for c in added_capabilities(objects))
     for proc in container.processes():
         assert proc.cap_eff & ~allowed == 0, proc
         assert proc.cap_prm & ~allowed == 0, proc
@@ -290,9 +234,9 @@ def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
     try:
         container.wait_for("POWER-BUTTON", GRACE_S, since=mark)
         container.wait_for("POWEROFF", GRACE_S, since=mark)
-        code = container.wait(GRACE_S + GRACE_MARGIN_S)
+        code = container.wait(grace)
     finally:
-        stopper.wait(GRACE_S + GRACE_MARGIN_S + 30)
+        stopper.wait(grace + 30)
     took = time.monotonic() - sent
     assert code == 0, container.stderr_path.read_text()[-3000:]
     assert took < GRACE_S, f"stop took {took:.1f} s, not within the {GRACE_S} s grace period"
@@ -301,12 +245,10 @@ def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
 
 
 def test_masquerade_vm_is_reached_through_a_listed_port_only(
-    pods: PodStarter, guest: GuestImage, cluster: tuple[Node, Network]
+    pods: PodStarter, manifest: Manifest, cluster: tuple[Node, Network]
 ) -> None:
     the_node, network = cluster
-    container = pods(
-        vm_objects("masq", kubevirt_spec("masq", "masquerade"), guest, binding="masquerade")
-    )
+    container = pods(manifest(kubevirt_spec("masq", "masquerade")))
     pod4, pod6 = container.addresses(network)
     lease4 = container.wait_for("LEASE4", BOOT_TIMEOUT_S)
     assert lease4.args[0] == "eth0" and lease4.args[1].startswith("10.0.2.2/")
@@ -320,14 +262,11 @@ def test_masquerade_vm_is_reached_through_a_listed_port_only(
 
 
 def test_without_net_admin_the_launcher_exits_3_naming_it(
-    pods: PodStarter, guest: GuestImage
+    pods: PodStarter, manifest: Manifest
 ) -> None:
-    objects = vm_objects(
-        "nocap",
-        kubevirt_spec("nocap", "bridge"),
-        guest,
-        capabilities=("NET_RAW", "NET_BIND_SERVICE"),
-    )
+    objects = manifest(kubevirt_spec("nocap", "bridge"))
+    caps = launcher_of(objects)["securityContext"]["capabilities"]
+    caps["add"] = [c for c in caps["add"] if c != "NET_ADMIN"]
     container = pods(objects)
     code = container.wait(EXIT_TIMEOUT_S)
     log = container.stderr_path.read_text()[-3000:]
@@ -339,13 +278,32 @@ def test_without_net_admin_the_launcher_exits_3_naming_it(
     assert "NET_ADMIN" in container.spec.termination_log.read_text()
 
 
-def test_virtink_spec_without_cloud_hypervisor_exits_4_naming_it(
-    pods: PodStarter, guest: GuestImage
+def test_without_the_pod_sysctl_the_launcher_exits_3_naming_it(
+    pods: PodStarter, manifest: Manifest
 ) -> None:
-    objects = vm_objects(
-        "virtink", virtink_spec("virtink"), guest, kernel_files={"vmlinux": guest.kernel}
-    )
+    objects = manifest(kubevirt_spec("nosysctl", "bridge"))
+    security = pod_of(objects)["spec"]["securityContext"]
+    assert {"name": IPV6_FORWARDING, "value": "1"} in security["sysctls"]
+    before = copy.deepcopy(security)
+    del security["sysctls"]
+    assert before != security
     container = pods(objects)
+    code = container.wait(EXIT_TIMEOUT_S)
+    log = container.stderr_path.read_text()[-3000:]
+    assert code == 3, log
+    errors = error_records(container)
+    assert len(errors) == 1, log
+    message = str(errors[0]["msg"])
+    assert IPV6_FORWARDING in message, message
+    assert "spec.securityContext.sysctls" in message, message
+    assert container.spec.termination_log is not None
+    assert IPV6_FORWARDING in container.spec.termination_log.read_text()
+
+
+def test_virtink_spec_without_cloud_hypervisor_exits_4_naming_it(
+    pods: PodStarter, manifest: Manifest
+) -> None:
+    container = pods(manifest(virtink_spec("virtink")))
     code = container.wait(EXIT_TIMEOUT_S)
     log = container.stderr_path.read_text()[-3000:]
     assert code == 4, log

@@ -4,14 +4,14 @@ Called by :func:`launcher.cli.run` with :class:`~launcher.options.RunOptions`. T
 sequence (docs/run.md, docs/architecture.md):
 
 1. load the spec (``launcher.spec.load``; invalid → exit 2) and resolve the files it
-   names (kernel, disks under ``--volumes-dir``; missing → exit 2), before the pod is
-   touched;
+   names (kernel, disks under ``--volumes-dir``; missing → exit 2) and the VMM binary
+   (a missing cloud-hypervisor → exit 4), before the pod is touched;
 2. discover the pod (the netlink child sent ``discover`` ahead), compose the network
    plan and the machine (:func:`launcher.machine.compose`, the one composition), check
    the capabilities the plan needs (:mod:`launcher.privileges`; missing → exit 3, nothing
-   changed) and wire each guest NIC through its owner (:class:`launcher.nics.Nics`; every privileged
-   change through the one :class:`~launcher.agent.AgentRunner`), with QEMU's
-   accelerator probe running beside it (failure → exit 3);
+   changed) and wire each guest NIC through its owner (:class:`launcher.nics.Nics`;
+   every privileged change through the one :class:`~launcher.agent.AgentRunner`), with
+   QEMU's accelerator probe running beside it (failure → exit 3);
 3. start the VMM through :class:`~launcher.supervisor.Supervisor` (failure → exit 4)
    and, meanwhile, open every NIC's DHCPv4, DHCPv6 and RA servers (listening tens of ms
    after the spawn, before QEMU runs);
@@ -33,6 +33,7 @@ import asyncio
 import importlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from launcher.errors import (
     UsageError,
     exit_code_for,
 )
-from launcher.machine import Composition, choose_hypervisor, compose
+from launcher.machine import CLOUD_HYPERVISOR, Composition, choose_hypervisor, compose
 from launcher.nics import NicEvent, Nics
 from launcher.notls import without_ssl
 from launcher.options import RunOptions
@@ -142,6 +143,16 @@ def _make_hypervisor(
         api_socket=str(run_dir / "api.sock"),
         on_serial=on_serial,
     )
+
+
+def _require_vmm(kind: str, options: RunOptions) -> None:
+    """cloud-hypervisor has no Debian package, so an image may lack it (docs/image.md): its
+    absence is exit 4, naming it and ``--hypervisor qemu``, before the pod is touched."""
+    if kind == CLOUD_HYPERVISOR and shutil.which(options.cloud_hypervisor_binary) is None:
+        with without_ssl():  # the package imports aiohttp (see _preload)
+            from hypervisor.cloud_hypervisor.process import require_binary  # noqa: PLC0415
+
+        require_binary(options.cloud_hypervisor_binary)
 
 
 def _preload(kind: str) -> None:
@@ -280,6 +291,7 @@ class _Run:
         require_present(volumes)
         if self._stop_early:  # nothing was touched yet: end here
             return Outcome(f"stopped by {self._stop_early[0]} before the VM started", None, True)
+        _require_vmm(choose_hypervisor(spec, options.hypervisor), options)
         on_serial, console = _serial_sink(options)
         try:
             options.state_dir.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,13 @@ SUBNET4, SUBNET6 = "10.89.0.0/24", "fd89::/64"
 #: The image references the specs and manifests name; ``pods`` maps them to local images.
 LAUNCHER_IMAGE = "registry.example/virt-launcher:test"
 GUEST_IMAGE = "registry.example/vl-test-guest:1"
-#: ``virt-launcher manifest`` options this node needs: it has no /dev/vhost-net, so its
-#: device plugin would offer no vhost-net (documented option, docs/deploy.md).
-NODE_MANIFEST_ARGS = ("--vhost-net-resource", "none")
+#: ``virt-launcher manifest`` options for this node, as its admin would give them
+#: (docs/deploy.md): a device the node lacks is one its device plugin would not offer.
+#: This machine has no /dev/vhost-net; a node without /dev/kvm runs QEMU under TCG.
+NODE_MANIFEST_ARGS = (
+    *(() if os.path.exists("/dev/vhost-net") else ("--vhost-net-resource", "none")),
+    *(() if os.path.exists("/dev/kvm") else ("--accel", "tcg")),
+)
 
 Manifest = Callable[..., list[dict[str, Any]]]
 

@@ -24,7 +24,8 @@ process holds a capability the Pod did not add, and ``podman stop`` presses the 
 button → exit 0 + termination log; a masquerade VM is reached through a listed port at
 the pod IP and not through an unlisted one; without NET_ADMIN, or without the pod
 sysctl, the launcher exits 3 naming it; a Virtink spec (cloud-hypervisor by default, not
-in the image) exits 4 naming the binary and ``--hypervisor qemu``.
+in the image) exits 4 naming the binary and ``--hypervisor qemu`` before the pod network
+is touched.
 """
 
 from __future__ import annotations
@@ -314,3 +315,5 @@ def test_virtink_spec_without_cloud_hypervisor_exits_4_naming_it(
     assert "--hypervisor qemu" in message, message
     assert container.spec.termination_log is not None
     assert container.spec.termination_log.read_text().strip() == message
+    # Found missing before the pod network was touched.
+    assert not [r for r in container.records() if r.get("event") == "network-applied"], log

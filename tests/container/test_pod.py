@@ -20,12 +20,13 @@ sysctls taken out, ``args`` replaced by ``validate``) and nothing else.
 Checked: the image is built and a second build is a cache hit; it has the qemu user
 (107) and no pip; ``validate`` runs in the container; a bridge VM gets the pod's IPv4
 and IPv6 and serves HTTP at both pod IPs, the Pod's own readiness probe passes, no
-process holds a capability the Pod did not add, and ``podman stop`` presses the power
-button → exit 0 + termination log; a masquerade VM is reached through a listed port at
-the pod IP and not through an unlisted one; without NET_ADMIN, or without the pod
-sysctl, the launcher exits 3 naming it; a Virtink spec (cloud-hypervisor by default, not
-in the image) exits 4 naming the binary and ``--hypervisor qemu`` before the pod network
-is touched.
+process holds a capability the Pod did not add, ``/proc/sys``, ``/sys`` and ``/`` are
+read-only, and ``podman stop`` presses the power button → exit 0 + termination log; a
+masquerade VM is reached through a listed port at the pod IP and not through an unlisted
+one; without any one of NET_ADMIN, NET_RAW, NET_BIND_SERVICE, or without the pod sysctl,
+the launcher exits 3 naming it before the pod network is touched; a Virtink spec
+(cloud-hypervisor by default, not in the image) exits 4 naming the binary and
+``--hypervisor qemu``, also before.
 """
 
 from __future__ import annotations
@@ -206,8 +207,8 @@ def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
     assert grace > GRACE_S
     container = pods(objects)
     # What podman gives an unprivileged container, as every CRI runtime does.
-    assert "ro" in mount_options(container, "/proc/sys")
-    assert "ro" in mount_options(container, "/")
+    for read_only in ("/proc/sys", "/sys", "/"):
+        assert "ro" in mount_options(container, read_only), read_only
     pod4, pod6 = container.addresses(network)
     lease4 = container.wait_for("LEASE4", BOOT_TIMEOUT_S)
     lease6 = container.wait_for("LEASE6", BOOT_TIMEOUT_S)
@@ -217,7 +218,9 @@ def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
     assert lease6.args == ("eth0", f"{pod6}/128")
     assert "VL-HTTP-OK port=80 hostname=bridge" in node_http(the_node, f"http://{pod4}/")
     assert "VL-HTTP-OK port=80 hostname=bridge" in node_http(the_node, f"http://[{pod6}]/")
-    # The Pod's own exec probe, run as kubelet runs it.
+    # The Pod's own exec probes, run as kubelet runs them.
+    live = container.probe("startup")
+    assert (live.returncode, live.stdout.strip()) == (0, "live: ok"), live.stderr
     deadline = time.monotonic() + READY_TIMEOUT_S
     while (ready := container.probe("readiness")).returncode != 0:
         assert time.monotonic() < deadline, ready.stdout + ready.stderr
@@ -262,21 +265,27 @@ def test_masquerade_vm_is_reached_through_a_listed_port_only(
     assert refused.returncode != 0 and "VL-HTTP-OK" not in refused.stdout, refused.stdout
 
 
-def test_without_net_admin_the_launcher_exits_3_naming_it(
-    pods: PodStarter, manifest: Manifest
+@pytest.mark.parametrize("capability", ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"])
+def test_without_a_network_capability_the_launcher_exits_3_naming_it(
+    pods: PodStarter, manifest: Manifest, capability: str
 ) -> None:
     objects = manifest(kubevirt_spec("nocap", "bridge"))
     caps = launcher_of(objects)["securityContext"]["capabilities"]
-    caps["add"] = [c for c in caps["add"] if c != "NET_ADMIN"]
+    assert capability in caps["add"]
+    caps["add"] = [c for c in caps["add"] if c != capability]
     container = pods(objects)
     code = container.wait(EXIT_TIMEOUT_S)
     log = container.stderr_path.read_text()[-3000:]
     assert code == 3, log
     errors = error_records(container)
     assert len(errors) == 1, log
-    assert "NET_ADMIN" in str(errors[0]["msg"]), log
+    message = str(errors[0]["msg"])
+    assert message.startswith(f"missing capability {capability} "), message
+    assert "securityContext.capabilities.add" in message, message
     assert container.spec.termination_log is not None
-    assert "NET_ADMIN" in container.spec.termination_log.read_text()
+    assert capability in container.spec.termination_log.read_text()
+    # Found missing before the pod network was touched.
+    assert not [r for r in container.records() if r.get("event") == "network-applied"], log
 
 
 def test_without_the_pod_sysctl_the_launcher_exits_3_naming_it(
@@ -299,6 +308,7 @@ def test_without_the_pod_sysctl_the_launcher_exits_3_naming_it(
     assert "spec.securityContext.sysctls" in message, message
     assert container.spec.termination_log is not None
     assert IPV6_FORWARDING in container.spec.termination_log.read_text()
+    assert not [r for r in container.records() if r.get("event") == "network-applied"], log
 
 
 def test_virtink_spec_without_cloud_hypervisor_exits_4_naming_it(

@@ -502,7 +502,7 @@ def _init_containers(
                     "container is not supported here"
                 )
         flags = _container(pod, init, where, sources=sources, devices=devices, images=images)
-        inits.append((f"--name={name}-init-{i}", "--pull=never", "--network=none", *flags))
+        inits.append((f"--name={name}-init-{i}", "--rm", "--pull=never", "--network=none", *flags))
     return tuple(inits)
 
 

@@ -269,7 +269,8 @@ def test_masquerade_vm_is_reached_through_a_listed_port_only(
 def test_without_a_network_capability_the_launcher_exits_3_naming_it(
     pods: PodStarter, manifest: Manifest, capability: str
 ) -> None:
-    objects = manifest(kubevirt_spec("nocap", "bridge"))
+    name = f"no-{capability.lower().replace('_', '-')}"
+    objects = manifest(kubevirt_spec(name, "bridge"))
     caps = launcher_of(objects)["securityContext"]["capabilities"]
     assert capability in caps["add"]
     caps["add"] = [c for c in caps["add"] if c != capability]

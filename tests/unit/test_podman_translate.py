@@ -225,7 +225,7 @@ def test_init_containers_fs_group_and_image_volumes(tmp_path: Path) -> None:
     assert "--mount=type=image,source=localhost/kernel:abc,destination=/k" in spec.argv
     assert "--group-add=107" in spec.argv
     (init,) = spec.init
-    assert init[:3] == ("--name=vm1-init-0", "--pull=never", "--network=none")
+    assert init[:4] == ("--name=vm1-init-0", "--rm", "--pull=never", "--network=none")
     assert "--cap-drop=ALL" in init and not any(a.startswith("--cap-add") for a in init)
     assert "--user=107" in init and "--group-add=107" in init
     assert f"--mount=type=bind,source={tmp_path}/volumes/state,destination=/state" in init

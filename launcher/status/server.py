@@ -67,7 +67,7 @@ class StatusServer:
         sock: socket.socket | None = None,
     ) -> None:
         self.listen = parse_listen(listen) if isinstance(listen, str) else listen
-        self._sock = sock  # already bound by the caller (launcher.status.runsource), or None
+        self._sock = sock  # already bound by the caller (launcher.status.task), or None
         self.collector = Collector(source, netlink=NetlinkReader(netns), ttl=ttl)
         self.metrics = Metrics()
         self.liveness = Liveness(lambda: source.hypervisor)  # checked on request, no timer

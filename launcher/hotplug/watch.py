@@ -2,13 +2,18 @@
 
 kubelet's atomic writer never edits a projected file in place: it writes a new
 timestamped directory, then renames a ``..data`` symlink onto it, so ``spec.yaml`` (a
-symlink to ``..data/spec.yaml``) resolves to a new inode. :class:`Watcher` polls, at a
-bounded interval, a cheap signature of each watched file's DIRECTORY (its own mtime, the
-``..data`` target) and of the file as resolved (device, inode, size, mtime); when it
-changes it waits until it has been stable for ``debounce_s`` (bounded number of rounds),
-then re-reads the whole files and yields a :class:`Snapshot` if their bytes differ from
-the last one. Polling needs no new dependency and no inotify limits; a one-second
-interval is well inside the tens of seconds kubelet takes to propagate an update.
+symlink to ``..data/spec.yaml``) resolves to a new inode. :class:`Watcher` sleeps until
+inotify (:mod:`launcher.hotplug.inotify`) reports a change in a watched file's directory
+or in the directory the file resolves to (``IN_MOVED_TO`` of the ``..data`` rename, a
+plain rewrite, a removal), then compares a cheap signature of each file's directory (its
+own mtime, the ``..data`` target) and of the file as resolved (device, inode, size,
+mtime); when it changed it waits until it has been stable for ``debounce_s`` (bounded
+number of rounds), re-reads the whole files and yields a :class:`Snapshot` if their bytes
+differ from the last one. While nothing changes the watcher arms no timer: an idle
+launcher is not woken by it (issue 17). Where inotify cannot be had (no syscall, the
+``max_user_watches`` / ``max_user_instances`` limits reached) it logs a warning once and
+polls the signature every ``interval_s`` instead — one second is well inside the tens of
+seconds kubelet takes to propagate an update.
 
 Called by the hot-plug manager (``launcher.hotplug.manager``).
 """
@@ -21,6 +26,8 @@ import os
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .inotify import DirWatch, InotifyUnavailable
 
 __all__ = ["Snapshot", "Watcher", "MAX_FILE_BYTES", "DATA_LINK"]
 
@@ -74,11 +81,27 @@ def _read(path: Path) -> bytes | None:
     return data
 
 
+def _watch_dir(path: Path) -> Path:
+    """The nearest existing directory at or above ``path`` (a missing one is created there)."""
+    while not path.is_dir() and path.parent != path:
+        path = path.parent
+    return path
+
+
 class Watcher:
-    """Poll ``files`` (and their directories) and yield each settled change of their bytes."""
+    """Watch ``files`` (and their directories) and yield each settled change of their bytes.
+
+    ``interval_s`` is the poll interval used only where inotify cannot be had;
+    ``use_inotify=False`` forces that fallback (tests).
+    """
 
     def __init__(
-        self, files: Sequence[Path], *, interval_s: float = 1.0, debounce_s: float = 0.3
+        self,
+        files: Sequence[Path],
+        *,
+        interval_s: float = 1.0,
+        debounce_s: float = 0.3,
+        use_inotify: bool = True,
     ) -> None:
         if not files:
             raise ValueError("a Watcher needs at least one file to watch")
@@ -87,8 +110,17 @@ class Watcher:
         self.files = tuple(files)
         self.interval_s = interval_s
         self.debounce_s = debounce_s
+        self.use_inotify = use_inotify
         self._last: Snapshot | None = None
         self._sig: _Signature | None = None
+
+    def directories(self) -> set[Path]:
+        """What inotify watches: each file's directory and the directory it resolves to."""
+        dirs: set[Path] = set()
+        for path in self.files:
+            dirs.add(_watch_dir(path.parent))
+            dirs.add(_watch_dir(Path(os.path.realpath(path)).parent))
+        return dirs
 
     @property
     def has_baseline(self) -> bool:
@@ -128,13 +160,72 @@ class Watcher:
         """Yield a new snapshot after each settled change; runs until cancelled."""
         if self._last is None or self._sig is None:
             self.baseline()
-        while True:
-            await asyncio.sleep(self.interval_s)
-            now = self.signature()
-            if now == self._sig:
-                continue
-            self._sig = await self._settle(now)
-            snap = self.read()
-            if snap != self._last:
-                self._last = snap
-                yield snap
+        inotify = self._open_inotify()
+        check_now = True  # a change between the baseline and the watches is seen too
+        try:
+            while True:
+                if inotify is None:
+                    if not check_now:
+                        await asyncio.sleep(self.interval_s)
+                elif not check_now:
+                    await _readable(inotify)
+                    inotify.drain()
+                check_now = False
+                now = self.signature()
+                if now == self._sig:
+                    continue
+                self._sig = await self._settle(now)
+                if inotify is not None:
+                    inotify.drain()  # the events of the settled change itself
+                    inotify = self._rewatch(inotify)
+                snap = self.read()
+                if snap != self._last:
+                    self._last = snap
+                    yield snap
+        finally:
+            if inotify is not None:
+                inotify.close()
+
+    def _open_inotify(self) -> DirWatch | None:
+        if not self.use_inotify:
+            return None
+        try:
+            watch = DirWatch()
+        except InotifyUnavailable as err:
+            return self._fallback(err, None)
+        return self._rewatch(watch)
+
+    def _rewatch(self, watch: DirWatch) -> DirWatch | None:
+        """Point the watches at the directories now (a swap moves the resolved one)."""
+        try:
+            watch.watch(self.directories())
+        except InotifyUnavailable as err:
+            return self._fallback(err, watch)
+        return watch
+
+    def _fallback(self, err: OSError, watch: DirWatch | None) -> None:
+        if watch is not None:
+            watch.close()
+        log.warning(
+            "hot plug: inotify unavailable (%s); polling the spec and podinfo every %.1f s",
+            err,
+            self.interval_s,
+            extra={"event": "hotplug-poll-fallback"},
+        )
+        self.use_inotify = False
+
+
+async def _readable(watch: DirWatch) -> None:
+    """Sleep until the inotify descriptor has events (no timer is armed)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(watch.fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(watch.fd)

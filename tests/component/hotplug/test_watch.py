@@ -91,3 +91,61 @@ def test_bad_arguments_are_refused() -> None:
         Watcher([])
     with pytest.raises(ValueError, match="out of range"):
         Watcher([Path("x")], interval_s=0)
+
+
+async def test_idle_watcher_arms_no_timer_and_wakes_on_a_swap(tmp_path: Path) -> None:
+    """inotify: while nothing changes the watcher sleeps on its descriptor, no timer."""
+    atomic_write(tmp_path, {"vm.yaml": b"v1"})
+    path = tmp_path / "vm.yaml"
+    w = Watcher([path], interval_s=0.05, debounce_s=0.05)
+    w.baseline()
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(next_change(w, limit=30))
+    await asyncio.sleep(0.3)
+    soon = [  # next_change's own 30 s timeout is the only timer there may be
+        h
+        for h in loop._scheduled  # type: ignore[attr-defined]
+        if not h.cancelled() and h.when() - loop.time() < 10
+    ]
+    assert soon == [], soon
+    atomic_write(tmp_path, {"vm.yaml": b"v2"})
+    assert (await task).content(path) == b"v2"
+
+
+async def test_without_inotify_it_polls_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    atomic_write(tmp_path, {"vm.yaml": b"v1"})
+    path = tmp_path / "vm.yaml"
+    w = Watcher([path], interval_s=0.05, debounce_s=0.05, use_inotify=False)
+    w.baseline()
+    changes = w.changes()
+    pending = asyncio.ensure_future(anext(changes))
+    await asyncio.sleep(0.2)
+    atomic_write(tmp_path, {"vm.yaml": b"v2"})
+    async with asyncio.timeout(5):
+        assert (await pending).content(path) == b"v2"
+    await changes.aclose()
+
+
+async def test_inotify_refused_falls_back_to_polling_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from launcher.hotplug import inotify, watch
+
+    def refuse() -> inotify.DirWatch:
+        raise inotify.InotifyUnavailable(24, "inotify_init1: Too many open files")
+
+    monkeypatch.setattr(watch, "DirWatch", refuse)
+    path = tmp_path / "annotations"
+    w = Watcher([path], interval_s=0.05, debounce_s=0.05)
+    w.baseline()
+    changes = w.changes()
+    pending = asyncio.ensure_future(anext(changes))
+    await asyncio.sleep(0.2)
+    path.write_bytes(b"k=v\n")
+    async with asyncio.timeout(5):
+        assert (await pending).content(path) == b"k=v\n"
+    await changes.aclose()
+    assert any("polling" in r.getMessage() for r in caplog.records)
+    assert not w.use_inotify

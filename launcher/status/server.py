@@ -42,8 +42,8 @@ __all__ = ["StatusServer", "Listen", "parse_listen", "DEFAULT_LISTEN", "LAG_LIMI
 log = logging.getLogger(__name__)
 
 LAG_LIMIT_S = 1.0  # /healthz fails when the event loop lagged more than this…
-LAG_WINDOW_S = 5.0  # …at any time in the last LAG_WINDOW_S seconds
-_LAG_PERIOD_S = 0.25
+LAG_WINDOW_S = 5.0  # …in any probe of the last LAG_WINDOW_S seconds
+LAG_PROBE_S = 0.1  # a probe: how late a timer this long fires (measured when asked)
 
 
 def _page() -> bytes:
@@ -72,7 +72,7 @@ class StatusServer:
         self.metrics = Metrics()
         self.liveness = Liveness(lambda: source.hypervisor)  # checked on request, no timer
         self._runner: web.AppRunner | None = None
-        self._lag_task: asyncio.Task[None] | None = None
+        self._lags: collections.deque[tuple[float, float]] = collections.deque()
         self._page = _page()
         self._openapi = _openapi()
         self.port: int | None = None
@@ -114,7 +114,6 @@ class StatusServer:
         if self.listen.path is None:
             self.port = int(sock.getsockname()[1])
         self._runner = runner
-        self._lag_task = asyncio.create_task(self._measure_lag(), name="status-loop-lag")
         where = self.listen if self.listen.path else f"{self.listen.host}:{self.port}"
         if handed:  # the task logged status-listening when it bound the socket
             log.info(
@@ -129,11 +128,6 @@ class StatusServer:
 
     async def close(self) -> None:
         """Stop serving (idempotent)."""
-        if self._lag_task is not None:
-            self._lag_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lag_task
-            self._lag_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -170,18 +164,22 @@ class StatusServer:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
-    async def _measure_lag(self) -> None:
-        """Sample the loop's oversleep every 0.25 s; report the worst of the last 5 s."""
+    async def probe_lag(self) -> float:
+        """How late the event loop runs a timer now; the worst of the last LAG_WINDOW_S.
+
+        Measured when ``/healthz`` asks, never on a timer of its own (issue 17: an idle
+        launcher is not woken to sample its own loop). A probe sleeps LAG_PROBE_S and
+        takes the oversleep; a stall seen by a probe stays reported for LAG_WINDOW_S.
+        """
         loop = asyncio.get_running_loop()
-        samples: collections.deque[tuple[float, float]] = collections.deque()
-        while True:  # a task of this server: cancelled by close()
-            start = loop.time()
-            await asyncio.sleep(_LAG_PERIOD_S)
-            now = loop.time()
-            samples.append((now, max(0.0, now - start - _LAG_PERIOD_S)))
-            while samples and samples[0][0] < now - LAG_WINDOW_S:
-                samples.popleft()
-            self.collector.loop_lag_s = max(lag for _, lag in samples)
+        start = loop.time()
+        await asyncio.sleep(LAG_PROBE_S)
+        now = loop.time()
+        self._lags.append((now, max(0.0, now - start - LAG_PROBE_S)))
+        while self._lags and self._lags[0][0] < now - LAG_WINDOW_S:
+            self._lags.popleft()
+        self.collector.loop_lag_s = max(lag for _, lag in self._lags)
+        return self.collector.loop_lag_s
 
     # ---- handlers ----------------------------------------------------------------------
 
@@ -200,7 +198,7 @@ class StatusServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         del request
-        lag = self.collector.loop_lag_s
+        lag = await self.probe_lag()
         ok = lag <= LAG_LIMIT_S
         body: dict[str, object] = {
             "status": "ok" if ok else "lagging",

@@ -229,10 +229,13 @@ async def test_healthz_reports_a_blocked_event_loop(spec: VmSpec, net_plan: Netw
             body = await resp.json()
             assert resp.status == 200 and body["status"] == "ok"
             check("Health", body)
+        # lag is measured when asked: block the loop while a probe waits on its timer
+        probe = asyncio.create_task(server.probe_lag())
+        await asyncio.sleep(0)  # the probe is sleeping now
         blocked = time.monotonic()
         time.sleep(LAG_LIMIT_S + 0.3)  # noqa: ASYNC251 - block the loop on purpose
-        await asyncio.sleep(0.35)  # let the lag probe wake up and measure
-        async with s.get(server.url + "/healthz") as resp:
+        assert await probe > LAG_LIMIT_S
+        async with s.get(server.url + "/healthz") as resp:  # the stall is kept for the window
             body = await resp.json()
             assert resp.status == 503 and body["status"] == "lagging", body
             assert body["loopLagSeconds"] > LAG_LIMIT_S

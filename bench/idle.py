@@ -204,7 +204,9 @@ def main() -> int:
         b = [get(c) for c in peers]
         ratio = statistics.median(a) / statistics.median(b) if statistics.median(b) else 0.0
         print(f"| {label} | {_med(a, fmt)} | {_med(b, fmt)} | {ratio:.1f}× |")
-    print(f"| RSS before the status request, MiB | {_med([r / MIB for r in before], '{:.1f}')} | | |")
+    print(
+        f"| RSS before the status request, MiB | {_med([r / MIB for r in before], '{:.1f}')} | | |"
+    )
     return 0
 
 

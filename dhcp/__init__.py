@@ -8,8 +8,9 @@ servers and asyncio with it; ``dhcp.v4`` and ``dhcp.v6`` do the same.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dhcp.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dhcp.lifecycle import Server
@@ -32,21 +33,18 @@ __all__ = [
     "RaConfig",
 ]
 
-_WHERE = {
-    "Server": "dhcp.lifecycle",
-    "Dhcp4Server": "dhcp.v4.server",
-    "Dhcp4Config": "dhcp.v4.config",
-    "Lease4": "dhcp.v4.config",
-    "Dhcp4Snapshot": "dhcp.v4.server",
-    "Dhcp6Server": "dhcp.v6.server",
-    "Config6": "dhcp.v6.lease",
-    "Lease6": "dhcp.v6.lease",
-    "RaServer": "dhcp.ra",
-    "RaConfig": "dhcp.ra",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "Server": "dhcp.lifecycle",
+        "Dhcp4Server": "dhcp.v4.server",
+        "Dhcp4Config": "dhcp.v4.config",
+        "Lease4": "dhcp.v4.config",
+        "Dhcp4Snapshot": "dhcp.v4.server",
+        "Dhcp6Server": "dhcp.v6.server",
+        "Config6": "dhcp.v6.lease",
+        "Lease6": "dhcp.v6.lease",
+        "RaServer": "dhcp.ra",
+        "RaConfig": "dhcp.ra",
+    },
+)

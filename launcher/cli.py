@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from launcher import logs
+from launcher import logs, signals
 from launcher.errors import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -32,6 +32,7 @@ from launcher.errors import (
     Problem,
     SpecError,
 )
+from launcher.startup import import_asyncio
 
 if TYPE_CHECKING:
     from launcher.agent import Agent
@@ -138,14 +139,13 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
 
 
 def _load(path: Path) -> VmSpec:
-    # imported here, not at the top: ``run`` forks its netlink child before the spec stack
-    from launcher.spec import load  # noqa: PLC0415
+    from launcher.spec import load  # noqa: PLC0415 - startup: CLI light (the exec probe)
 
     return load(path)
 
 
 def _format_bytes(count: int) -> str:
-    from launcher.spec import format_bytes  # noqa: PLC0415
+    from launcher.spec import format_bytes  # noqa: PLC0415 - the same
 
     return format_bytes(count)
 
@@ -213,8 +213,8 @@ def plan(options: Options, out: TextIO) -> int:
     Exit 0, or the documented code of the first entry of ``problems`` (the rest of the
     document is still printed).
     """
-    from launcher.options import RunOptions  # noqa: PLC0415 - keeps validate light
-    from launcher.plandoc import plan_document  # noqa: PLC0415
+    from launcher.options import RunOptions  # noqa: PLC0415 - startup: CLI light
+    from launcher.plandoc import plan_document  # noqa: PLC0415 - startup: CLI light
 
     spec = _load(options.spec_path)
     plan_only = dict(options.plan_args)
@@ -347,8 +347,8 @@ def _add_status_arguments(parser: argparse.ArgumentParser, command: str) -> None
 def status(options: Options, out: TextIO) -> int:
     """``virt-launcher status``: print the status a running launcher serves; with
     ``--check``, the exec probe (standard library only: it runs every few seconds)."""
-    from launcher.status.client import check, show  # noqa: PLC0415
-    from launcher.status.listen import DEFAULT_LISTEN  # noqa: PLC0415
+    from launcher.status.client import check, show  # noqa: PLC0415 - startup: CLI light
+    from launcher.status.listen import DEFAULT_LISTEN  # noqa: PLC0415 - the same
 
     listen = options.status_args.get("status_listen", DEFAULT_LISTEN)
     which = options.status_args.get("check")
@@ -466,7 +466,7 @@ def _add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
 
 def manifest(options: Options, out: TextIO) -> int:
     """``virt-launcher manifest``: the ConfigMap and Pod that run the VM, as YAML."""
-    from launcher.manifest import (  # noqa: PLC0415 - keeps validate light
+    from launcher.manifest import (  # noqa: PLC0415 - startup: CLI light
         DeviceNames,
         ImageSource,
         ManifestSettings,
@@ -528,24 +528,21 @@ def run(options: Options, agent: Agent | None = None) -> int:
     imports pyroute2 and the network package and discovers the pod on the other core
     while this process imports the rest of the launcher and loads the spec (docs/run.md).
     """
-    from launcher import signals  # noqa: PLC0415
-    from launcher.notls import import_asyncio  # noqa: PLC0415 - keeps validate/plan light
-
     signals.hold()  # launcher.entry did already; a caller of main() may not have
     import_asyncio()
-    from launcher.agent import Agent  # noqa: PLC0415
+    from launcher.agent import Agent  # noqa: PLC0415 - startup: CLI light
 
     if agent is None:
         agent = Agent.fork()
     agent.prefetch("discover", None, options.run_args.get("state_dir", DEFAULT_STATE_DIR))
-    from launcher.run import run as run_vm  # noqa: PLC0415 - keeps validate/plan start-up light
+    from launcher.run import run as run_vm  # noqa: PLC0415 - startup: CLI light
 
     listen = _listen(options)
     return run_vm(_run_options(options, listen), status=_status_task(listen), agent=agent)
 
 
 def _listen(options: Options) -> Listen:
-    from launcher.status.listen import DEFAULT_LISTEN, parse_listen  # noqa: PLC0415
+    from launcher.status.listen import DEFAULT_LISTEN, parse_listen  # noqa: PLC0415 - the same
 
     return parse_listen(options.status_args.get("status_listen", DEFAULT_LISTEN))
 
@@ -553,7 +550,7 @@ def _listen(options: Options) -> Listen:
 def _run_options(options: Options, listen: Listen) -> RunOptions:
     """The one options type from the command line (``run`` and ``plan`` alike): the status
     endpoint's port is the one masquerade never DNATs."""
-    from launcher.options import RunOptions  # noqa: PLC0415 - keeps validate light
+    from launcher.options import RunOptions  # noqa: PLC0415 - startup: CLI light
 
     extra = {"status_port": listen.port} if listen.port else {}
     return RunOptions.from_args(options.spec_path, {**options.run_args, **extra})
@@ -563,7 +560,7 @@ def _status_task(listen: Listen) -> StatusTask:
     """The status task, importing launcher.status.task when the run starts it."""
 
     async def serve(board: StatusBoard) -> None:
-        from launcher.status.task import status_task  # noqa: PLC0415 - after the spawn
+        from launcher.status.task import status_task  # noqa: PLC0415 - startup: status HTTP stack
 
         await status_task(listen)(board)
 

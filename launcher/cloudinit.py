@@ -234,7 +234,7 @@ def seed_content(spec: VmSpec, volume: Volume, plan: NetworkPlan | None) -> Seed
 
 def build_iso(content: SeedContent, path: Path) -> None:
     """Write ``content`` as a ``cidata`` ISO 9660 image at ``path`` (atomically)."""
-    import pycdlib  # noqa: PLC0415 - only run builds images; plan stays light
+    import pycdlib  # noqa: PLC0415 - startup: cloud-init
 
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=1, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_LABEL)

@@ -1,14 +1,12 @@
 """The ``virt-launcher`` console script and ``python -m launcher``: the CLI, with
 ``run``'s netlink child forked before the CLI is even imported.
 
-``virt-launcher run`` is on the pod's start-up path, and a Python process spends its
-first ~100 ms importing (argparse, logging, the CLI, asyncio). The netlink child
-(:mod:`launcher.agent`) does not need any of that to start importing pyroute2 and the
-network package, so for ``run`` this module forks it first and hands it to
-:func:`launcher.cli.main`; the two processes then import side by side on the pod's two
-cores. Every other command goes straight to the CLI. The log level is peeked from
-``argv`` (``--log-level X`` / ``--log-level=X``) for the child's own log lines; the CLI
-parses the arguments for real and reports any mistake.
+``virt-launcher run`` is on the pod's start-up path: the netlink child
+(:mod:`launcher.agent`) does not need argparse, logging or the CLI to start importing
+pyroute2 and the network package, so for ``run`` this module forks it first
+(:func:`launcher.startup.fork_netlink_child`, the first row of that module's table) and
+hands it to :func:`launcher.cli.main`; the two processes then import side by side on the
+pod's two cores. Every other command goes straight to the CLI.
 """
 
 from __future__ import annotations
@@ -16,53 +14,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from launcher.startup import fork_netlink_child
+
 __all__ = ["main"]
-
-
-def _peek_log_level(argv: Sequence[str]) -> str:
-    for i, arg in enumerate(argv):
-        if arg == "--log-level" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--log-level="):
-            return arg.partition("=")[2]
-    return "info"
-
-
-_GLOBAL_WITH_VALUE = ("--spec", "--log-level")  # the options before the command
-
-
-def _command(argv: Sequence[str]) -> str | None:
-    """The subcommand: the first word that is neither a global option nor its value."""
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in _GLOBAL_WITH_VALUE:
-            skip = True
-        elif not arg.startswith("-"):
-            return arg
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    agent = None
-    if _command(args) == "run" and "-h" not in args and "--help" not in args:
-        from launcher import signals  # noqa: PLC0415 - first: a SIGTERM now must not kill
-
-        signals.hold()
-        from launcher.notls import import_asyncio  # noqa: PLC0415
-
-        import_asyncio()
-        from launcher.agent import Agent  # noqa: PLC0415
-        from launcher.errors import LauncherError  # noqa: PLC0415
-
-        try:
-            agent = Agent.fork(log_level=_peek_log_level(args))
-        except LauncherError:
-            agent = None  # the CLI forks again and reports the failure properly
-    from launcher.cli import main as cli_main  # noqa: PLC0415
+    agent = fork_netlink_child(args)
+    from launcher.cli import main as cli_main  # noqa: PLC0415 - startup: the fork comes first
 
     return cli_main(args, agent=agent)
 

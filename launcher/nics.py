@@ -36,8 +36,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
+from dhcp.errors import DhcpError
 from launcher.errors import NetworkError
-from launcher.network import ApplyResult, NetworkPlan, NicPlan, PodState
+from launcher.network import ApplyResult, NetworkPlan, NicPlan, PodState, apply, cleanup, discover
 from launcher.network.nftables import render
 
 if TYPE_CHECKING:
@@ -90,18 +91,12 @@ class LocalRunner:
     netns: str | None = None
 
     async def discover(self) -> PodState:
-        from launcher.network import discover  # noqa: PLC0415 - pyroute2 only when used
-
         return await asyncio.to_thread(discover, self.netns, self.state_dir)
 
     async def apply(self, plan: NetworkPlan) -> ApplyResult:
-        from launcher.network import apply  # noqa: PLC0415
-
         return await asyncio.to_thread(apply, plan, self.state_dir, netns=self.netns)
 
     async def cleanup(self, plan: NetworkPlan) -> None:
-        from launcher.network import cleanup  # noqa: PLC0415
-
         await asyncio.to_thread(cleanup, plan, self.state_dir, netns=self.netns)
 
 
@@ -158,7 +153,7 @@ class NicOwner:
                 try:
                     async with asyncio.timeout(SERVER_TIMEOUT_S):
                         await server.open()
-                except (OSError, TimeoutError, _dhcp_error()) as err:
+                except (OSError, TimeoutError, DhcpError) as err:
                     raise NetworkError(f"{what} could not start: {err or 'timed out'}") from err
                 self._servers.append((kind, server))
                 coro = self._run(kind, server, what)
@@ -177,7 +172,7 @@ class NicOwner:
     async def _run(self, kind: str, server: Server, what: str) -> None:
         try:
             await server.serve()
-        except (OSError, _dhcp_error()) as err:
+        except (OSError, DhcpError) as err:
             self.error = f"{what} failed: {err}"
         else:  # serve() returns only when its socket is gone
             self.error = f"{what} stopped on its own"
@@ -207,20 +202,14 @@ class NicOwner:
 _WHAT = {"dhcp4": "DHCPv4 server", "dhcp6": "DHCPv6 server", "ra": "router advertisements"}
 
 
-def _dhcp_error() -> type[Exception]:
-    from dhcp.errors import DhcpError  # noqa: PLC0415 - the servers' modules load after the spawn
-
-    return DhcpError
-
-
 def _make_servers(nic: NicPlan, state_dir: Path) -> Iterator[tuple[str, Server]]:
     """The servers the plan gives ``nic``, configured exactly as planned."""
     if nic.dhcp4 is not None:
-        from dhcp.v4.server import Dhcp4Server  # noqa: PLC0415 - see _dhcp_error
+        from dhcp.v4.server import Dhcp4Server  # noqa: PLC0415 - startup: servers after the spawn
 
         yield "dhcp4", Dhcp4Server(nic.dhcp4)
     if nic.dhcp6 is not None:
-        from dhcp.v6.server import Dhcp6Server  # noqa: PLC0415
+        from dhcp.v6.server import Dhcp6Server  # noqa: PLC0415 - the same
 
         # The DUID is kept when the bridge's MAC could change (dhcp.v6.lease.server_duid).
         yield (
@@ -228,7 +217,7 @@ def _make_servers(nic: NicPlan, state_dir: Path) -> Iterator[tuple[str, Server]]
             Dhcp6Server(nic.dhcp6, duid_file=state_dir / f"dhcp6-duid-{nic.pod_interface}"),
         )
     if nic.ra is not None:
-        from dhcp.ra import RaServer  # noqa: PLC0415
+        from dhcp.ra import RaServer  # noqa: PLC0415 - the same
 
         yield "ra", RaServer(nic.ra)
 

@@ -97,8 +97,8 @@ def _read_pod(options: RunOptions, pod_netns: str | None) -> PodState:
 def _hypervisor_view(kind: str, machine: MachineConfig, options: RunOptions) -> dict[str, Any]:
     # Imported here, not at the top: ``run`` imports this module and must not pay for the
     # builders of the hypervisor it does not run (the cloud-hypervisor package pulls aiohttp).
-    from hypervisor.cloud_hypervisor.config import net_config, vm_config  # noqa: PLC0415
-    from hypervisor.qemu.argv import QemuRuntime, build_argv  # noqa: PLC0415
+    from hypervisor.cloud_hypervisor.config import net_config, vm_config  # noqa: PLC0415 - startup
+    from hypervisor.qemu.argv import QemuRuntime, build_argv  # noqa: PLC0415 - startup
 
     view: dict[str, Any] = {"kind": kind, "machine": to_jsonable(machine)}
     if kind == QEMU:
@@ -132,7 +132,7 @@ def _problem(stage: str, err: LauncherError | HypervisorError) -> dict[str, Any]
 
 
 def _seed_content(spec: VmSpec, volume: Any, network: NetworkPlan | None) -> Any:
-    from launcher.cloudinit import seed_content  # noqa: PLC0415 - only `plan` shows seeds
+    from launcher.cloudinit import seed_content  # noqa: PLC0415 - startup: cloud-init
 
     return seed_content(spec, volume, network)
 

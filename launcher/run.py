@@ -30,7 +30,6 @@ run with its error and that error's exit code. The run TELLS the status board
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import shutil
@@ -53,12 +52,12 @@ from launcher.errors import (
 )
 from launcher.machine import CLOUD_HYPERVISOR, Composition, choose_hypervisor, compose
 from launcher.nics import NicEvent, Nics
-from launcher.notls import without_ssl
 from launcher.options import RunOptions
 from launcher.phase import Phase
 from launcher.podinfo import load_podinfo
 from launcher.privileges import check_capabilities
 from launcher.spec import VmSpec, load
+from launcher.startup import import_servers, preload_hypervisor, without_ssl
 from launcher.status.model import StatusBoard
 from launcher.supervisor import (
     ChildReaper,
@@ -113,7 +112,7 @@ async def _choose_accel(kind: str, options: RunOptions) -> AccelChoice | None:
     """QEMU's accelerator (the probe runs while the network is set up); None for others."""
     if kind != "qemu":
         return None
-    from hypervisor.qemu import choose_accel  # noqa: PLC0415 - see the module docstring
+    from hypervisor.qemu import choose_accel  # noqa: PLC0415 - startup: adapter in a thread
 
     return await choose_accel(
         options.accel, binary=options.qemu_binary, cache_dir=options.state_dir
@@ -125,7 +124,7 @@ def _make_hypervisor(
 ) -> Hypervisor:
     run_dir = options.state_dir / kind
     if kind == "qemu":
-        from hypervisor.qemu import Qemu  # noqa: PLC0415 - preloaded in a thread (_preload)
+        from hypervisor.qemu import Qemu  # noqa: PLC0415 - startup: adapter in a thread
 
         if accel is None:
             raise HypervisorError("no QEMU accelerator was chosen")
@@ -135,7 +134,7 @@ def _make_hypervisor(
             run_dir=str(run_dir),
             on_serial=on_serial,
         )
-    from hypervisor.cloud_hypervisor import CloudHypervisor  # noqa: PLC0415
+    from hypervisor.cloud_hypervisor import CloudHypervisor  # noqa: PLC0415 - the same
 
     run_dir.mkdir(parents=True, exist_ok=True)
     return CloudHypervisor(
@@ -149,28 +148,10 @@ def _require_vmm(kind: str, options: RunOptions) -> None:
     """cloud-hypervisor has no Debian package, so an image may lack it (docs/image.md): its
     absence is exit 4, naming it and ``--hypervisor qemu``, before the pod is touched."""
     if kind == CLOUD_HYPERVISOR and shutil.which(options.cloud_hypervisor_binary) is None:
-        with without_ssl():  # the package imports aiohttp (see _preload)
-            from hypervisor.cloud_hypervisor.process import require_binary  # noqa: PLC0415
+        with without_ssl():  # the package imports aiohttp (launcher.startup.preload_hypervisor)
+            from hypervisor.cloud_hypervisor.process import require_binary  # noqa: PLC0415 - startup
 
         require_binary(options.cloud_hypervisor_binary)
-
-
-def _preload(kind: str) -> None:
-    """Import the hypervisor adapter (in a thread while the netlink child applies).
-
-    cloud-hypervisor's client imports aiohttp: here first, without ``ssl`` (launcher.notls).
-    """
-    if kind == "qemu":
-        importlib.import_module("hypervisor.qemu")
-        return
-    with without_ssl():
-        importlib.import_module("hypervisor.cloud_hypervisor")
-
-
-def _import_servers() -> None:
-    """The DHCP/RA servers' modules (in a thread, while the VMM starts)."""
-    for name in ("dhcp.v4.server", "dhcp.v6.server", "dhcp.ra"):
-        importlib.import_module(name)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -350,7 +331,7 @@ class _Run:
         check_capabilities(spec, composition.network)  # before anything changes
         if any(d.file.state is FileState.BUILD for d in volumes.disks):
             # cloud-init seed ISOs need the plan (guest MACs, SR-IOV/vDPA addresses)
-            from launcher.cloudinit import build_seeds  # noqa: PLC0415 - only with cloud-init
+            from launcher.cloudinit import build_seeds  # noqa: PLC0415 - startup: cloud-init
 
             volumes = build_seeds(spec, composition.network, prepare(volumes))
         else:
@@ -359,7 +340,7 @@ class _Run:
             raise_memlock()
         board.set_plan(composition.network)
         preload = asyncio.create_task(
-            asyncio.to_thread(_preload, composition.hypervisor), name="preload"
+            asyncio.to_thread(preload_hypervisor, composition.hypervisor), name="preload"
         )
         try:
             for nic in composition.network.nics:
@@ -390,7 +371,7 @@ class _Run:
                 # The DHCP/RA servers open while the VMM starts: their modules are imported
                 # in a thread, so the spawn is not kept waiting; they listen tens of ms after
                 # the spawn, long before QEMU (~80 ms to run) or a guest kernel asks.
-                await asyncio.to_thread(_import_servers)
+                await asyncio.to_thread(import_servers)
                 if not supervised.done():  # else it ended at once (a stop before the start)
                     await self._serve(spec, boot, group, others)
                 outcome = await supervised
@@ -415,7 +396,7 @@ class _Run:
         await nics.serve_all()
         serving = sum(len(o.servers) for o in nics)
         board.dhcp_serving(f"{serving} DHCP/RA server(s) listening")
-        from launcher.hotplug.manager import Manager  # noqa: PLC0415 - after the spawn
+        from launcher.hotplug.manager import Manager  # noqa: PLC0415 - startup: hot plug
 
         manager = Manager(
             spec,

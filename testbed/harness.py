@@ -230,8 +230,9 @@ def boot(
     cmdline_extra: str = "vl.ready_timeout=60",
     root_ports: int = 2,
     accel: str = "tcg",
+    memory_mib: int = 256,
 ) -> Iterator[Vm]:
-    """QEMU (q35, 256 MiB) in the netns with one virtio-net NIC per MAC on the taps.
+    """QEMU (q35, ``memory_mib`` MiB) in the netns with one virtio-net NIC per MAC on the taps.
 
     ``accel`` is TCG by default: this machine's /dev/kvm cannot boot a guest; on a node
     with working KVM pass ``"kvm"``. ``root_ports`` pcie-root-ports ``rp1..`` are left
@@ -242,7 +243,7 @@ def boot(
     qmp_path = workdir / "qmp.sock"
     argv = [
         "ip", "netns", "exec", net.netns,
-        "qemu-system-x86_64", "-accel", accel, "-machine", "q35", "-m", "256",
+        "qemu-system-x86_64", "-accel", accel, "-machine", "q35", "-m", str(memory_mib),
         "-nographic", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd),
         "-append", f"{image.cmdline} {cmdline_extra}".strip(),

@@ -5,8 +5,9 @@ Names are imported from their modules on first use (see ``dhcp/__init__``).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dhcp.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dhcp.v4.codec import Message, parse
@@ -25,20 +26,17 @@ __all__ = [
     "parse",
 ]
 
-_WHERE = {
-    "Dhcp4Server": "server",
-    "Dhcp4Config": "config",
-    "Lease4": "config",
-    "Pool4": "config",
-    "Dhcp4Snapshot": "server",
-    "Dhcp4Counters": "server",
-    "Dhcp4Event": "server",
-    "Message": "codec",
-    "parse": "codec",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "Dhcp4Server": ".server",
+        "Dhcp4Config": ".config",
+        "Lease4": ".config",
+        "Pool4": ".config",
+        "Dhcp4Snapshot": ".server",
+        "Dhcp4Counters": ".server",
+        "Dhcp4Event": ".server",
+        "Message": ".codec",
+        "parse": ".codec",
+    },
+)

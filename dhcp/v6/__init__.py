@@ -5,8 +5,9 @@ Names are imported from their modules on first use (see ``dhcp/__init__``).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dhcp.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dhcp.v6.lease import Config6, Lease6, parse_lease6, server_duid
@@ -23,19 +24,16 @@ __all__ = [
     "Packet6",
 ]
 
-_WHERE = {
-    "Dhcp6Server": "server",
-    "Config6": "lease",
-    "Lease6": "lease",
-    "parse_lease6": "lease",
-    "server_duid": "lease",
-    "Dhcp6Snapshot": "server",
-    "Event6": "server",
-    "Packet6": "server",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "Dhcp6Server": ".server",
+        "Config6": ".lease",
+        "Lease6": ".lease",
+        "parse_lease6": ".lease",
+        "server_duid": ".lease",
+        "Dhcp6Snapshot": ".server",
+        "Event6": ".server",
+        "Packet6": ".server",
+    },
+)

@@ -192,7 +192,8 @@ class Watcher:
         try:
             watch = DirWatch()
         except InotifyUnavailable as err:
-            return self._fallback(err, None)
+            self._fallback(err, None)
+            return None
         return self._rewatch(watch)
 
     def _rewatch(self, watch: DirWatch) -> DirWatch | None:
@@ -200,7 +201,8 @@ class Watcher:
         try:
             watch.watch(self.directories())
         except InotifyUnavailable as err:
-            return self._fallback(err, watch)
+            self._fallback(err, watch)
+            return None
         return watch
 
     def _fallback(self, err: OSError, watch: DirWatch | None) -> None:

@@ -200,8 +200,8 @@ class NetworkPlan:
 def served_options(nic: NicPlan) -> JsonValue:
     """The DHCPv4 options ``nic``'s server sends in an ACK to its guest (no request list:
     a client's list picks from these), each as :func:`dhcp.v4.options.describe` shows it."""
-    from dhcp.v4.logic import lease_options  # noqa: PLC0415 - only plan prints this
-    from dhcp.v4.options import describe  # noqa: PLC0415
+    from dhcp.v4.logic import lease_options  # noqa: PLC0415 - startup: servers after the spawn
+    from dhcp.v4.options import describe  # noqa: PLC0415 - the same
 
     if nic.dhcp4 is None:
         return {"dhcp4": None}

@@ -29,14 +29,11 @@ work in a short-lived child (:mod:`launcher.agent`), so pyroute2 (≈14 MiB of R
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import logging
 import os
 import socket
-import sys
 import threading
-import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -44,6 +41,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from launcher.errors import NetworkError
+from launcher.startup import lean_pyroute2
 
 __all__ = [
     "Address",
@@ -196,35 +194,19 @@ class Route:
 
 
 def lean_import() -> None:
-    """Import only the parts of pyroute2 this module uses (for the netlink child).
-
-    pyroute2's package ``__init__`` imports every API it has (NDB, IPDB, conntrack,
-    nftables, plan9, …: ≈100 ms and ≈6 MiB here) although this module needs only
-    ``pyroute2.iproute.linux``, ``pyroute2.netlink.exceptions`` and ``pyroute2.netns``.
-    Registering the package without running its ``__init__`` (its submodules still load
-    from the installed package directory) skips them. Called by the netlink child and by
-    the status endpoint's neighbour reader, the launcher's only pyroute2 users, which
-    import submodules only (``from pyroute2 import IPRoute`` would fail after this; a
-    unit test keeps the launcher free of such imports). Does nothing when pyroute2 is
-    already imported.
-    """
-    if "pyroute2" in sys.modules:
-        return
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or spec.submodule_search_locations is None:
-        raise NetworkError("the pyroute2 package is not installed")
-    package = types.ModuleType("pyroute2")
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__spec__ = spec
-    package.__file__ = spec.origin
-    sys.modules["pyroute2"] = package
-    import pyroute2.iproute.linux  # noqa: F401, PLC0415
+    """Import only the parts of pyroute2 this module uses (the netlink child, the status
+    reader): :func:`launcher.startup.lean_pyroute2`, with NetworkError when pyroute2 is
+    missing."""
+    try:
+        lean_pyroute2()
+    except ImportError as err:
+        raise NetworkError(str(err)) from err
 
 
 def _api() -> tuple[Any, type[Exception]]:
     """pyroute2's IPRoute class and NetlinkError, imported on first use."""
-    from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415 - see the module docstring
-    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+    from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415 - startup: lean pyroute2
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415 - the same
 
     return IPRoute, NetlinkError
 
@@ -727,7 +709,7 @@ def run_in_netns(netns: str | None, fn: Callable[[], T]) -> T:
 
     def target() -> None:
         try:
-            from pyroute2 import netns as pr_netns  # noqa: PLC0415 - see the module docstring
+            from pyroute2 import netns as pr_netns  # noqa: PLC0415 - startup: lean pyroute2
 
             pr_netns.setns(netns, flags=0)
             result.append(fn())

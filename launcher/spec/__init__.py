@@ -8,7 +8,7 @@ every problem as ``path: message``. Called by the CLI and the composition root.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from launcher.spec.model import (
     Binding,
@@ -42,6 +42,7 @@ from launcher.spec.model import (
     VolumeSource,
 )
 from launcher.spec.quantity import format_bytes, parse_quantity
+from launcher.startup import lazy_exports
 
 if TYPE_CHECKING:
     from launcher.spec.loader import load, loads, parse
@@ -84,12 +85,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The loader (PyYAML, the KubeVirt/Virtink readers) is imported on first use of
-    # load/parse, so importing the model (the netlink child unpickles plans that hold
-    # it) does not import the whole validator.
-    if name in ("load", "loads", "parse"):
-        from launcher.spec import loader  # noqa: PLC0415
-
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The loader (PyYAML, the KubeVirt/Virtink readers) is imported on first use of
+# load/loads/parse: the netlink child unpickles plans holding the model (startup: lazy
+# package exports).
+__getattr__ = lazy_exports(__name__, {"load": ".loader", "loads": ".loader", "parse": ".loader"})

@@ -12,8 +12,9 @@ knows the DHCP servers) stay out of a process that only needs a listen address.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from launcher.startup import lazy_exports
 
 if TYPE_CHECKING:
     from .listen import DEFAULT_LISTEN, Listen, parse_listen
@@ -32,19 +33,16 @@ __all__ = [
 ]
 
 
-_WHERE = {
-    "StatusServer": "server",
-    "StatusBoard": "model",
-    "StatusSource": "model",
-    "StatusSnapshot": "model",
-    "Event": "model",
-    "DEFAULT_LISTEN": "listen",
-    "Listen": "listen",
-    "parse_listen": "listen",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "StatusServer": ".server",
+        "StatusBoard": ".model",
+        "StatusSource": ".model",
+        "StatusSnapshot": ".model",
+        "Event": ".model",
+        "DEFAULT_LISTEN": ".listen",
+        "Listen": ".listen",
+        "parse_listen": ".listen",
+    },
+)

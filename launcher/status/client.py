@@ -36,10 +36,10 @@ _CHECK_PATHS = {"live": "/healthz", "ready": "/readyz"}
 
 async def fetch_status(listen: Listen | str, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
     """The ``/status`` document of the launcher listening at ``listen``."""
-    from launcher.notls import without_ssl  # noqa: PLC0415
+    from launcher.startup import without_ssl  # noqa: PLC0415 - startup: CLI light
 
-    with without_ssl():  # plain HTTP on loopback or a unix socket (see launcher.notls)
-        import aiohttp  # noqa: PLC0415 - not for --check, which runs every few seconds
+    with without_ssl():  # plain HTTP on loopback or a unix socket (see launcher.startup)
+        import aiohttp  # noqa: PLC0415 - startup: CLI light (not for --check, every few s)
 
     where = parse_listen(listen) if isinstance(listen, str) else listen
     if where.path is not None:

@@ -21,7 +21,7 @@ import resource
 import socket
 from typing import Any
 
-from launcher.notls import without_ssl
+from launcher.startup import without_ssl
 
 with without_ssl():
     from aiohttp import web

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import socket
@@ -23,9 +22,9 @@ from types import TracebackType
 
 from launcher.errors import StatusServerError
 from launcher.liveness import Liveness
-from launcher.notls import without_ssl
+from launcher.startup import without_ssl
 
-with without_ssl():  # plain HTTP on loopback: no TLS contexts (see launcher.notls)
+with without_ssl():  # plain HTTP on loopback: no TLS contexts (see launcher.startup)
     from aiohttp import web
 
 from launcher.network.netlink import NetlinkReader

@@ -66,7 +66,7 @@ async def _first_connection(sock: socket.socket) -> None:
 
 
 def _server_class() -> type[StatusServer]:
-    from .server import StatusServer  # noqa: PLC0415 - the HTTP stack, on first connection
+    from .server import StatusServer  # noqa: PLC0415 - startup: status HTTP stack
 
     return StatusServer
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from launcher import cli, entry
+from launcher import cli, entry, startup
 from launcher.agent import Agent
 from launcher.errors import NetworkError
 
@@ -22,7 +22,7 @@ from launcher.errors import NetworkError
     ],
 )
 def test_log_level_is_peeked_for_the_child(argv: list[str], level: str) -> None:
-    assert entry._peek_log_level(argv) == level
+    assert startup._peek_log_level(argv) == level
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,7 @@ def test_log_level_is_peeked_for_the_child(argv: list[str], level: str) -> None:
     ],
 )
 def test_the_command_is_found_after_global_options(argv: list[str], command: str) -> None:
-    assert entry._command(argv) == command
+    assert startup.command_of(argv) == command
 
 
 def _record(monkeypatch: pytest.MonkeyPatch) -> list[Any]:

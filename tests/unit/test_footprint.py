@@ -12,7 +12,7 @@ import pytest
 
 from launcher import cli
 from launcher.network.state import DEFAULT_STATE_DIR
-from launcher.notls import without_ssl
+from launcher.startup import without_ssl
 
 #: Everything ``virt-launcher run`` imports in its own process up to a running VM with
 #: DHCP, hot plug and the status task (before the first status request).

@@ -167,9 +167,10 @@ def _peer_setup(i: int, work: Path) -> tuple[PodNet, subprocess.Popen[bytes]]:
     subprocess.run(
         ["ip", "netns", "exec", ns, "nft", "-f", "-"],
         input=(
-            "table bridge dp { chain fwd { type filter hook forward priority 0; "
-            'oifname "eth0" udp dport { 67, 68, 546, 547 } drop; } }\n'
-        ).encode(),
+            b"table bridge dp {\n chain keep_dhcp {\n"
+            b"  type filter hook forward priority 0;\n"
+            b'  oifname "eth0" udp dport { 67, 68, 546, 547 } drop;\n }\n}\n'
+        ),
         check=True,
         timeout=10,
     )
@@ -193,7 +194,7 @@ def _peer_setup(i: int, work: Path) -> tuple[PodNet, subprocess.Popen[bytes]]:
             f"--dhcp-option=option:router,10.246.{i}.1",
             f"--dhcp-host={mac},{v4},[{v6}],dn-vm{i}",
             f"--log-facility={log}",
-        ],  # fmt: skip
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -210,13 +211,13 @@ def peers(guest: GuestImage, n: int, work: Path, args: argparse.Namespace) -> Si
         for d in dirs:
             d.mkdir()
         made: dict[int, tuple[PodNet, subprocess.Popen[bytes], float]] = {}
-        errors: list[BaseException] = []
+        errors: list[Exception] = []
 
         def setup(i: int) -> None:
             t0 = time.monotonic()
             try:
                 net, dnsmasq = _peer_setup(i, dirs[i])
-            except BaseException as err:  # reported below
+            except Exception as err:  # noqa: BLE001 - re-raised by the main thread below
                 errors.append(err)
                 return
             made[i] = (net, dnsmasq, t0)

@@ -157,7 +157,8 @@ def run_dnsmasq(guest: GuestImage, work: Path, window: float, settle: float) -> 
 def _med(values: list[float], fmt: str) -> str:
     if len(values) == 1:
         return fmt.format(values[0])
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return f"{fmt.format(statistics.median(values))} ({low}-{high})"
 
 
 def main() -> int:

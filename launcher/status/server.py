@@ -1,8 +1,9 @@
 """The local HTTP status endpoint: ``/healthz /readyz /status /metrics /`` on loopback.
 
 Started by the composition root as one task of its TaskGroup (``StatusServer.run``),
-and by tests and the benchmark directly (``async with StatusServer(...)``). Uses
-aiohttp's ``web.AppRunner`` (never ``run_app``). It listens on 127.0.0.1 by default, or
+and by tests and the benchmark directly (``async with StatusServer(...)``). Serves
+through :mod:`launcher.status.http` (asyncio streams; why not aiohttp is measured
+there). It listens on 127.0.0.1 by default, or
 on another loopback address or a unix socket; it refuses any other address, so it is
 never reachable on the pod IP (and masquerade never DNATs its port). Only GET and HEAD
 are served; other methods get 405 and unknown paths 404. A failure to bind raises
@@ -22,15 +23,11 @@ from types import TracebackType
 
 from launcher.errors import StatusServerError
 from launcher.liveness import Liveness
-from launcher.startup import without_ssl
-
-with without_ssl():  # plain HTTP on loopback: no TLS contexts (see launcher.startup)
-    from aiohttp import web
-
 from launcher.network.netlink import NetlinkReader
 
 from .collect import Collector
-from .conncap import CappedSockSite, connection_limit
+from .conncap import connection_limit
+from .http import Handler, HttpServer, Response
 from .listen import DEFAULT_LISTEN, Listen, bind, parse_listen
 from .metrics import CONTENT_TYPE, Metrics
 from .model import StatusSnapshot, StatusSource
@@ -70,7 +67,7 @@ class StatusServer:
         self.collector = Collector(source, netlink=NetlinkReader(netns), ttl=ttl)
         self.metrics = Metrics()
         self.liveness = Liveness(lambda: source.hypervisor)  # checked on request, no timer
-        self._runner: web.AppRunner | None = None
+        self._http: HttpServer | None = None
         self._lags: collections.deque[tuple[float, float]] = collections.deque()
         self._page = _page()
         self._openapi = _openapi()
@@ -80,39 +77,35 @@ class StatusServer:
 
     # ---- lifecycle ---------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        """The aiohttp application (routes only; no middleware)."""
-        app = web.Application()
-        app.router.add_get("/", self._index)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/status", self._status)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/openapi.yaml", self._openapi_doc)
-        return app
+    def routes(self) -> dict[str, Handler]:
+        """Path → handler (GET and HEAD; other methods get 405, other paths 404)."""
+        return {
+            "/": self._index,
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/status": self._status,
+            "/metrics": self._metrics,
+            "/openapi.yaml": self._openapi_doc,
+        }
 
     async def start(self) -> None:
         """Bind and start serving; StatusServerError if the address cannot be used."""
-        if self._runner is not None:
+        if self._http is not None:
             return
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await runner.setup()
+        http = HttpServer(self.routes(), limit=connection_limit())  # .conncap
         handed = self._sock is not None  # bound by the run's status task (socket activation)
         try:
             sock = self._sock if self._sock is not None else bind(self.listen)
-            site = CappedSockSite(runner, sock, limit=connection_limit())  # .conncap
-            await site.start()
-        except (OSError, StatusServerError) as err:
-            await runner.cleanup()
-            if isinstance(err, StatusServerError):
-                raise
+            await http.start(sock)
+        except OSError as err:
+            await http.close()
             raise StatusServerError(
                 f"cannot serve the status endpoint on {self.listen}: {err.strerror or err}"
             ) from err
         self._sock = sock
         if self.listen.path is None:
             self.port = int(sock.getsockname()[1])
-        self._runner = runner
+        self._http = http
         where = self.listen if self.listen.path else f"{self.listen.host}:{self.port}"
         if handed:  # the task logged status-listening when it bound the socket
             log.info(
@@ -127,9 +120,9 @@ class StatusServer:
 
     async def close(self) -> None:
         """Stop serving (idempotent)."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         await self.collector.close()
         await self.liveness.close()
         await asyncio.to_thread(self.collector.netlink.close)
@@ -182,21 +175,13 @@ class StatusServer:
 
     # ---- handlers ----------------------------------------------------------------------
 
-    async def _index(self, request: web.Request) -> web.Response:
-        del request
-        return web.Response(
-            body=self._page,
-            content_type="text/html",
-            charset="utf-8",
-            headers={"Cache-Control": "no-store"},
-        )
+    async def _index(self) -> Response:
+        return Response(200, self._page, "text/html; charset=utf-8", _NO_STORE)
 
-    async def _openapi_doc(self, request: web.Request) -> web.Response:
-        del request
-        return web.Response(body=self._openapi, content_type="application/yaml")
+    async def _openapi_doc(self) -> Response:
+        return Response(200, self._openapi, "application/yaml")
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        del request
+    async def _healthz(self) -> Response:
         lag = await self.probe_lag()
         ok = lag <= LAG_LIMIT_S
         body: dict[str, object] = {
@@ -215,8 +200,7 @@ class StatusServer:
             )
         return _json(body, 200 if ok else 503)
 
-    async def _readyz(self, request: web.Request) -> web.Response:
-        del request
+    async def _readyz(self) -> Response:
         snap = await self.collector.snapshot()
         vmm = await self.liveness.check()  # at most the 2 s ping
         ready = snap.ready and vmm.responsive
@@ -231,30 +215,23 @@ class StatusServer:
             body["reason"] = f"HypervisorRunning: Unresponsive: {vmm.reason}"
         return _json(body, 200 if ready else 503)
 
-    async def _status(self, request: web.Request) -> web.Response:
-        del request
+    async def _status(self) -> Response:
         snap = await self.collector.snapshot()
         if self._status_body[0] is not snap:  # encode once per snapshot, not per request
             body = json.dumps(status_json(snap), separators=(",", ":")).encode()
             self._status_body = (snap, body)
-        return web.Response(
-            body=self._status_body[1],
-            content_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
+        return Response(200, self._status_body[1], "application/json", _NO_STORE)
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        del request
+    async def _metrics(self) -> Response:
         snap = await self.collector.snapshot()
         if self._metrics_body[0] is not snap:
             self._metrics_body = (snap, self.metrics.render(snap))
-        return web.Response(body=self._metrics_body[1], headers={"Content-Type": CONTENT_TYPE})
+        return Response(200, self._metrics_body[1], CONTENT_TYPE)
 
 
-def _json(body: object, status: int) -> web.Response:
-    return web.Response(
-        text=json.dumps(body, separators=(",", ":")),
-        status=status,
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
+_NO_STORE = (("Cache-Control", "no-store"),)
+
+
+def _json(body: object, status: int) -> Response:
+    text = json.dumps(body, separators=(",", ":")).encode()
+    return Response(status, text, "application/json; charset=utf-8", _NO_STORE)

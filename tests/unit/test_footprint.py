@@ -1,6 +1,7 @@
 """What the long-lived launcher imports: no pyroute2 (the netlink child has it), no HTTP
-stack until the status endpoint is used, no TLS contexts in aiohttp. Each check runs in
-a fresh interpreter, since this test process has imported everything."""
+stack until the status endpoint is used (and then no aiohttp), no TLS contexts in
+aiohttp. Each check runs in a fresh interpreter, since this test process has imported
+everything."""
 
 from __future__ import annotations
 
@@ -55,11 +56,24 @@ def test_the_run_path_imports_neither_pyroute2_nor_the_http_stack() -> None:
     assert out == "[]"
 
 
-def test_the_status_server_module_brings_aiohttp_without_tls_contexts() -> None:
+def test_the_status_server_serves_without_aiohttp() -> None:
+    """The endpoint's HTTP is launcher.status.http: aiohttp's 11-13 MiB stay out."""
     out = _python(
         """
         import sys
         import launcher.status.server
+        print("aiohttp" in sys.modules)
+        """
+    )
+    assert out == "False"
+
+
+def test_the_cloud_hypervisor_preload_brings_aiohttp_without_tls_contexts() -> None:
+    out = _python(
+        """
+        import sys
+        from launcher.startup import preload_hypervisor
+        preload_hypervisor("cloud-hypervisor")
         import aiohttp.connector as connector
         print(connector.ssl is None, "ssl" in sys.modules)
         """

@@ -2,7 +2,7 @@
 
 :class:`Collector` is owned by the status server. It reads a
 :class:`~launcher.status.model.StatusSource` (what the run reported), the live DHCP server
-snapshots, the hypervisor's state, psutil (launcher and VMM CPU/RSS) and netlink
+snapshots, the hypervisor's state, ``/proc`` (launcher and VMM CPU/RSS, :mod:`.procfs`) and netlink
 (neighbour table, tap counters, in a worker thread), and remembers what it needs across
 calls: condition transition times, the leases seen in DHCP events, and the moment the
 launcher first became ready. Snapshots are cached for ``ttl`` seconds so a scrape storm
@@ -20,8 +20,6 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 
-import psutil
-
 from dhcp.ra import RaSnapshot
 from dhcp.v4.server import Dhcp4Snapshot
 from dhcp.v6.server import Dhcp6Snapshot
@@ -30,6 +28,7 @@ from launcher.errors import NetworkError
 from launcher.network.netlink import LinkCounters, Neighbour, NetlinkReader
 from launcher.network.plan import NicPlan
 
+from . import procfs
 from .doctor import Doctor, NicFacts, diagnose
 from .model import (
     CONDITION_TYPES,
@@ -84,8 +83,7 @@ class Collector:
         self._transitions: dict[str, tuple[bool, str, float]] = {}
         self._leases: dict[tuple[str, str, str | None], Lease] = {}
         self._ready_at: float | None = None
-        self._self = psutil.Process(os.getpid())
-        self._vmm: psutil.Process | None = None
+        self._pid = os.getpid()
         self._netlink_failed = False
         self.doctor = Doctor()
 
@@ -300,20 +298,18 @@ class Collector:
         return "Pending"
 
     def _processes(self, now: float) -> tuple[LauncherStatus, HypervisorStatus | None]:
-        """psutil reads (in a worker thread: /proc I/O stays off the event loop)."""
+        """/proc reads (in a worker thread: /proc I/O stays off the event loop)."""
         return self._launcher(now), self._hypervisor()
 
     def _launcher(self, now: float) -> LauncherStatus:
-        with self._self.oneshot():
-            cpu = self._self.cpu_times()
-            rss = self._self.memory_info().rss
+        own = procfs.read(self._pid)
         started = self.source.started_at
         return LauncherStatus(
-            pid=self._self.pid,
+            pid=self._pid,
             started_at=started,
             uptime_s=round(now - started, 3),
-            rss_bytes=rss,
-            cpu_s=round(cpu.user + cpu.system, 3),
+            rss_bytes=own.rss_bytes,
+            cpu_s=round(own.cpu_s, 3),
             loop_lag_s=round(self.loop_lag_s, 6),
             time_to_ready_s=(
                 None if self._ready_at is None else round(self._ready_at - started, 3)
@@ -328,15 +324,13 @@ class Collector:
         uptime = cpu_s = rss = None
         if pid is not None and hv.state in (VmState.RUNNING, VmState.PAUSED):
             try:
-                if self._vmm is None or self._vmm.pid != pid:
-                    self._vmm = psutil.Process(pid)
-                with self._vmm.oneshot():
-                    t = self._vmm.cpu_times()
-                    rss = self._vmm.memory_info().rss
-                    uptime = round(time.time() - self._vmm.create_time(), 3)
-                cpu_s = round(t.user + t.system, 3)
-            except psutil.Error:
-                self._vmm = None
+                vmm = procfs.read(pid)
+            except OSError:  # gone (ProcessGone) or unreadable: shown without numbers
+                pass
+            else:
+                rss = vmm.rss_bytes
+                uptime = round(time.time() - vmm.started_at, 3)
+                cpu_s = round(vmm.cpu_s, 3)
         return HypervisorStatus(hv.kind, pid, str(hv.state.value), uptime, cpu_s, rss)
 
     async def _netlink(

@@ -2,7 +2,7 @@
 
 Used by the status server, the ``virt-launcher status`` client and the composition
 root's status task, which binds the socket at start-up with :func:`bind` and imports the
-HTTP stack (aiohttp, prometheus-client, psutil: ≈17 MiB, ≈300 ms) only when the first
+HTTP side (its HTTP server, prometheus-client, the netlink reader) only when the first
 connection arrives (see :mod:`launcher.status.task`). This module imports nothing
 heavy.
 """

@@ -3,7 +3,7 @@
 The composition root (``launcher.run``) owns one :class:`StatusBoard` (or any object
 satisfying :class:`StatusSource`) and tells it what happened: spec loaded, plan made,
 network applied, DHCP servers started, hypervisor started, lifecycle events, stopping.
-``launcher.status.collect`` reads it (plus live DHCP snapshots, netlink and psutil) into
+``launcher.status.collect`` reads it (plus live DHCP snapshots, netlink and /proc) into
 the frozen :class:`StatusSnapshot` the server renders as ``/status``, ``/metrics`` and the
 page. Nothing secret is ever copied into a snapshot: only named, non-secret spec fields
 (never cloud-init data, environment or annotations) are read.

@@ -10,11 +10,11 @@ event, never on a timer), so conditions carry their transition times and
 
 The endpoint is socket-activated inside the process: the task binds the listening socket
 at once (so the port is taken, and a bind failure ends the run with exit 6, as before),
-but imports the HTTP stack (:mod:`launcher.status.server`: aiohttp, prometheus-client,
-psutil — ≈17 MiB of RSS and ≈300 ms of imports, more than the rest of a running
-launcher) only when the first connection is waiting on that socket, and then hands the
-same socket to aiohttp, which accepts that connection. A VM nobody debugs never pays for
-the endpoint; the first request waits for the import once.
+but imports the HTTP side (:mod:`launcher.status.server`: its small HTTP server,
+prometheus-client, the netlink reader — ≈9 MiB of RSS, more than a third of a running
+launcher; it was ≈17 MiB with aiohttp) only when the first connection is waiting on that
+socket, and then serves the same socket, which accepts that connection. A VM nobody
+debugs never pays for the endpoint; the first request waits for the import once.
 """
 
 from __future__ import annotations

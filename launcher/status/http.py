@@ -12,10 +12,12 @@ held (:mod:`launcher.status.conncap`): when one more is accepted, the oldest are
 and a warning is logged (``status-connections-capped``).
 
 Why not aiohttp (which the house style names for HTTP): measured on the 2-core dev VM,
-``import aiohttp, aiohttp.web`` adds 11-13 MiB of RSS to a launcher that is 28 MiB
-without the endpoint (issue 17: ≤ 40 MiB with the status endpoint used; bench/README.md,
-*Idle*); a launcher per VM pod, hundreds per node, multiplies that. This module adds
-well under 1 MiB. aiohttp stays the cloud-hypervisor REST client and the tests' client.
+``import aiohttp, aiohttp.web`` adds 8-13 MiB of RSS (depending on what is imported
+before it) to a launcher that is 28 MiB without the endpoint; with a VM running and the
+endpoint used once, bench/idle.py measured the launcher at 47.6 MiB RSS with aiohttp and
+38.7 MiB with this module (issue 17: ≤ 40 MiB; bench/README.md, *Idle*). A launcher per VM
+pod, hundreds per node, multiplies that. aiohttp stays the cloud-hypervisor REST client
+and the tests' client.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def test_the_run_path_imports_neither_pyroute2_nor_the_http_stack() -> None:
 
 
 def test_the_status_server_serves_without_aiohttp() -> None:
-    """The endpoint's HTTP is launcher.status.http: aiohttp's 11-13 MiB stay out."""
+    """The endpoint's HTTP is launcher.status.http: aiohttp's 8-13 MiB stay out."""
     out = _python(
         """
         import sys

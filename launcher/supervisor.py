@@ -381,11 +381,13 @@ class ChildReaper:
     only after it has stayed a zombie for ``min_age_s`` — a child someone waits for is
     collected within milliseconds, an orphan re-parented to PID 1 stays a zombie forever.
     Scans run on SIGCHLD and every ``interval_s`` (neither default asyncio watcher uses
-    SIGCHLD, so the handler takes nothing away from them). The composition root starts
+    SIGCHLD, so the handler takes nothing away from them). Every exit raises SIGCHLD, so
+    the periodic scan is only a safety net: 60 s, so an idle PID-1 launcher is not woken
+    every few seconds (issue 17: no timer under 10 s while idle). The composition root starts
     :meth:`run` only when ``os.getpid() == 1`` (or when forced for tests).
     """
 
-    def __init__(self, *, min_age_s: float = 2.0, interval_s: float = 5.0) -> None:
+    def __init__(self, *, min_age_s: float = 2.0, interval_s: float = 60.0) -> None:
         self.min_age_s = min_age_s
         self.interval_s = interval_s
         self.reaped: list[tuple[int, int]] = []  # (pid, raw wait status), bounded below

@@ -276,7 +276,14 @@ def main() -> int:
         return 2
     guest = ensure_guest()
     counts = [int(c) for c in args.counts.split(",")]
-    rows = []
+    print(
+        f"{os.cpu_count()} CPUs, guest {args.memory} MiB under TCG, idle window "
+        f"{args.window:.0f} s, status asked once per launcher: {args.status}, load average "
+        f"{os.getloadavg()[0]:.2f} at the start"
+    )
+    print("| N | side | start → spawn p50 / p95 | start → DHCPv4 lease p50 / p95 "
+          "| RSS per pod (MiB) | PSS per pod (MiB) | idle CPU, all N (ms/s) |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for n in counts:
         with tempfile.TemporaryDirectory(prefix="dn-") as tmp:
             ours = launchers(guest, n, Path(tmp), args)
@@ -284,23 +291,15 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="dp-") as tmp:
             theirs = peers(guest, n, Path(tmp), args)
         print(f"N={n} peer: {theirs}", file=sys.stderr)
-        rows.append((n, ours, theirs))
-    print(
-        f"{os.cpu_count()} CPUs, guest {args.memory} MiB under TCG, idle window "
-        f"{args.window:.0f} s, status asked once per launcher: {args.status}, load average "
-        f"{os.getloadavg()[0]:.2f} at the end"
-    )
-    print("| N | side | start → spawn p50 / p95 | start → DHCPv4 lease p50 / p95 "
-          "| RSS per pod (MiB) | PSS per pod (MiB) | idle CPU, all N (ms/s) |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for n, ours, theirs in rows:
         for name, side in (("virt-launcher", ours), ("ip/nft + dnsmasq", theirs)):
             print(
                 f"| {n} | {name} | {_pct(side.spawn_s, 0.5) * 1e3:.0f} / "
                 f"{_pct(side.spawn_s, 0.95) * 1e3:.0f} ms | {_pct(side.lease_s, 0.5):.1f} / "
                 f"{_pct(side.lease_s, 0.95):.1f} s | {statistics.median(side.rss) / MIB:.1f} "
-                f"| {statistics.median(side.pss) / MIB:.1f} | {side.cpu_ms_per_s:.2f} |"
+                f"| {statistics.median(side.pss) / MIB:.1f} | {side.cpu_ms_per_s:.2f} |",
+                flush=True,
             )
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0
 
 

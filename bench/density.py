@@ -50,6 +50,9 @@ from testbed.guest.console import ConsoleReader  # noqa: E402
 from testbed.harness import PodNet, boot, sh, simulated_pod  # noqa: E402
 
 STOP_TIMEOUT_S = 90.0
+# Many TCG guests on two busy cores: the kernel's IO-APIC timer check can fail ("IO-APIC
+# + timer doesn't work!" panic); both sides' guests skip it.
+KERNEL_EXTRA = "no_timer_check"
 BASE_PORT = 8300  # status ports 8300+I on each pod's own loopback
 
 
@@ -104,7 +107,7 @@ def launchers(guest: GuestImage, n: int, work: Path, args: argparse.Namespace) -
         dirs = []
         for i in range(n):
             d = work / f"l{i}"
-            prepare(guest, d, f"dn-vm{i}", _addr(i)[2], args.memory)
+            prepare(guest, d, f"dn-vm{i}", _addr(i)[2], args.memory, kernel_extra=KERNEL_EXTRA)
             dirs.append(d)
         procs: list[subprocess.Popen[bytes]] = []
         consoles: list[ConsoleReader] = []
@@ -237,7 +240,8 @@ def peers(guest: GuestImage, n: int, work: Path, args: argparse.Namespace) -> Si
             net, _, t0 = made[i]
             vm = stack.enter_context(
                 boot(guest, net, dirs[i], [_addr(i)[2]], extra=["-cpu", "max", "-device",
-                     "pvpanic"], root_ports=5, memory_mib=args.memory)
+                     "pvpanic"], root_ports=5, memory_mib=args.memory,
+                     cmdline_extra=f"vl.ready_timeout=60 {KERNEL_EXTRA}")
             )  # fmt: skip
             spawns.append(vm.started - t0)
             vms.append(vm)

@@ -54,7 +54,9 @@ assert "phase" in json.loads(body)
 """
 
 
-def spec_text(guest: GuestImage, name: str, mac: str, memory_mib: int = 256) -> str:
+def spec_text(
+    guest: GuestImage, name: str, mac: str, memory_mib: int = 256, *, kernel_extra: str = ""
+) -> str:
     """A KubeVirt VMI booting the test guest with one bridge NIC (bench/density.py too)."""
     return f"""\
 apiVersion: kubevirt.io/v1
@@ -69,7 +71,7 @@ spec:
     firmware:
       kernelBoot:
         container: {{image: bench/guest, kernelPath: /vmlinuz, initrdPath: /initrd.gz}}
-        kernelArgs: "{guest.cmdline} vl.ready_timeout=60"
+        kernelArgs: "{guest.cmdline} vl.ready_timeout=60 {kernel_extra}"
     devices:
       interfaces: [{{name: pod, bridge: {{}}, macAddress: "{mac}"}}]
   networks: [{{name: pod, pod: {{}}}}]
@@ -86,13 +88,22 @@ def launcher_argv(netns: str, work: Path, status_port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def prepare(guest: GuestImage, work: Path, name: str, mac: str, memory_mib: int = 256) -> None:
+def prepare(
+    guest: GuestImage,
+    work: Path,
+    name: str,
+    mac: str,
+    memory_mib: int = 256,
+    *,
+    kernel_extra: str = "",
+) -> None:
     """The spec and the volumes dir (kernel + initrd links) of one launcher in ``work``."""
     volumes = work / "volumes" / "kernel"
     volumes.mkdir(parents=True)
     (volumes / "vmlinuz").symlink_to(guest.kernel)
     (volumes / "initrd.gz").symlink_to(guest.initrd)
-    (work / "vm.yaml").write_text(spec_text(guest, name, mac, memory_mib))
+    text = spec_text(guest, name, mac, memory_mib, kernel_extra=kernel_extra)
+    (work / "vm.yaml").write_text(text)
 
 
 def status_once(netns: str, port: int) -> None:

@@ -6,7 +6,7 @@ TaskGroup; ``virt-launcher status`` prints what a running launcher serves. See
 docs/status.md.
 
 Every name is imported from its module on first use, not with this package: the HTTP
-side (:class:`StatusServer`: its HTTP server, prometheus-client, psutil) and the board (which
+side (:class:`StatusServer`: its HTTP server, prometheus-client, /proc reads) and the board (which
 knows the DHCP servers) stay out of a process that only needs a listen address.
 """
 

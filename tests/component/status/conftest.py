@@ -87,7 +87,7 @@ def net_plan(spec: VmSpec) -> NetworkPlan:
 
 @dataclass
 class StandInHypervisor:
-    """The Hypervisor protocol's read side with a real process as the "VMM" (for psutil).
+    """The Hypervisor protocol's read side with a real process as the "VMM" (for /proc reads).
 
     The real adapters need a VMM binary and a guest (the e2e tier runs them); the status
     endpoint reads only ``kind``, ``state``, ``pid`` and ``events()``.

@@ -668,8 +668,8 @@ def _setlink_class() -> Any:
     not yet compiled: pyroute2 keeps the compiled map on the class, and a subclass would
     otherwise inherit its parent's.
     """
-    from pyroute2.netlink import nla  # noqa: PLC0415 - see the module docstring
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: PLC0415
+    from pyroute2.netlink import nla  # noqa: PLC0415 - startup: lean pyroute2
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: PLC0415 - the same
 
     class _Conf(nla):  # type: ignore[misc]
         _nlmsg_base__compiled_nla = False

@@ -175,7 +175,7 @@ def format_status(doc: dict[str, Any], events: int = 10) -> str:
 
 def show(listen: str, out: TextIO, *, as_json: bool = False) -> int:
     """``virt-launcher status``: print the status of the launcher at ``listen``; exit code."""
-    import asyncio  # noqa: PLC0415
+    import asyncio  # noqa: PLC0415 - startup: CLI light (--check needs no event loop)
 
     doc = asyncio.run(fetch_status(listen))
     if as_json:

@@ -51,7 +51,13 @@ from launcher.errors import (
     UsageError,
     exit_code_for,
 )
-from launcher.machine import CLOUD_HYPERVISOR, Composition, choose_hypervisor, compose
+from launcher.machine import (
+    CLOUD_HYPERVISOR,
+    Composition,
+    check_nic_models,
+    choose_hypervisor,
+    compose,
+)
 from launcher.nics import NicEvent, Nics
 from launcher.notls import without_ssl
 from launcher.options import RunOptions
@@ -324,6 +330,9 @@ class _Run:
         """discover → compose → wire every NIC, with QEMU's accelerator probe beside it."""
         _phase(self.board, Phase.NETWORK)
         kind = choose_hypervisor(spec, self.options.hypervisor)
+        check_nic_models(  # exit 2 before the pod is touched, as validate says
+            spec, kind, qemu_binary=self.options.qemu_binary, cache_dir=self.options.state_dir
+        )
         try:
             async with asyncio.TaskGroup() as startup:
                 accel = startup.create_task(_choose_accel(kind, self.options), name="accel-probe")

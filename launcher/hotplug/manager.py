@@ -35,7 +35,13 @@ from typing import Any
 
 from hypervisor.base import Hypervisor
 from launcher.errors import HypervisorError, LauncherError
-from launcher.machine import net_device, plan_nic, vfio_device
+from launcher.machine import (
+    check_nic_models,
+    choose_hypervisor,
+    net_device,
+    plan_nic,
+    vfio_device,
+)
 from launcher.network import NetworkPlan, NicPlan
 from launcher.network.devices import GuestVfio
 from launcher.network.multus import PassthroughNic
@@ -134,7 +140,15 @@ class Manager:
         data = snapshot.content(path) if snapshot is not None else None
         if data is None:
             data = path.read_bytes()
-        return loads(data, str(path)), load_podinfo(self.options.podinfo)
+        spec = loads(data, str(path))
+        opts = self.options
+        check_nic_models(  # a model the VMM lacks is refused like at start-up
+            spec,
+            choose_hypervisor(spec, opts.hypervisor),
+            qemu_binary=opts.qemu_binary,
+            cache_dir=opts.state_dir,
+        )
+        return spec, load_podinfo(opts.podinfo)
 
     # ------------------------------------------------------------------ loop
 
@@ -153,7 +167,7 @@ class Manager:
         """
         try:
             new, podinfo = await asyncio.to_thread(self.read_inputs, snapshot)
-        except (LauncherError, OSError, RecursionError, MemoryError) as err:
+        except (LauncherError, HypervisorError, OSError, RecursionError, MemoryError) as err:
             self.last_error = str(err) or type(err).__name__
             log.error(
                 "hot plug: new spec or podinfo refused, nothing changed: %s",

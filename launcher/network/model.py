@@ -231,8 +231,11 @@ class NicContext:
 
     @property
     def queues(self) -> int:
-        """Queue pairs: the vCPU count when the spec asks for multiqueue, else 1."""
-        return self.spec.cpu.vcpus if self.spec.network_interface_multiqueue else 1
+        """Queue pairs: the vCPU count when the spec asks for multiqueue, else 1.
+        Only virtio NICs have queues (KubeVirt: multiqueue applies to virtio only)."""
+        if not self.spec.network_interface_multiqueue or self.interface.model != "virtio":
+            return 1
+        return self.spec.cpu.vcpus
 
     @property
     def hostname(self) -> str:

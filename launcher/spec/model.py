@@ -314,6 +314,16 @@ class VmSpec:
     annotations: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
 
+    def interface_path(self, index: int) -> str:
+        """The manifest path of ``interfaces[index]``, for problems found after load
+        (``spec.template.spec.domain.devices.interfaces[0]``)."""
+        base = {
+            SourceShape.VIRTINK: "spec.instance",
+            SourceShape.KUBEVIRT_VM: "spec.template.spec.domain.devices",
+            SourceShape.KUBEVIRT_VMI: "spec.domain.devices",
+        }[self.shape]
+        return f"{base}.interfaces[{index}]"
+
     def network_for(self, interface: Interface) -> Network:
         """The network an interface is attached to (validation guarantees it exists)."""
         for net in self.networks:

@@ -214,6 +214,13 @@ def check_demo_vm(spec: VmSpec) -> None:
     assert spec.disks == ()
 
 
+def check_kubevirt_legacy_nic(spec: VmSpec) -> None:
+    assert spec.shape is SourceShape.KUBEVIRT_VM
+    assert kinds(spec) == [("default", BindingKind.BRIDGE, "pod")]
+    assert spec.interfaces[0].model == "e1000e"
+    assert [(d.name, d.bus) for d in spec.disks] == [("rootdisk", "sata")]
+
+
 CHECKS: dict[str, Callable[[VmSpec], None]] = {
     name.removeprefix("check_").replace("_", "-") + ".yaml": fn
     for name, fn in globals().items()

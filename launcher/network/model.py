@@ -18,6 +18,7 @@ from typing import Any
 from dhcp.ra import RaConfig
 from dhcp.v4.config import Dhcp4Config
 from dhcp.v6.lease import Config6
+from launcher.errors import Problem, SpecError
 from launcher.jsonable import JsonValue, to_jsonable
 from launcher.podinfo import PodInfo
 from launcher.spec.model import BindingKind, Interface, VmSpec
@@ -44,10 +45,12 @@ __all__ = [
     "DEFAULT_STATUS_PORT",
     "ISTIO_PORTS",
     "MIGRATION_PORTS",
+    "IPV6_MIN_MTU",
     "link_local_from_mac",
     "served_options",
 ]
 
+IPV6_MIN_MTU = 1280  # RFC 8200
 MIGRATION_PORTS = (49152, 49153)
 ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
 ISTIO_ANNOTATION = "sidecar.istio.io/inject"
@@ -236,6 +239,42 @@ class NicContext:
         if not self.spec.network_interface_multiqueue or self.interface.model != "virtio":
             return 1
         return self.spec.cpu.vcpus
+
+    def mtu(self, *, ipv6: bool) -> int:
+        """The guest NIC's MTU (tap, bridge, DHCP option 26, RA, ``host_mtu``): the
+        interface's ``mtu`` override, else the pod link's.
+
+        An override above the pod link's MTU, or below 1280 on a NIC that carries IPv6,
+        is a SpecError (exit 2) naming the field: the launcher never raises the pod
+        link's MTU (docs/network.md "MTU").
+        """
+        wanted = self.interface.mtu
+        link = self.pod_link
+        if wanted is None:
+            return link.mtu
+        path = f"{self.spec.interface_path(self.index)}.mtu"
+        if wanted > link.mtu:
+            raise SpecError(
+                [
+                    Problem(
+                        path,
+                        f"{wanted} is above the MTU {link.mtu} of pod interface "
+                        f"{link.name!r}: the launcher does not raise the pod link's MTU "
+                        "(the CNI sets it for the path beyond the pod)",
+                    )
+                ]
+            )
+        if ipv6 and wanted < IPV6_MIN_MTU:
+            raise SpecError(
+                [
+                    Problem(
+                        path,
+                        f"{wanted} is below {IPV6_MIN_MTU}, the minimum IPv6 MTU, and this "
+                        "interface carries IPv6",
+                    )
+                ]
+            )
+        return wanted
 
     @property
     def hostname(self) -> str:

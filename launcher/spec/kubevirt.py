@@ -54,6 +54,7 @@ from launcher.spec.parts import (
     read_cloud_init,
     read_mac,
     read_metadata,
+    read_mtu,
     read_name,
 )
 from launcher.spec.reader import Fields, show
@@ -319,6 +320,7 @@ def _read_interface(item: Fields) -> Interface | None:
     ports = _read_ports(item, binding)
     if ports and isinstance(binding, Masquerade):
         binding = dataclasses.replace(binding, ports=ports)
+    mtu = read_mtu(item, binding)
     model = item.string("model") or "virtio"
     if model not in _MODELS:
         item.problems.add(item.at("model"), f"{show(model)} is not one of {', '.join(_MODELS)}")
@@ -347,6 +349,7 @@ def _read_interface(item: Fields) -> Interface | None:
         boot_order=boot_order,
         dhcp_options=dhcp_options,
         state=state,
+        mtu=mtu,
     )
 
 

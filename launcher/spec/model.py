@@ -159,6 +159,7 @@ class Interface:
     boot_order: int | None = None
     dhcp_options: DhcpOptions | None = None
     state: InterfaceState = InterfaceState.UP
+    mtu: int | None = None  # override of the pod link's MTU (576-65535; docs/network.md)
 
     @property
     def network(self) -> str:

@@ -1,12 +1,15 @@
-"""E2E: every NIC model the spec accepts either boots and gets a lease, or is refused.
+"""E2E: every NIC model the spec accepts either boots and gets a lease, or is refused;
+the interface's MTU override (1400 under the pod link's 1500) reaches each model's guest.
 
 For each model (docs/network.md "NIC models") ``python -m launcher run`` boots the
 NIC-model test guest (Debian's generic kernel with the emulated NICs' drivers,
 ``testbed.guest.build.ensure_nic_guest``) under QEMU/TCG in a simulated pod
 (``nm-pod-<pid>``, eth0 10.94.0.5/24 behind the peer 10.94.0.1) with one bridge-bound
-interface of that model. Checked: the guest's PCI bus shows exactly that model's
-vendor:device, the guest leases the pod address on it through the model's driver, and
-the peer reaches the guest's HTTP server. A model the installed QEMU lacks (``igb``
+interface of that model and ``mtu: 1400``. Checked: the guest's PCI bus shows exactly
+that model's vendor:device, the guest leases the pod address on it through the model's
+driver with MTU 1400 (DHCP option 26, applied by the guest), the peer reaches the guest's
+HTTP server, a 1400-byte ping with DF answers and a 1401-byte one does not (the tap and
+bridge carry 1400). A model the installed QEMU lacks (``igb``
 before QEMU 8.0) must be refused by ``run`` with exit 2 naming field, model and
 hypervisor, the pod's eth0 left as it was. One boot per model, short timeouts.
 """
@@ -34,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000
 POD, PEER = f"nm-pod-{SUFFIX}", f"nm-peer-{SUFFIX}"
 BOOT_TIMEOUT_S = 60.0
+MTU = 1400
 EXIT_TIMEOUT_S = 30.0
 #: the PCI vendor:device QEMU gives each model (virtio: the modern virtio-net id)
 PCI_IDS = {
@@ -67,7 +71,7 @@ spec:
         kernelArgs: "console=ttyS0 quiet loglevel=1 panic=-1 vl.ready_timeout=30"
     devices:
       interfaces:
-        - {{name: pod, bridge: {{}}, model: {model}}}
+        - {{name: pod, bridge: {{}}, model: {model}, mtu: {MTU}}}
   networks:
     - {{name: pod, pod: {{}}}}
 """
@@ -101,6 +105,11 @@ def launcher(tmp_path: Path, model: str, guest: GuestImage) -> subprocess.Popen[
     ]  # fmt: skip
     with open(tmp_path / "launcher.err", "wb") as err:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
+
+
+def ping(size: int) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", PEER, "ping", "-c", "1", "-W", "2", "-M", "do",
+              "-s", str(size), "10.94.0.5", check=False, timeout=10)  # fmt: skip
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -138,6 +147,7 @@ def test_model_boots_and_leases_or_is_refused(
             "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == ("10.94.0.5/24",)
         )
         assert lease.fields["router"] == "10.94.0.1", lease
+        assert lease.fields["mtu"] == str(MTU), lease
         ids = {ln.args[1] for ln in console.vl_lines("PCI")}
         assert ids & set(PCI_IDS[model]), (model, sorted(ids))
         others = {i for m, v in PCI_IDS.items() if m != model for i in v}
@@ -151,6 +161,9 @@ def test_model_boots_and_leases_or_is_refused(
                 break
             time.sleep(0.5)
         assert "VL-HTTP-OK port=80" in body
+        fits = ping(MTU - 28)  # 20 bytes IPv4 + 8 ICMP
+        assert fits.returncode == 0, fits.stdout + fits.stderr
+        assert ping(MTU - 27).returncode != 0  # one byte over: dropped at the tap/bridge
     finally:
         stop(proc)
     assert proc.returncode == 0, (tmp_path / "launcher.err").read_text()[-3000:]

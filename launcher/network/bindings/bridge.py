@@ -131,7 +131,9 @@ class _Ipv6:
     forwarding: bool
 
 
-def _ipv6(ctx: NicContext, bridge: str, guest_mac: str, guest6: ipaddress.IPv6Interface) -> _Ipv6:
+def _ipv6(
+    ctx: NicContext, bridge: str, guest_mac: str, guest6: ipaddress.IPv6Interface, mtu: int
+) -> _Ipv6:
     """The bridge is the guest's IPv6 router (DHCPv6 has no default route): the pod
     netns keeps the pod's IPv6 routes on the bridge and forwards."""
     link = ctx.pod_link
@@ -151,7 +153,7 @@ def _ipv6(ctx: NicContext, bridge: str, guest_mac: str, guest6: ipaddress.IPv6In
             ctx,
             interface=bridge,
             prefixes=prefixes,
-            mtu=link.mtu,
+            mtu=mtu,
             default_router=default6 is not None,
         ),
         routes=tuple(routes),
@@ -165,7 +167,7 @@ def _server4(ctx: NicContext) -> ipaddress.IPv4Address:
 
 
 def _dhcp4(
-    ctx: NicContext, bridge: str, guest_mac: str, guest4: ipaddress.IPv4Interface
+    ctx: NicContext, bridge: str, guest_mac: str, guest4: ipaddress.IPv4Interface, mtu: int
 ) -> Dhcp4Config:
     router, routes = pod_routes4(ctx.pod_link)
     return dhcp4_config(
@@ -176,7 +178,7 @@ def _dhcp4(
         address=guest4,
         router=router,
         routes=routes,
-        mtu=ctx.pod_link.mtu,
+        mtu=mtu,
     )
 
 
@@ -213,7 +215,8 @@ class BridgeBinding:
         macs = _macs(ctx)
         guest4 = link.addresses4[0] if link.addresses4 else None
         guest6 = link.addresses6[0] if link.addresses6 else None
-        ipv6 = _ipv6(ctx, br, macs.guest, guest6) if guest6 is not None else None
+        mtu = ctx.mtu(ipv6=guest6 is not None)
+        ipv6 = _ipv6(ctx, br, macs.guest, guest6, mtu) if guest6 is not None else None
         # pod-level only: per-link settings go through netlink (link_settings)
         sysctls = [Sysctl("net.ipv6.conf.all.forwarding", "1")] if ipv6 and ipv6.forwarding else []
         bridge_addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
@@ -257,10 +260,10 @@ class BridgeBinding:
             pod_interface=link.name,
             original=link,
             bridge=BridgeLink(
-                name=br, mac=macs.bridge, mtu=link.mtu, addresses=tuple(bridge_addresses)
+                name=br, mac=macs.bridge, mtu=mtu, addresses=tuple(bridge_addresses)
             ),
-            tap=ctx.tap(tap, br, link.mtu, macs.guest),
-            device=guest_nic(ctx, tap, macs.guest, link.mtu),
+            tap=ctx.tap(tap, br, mtu, macs.guest),
+            device=guest_nic(ctx, tap, macs.guest, mtu),
             pod_port=PodPort(
                 name=link.name,
                 bridge=br,
@@ -270,7 +273,7 @@ class BridgeBinding:
             ),
             routes=tuple(routes),
             sysctls=tuple(sysctls),
-            dhcp4=_dhcp4(ctx, br, macs.guest, guest4) if guest4 is not None else None,
+            dhcp4=_dhcp4(ctx, br, macs.guest, guest4, mtu) if guest4 is not None else None,
             dhcp6=ipv6.dhcp6 if ipv6 is not None else None,
             ra=ipv6.ra if ipv6 is not None else None,
             # arp_ignore=1: the pod never answers ARP for the guest's address

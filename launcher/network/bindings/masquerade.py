@@ -178,9 +178,9 @@ def _servers(
     *,
     v4: _Family | None,
     v6: _Family | None,
+    mtu: int,
 ) -> tuple[Dhcp4Config | None, Config6 | None, RaConfig | None]:
     """DHCPv4 from the IPv4 gateway; DHCPv6 + RA (the bridge is the guest's router)."""
-    mtu = ctx.pod_link.mtu
     dhcp4 = dhcp6 = ra = None
     if v4 is not None:
         assert isinstance(v4.guest, ipaddress.IPv4Interface)
@@ -226,7 +226,8 @@ class MasqueradeBinding:
         v4 = _ipv4(ctx, binding, fwd, br) if link.addresses4 else None
         v6 = _ipv6(ctx, binding, fwd, br) if link.addresses6 else None
         families = [f for f in (v4, v6) if f is not None]
-        dhcp4, dhcp6, ra = _servers(ctx, binding, br, guest_mac, v4=v4, v6=v6)
+        mtu = ctx.mtu(ipv6=v6 is not None)
+        dhcp4, dhcp6, ra = _servers(ctx, binding, br, guest_mac, v4=v4, v6=v6, mtu=mtu)
         guest4 = v4.guest if v4 is not None else None
         guest6 = v6.guest if v6 is not None else None
         assert guest4 is None or isinstance(guest4, ipaddress.IPv4Interface)
@@ -240,7 +241,7 @@ class MasqueradeBinding:
             bridge=BridgeLink(
                 name=br,
                 mac=bridge_mac,
-                mtu=link.mtu,
+                mtu=mtu,
                 # the IPv6 link-local is the RA/DHCPv6 source: the kernel makes none
                 # (no_link_local), so it is added without DAD
                 addresses=(
@@ -252,8 +253,8 @@ class MasqueradeBinding:
                     ),
                 ),
             ),
-            tap=ctx.tap(tap, br, link.mtu, guest_mac),
-            device=guest_nic(ctx, tap, guest_mac, link.mtu),
+            tap=ctx.tap(tap, br, mtu, guest_mac),
+            device=guest_nic(ctx, tap, guest_mac, mtu),
             sysctls=tuple(s for f in families for s in f.sysctls),  # pod-level only
             link_settings=(
                 LinkSettings(

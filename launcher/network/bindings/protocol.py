@@ -16,7 +16,7 @@ from dhcp.v6.lease import Config6, Lease6
 from launcher.spec.model import BindingKind
 
 from ..devices import GuestNic
-from ..model import NicContext, NicPlan
+from ..model import IPV6_MIN_MTU, NicContext, NicPlan
 from ..names import device_id
 
 __all__ = [
@@ -30,8 +30,6 @@ __all__ = [
     "nft_set",
     "IPV6_MIN_MTU",
 ]
-
-IPV6_MIN_MTU = 1280  # an RA MTU option below this is invalid (RFC 8200)
 
 
 class Binding(Protocol):

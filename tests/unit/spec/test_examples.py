@@ -221,6 +221,12 @@ def check_kubevirt_legacy_nic(spec: VmSpec) -> None:
     assert [(d.name, d.bus) for d in spec.disks] == [("rootdisk", "sata")]
 
 
+def check_kubevirt_mtu_override(spec: VmSpec) -> None:
+    assert spec.shape is SourceShape.KUBEVIRT_VMI
+    assert kinds(spec) == [("default", BindingKind.MASQUERADE, "pod")]
+    assert spec.interfaces[0].mtu == 1400
+
+
 CHECKS: dict[str, Callable[[VmSpec], None]] = {
     name.removeprefix("check_").replace("_", "-") + ".yaml": fn
     for name, fn in globals().items()

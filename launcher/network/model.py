@@ -21,7 +21,14 @@ from dhcp.v6.lease import Config6
 from launcher.errors import Problem, SpecError
 from launcher.jsonable import JsonValue, to_jsonable
 from launcher.podinfo import PodInfo
-from launcher.spec.model import BindingKind, Interface, VmSpec
+from launcher.spec.model import (
+    ISTIO_PORTS,
+    MIGRATION_PORTS,
+    BindingKind,
+    Interface,
+    VmSpec,
+    reserved_ports,
+)
 from launcher.status.listen import DEFAULT_STATUS_PORT
 
 from .devices import GuestNic, GuestVdpa, GuestVfio
@@ -51,9 +58,6 @@ __all__ = [
 ]
 
 IPV6_MIN_MTU = 1280  # RFC 8200
-MIGRATION_PORTS = (49152, 49153)
-ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
-ISTIO_ANNOTATION = "sidecar.istio.io/inject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,10 +288,12 @@ class NicContext:
     @property
     def reserved_ports(self) -> tuple[int, ...]:
         """Ports the pod itself uses: never DNATed into the guest."""
-        ports = [self.options.status_port, *MIGRATION_PORTS]
-        if (self.spec.annotation(ISTIO_ANNOTATION) or "").lower() == "true":
-            ports += ISTIO_PORTS
-        return tuple(sorted(set(ports)))
+        return tuple(sorted(self.reserved_uses))
+
+    @property
+    def reserved_uses(self) -> dict[int, str]:
+        """Each reserved port and what uses it (for messages)."""
+        return reserved_ports(dict(self.spec.annotations), self.options.status_port)
 
     def tap(self, name: str, bridge: str, mtu: int, guest_mac: str) -> TapLink:
         """The tap (or test stand-in veth) for this NIC."""

@@ -13,6 +13,8 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
+from launcher.status.listen import DEFAULT_STATUS_PORT
+
 __all__ = [
     "Binding",
     "BindingKind",
@@ -36,6 +38,12 @@ __all__ = [
     "PersistentVolumeClaim",
     "PodNetwork",
     "Port",
+    "PortRange",
+    "RESERVED_PORTS",
+    "MIGRATION_PORTS",
+    "ISTIO_PORTS",
+    "ISTIO_ANNOTATION",
+    "reserved_ports",
     "Protocol",
     "Sriov",
     "SourceShape",
@@ -70,6 +78,39 @@ class Port:
     name: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """A range of ports forwarded into the guest in masquerade mode (KubeVirt VEP 168
+    ``portRanges``), ``start`` to ``end`` inclusive."""
+
+    start: int
+    end: int
+    protocol: Protocol = Protocol.TCP
+
+    def __str__(self) -> str:
+        return f"{self.protocol.value} {self.start}-{self.end}"
+
+
+#: KubeVirt's live-migration ports.
+MIGRATION_PORTS = (49152, 49153)
+#: Istio's sidecar ports, when the pod has one (``sidecar.istio.io/inject: "true"``).
+ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
+ISTIO_ANNOTATION = "sidecar.istio.io/inject"
+#: what uses each reserved port, for messages
+RESERVED_PORTS = {49152: "KubeVirt migration", 49153: "KubeVirt migration"}
+
+
+def reserved_ports(
+    annotations: dict[str, str], status_port: int = DEFAULT_STATUS_PORT
+) -> dict[int, str]:
+    """Ports the pod itself uses, never DNATed into a masquerade guest, and what uses each:
+    the status endpoint, migration, and Istio's when the pod is injected."""
+    ports = {status_port: "the launcher's status endpoint", **RESERVED_PORTS}
+    if annotations.get(ISTIO_ANNOTATION, "").lower() == "true":
+        ports.update({p: "the Istio sidecar" for p in ISTIO_PORTS})
+    return ports
+
+
 class BindingKind(enum.StrEnum):
     """How a guest NIC is connected to its network."""
 
@@ -100,6 +141,7 @@ class Masquerade:
     cidr4: ipaddress.IPv4Network = DEFAULT_MASQUERADE_CIDR4
     cidr6: ipaddress.IPv6Network = DEFAULT_MASQUERADE_CIDR6
     ports: tuple[Port, ...] = ()
+    port_ranges: tuple[PortRange, ...] = ()
     kind: BindingKind = field(default=BindingKind.MASQUERADE, init=False)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from dhcp.ra import RaConfig
 from dhcp.v4.config import Dhcp4Config
 from dhcp.v6.lease import Config6
-from launcher.errors import NetworkError
+from launcher.errors import NetworkError, Problem, SpecError
 from launcher.spec.model import BindingKind, Masquerade, Protocol
 
 from ..model import BridgeLink, LinkSettings, NicContext, NicPlan, link_local_from_mac
@@ -54,7 +54,7 @@ class _Forwards:
 
     index: int
     reserved: tuple[int, ...]
-    by_proto: dict[Protocol, list[int]]
+    by_proto: dict[Protocol, list[str]]  # "80" or "8000-8100", sorted, no overlaps
 
     @property
     def all_ports(self) -> bool:
@@ -67,9 +67,10 @@ class _Forwards:
         out = [f"set reserved{i} {{ type inet_service; elements = {reserved} }}"]
         for proto, ports in self.by_proto.items():
             if ports:
-                elements = nft_set([str(p) for p in ports])
+                flags = " flags interval;" if any("-" in p for p in ports) else ""
                 out.append(
-                    f"set {proto.value.lower()}{i} {{ type inet_service; elements = {elements} }}"
+                    f"set {proto.value.lower()}{i} {{ type inet_service;{flags} "
+                    f"elements = {nft_set(ports)} }}"
                 )
         return out
 
@@ -92,7 +93,8 @@ class _Forwards:
 
 
 def _forwards(ctx: NicContext, binding: Masquerade) -> _Forwards:
-    """The NIC's port forwards; a listed port the pod itself uses is refused."""
+    """The NIC's port forwards (ports and port ranges, one interval set per protocol); a
+    listed port or range holding a port the pod itself uses is refused."""
     reserved = ctx.reserved_ports
     clash = sorted({p.port for p in binding.ports} & set(reserved))
     if clash:
@@ -100,9 +102,23 @@ def _forwards(ctx: NicContext, binding: Masquerade) -> _Forwards:
             f"interface {ctx.interface.name!r} forwards port {clash[0]}, which the pod "
             f"itself uses (reserved: {', '.join(map(str, reserved))})"
         )
-    by_proto = {
-        proto: sorted({p.port for p in binding.ports if p.protocol is proto}) for proto in Protocol
-    }
+    uses = ctx.reserved_uses  # the status port may differ from the default validate knew
+    for k, rng in enumerate(binding.port_ranges):
+        hit = next((p for p in reserved if rng.start <= p <= rng.end), None)
+        if hit is not None:
+            path = f"{ctx.spec.interface_path(ctx.index)}.portRanges[{k}]"
+            raise SpecError(
+                [
+                    Problem(
+                        path, f"{rng} overlaps port {hit}, which the pod itself uses ({uses[hit]})"
+                    )
+                ]
+            )
+    by_proto: dict[Protocol, list[str]] = {}
+    for proto in Protocol:
+        items = [(p.port, p.port) for p in binding.ports if p.protocol is proto]
+        items += [(r.start, r.end) for r in binding.port_ranges if r.protocol is proto]
+        by_proto[proto] = [str(a) if a == b else f"{a}-{b}" for a, b in sorted(set(items))]
     return _Forwards(ctx.index, reserved, by_proto)
 
 

@@ -19,6 +19,7 @@ from launcher.spec import (
     Masquerade,
     PodNetwork,
     Port,
+    PortRange,
     Protocol,
     SourceShape,
     Sriov,
@@ -225,6 +226,16 @@ def check_kubevirt_mtu_override(spec: VmSpec) -> None:
     assert spec.shape is SourceShape.KUBEVIRT_VMI
     assert kinds(spec) == [("default", BindingKind.MASQUERADE, "pod")]
     assert spec.interfaces[0].mtu == 1400
+
+
+def check_kubevirt_masquerade_port_ranges(spec: VmSpec) -> None:
+    binding = spec.interfaces[0].binding
+    assert isinstance(binding, Masquerade)
+    assert binding.ports == (Port(22, Protocol.TCP, "ssh"),)
+    assert binding.port_ranges == (
+        PortRange(27000, 27100, Protocol.TCP),
+        PortRange(27000, 27100, Protocol.UDP),
+    )
 
 
 CHECKS: dict[str, Callable[[VmSpec], None]] = {

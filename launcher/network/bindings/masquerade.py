@@ -7,7 +7,10 @@ the launcher's ``inet`` table DNATs traffic arriving on the pod interface (all p
 only ``ports``, as sets), DNATs loopback/pod-IP traffic from the pod itself (``kubectl
 port-forward``), masquerades the guest's traffic and SNATs loopback sources to the
 gateway. The launcher's own ports (status, migration, Istio when injected) are never
-DNATed.
+DNATed. Hairpin: the guest's own connections to the pod IP (IPv4 and IPv6) on a
+forwarded port are DNATed back to it and SNATed to the gateway, so the guest reaches
+its own services through the pod IP like any client (a Service IP that lands back on
+this pod arrives on the pod interface and takes the ordinary path).
 """
 
 from __future__ import annotations
@@ -141,14 +144,20 @@ def _ipv4(ctx: NicContext, binding: Masquerade, fwd: _Forwards, bridge: str) -> 
     pod = f'"{link.name}"'
     gw, guest = _gateway_and_guest(binding.cidr4, "cidr4")
     pod4 = [str(a.ip) for a in link.addresses4]
+    hairpin = f'iifname "{bridge}" ip saddr {guest.ip}'
     return _Family(
         gateway=gw,
         guest=guest,
-        prerouting=[f"iifname {pod} {r}" for r in fwd.dnat("ip", pod4, str(guest.ip))],
+        prerouting=[
+            *(f"iifname {pod} {r}" for r in fwd.dnat("ip", pod4, str(guest.ip))),
+            *(f"{hairpin} {r}" for r in fwd.dnat("ip", pod4, str(guest.ip))),
+        ],
         output=fwd.dnat("ip", ["127.0.0.1", *pod4], str(guest.ip)),
         postrouting=[
             f"oifname {pod} ip saddr {guest.ip} masquerade",
             f'oifname "{bridge}" ip saddr {nft_set(["127.0.0.1", *pod4])} snat ip to {gw.ip}',
+            # hairpin: the guest's own connection to the pod IP comes back from the gateway
+            f'oifname "{bridge}" ip saddr {guest.ip} ip daddr {guest.ip} snat ip to {gw.ip}',
         ],
         # IPv4 forwarding is decided per input interface: the pod interface (DNATed
         # traffic in) and the bridge (the guest's traffic out), no net.ipv4.ip_forward;
@@ -162,16 +171,21 @@ def _ipv6(ctx: NicContext, binding: Masquerade, fwd: _Forwards, bridge: str) -> 
     pod = f'"{link.name}"'
     gw, guest = _gateway_and_guest(binding.cidr6, "cidr6")
     pod6 = [str(a.ip) for a in link.addresses6]
+    hairpin = f'iifname "{bridge}" ip6 saddr {guest.ip}'
     return _Family(
         gateway=gw,
         guest=guest,
-        prerouting=[f"iifname {pod} {r}" for r in fwd.dnat("ip6", pod6, str(guest.ip))],
+        prerouting=[
+            *(f"iifname {pod} {r}" for r in fwd.dnat("ip6", pod6, str(guest.ip))),
+            *(f"{hairpin} {r}" for r in fwd.dnat("ip6", pod6, str(guest.ip))),
+        ],
         # ::1 cannot be routed off the loopback device (IPv6 has no route_localnet),
         # so port-forward over IPv6 is served through the pod's own address.
         output=fwd.dnat("ip6", pod6, str(guest.ip)),
         postrouting=[
             f"oifname {pod} ip6 saddr {guest.ip} masquerade",
             f'oifname "{bridge}" ip6 saddr {nft_set(pod6)} snat ip6 to {gw.ip}',
+            f'oifname "{bridge}" ip6 saddr {guest.ip} ip6 daddr {guest.ip} snat ip6 to {gw.ip}',
         ],
         sysctls=[
             Sysctl("net.ipv6.conf.all.forwarding", "1"),
@@ -287,7 +301,7 @@ class MasqueradeBinding:
             nft=NftFragment(
                 inet_sets=tuple(fwd.sets()),
                 prerouting=(
-                    f'iifname "{link.name}" {fwd.keep_reserved()}',
+                    f'iifname {{ "{link.name}", "{br}" }} {fwd.keep_reserved()}',
                     *(r for f in families for r in f.prerouting),
                 ),
                 output=(fwd.keep_reserved(), *(r for f in families for r in f.output)),

@@ -168,11 +168,11 @@ def summary(spec: VmSpec) -> str:
 def validate(options: Options, out: TextIO) -> int:
     """``virt-launcher validate``: load the spec, check it against the hypervisor that
     would run it (``--hypervisor``, else by shape: NIC models) and print its summary."""
-    from launcher.machine import check_nic_models, choose_hypervisor  # noqa: PLC0415
+    from launcher.machine import check_for_hypervisor, choose_hypervisor  # noqa: PLC0415
 
     spec = _load(options.spec_path)
     kind = choose_hypervisor(spec, options.run_args.get("hypervisor"))
-    check_nic_models(
+    check_for_hypervisor(
         spec,
         kind,
         qemu_binary=options.run_args.get("qemu_binary", "qemu-system-x86_64"),

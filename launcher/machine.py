@@ -42,8 +42,9 @@ __all__ = [
     "plan_nic",
     "build_machine",
     "choose_hypervisor",
-    "check_nic_models",
+    "check_for_hypervisor",
     "nic_model_problems",
+    "link_state_problems",
     "QEMU_NIC_MODELS",
     "net_device",
     "passthrough_device",
@@ -133,6 +134,7 @@ def net_device(nic: GuestNic) -> NetDevice:
         pci_address=nic.pci_address,
         boot_order=nic.boot_order,
         model=nic.model,
+        link_up=nic.link_up,
     )
 
 
@@ -265,17 +267,47 @@ def nic_model_problems(
     return problems
 
 
-def check_nic_models(
+def link_state_problems(spec: VmSpec, hypervisor: str) -> list[Problem]:
+    """Each ``state: down`` interface the hypervisor cannot start without carrier: QEMU
+    sets an emulated NIC's link (``set_link``); cloud-hypervisor has no link API (taking
+    the tap's carrier away would not show in the guest, which keeps its carrier), and a
+    passed-through device's link is the device's own."""
+    problems: list[Problem] = []
+    for index, iface in enumerate(spec.interfaces):
+        if iface.state is not InterfaceState.DOWN:
+            continue
+        path = f"{spec.interface_path(index)}.state"
+        if not isinstance(iface.binding, Bridge | Masquerade):
+            problems.append(
+                Problem(
+                    path,
+                    f'"down" is not supported for a {iface.binding.kind.value} interface: '
+                    "only tap-backed (bridge, masquerade) NICs have a link the launcher sets",
+                )
+            )
+        elif hypervisor == CLOUD_HYPERVISOR:
+            problems.append(
+                Problem(
+                    path,
+                    '"down" is not supported by cloud-hypervisor, which has no link-state API '
+                    "(the guest would keep its carrier; run QEMU)",
+                )
+            )
+    return problems
+
+
+def check_for_hypervisor(
     spec: VmSpec, hypervisor: str, *, qemu_binary: str, cache_dir: Path | None
 ) -> None:
-    """Refuse (SpecError, exit 2) what :func:`nic_model_problems` finds; ``validate``,
-    ``plan``, ``run`` (before the pod is touched) and hot plug call it."""
+    """Refuse (SpecError, exit 2) what :func:`nic_model_problems` and
+    :func:`link_state_problems` find; ``validate``, ``plan``, ``run`` (before the pod is
+    touched) and hot plug call it."""
 
     def probe() -> Collection[str]:
         from hypervisor.qemu.devices import qemu_nic_models  # noqa: PLC0415 - only when asked
 
         return qemu_nic_models(qemu_binary, cache_dir)
 
-    problems = nic_model_problems(spec, hypervisor, probe)
+    problems = nic_model_problems(spec, hypervisor, probe) + link_state_problems(spec, hypervisor)
     if problems:
         raise SpecError(problems)

@@ -20,7 +20,7 @@ from launcher.errors import HypervisorError, LauncherError, VolumeError
 from launcher.jsonable import to_jsonable
 from launcher.machine import (
     QEMU,
-    check_nic_models,
+    check_for_hypervisor,
     choose_hypervisor,
     compose,
     plan_pod_network,
@@ -163,7 +163,7 @@ def plan_document(
     pod: PodState | None = None
     podinfo: PodInfo | None = None
     try:  # what the hypervisor cannot run is the spec's problem (exit 2), shown first
-        check_nic_models(
+        check_for_hypervisor(
             spec,
             choose_hypervisor(spec, options.hypervisor),
             qemu_binary=options.qemu_binary,

@@ -54,7 +54,7 @@ from launcher.errors import (
 from launcher.machine import (
     CLOUD_HYPERVISOR,
     Composition,
-    check_nic_models,
+    check_for_hypervisor,
     choose_hypervisor,
     compose,
 )
@@ -330,7 +330,7 @@ class _Run:
         """discover → compose → wire every NIC, with QEMU's accelerator probe beside it."""
         _phase(self.board, Phase.NETWORK)
         kind = choose_hypervisor(spec, self.options.hypervisor)
-        check_nic_models(  # exit 2 before the pod is touched, as validate says
+        check_for_hypervisor(  # exit 2 before the pod is touched, as validate says
             spec, kind, qemu_binary=self.options.qemu_binary, cache_dir=self.options.state_dir
         )
         try:

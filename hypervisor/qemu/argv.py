@@ -220,6 +220,7 @@ def _machine_args(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
         f"guest={_opt(config.name)},debug-threads=on",
         "-no-user-config",
         "-nodefaults",
+        *(["-S"] if any(not dev.link_up for dev in config.nets) else []),
         "-nographic",
         "-machine",
         "q35",

@@ -336,7 +336,9 @@ def _read_interface(item: Fields, reserved: dict[int, str]) -> Interface | None:
         try:
             state = InterfaceState(state_text)
         except ValueError:
-            item.problems.add(item.at("state"), f"{show(state_text)} is not one of absent, up")
+            item.problems.add(
+                item.at("state"), f"{show(state_text)} is not one of absent, down, up"
+            )
     dhcp = item.mapping("dhcpOptions")
     dhcp_options = None if dhcp is None else _read_dhcp_options(dhcp)
     item.ignore("tag", "acpiIndex")

@@ -183,9 +183,11 @@ class DhcpOptions:
 
 
 class InterfaceState(enum.StrEnum):
-    """KubeVirt ``interfaces[].state``: ``absent`` asks for a hot unplug."""
+    """KubeVirt ``interfaces[].state``: ``absent`` asks for a hot unplug; ``down`` keeps the
+    NIC plugged with its link down (no carrier in the guest), ``up`` is the default."""
 
     UP = "up"
+    DOWN = "down"
     ABSENT = "absent"
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from launcher.cli import main
 from launcher.errors import SpecError
-from launcher.machine import QEMU_NIC_MODELS, check_nic_models, nic_model_problems
+from launcher.machine import QEMU_NIC_MODELS, check_for_hypervisor, nic_model_problems
 from launcher.network import plan
 from launcher.spec import parse
 from launcher.spec.model import Cpu, VmSpec
@@ -100,7 +100,7 @@ def test_absent_interfaces_are_not_checked() -> None:
 
 def test_check_raises_spec_error_exit_2() -> None:
     with pytest.raises(SpecError) as info:
-        check_nic_models(
+        check_for_hypervisor(
             spec_of(two_nics("e1000e", "virtio")),
             "cloud-hypervisor",
             qemu_binary="/nonexistent",

@@ -134,7 +134,7 @@ def test_hot_unplug_only_bridge_on_secondary() -> None:
     ]
     doc = kubevirt_vm()
     vmi_of(doc)["domain"]["devices"]["interfaces"][0]["state"] = "gone"
-    assert problems(doc) == [f'{DEV}.interfaces[0].state: "gone" is not one of absent, up']
+    assert problems(doc) == [f'{DEV}.interfaces[0].state: "gone" is not one of absent, down, up']
 
 
 # -- MAC addresses -----------------------------------------------------------------------

@@ -359,7 +359,7 @@ class Manager:
         self._adopt(new, name)
         if self.board is not None:
             self.board.set_link(name, state)
-            self.board.event("link-state", f"interface {name} link {state}", interface=name)
+            self.board.event("link-state", f"interface {name} link {state}", iface=name)
         log.info(
             "interface %s link %s",
             name,

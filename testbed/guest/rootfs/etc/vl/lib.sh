@@ -66,6 +66,7 @@ addr_report() {
     [ -e "$dev/device" ] || continue
     n=${dev##*/}
     echo "VL-ADDRS $n $(ip -o addr show dev "$n" | awk '{a = a (a ? " " : "") $4} END {print a}')"
+    echo "VL-CARRIER $n $(cat "$dev/carrier" 2> /dev/null || echo 0)"  # issue 18: link state
   done
   r4=$(ip -4 route show | awk '$1 == "default" {v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')
   r6=$(ip -6 route show | awk '$1 == "default" {v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')

@@ -238,6 +238,14 @@ def check_kubevirt_masquerade_port_ranges(spec: VmSpec) -> None:
     )
 
 
+def check_kubevirt_link_down(spec: VmSpec) -> None:
+    assert kinds(spec) == [
+        ("default", BindingKind.MASQUERADE, "pod"),
+        ("storage", BindingKind.BRIDGE, "multus:storage-net"),
+    ]
+    assert [i.state for i in spec.interfaces] == [InterfaceState.UP, InterfaceState.DOWN]
+
+
 CHECKS: dict[str, Callable[[VmSpec], None]] = {
     name.removeprefix("check_").replace("_", "-") + ".yaml": fn
     for name, fn in globals().items()

@@ -32,7 +32,14 @@ from launcher.network.multus import PassthroughNic
 from launcher.network.plan import plan_interface
 from launcher.options import DEFAULT_HOTPLUG_PORTS, RunOptions
 from launcher.podinfo import PodInfo
-from launcher.spec.model import Bridge, InterfaceState, Masquerade, SourceShape, VmSpec
+from launcher.spec.model import (
+    Bridge,
+    InterfaceState,
+    ManagedTap,
+    Masquerade,
+    SourceShape,
+    VmSpec,
+)
 from launcher.volumes import ResolvedVolumes
 
 __all__ = [
@@ -241,7 +248,7 @@ def nic_model_problems(
     for index, iface in enumerate(spec.interfaces):
         if iface.state is InterfaceState.ABSENT or iface.model == "virtio":
             continue
-        if not isinstance(iface.binding, Bridge | Masquerade):
+        if not isinstance(iface.binding, Bridge | Masquerade | ManagedTap):
             continue
         path = f"{spec.interface_path(index)}.model"
         if hypervisor == CLOUD_HYPERVISOR:
@@ -277,7 +284,7 @@ def link_state_problems(spec: VmSpec, hypervisor: str) -> list[Problem]:
         if iface.state is not InterfaceState.DOWN:
             continue
         path = f"{spec.interface_path(index)}.state"
-        if not isinstance(iface.binding, Bridge | Masquerade):
+        if not isinstance(iface.binding, Bridge | Masquerade | ManagedTap):
             problems.append(
                 Problem(
                     path,

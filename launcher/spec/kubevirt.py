@@ -36,6 +36,7 @@ from launcher.spec.model import (
     Interface,
     InterfaceState,
     KernelBoot,
+    ManagedTap,
     Masquerade,
     MultusNetwork,
     Network,
@@ -106,8 +107,10 @@ DEVICES_IGNORED = (
     "disableHotplug",
     "logSerialConsole",
 )
-_BINDINGS = ("bridge", "masquerade", "sriov")
-_UNSUPPORTED_BINDINGS = ("slirp", "macvtap", "passt", "binding")
+_BINDINGS = ("bridge", "masquerade", "sriov", "binding")
+_UNSUPPORTED_BINDINGS = ("slirp", "macvtap", "passt")
+#: network binding plugins (``binding: {name: …}``) the launcher implements itself
+_PLUGINS = ("managedtap", "l2bridge")
 _SOURCES = ("pod", "multus")
 _VOLUMES = (
     "containerDisk",
@@ -318,6 +321,14 @@ def _read_interface(item: Fields, reserved: dict[int, str]) -> Interface | None:
             binding = Masquerade()
         elif key == "sriov":
             binding = Sriov()
+        elif key == "binding":
+            plugin = inner.string("name", required=True)
+            if plugin is not None and plugin not in _PLUGINS:
+                inner.problems.add(
+                    inner.at("name"), f"{show(plugin)} is not one of {', '.join(_PLUGINS)}"
+                )
+            elif plugin is not None:
+                binding = ManagedTap(name=plugin)
         inner.finish()
     ports = _read_ports(item, binding)
     ranges = _read_port_ranges(item, binding, ports, reserved)

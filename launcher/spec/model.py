@@ -31,6 +31,7 @@ __all__ = [
     "Interface",
     "InterfaceState",
     "KernelBoot",
+    "ManagedTap",
     "Masquerade",
     "MultusNetwork",
     "Network",
@@ -118,6 +119,7 @@ class BindingKind(enum.StrEnum):
     MASQUERADE = "masquerade"
     SRIOV = "sriov"
     VDPA = "vdpa"
+    MANAGEDTAP = "managedtap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +163,16 @@ class Vdpa:
     kind: BindingKind = field(default=BindingKind.VDPA, init=False)
 
 
-Binding = Bridge | Masquerade | Sriov | Vdpa
+@dataclass(frozen=True, slots=True)
+class ManagedTap:
+    """KubeVirt's ``binding: {name: managedtap}`` (also ``l2bridge``): bridge + tap, the
+    guest takes the pod MAC, and the CNI's own DHCP/RA serve it (the launcher serves none)."""
+
+    name: str = "managedtap"  # the plugin name as written: managedtap or l2bridge
+    kind: BindingKind = field(default=BindingKind.MANAGEDTAP, init=False)
+
+
+Binding = Bridge | Masquerade | Sriov | Vdpa | ManagedTap
 
 
 @dataclass(frozen=True, slots=True)

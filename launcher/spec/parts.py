@@ -12,7 +12,7 @@ import base64
 import binascii
 
 from launcher.spec.common import Draft, parse_mac, parse_name
-from launcher.spec.model import Binding, Bridge, CloudInitNoCloud, Masquerade
+from launcher.spec.model import Binding, Bridge, CloudInitNoCloud, ManagedTap, Masquerade
 from launcher.spec.reader import Fields, show
 
 __all__ = [
@@ -108,10 +108,11 @@ def read_mtu(fields: Fields, binding: Binding) -> int | None:
             path, f"{value} is above {MAX_MTU}, the largest MTU of a bridge, tap or virtio NIC"
         )
         return None
-    if not isinstance(binding, Bridge | Masquerade):
+    if not isinstance(binding, Bridge | Masquerade | ManagedTap):
         fields.problems.add(
             path,
-            f"an MTU is set for bridge and masquerade interfaces, not {binding.kind.value} "
+            f"an MTU is set for bridge, masquerade and managedtap interfaces, not "
+            f"{binding.kind.value} "
             "(the device's MTU is the CNI's)",
         )
         return None

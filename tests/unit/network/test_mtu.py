@@ -58,8 +58,8 @@ def test_mtu_on_sriov_is_refused() -> None:
     iface.update(sriov={}, mtu=1500)
     doc["spec"]["networks"][0] = {"name": "pod", "multus": {"networkName": "sriov-net"}}
     want = (
-        f"{INST}.interfaces[0].mtu: an MTU is set for bridge and masquerade interfaces, "
-        "not sriov (the device's MTU is the CNI's)"
+        f"{INST}.interfaces[0].mtu: an MTU is set for bridge, masquerade and managedtap "
+        "interfaces, not sriov (the device's MTU is the CNI's)"
     )
     assert want in problems(doc)
 

@@ -246,6 +246,10 @@ def check_kubevirt_link_down(spec: VmSpec) -> None:
     assert [i.state for i in spec.interfaces] == [InterfaceState.UP, InterfaceState.DOWN]
 
 
+def check_kubevirt_managedtap(spec: VmSpec) -> None:
+    assert kinds(spec) == [("default", BindingKind.MANAGEDTAP, "pod")]
+
+
 CHECKS: dict[str, Callable[[VmSpec], None]] = {
     name.removeprefix("check_").replace("_", "-") + ".yaml": fn
     for name, fn in globals().items()

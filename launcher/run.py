@@ -58,6 +58,7 @@ from launcher.machine import (
     choose_hypervisor,
     compose,
 )
+from launcher.network.brnf import hairpin_blockers
 from launcher.nics import NicEvent, Nics
 from launcher.notls import without_ssl
 from launcher.options import RunOptions
@@ -65,6 +66,7 @@ from launcher.phase import Phase
 from launcher.podinfo import load_podinfo
 from launcher.privileges import check_capabilities
 from launcher.spec import VmSpec, load
+from launcher.spec.model import BindingKind
 from launcher.status.model import StatusBoard
 from launcher.supervisor import (
     ChildReaper,
@@ -378,6 +380,7 @@ class _Run:
         wired = ", ".join(n.name for n in composition.network.nics) or "no NICs"
         board.network_applied(f"pod network wired for {wired}")
         log.info("network applied", extra={"event": "network-applied", "nics": wired})
+        _warn_hairpin(composition)
         return _Boot(composition, volumes)
 
     async def _supervise(self, spec: VmSpec, boot: _Boot, child: Agent | None) -> Outcome:
@@ -445,6 +448,21 @@ def _phase(board: StatusBoard, phase: Phase, cause: str | None = None) -> None:
     if phase is not board.phase:
         log.info("phase %s", phase, extra={"event": "phase", "phase": str(phase)})
     board.set_phase(phase, cause)
+
+
+def _warn_hairpin(composition: Composition) -> None:
+    """Masquerade hairpin cannot work while br_netfilter is active in the pod: say so
+    once, naming the pod sysctls that fix it (docs/network.md "Hairpin")."""
+    if not any(n.binding is BindingKind.MASQUERADE for n in composition.network.nics):
+        return
+    blockers = hairpin_blockers()
+    if blockers:
+        log.warning(
+            "br_netfilter is active in this pod (%s = 1): the guest cannot reach its own "
+            "forwarded ports through the pod IP (hairpin); set these pod sysctls to 0",
+            ", ".join(blockers),
+            extra={"event": "hairpin-blocked", "sysctls": blockers},
+        )
 
 
 def _supervisor_phase(board: StatusBoard, phase: Phase) -> None:

@@ -7,7 +7,7 @@ touches the system: the inputs are the running :class:`VmSpec`, the new one, the
 Rules (docs/hotplug.md):
 
 * an interface active in the new spec and not in the running one is plugged when its
-  binding is ``bridge`` or ``sriov`` on a Multus (non-default) network; a bridge NIC
+  binding is ``bridge``, ``managedtap`` or ``sriov`` on a Multus (non-default) network; a bridge NIC
   whose pod interface is not in the pod yet (Multus has not added it) is *pending*;
 * an interface running now that is removed from the new spec or marked
   ``state: absent`` is unplugged (not the pod network, not masquerade);
@@ -47,7 +47,7 @@ __all__ = [
     "PLUGGABLE",
 ]
 
-PLUGGABLE = frozenset({BindingKind.BRIDGE, BindingKind.SRIOV})
+PLUGGABLE = frozenset({BindingKind.BRIDGE, BindingKind.MANAGEDTAP, BindingKind.SRIOV})
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ REQUIRED: Mapping[str, frozenset[VmState]] = {
     "add_vfio": _LIVE,
     "add_vdpa": _LIVE,
     "remove_device": _LIVE,
+    "set_link": _LIVE,
 }
 
 
@@ -190,6 +191,10 @@ class Hypervisor(Protocol):
 
     async def remove_device(self, device_id: str) -> None:
         """Hot unplug the device with ``device_id``."""
+        ...
+
+    async def set_link(self, device_id: str, up: bool) -> None:
+        """Give the guest NIC ``device_id`` carrier (``up``) or take it away."""
         ...
 
 

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
             _add_plan_arguments(sub)
         if name == "manifest":
             _add_manifest_arguments(sub)
+        if name == "validate":
+            _add_validate_arguments(sub)
         if name in ("run", "status", "plan"):
             _add_status_arguments(sub, name)
     return parser
@@ -164,10 +166,29 @@ def summary(spec: VmSpec) -> str:
 
 
 def validate(options: Options, out: TextIO) -> int:
-    """``virt-launcher validate``: load the spec and print its summary."""
+    """``virt-launcher validate``: load the spec, check it against the hypervisor that
+    would run it (``--hypervisor``, else by shape: NIC models) and print its summary."""
+    from launcher.machine import check_for_hypervisor, choose_hypervisor  # noqa: PLC0415
+
     spec = _load(options.spec_path)
+    kind = choose_hypervisor(spec, options.run_args.get("hypervisor"))
+    check_for_hypervisor(
+        spec,
+        kind,
+        qemu_binary=options.run_args.get("qemu_binary", "qemu-system-x86_64"),
+        cache_dir=None,
+    )
     print(summary(spec), file=out)
     return EXIT_OK
+
+
+def _add_validate_arguments(parser: argparse.ArgumentParser) -> None:
+    """What ``validate`` checks the spec against: the hypervisor ``run`` would start."""
+    g = parser.add_argument_group("validate")
+    g.add_argument("--hypervisor", choices=("qemu", "cloud-hypervisor"), help="as for run")
+    g.add_argument(
+        "--qemu-binary", metavar="PATH", help="as for run (asked which NIC models it has)"
+    )
 
 
 PLAN_ARGS = ("offline", "pod_netns")  # the rest of plan's options are RUN_ARGS

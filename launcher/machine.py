@@ -12,8 +12,9 @@ devices the network plan decided, turned into the hypervisor's device types by
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypervisor.machine import (
     DiskImage,
@@ -23,7 +24,7 @@ from hypervisor.machine import (
     VdpaDevice,
     VfioDevice,
 )
-from launcher.errors import UsageError, VolumeError
+from launcher.errors import Problem, SpecError, UsageError, VolumeError
 from launcher.network import NetworkPlan, NicPlan, PodState
 from launcher.network import plan as plan_network
 from launcher.network.devices import GuestNic, GuestVdpa, GuestVfio
@@ -31,7 +32,14 @@ from launcher.network.multus import PassthroughNic
 from launcher.network.plan import plan_interface
 from launcher.options import DEFAULT_HOTPLUG_PORTS, RunOptions
 from launcher.podinfo import PodInfo
-from launcher.spec.model import SourceShape, VmSpec
+from launcher.spec.model import (
+    Bridge,
+    InterfaceState,
+    ManagedTap,
+    Masquerade,
+    SourceShape,
+    VmSpec,
+)
 from launcher.volumes import ResolvedVolumes
 
 __all__ = [
@@ -41,6 +49,10 @@ __all__ = [
     "plan_nic",
     "build_machine",
     "choose_hypervisor",
+    "check_for_hypervisor",
+    "nic_model_problems",
+    "link_state_problems",
+    "QEMU_NIC_MODELS",
     "net_device",
     "passthrough_device",
     "vfio_device",
@@ -54,6 +66,8 @@ QEMU = "qemu"
 CLOUD_HYPERVISOR = "cloud-hypervisor"
 HYPERVISORS = (QEMU, CLOUD_HYPERVISOR)
 MIB = 1024 * 1024
+#: every NIC model the spec accepts, in the order the docs list them
+QEMU_NIC_MODELS = ("virtio", "e1000", "e1000e", "igb", "rtl8139", "ne2k_pci", "pcnet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +141,7 @@ def net_device(nic: GuestNic) -> NetDevice:
         pci_address=nic.pci_address,
         boot_order=nic.boot_order,
         model=nic.model,
+        link_up=nic.link_up,
     )
 
 
@@ -215,3 +230,91 @@ def build_machine(
         vdpa=tuple(vdpa_device(d) for d in network_plan.vdpa),
         hotplug_ports=hotplug_ports,
     )
+
+
+def nic_model_problems(
+    spec: VmSpec, hypervisor: str, qemu_models: Callable[[], Collection[str]]
+) -> list[Problem]:
+    """Each tap-backed interface whose ``model`` the chosen hypervisor cannot emulate, as a
+    problem naming the field, the model and the hypervisor.
+
+    cloud-hypervisor emulates virtio-net only; QEMU what ``qemu_models()`` (the probe of
+    the installed binary, :func:`hypervisor.qemu.devices.qemu_nic_models`) lists. The
+    probe is only asked when some interface is not virtio. SR-IOV and vDPA interfaces
+    have no emulated model; an interface marked ``absent`` is not started.
+    """
+    problems: list[Problem] = []
+    available: Collection[str] | None = None
+    for index, iface in enumerate(spec.interfaces):
+        if iface.state is InterfaceState.ABSENT or iface.model == "virtio":
+            continue
+        if not isinstance(iface.binding, Bridge | Masquerade | ManagedTap):
+            continue
+        path = f"{spec.interface_path(index)}.model"
+        if hypervisor == CLOUD_HYPERVISOR:
+            problems.append(
+                Problem(
+                    path,
+                    f'"{iface.model}" is not supported by cloud-hypervisor, which emulates '
+                    "virtio NICs only (use model virtio, or run QEMU)",
+                )
+            )
+            continue
+        if available is None:
+            available = qemu_models()
+        if iface.model not in available:
+            have = ", ".join(m for m in QEMU_NIC_MODELS if m in available)
+            problems.append(
+                Problem(
+                    path,
+                    f'"{iface.model}" is not supported by qemu: the installed QEMU has no '
+                    f"{iface.model} device (it emulates {have})",
+                )
+            )
+    return problems
+
+
+def link_state_problems(spec: VmSpec, hypervisor: str) -> list[Problem]:
+    """Each ``state: down`` interface the hypervisor cannot start without carrier: QEMU
+    sets an emulated NIC's link (``set_link``); cloud-hypervisor has no link API (taking
+    the tap's carrier away would not show in the guest, which keeps its carrier), and a
+    passed-through device's link is the device's own."""
+    problems: list[Problem] = []
+    for index, iface in enumerate(spec.interfaces):
+        if iface.state is not InterfaceState.DOWN:
+            continue
+        path = f"{spec.interface_path(index)}.state"
+        if not isinstance(iface.binding, Bridge | Masquerade | ManagedTap):
+            problems.append(
+                Problem(
+                    path,
+                    f'"down" is not supported for a {iface.binding.kind.value} interface: '
+                    "only tap-backed (bridge, masquerade) NICs have a link the launcher sets",
+                )
+            )
+        elif hypervisor == CLOUD_HYPERVISOR:
+            problems.append(
+                Problem(
+                    path,
+                    '"down" is not supported by cloud-hypervisor, which has no link-state API '
+                    "(the guest would keep its carrier; run QEMU)",
+                )
+            )
+    return problems
+
+
+def check_for_hypervisor(
+    spec: VmSpec, hypervisor: str, *, qemu_binary: str, cache_dir: Path | None
+) -> None:
+    """Refuse (SpecError, exit 2) what :func:`nic_model_problems` and
+    :func:`link_state_problems` find; ``validate``, ``plan``, ``run`` (before the pod is
+    touched) and hot plug call it."""
+
+    def probe() -> Collection[str]:
+        from hypervisor.qemu.devices import qemu_nic_models  # noqa: PLC0415 - only when asked
+
+        return qemu_nic_models(qemu_binary, cache_dir)
+
+    problems = nic_model_problems(spec, hypervisor, probe) + link_state_problems(spec, hypervisor)
+    if problems:
+        raise SpecError(problems)

@@ -197,13 +197,15 @@ def _restrict_families(pod: PodState, families: str) -> PodState:
     return dataclasses.replace(pod, links=links)
 
 
+#: bindings backed by a tap the launcher creates (issue 18 added managedtap)
+_TAP_KINDS = (BindingKind.BRIDGE, BindingKind.MASQUERADE, BindingKind.MANAGEDTAP)
+
+
 def _tap_only(spec: VmSpec) -> VmSpec:
     """``spec`` with only its tap NICs (bridge, masquerade) and their networks: SR-IOV and
     vDPA devices need the node's sysfs and the CNI's network-status to plan, and add no
     sysctl and no capability beyond SYS_RESOURCE (decided from the spec)."""
-    taps = tuple(
-        i for i in spec.interfaces if i.binding.kind in (BindingKind.BRIDGE, BindingKind.MASQUERADE)
-    )
+    taps = tuple(i for i in spec.interfaces if i.binding.kind in _TAP_KINDS)
     wanted = {i.network for i in taps}
     return dataclasses.replace(
         spec, interfaces=taps, networks=tuple(n for n in spec.networks if n.name in wanted)
@@ -241,9 +243,7 @@ def plan_for_manifest(
 
 
 def _has_tap_nic(spec: VmSpec) -> bool:
-    return any(
-        i.binding.kind in (BindingKind.BRIDGE, BindingKind.MASQUERADE) for i in spec.interfaces
-    )
+    return any(i.binding.kind in _TAP_KINDS for i in spec.interfaces)
 
 
 def _has_vfio(spec: VmSpec) -> bool:
@@ -591,10 +591,7 @@ def _device_resources(spec: VmSpec, settings: ManifestSettings, hypervisor: str)
         out[names.kvm] = 1
     if names.tun and _has_tap_nic(spec):
         out[names.tun] = 1  # the launcher creates the taps through /dev/net/tun
-    virtio = any(
-        i.binding.kind in (BindingKind.BRIDGE, BindingKind.MASQUERADE) and i.model == "virtio"
-        for i in spec.interfaces
-    )
+    virtio = any(i.binding.kind in _TAP_KINDS and i.model == "virtio" for i in spec.interfaces)
     if names.vhost_net and hypervisor == QEMU and virtio:
         out[names.vhost_net] = 1  # QEMU uses vhost-net when /dev/vhost-net exists
     return out

@@ -18,7 +18,13 @@ from typing import Any
 from hypervisor.machine import MachineConfig
 from launcher.errors import HypervisorError, LauncherError, VolumeError
 from launcher.jsonable import to_jsonable
-from launcher.machine import QEMU, compose, plan_pod_network
+from launcher.machine import (
+    QEMU,
+    check_for_hypervisor,
+    choose_hypervisor,
+    compose,
+    plan_pod_network,
+)
 from launcher.network import PodState, discover
 from launcher.network.discover import PodLink
 from launcher.network.multus import map_interfaces
@@ -156,6 +162,15 @@ def plan_document(
     network: NetworkPlan | None = None
     pod: PodState | None = None
     podinfo: PodInfo | None = None
+    try:  # what the hypervisor cannot run is the spec's problem (exit 2), shown first
+        check_for_hypervisor(
+            spec,
+            choose_hypervisor(spec, options.hypervisor),
+            qemu_binary=options.qemu_binary,
+            cache_dir=None,
+        )
+    except (LauncherError, HypervisorError) as err:
+        problems.append(_problem("spec", err))
     try:
         podinfo = load_podinfo(options.podinfo)
         pod = synthetic_pod(spec, podinfo) if offline else _read_pod(options, pod_netns)

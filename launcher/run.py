@@ -50,13 +50,21 @@ from launcher.errors import (
     UsageError,
     exit_code_for,
 )
-from launcher.machine import CLOUD_HYPERVISOR, Composition, choose_hypervisor, compose
+from launcher.machine import (
+    CLOUD_HYPERVISOR,
+    Composition,
+    check_for_hypervisor,
+    choose_hypervisor,
+    compose,
+)
+from launcher.network.brnf import hairpin_blockers
 from launcher.nics import NicEvent, Nics
 from launcher.options import RunOptions
 from launcher.phase import Phase
 from launcher.podinfo import load_podinfo
 from launcher.privileges import check_capabilities
 from launcher.spec import VmSpec, load
+from launcher.spec.model import BindingKind
 from launcher.startup import import_servers, preload_hypervisor, without_ssl
 from launcher.status.model import StatusBoard
 from launcher.supervisor import (
@@ -305,6 +313,9 @@ class _Run:
         """discover → compose → wire every NIC, with QEMU's accelerator probe beside it."""
         _phase(self.board, Phase.NETWORK)
         kind = choose_hypervisor(spec, self.options.hypervisor)
+        check_for_hypervisor(  # exit 2 before the pod is touched, as validate says
+            spec, kind, qemu_binary=self.options.qemu_binary, cache_dir=self.options.state_dir
+        )
         try:
             async with asyncio.TaskGroup() as startup:
                 accel = startup.create_task(_choose_accel(kind, self.options), name="accel-probe")
@@ -350,6 +361,7 @@ class _Run:
         wired = ", ".join(n.name for n in composition.network.nics) or "no NICs"
         board.network_applied(f"pod network wired for {wired}")
         log.info("network applied", extra={"event": "network-applied", "nics": wired})
+        _warn_hairpin(composition)
         return _Boot(composition, volumes)
 
     async def _supervise(self, spec: VmSpec, boot: _Boot, child: Agent | None) -> Outcome:
@@ -417,6 +429,21 @@ def _phase(board: StatusBoard, phase: Phase, cause: str | None = None) -> None:
     if phase is not board.phase:
         log.info("phase %s", phase, extra={"event": "phase", "phase": str(phase)})
     board.set_phase(phase, cause)
+
+
+def _warn_hairpin(composition: Composition) -> None:
+    """Masquerade hairpin cannot work while br_netfilter is active in the pod: say so
+    once, naming the pod sysctls that fix it (docs/network.md "Hairpin")."""
+    if not any(n.binding is BindingKind.MASQUERADE for n in composition.network.nics):
+        return
+    blockers = hairpin_blockers()
+    if blockers:
+        log.warning(
+            "br_netfilter is active in this pod (%s = 1): the guest cannot reach its own "
+            "forwarded ports through the pod IP (hairpin); set these pod sysctls to 0",
+            ", ".join(blockers),
+            extra={"event": "hairpin-blocked", "sysctls": blockers},
+        )
 
 
 def _supervisor_phase(board: StatusBoard, phase: Phase) -> None:

@@ -343,3 +343,11 @@ class CloudHypervisor:
         """``vm.remove-device``."""
         require("remove_device", self._state)
         await self._api().remove_device(device_id)
+
+    async def set_link(self, device_id: str, up: bool) -> None:
+        """Refused: cloud-hypervisor's API has no link state (validation refuses
+        ``state: down`` for it first; docs/network.md "Link state")."""
+        raise HypervisorError(
+            f"cannot set the link of {device_id} {'up' if up else 'down'}: cloud-hypervisor "
+            "has no link-state API"
+        )

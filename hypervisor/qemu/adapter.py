@@ -47,6 +47,7 @@ from hypervisor.base import ExitInfo, LifecycleEvent, advance, require, serial_t
 from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
 from hypervisor.qemu.argv import QemuRuntime, build_argv, netdev_id
+from hypervisor.qemu.devices import NIC_MODELS
 from hypervisor.qemu.qmp import QmpEvent, QmpSession
 
 __all__ = ["Qemu", "serial_to_stdout", "describe_exit", "map_event"]
@@ -273,6 +274,12 @@ class Qemu:
             raise
         self._tasks.append(asyncio.create_task(self._pump_events(), name=f"qemu-events-{pid}"))
         running = str(status.get("status", "")) if isinstance(status, dict) else ""
+        down = [dev.id for dev in config.nets if not dev.link_up]
+        if down:  # started with -S (build_argv): take the carrier away, then run
+            for device_id in down:
+                await self._command("set_link", {"name": device_id, "up": False})
+            await self._command("cont")
+            running = "running"
         self._set_state(VmState.RUNNING if running == "running" else VmState.PAUSED)
         if running not in ("running", "paused"):
             log.warning("QEMU reports run state %r after start", running)
@@ -530,25 +537,44 @@ class Qemu:
             if self._vhost_net:
                 backend["vhost"] = True
             await self._command("netdev_add", backend)
+            driver = NIC_MODELS.get(dev.model)
+            if driver is None:
+                raise HypervisorError(f"NIC model {dev.model!r} of {dev.id} is not known")
             device: dict[str, object] = {
-                "driver": "virtio-net-pci",
+                "driver": driver,
                 "id": dev.id,
                 "netdev": netdev_id(dev.id),
                 "mac": dev.mac,
-                "host_mtu": dev.mtu,
                 "bus": port,
             }
-            if dev.queues > 1:
-                device.update(mq=True, vectors=2 * dev.queues + 2)
+            if driver == "virtio-net-pci":
+                device["host_mtu"] = dev.mtu
+                if dev.queues > 1:
+                    device.update(mq=True, vectors=2 * dev.queues + 2)
             try:
                 await self._command("device_add", device)
+                if not dev.link_up:
+                    await self.set_link(dev.id, False)
             except HypervisorError:
+                with contextlib.suppress(HypervisorError):
+                    await self._command("device_del", {"id": dev.id})
                 with contextlib.suppress(HypervisorError):
                     await self._command("netdev_del", {"id": netdev_id(dev.id)})
                 raise
         except BaseException:
             self._release_port(dev.id)
             raise
+
+    async def set_link(self, device_id: str, up: bool) -> None:
+        """QMP ``set_link`` on the NIC ``device_id``: the guest sees carrier come or go."""
+        require("set_link", self._state)
+        await self._command("set_link", {"name": device_id, "up": up})
+        log.info(
+            "NIC %s link %s",
+            device_id,
+            "up" if up else "down",
+            extra={"event": "link-state", "device": device_id, "up": up},
+        )
 
     async def add_vfio(self, dev: VfioDevice) -> None:
         """Hot plug a VFIO PCI device on a free root port."""

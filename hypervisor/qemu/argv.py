@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from hypervisor.errors import HypervisorError
 from hypervisor.machine import DiskImage, MachineConfig, NetDevice, VdpaDevice, VfioDevice
+from hypervisor.qemu.devices import NIC_MODELS
 
 __all__ = ["QemuRuntime", "build_argv", "root_port_id", "netdev_id", "drive_id", "MIB"]
 
@@ -49,7 +50,6 @@ _PCI_RE = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):"
     r"(?P<slot>[0-9a-fA-F]{2})\.(?P<fn>[0-7])$"
 )
-_NIC_MODELS = {"virtio": "virtio-net-pci", "e1000e": "e1000e", "e1000": "e1000"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +220,7 @@ def _machine_args(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
         f"guest={_opt(config.name)},debug-threads=on",
         "-no-user-config",
         "-nodefaults",
+        *(["-S"] if any(not dev.link_up for dev in config.nets) else []),
         "-nographic",
         "-machine",
         "q35",
@@ -269,10 +270,10 @@ def _boot_args(config: MachineConfig) -> list[str]:
 
 
 def _net_args(dev: NetDevice, runtime: QemuRuntime, bus: _Bus) -> list[str]:
-    model = _NIC_MODELS.get(dev.model)
+    model = NIC_MODELS.get(dev.model)
     if model is None:
         raise HypervisorError(
-            f"NIC model {dev.model!r} of {dev.id} is not one of {', '.join(sorted(_NIC_MODELS))}"
+            f"NIC model {dev.model!r} of {dev.id} is not one of {', '.join(sorted(NIC_MODELS))}"
         )
     if dev.queues < 1:
         raise HypervisorError(f"queue count {dev.queues} of {dev.id} is below 1")

@@ -7,13 +7,15 @@ touches the system: the inputs are the running :class:`VmSpec`, the new one, the
 Rules (docs/hotplug.md):
 
 * an interface active in the new spec and not in the running one is plugged when its
-  binding is ``bridge`` or ``sriov`` on a Multus (non-default) network; a bridge NIC
+  binding is ``bridge``, ``managedtap`` or ``sriov`` on a Multus (non-default) network; a bridge NIC
   whose pod interface is not in the pod yet (Multus has not added it) is *pending*;
 * an interface running now that is removed from the new spec or marked
   ``state: absent`` is unplugged (not the pod network, not masquerade);
+* a running interface whose ``state`` changes between ``up`` and ``down`` gets its link
+  set (:class:`SetLink`: QEMU ``set_link``; docs/network.md "Link state");
 * anything else that differs (CPU, memory, kernel, disks, volumes, multiqueue, the
-  binding/MAC/model/network of a running interface) *needs a restart*: reported, never
-  applied.
+  binding/MAC/model/MTU/network of a running interface) *needs a restart*: reported,
+  never applied.
 """
 
 from __future__ import annotations
@@ -34,9 +36,18 @@ from launcher.spec.model import (
     VmSpec,
 )
 
-__all__ = ["PlugNic", "UnplugNic", "NeedsRestart", "Pending", "SpecDiff", "diff", "PLUGGABLE"]
+__all__ = [
+    "PlugNic",
+    "UnplugNic",
+    "SetLink",
+    "NeedsRestart",
+    "Pending",
+    "SpecDiff",
+    "diff",
+    "PLUGGABLE",
+]
 
-PLUGGABLE = frozenset({BindingKind.BRIDGE, BindingKind.SRIOV})
+PLUGGABLE = frozenset({BindingKind.BRIDGE, BindingKind.MANAGEDTAP, BindingKind.SRIOV})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,14 @@ class UnplugNic:
 
     interface: Interface
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetLink:
+    """Give the running ``interface`` carrier (``up``) or take it away (spec ``state``)."""
+
+    interface: Interface
+    up: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +100,7 @@ class SpecDiff:
     plug: tuple[PlugNic, ...] = ()
     needs_restart: tuple[NeedsRestart, ...] = ()
     pending: tuple[Pending, ...] = ()
+    links: tuple[SetLink, ...] = ()
 
     @property
     def actions(self) -> tuple[PlugNic | UnplugNic, ...]:
@@ -90,7 +110,7 @@ class SpecDiff:
     @property
     def empty(self) -> bool:
         """True when the new spec changes nothing."""
-        return not (self.unplug or self.plug or self.needs_restart or self.pending)
+        return not (self.unplug or self.plug or self.needs_restart or self.pending or self.links)
 
 
 def _active(spec: VmSpec) -> dict[str, Interface]:
@@ -139,6 +159,7 @@ def _compare(
         ("pciAddress", old.pci_address, new.pci_address),
         ("dhcpOptions", old.dhcp_options, new.dhcp_options),
         ("bootOrder", old.boot_order, new.boot_order),
+        ("mtu", old.mtu, new.mtu),
     ):
         if a != b:
             out.append(NeedsRestart(what, f"{label} changed from {a!r} to {b!r}"))
@@ -161,8 +182,11 @@ def diff(
     before, after = _active(running), _active(new)
     new_names = {i.name for i in new.interfaces}
     unplug: list[UnplugNic] = []
+    link_changes: list[SetLink] = []
     for name, iface in before.items():
         if name in after:
+            if iface.state is not after[name].state:
+                link_changes.append(SetLink(after[name], after[name].state is InterfaceState.UP))
             restart.extend(
                 _compare(
                     name,
@@ -226,6 +250,7 @@ def diff(
         plug=tuple(plug),
         needs_restart=tuple(restart),
         pending=tuple(pending),
+        links=tuple(link_changes),
     )
 
 

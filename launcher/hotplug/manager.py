@@ -13,7 +13,9 @@ changes nothing and is logged), diffs them against what runs
   through the run's one privileged runner, then its DHCPv4/DHCPv6/RA servers), then
   ``add_net`` it to the guest; plug (sriov): ``add_vfio`` the VF;
 * unplug: ``remove_device`` from the guest, then ``Nics.remove`` (servers closed,
-  plumbing removed, the pod interface gets its addresses back).
+  plumbing removed, the pod interface gets its addresses back);
+* link state (``state: up``/``down`` of a running interface): ``set_link`` on its
+  device; the board learns the new ``linkState`` and a ``link-state`` event is logged.
 
 Every step is bounded by ``step_timeout_s``. A failed plug removes what it added and
 leaves the VM and its other NICs as they were; the error is kept in the interface's
@@ -35,7 +37,13 @@ from typing import Any
 
 from hypervisor.base import Hypervisor
 from launcher.errors import HypervisorError, LauncherError
-from launcher.machine import net_device, plan_nic, vfio_device
+from launcher.machine import (
+    check_for_hypervisor,
+    choose_hypervisor,
+    net_device,
+    plan_nic,
+    vfio_device,
+)
 from launcher.network import NetworkPlan, NicPlan
 from launcher.network.devices import GuestVfio
 from launcher.network.multus import PassthroughNic
@@ -47,7 +55,7 @@ from launcher.spec import VmSpec, loads
 from launcher.spec.model import InterfaceState
 from launcher.status.model import StatusBoard
 
-from .diff import PlugNic, SpecDiff, UnplugNic, diff
+from .diff import PlugNic, SetLink, SpecDiff, UnplugNic, diff
 from .watch import Snapshot, Watcher
 
 __all__ = [
@@ -115,6 +123,8 @@ class Manager:
         for iface in spec.interfaces:
             if iface.state is not InterfaceState.ABSENT:
                 self._set(iface.name, HotplugState.BOOT, quiet=True)
+            if iface.state is InterfaceState.DOWN and board is not None:
+                board.set_link(iface.name, "down")
         self.last_error: str | None = None  # the last document that failed validation
         self._lock = asyncio.Lock()
 
@@ -134,7 +144,15 @@ class Manager:
         data = snapshot.content(path) if snapshot is not None else None
         if data is None:
             data = path.read_bytes()
-        return loads(data, str(path)), load_podinfo(self.options.podinfo)
+        spec = loads(data, str(path))
+        opts = self.options
+        check_for_hypervisor(  # a model the VMM lacks is refused like at start-up
+            spec,
+            choose_hypervisor(spec, opts.hypervisor),
+            qemu_binary=opts.qemu_binary,
+            cache_dir=opts.state_dir,
+        )
+        return spec, load_podinfo(opts.podinfo)
 
     # ------------------------------------------------------------------ loop
 
@@ -153,7 +171,7 @@ class Manager:
         """
         try:
             new, podinfo = await asyncio.to_thread(self.read_inputs, snapshot)
-        except (LauncherError, OSError, RecursionError, MemoryError) as err:
+        except (LauncherError, HypervisorError, OSError, RecursionError, MemoryError) as err:
             self.last_error = str(err) or type(err).__name__
             log.error(
                 "hot plug: new spec or podinfo refused, nothing changed: %s",
@@ -200,6 +218,8 @@ class Manager:
                     await self._unplug(action)
                 else:
                     await self._plug(action, new, podinfo)
+            for link in changes.links:
+                await self._set_link(link, new)
             return changes
 
     async def _pod_links(self) -> tuple[str, ...]:
@@ -320,6 +340,32 @@ class Manager:
         self._drop(name)
         self._publish()
         self._set(name, HotplugState.UNPLUGGED, error=error)
+
+    async def _set_link(self, action: SetLink, new: VmSpec) -> None:
+        name, state = action.interface.name, "up" if action.up else "down"
+        owner = self.nics.get(name)
+        if owner is None:
+            self._set(name, HotplugState.FAILED, error=f"link {state}: no guest NIC to set")
+            return
+        device_id = owner.plan.device.id
+        try:
+            await self._step(
+                f"hypervisor set_link {device_id} {state}",
+                self.hypervisor.set_link(device_id, action.up),
+            )
+        except _StepFailed as err:
+            self._set(name, HotplugState.FAILED, error=str(err))
+            return
+        self._adopt(new, name)
+        if self.board is not None:
+            self.board.set_link(name, state)
+            self.board.event("link-state", f"interface {name} link {state}", iface=name)
+        log.info(
+            "interface %s link %s",
+            name,
+            state,
+            extra={"event": "link-state", "interface": name, "state": state},
+        )
 
     # ------------------------------------------------------------------ running spec
 

@@ -26,6 +26,7 @@ class GuestNic:
     pci_address: str | None = None  # guest PCI address if the spec pins one
     boot_order: int | None = None
     model: str = "virtio"
+    link_up: bool = True  # False: the guest NIC starts with no carrier (spec state: down)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,17 @@ from typing import Any
 from dhcp.ra import RaConfig
 from dhcp.v4.config import Dhcp4Config
 from dhcp.v6.lease import Config6
+from launcher.errors import Problem, SpecError
 from launcher.jsonable import JsonValue, to_jsonable
 from launcher.podinfo import PodInfo
-from launcher.spec.model import BindingKind, Interface, VmSpec
+from launcher.spec.model import (
+    ISTIO_PORTS,
+    MIGRATION_PORTS,
+    BindingKind,
+    Interface,
+    VmSpec,
+    reserved_ports,
+)
 from launcher.status.listen import DEFAULT_STATUS_PORT
 
 from .devices import GuestNic, GuestVdpa, GuestVfio
@@ -44,13 +52,12 @@ __all__ = [
     "DEFAULT_STATUS_PORT",
     "ISTIO_PORTS",
     "MIGRATION_PORTS",
+    "IPV6_MIN_MTU",
     "link_local_from_mac",
     "served_options",
 ]
 
-MIGRATION_PORTS = (49152, 49153)
-ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
-ISTIO_ANNOTATION = "sidecar.istio.io/inject"
+IPV6_MIN_MTU = 1280  # RFC 8200
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,8 +238,47 @@ class NicContext:
 
     @property
     def queues(self) -> int:
-        """Queue pairs: the vCPU count when the spec asks for multiqueue, else 1."""
-        return self.spec.cpu.vcpus if self.spec.network_interface_multiqueue else 1
+        """Queue pairs: the vCPU count when the spec asks for multiqueue, else 1.
+        Only virtio NICs have queues (KubeVirt: multiqueue applies to virtio only)."""
+        if not self.spec.network_interface_multiqueue or self.interface.model != "virtio":
+            return 1
+        return self.spec.cpu.vcpus
+
+    def mtu(self, *, ipv6: bool) -> int:
+        """The guest NIC's MTU (tap, bridge, DHCP option 26, RA, ``host_mtu``): the
+        interface's ``mtu`` override, else the pod link's.
+
+        An override above the pod link's MTU, or below 1280 on a NIC that carries IPv6,
+        is a SpecError (exit 2) naming the field: the launcher never raises the pod
+        link's MTU (docs/network.md "MTU").
+        """
+        wanted = self.interface.mtu
+        link = self.pod_link
+        if wanted is None:
+            return link.mtu
+        path = f"{self.spec.interface_path(self.index)}.mtu"
+        if wanted > link.mtu:
+            raise SpecError(
+                [
+                    Problem(
+                        path,
+                        f"{wanted} is above the MTU {link.mtu} of pod interface "
+                        f"{link.name!r}: the launcher does not raise the pod link's MTU "
+                        "(the CNI sets it for the path beyond the pod)",
+                    )
+                ]
+            )
+        if ipv6 and wanted < IPV6_MIN_MTU:
+            raise SpecError(
+                [
+                    Problem(
+                        path,
+                        f"{wanted} is below {IPV6_MIN_MTU}, the minimum IPv6 MTU, and this "
+                        "interface carries IPv6",
+                    )
+                ]
+            )
+        return wanted
 
     @property
     def hostname(self) -> str:
@@ -242,10 +288,12 @@ class NicContext:
     @property
     def reserved_ports(self) -> tuple[int, ...]:
         """Ports the pod itself uses: never DNATed into the guest."""
-        ports = [self.options.status_port, *MIGRATION_PORTS]
-        if (self.spec.annotation(ISTIO_ANNOTATION) or "").lower() == "true":
-            ports += ISTIO_PORTS
-        return tuple(sorted(set(ports)))
+        return tuple(sorted(self.reserved_uses))
+
+    @property
+    def reserved_uses(self) -> dict[int, str]:
+        """Each reserved port and what uses it (for messages)."""
+        return reserved_ports(dict(self.spec.annotations), self.options.status_port)
 
     def tap(self, name: str, bridge: str, mtu: int, guest_mac: str) -> TapLink:
         """The tap (or test stand-in veth) for this NIC."""

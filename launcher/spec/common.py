@@ -20,6 +20,7 @@ from launcher.spec.model import (
     Interface,
     InterfaceState,
     KernelBoot,
+    ManagedTap,
     Masquerade,
     MultusNetwork,
     Network,
@@ -295,11 +296,13 @@ def _check_binding(path: str, iface: Interface, net: Network, problems: Problems
             join(path, kind),
             f"{kind} needs a multus (secondary) network, but {show(net.name)} is the pod network",
         )
-    if iface.state is InterfaceState.ABSENT and (not isinstance(binding, Bridge) or on_pod):
+    if iface.state is InterfaceState.ABSENT and (
+        not isinstance(binding, Bridge | ManagedTap) or on_pod
+    ):
         problems.add(
             join(path, "state"),
-            f'"absent" (hot unplug) is only supported for bridge interfaces on secondary '
-            f"networks, not for {show(iface.name)} ({kind} on "
+            f'"absent" (hot unplug) is only supported for bridge and managedtap interfaces '
+            f"on secondary networks, not for {show(iface.name)} ({kind} on "
             f"{'the pod network' if on_pod else 'a multus network'})",
         )
 

@@ -36,17 +36,20 @@ from launcher.spec.model import (
     Interface,
     InterfaceState,
     KernelBoot,
+    ManagedTap,
     Masquerade,
     MultusNetwork,
     Network,
     PersistentVolumeClaim,
     PodNetwork,
     Port,
+    PortRange,
     Protocol,
     SourceShape,
     Sriov,
     Volume,
     VolumeSource,
+    reserved_ports,
 )
 from launcher.spec.parts import (
     METADATA_IGNORED,
@@ -54,6 +57,7 @@ from launcher.spec.parts import (
     read_cloud_init,
     read_mac,
     read_metadata,
+    read_mtu,
     read_name,
 )
 from launcher.spec.reader import Fields, show
@@ -103,8 +107,10 @@ DEVICES_IGNORED = (
     "disableHotplug",
     "logSerialConsole",
 )
-_BINDINGS = ("bridge", "masquerade", "sriov")
-_UNSUPPORTED_BINDINGS = ("slirp", "macvtap", "passt", "binding")
+_BINDINGS = ("bridge", "masquerade", "sriov", "binding")
+_UNSUPPORTED_BINDINGS = ("slirp", "macvtap", "passt")
+#: network binding plugins (``binding: {name: …}``) the launcher implements itself
+_PLUGINS = ("managedtap", "l2bridge")
 _SOURCES = ("pod", "multus")
 _VOLUMES = (
     "containerDisk",
@@ -292,7 +298,7 @@ def _read_devices(devices: Fields, draft: Draft) -> None:
     draft.network_interface_multiqueue = bool(devices.boolean("networkInterfaceMultiqueue"))
     for item in devices.items("interfaces"):
         draft.saw("interfaces", item)
-        iface = _read_interface(item)
+        iface = _read_interface(item, reserved_ports(draft.annotations))
         if iface is not None:
             draft.interfaces.append((item.path, iface))
     for item in devices.items("disks"):
@@ -303,7 +309,7 @@ def _read_devices(devices: Fields, draft: Draft) -> None:
     devices.finish()
 
 
-def _read_interface(item: Fields) -> Interface | None:
+def _read_interface(item: Fields, reserved: dict[int, str]) -> Interface | None:
     name = read_name(item)
     mac = read_mac(item, "macAddress")
     item.unsupported({key: f"the {key} binding is not supported" for key in _UNSUPPORTED_BINDINGS})
@@ -315,10 +321,20 @@ def _read_interface(item: Fields) -> Interface | None:
             binding = Masquerade()
         elif key == "sriov":
             binding = Sriov()
+        elif key == "binding":
+            plugin = inner.string("name", required=True)
+            if plugin is not None and plugin not in _PLUGINS:
+                inner.problems.add(
+                    inner.at("name"), f"{show(plugin)} is not one of {', '.join(_PLUGINS)}"
+                )
+            elif plugin is not None:
+                binding = ManagedTap(name=plugin)
         inner.finish()
     ports = _read_ports(item, binding)
-    if ports and isinstance(binding, Masquerade):
-        binding = dataclasses.replace(binding, ports=ports)
+    ranges = _read_port_ranges(item, binding, ports, reserved)
+    if (ports or ranges) and isinstance(binding, Masquerade):
+        binding = dataclasses.replace(binding, ports=tuple(p for _, p in ports), port_ranges=ranges)
+    mtu = read_mtu(item, binding)
     model = item.string("model") or "virtio"
     if model not in _MODELS:
         item.problems.add(item.at("model"), f"{show(model)} is not one of {', '.join(_MODELS)}")
@@ -331,7 +347,9 @@ def _read_interface(item: Fields) -> Interface | None:
         try:
             state = InterfaceState(state_text)
         except ValueError:
-            item.problems.add(item.at("state"), f"{show(state_text)} is not one of absent, up")
+            item.problems.add(
+                item.at("state"), f"{show(state_text)} is not one of absent, down, up"
+            )
     dhcp = item.mapping("dhcpOptions")
     dhcp_options = None if dhcp is None else _read_dhcp_options(dhcp)
     item.ignore("tag", "acpiIndex")
@@ -347,11 +365,12 @@ def _read_interface(item: Fields) -> Interface | None:
         boot_order=boot_order,
         dhcp_options=dhcp_options,
         state=state,
+        mtu=mtu,
     )
 
 
-def _read_ports(item: Fields, binding: Binding) -> tuple[Port, ...]:
-    ports: list[Port] = []
+def _read_ports(item: Fields, binding: Binding) -> list[tuple[str, Port]]:
+    ports: list[tuple[str, Port]] = []
     seen: dict[tuple[Protocol, int], str] = {}
     for entry in item.items("ports"):
         number = entry.integer("port", required=True, minimum=1, maximum=65535)
@@ -373,13 +392,71 @@ def _read_ports(item: Fields, binding: Binding) -> tuple[Port, ...]:
             )
             continue
         seen[key] = entry.path
-        ports.append(Port(port=number, protocol=protocol, name=name))
+        ports.append((entry.path, Port(port=number, protocol=protocol, name=name)))
     if ports and not isinstance(binding, Masquerade):
         item.problems.add(
             item.at("ports"),
             f"ports are only forwarded with the masquerade binding, not {binding.kind.value}",
         )
-    return tuple(ports)
+    return ports
+
+
+def _read_protocol(entry: Fields) -> Protocol | None:
+    text = entry.string("protocol") or "TCP"
+    try:
+        return Protocol(text.upper())
+    except ValueError:
+        entry.problems.add(entry.at("protocol"), f"{show(text)} is not one of TCP, UDP")
+        return None
+
+
+def _read_port_ranges(
+    item: Fields, binding: Binding, ports: list[tuple[str, Port]], reserved: dict[int, str]
+) -> tuple[PortRange, ...]:
+    """``portRanges`` (KubeVirt VEP 168): no overlap with each other, with ``ports`` or
+    with a port the pod itself uses; each problem names both sides."""
+    ranges: list[tuple[str, PortRange]] = []
+    for entry in item.items("portRanges"):
+        start = entry.integer("start", required=True, minimum=1, maximum=65535)
+        end = entry.integer("end", required=True, minimum=1, maximum=65535)
+        protocol = _read_protocol(entry)
+        entry.finish()
+        if start is None or end is None or protocol is None:
+            continue
+        if end < start:
+            entry.problems.add(entry.at("end"), f"{end} is below start {start}")
+            continue
+        rng = PortRange(start=start, end=end, protocol=protocol)
+        clash = _range_clash(rng, ranges, ports, reserved)
+        if clash is not None:
+            entry.problems.add(entry.path, f"{rng} overlaps {clash}")
+            continue
+        ranges.append((entry.path, rng))
+    if ranges and not isinstance(binding, Masquerade):
+        item.problems.add(
+            item.at("portRanges"),
+            f"port ranges are only forwarded with the masquerade binding, not {binding.kind.value}",
+        )
+    return tuple(r for _, r in ranges)
+
+
+def _range_clash(
+    rng: PortRange,
+    ranges: list[tuple[str, PortRange]],
+    ports: list[tuple[str, Port]],
+    reserved: dict[int, str],
+) -> str | None:
+    """What ``rng`` overlaps, as words naming the other side; None when nothing."""
+    for path, other in ranges:
+        if other.protocol is rng.protocol and other.start <= rng.end and rng.start <= other.end:
+            return f"{other} of {path}"
+    for path, port in ports:
+        if port.protocol is rng.protocol and rng.start <= port.port <= rng.end:
+            return f"{port.protocol.value} port {port.port} of {path}"
+    for number, user in sorted(reserved.items()):
+        if rng.start <= number <= rng.end:
+            return f"port {number}, which the pod itself uses ({user})"
+    return None
 
 
 def _read_dhcp_options(dhcp: Fields) -> DhcpOptions:

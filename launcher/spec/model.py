@@ -13,6 +13,8 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
+from launcher.status.listen import DEFAULT_STATUS_PORT
+
 __all__ = [
     "Binding",
     "BindingKind",
@@ -29,6 +31,7 @@ __all__ = [
     "Interface",
     "InterfaceState",
     "KernelBoot",
+    "ManagedTap",
     "Masquerade",
     "MultusNetwork",
     "Network",
@@ -36,6 +39,12 @@ __all__ = [
     "PersistentVolumeClaim",
     "PodNetwork",
     "Port",
+    "PortRange",
+    "RESERVED_PORTS",
+    "MIGRATION_PORTS",
+    "ISTIO_PORTS",
+    "ISTIO_ANNOTATION",
+    "reserved_ports",
     "Protocol",
     "Sriov",
     "SourceShape",
@@ -70,6 +79,39 @@ class Port:
     name: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """A range of ports forwarded into the guest in masquerade mode (KubeVirt VEP 168
+    ``portRanges``), ``start`` to ``end`` inclusive."""
+
+    start: int
+    end: int
+    protocol: Protocol = Protocol.TCP
+
+    def __str__(self) -> str:
+        return f"{self.protocol.value} {self.start}-{self.end}"
+
+
+#: KubeVirt's live-migration ports.
+MIGRATION_PORTS = (49152, 49153)
+#: Istio's sidecar ports, when the pod has one (``sidecar.istio.io/inject: "true"``).
+ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
+ISTIO_ANNOTATION = "sidecar.istio.io/inject"
+#: what uses each reserved port, for messages
+RESERVED_PORTS = {49152: "KubeVirt migration", 49153: "KubeVirt migration"}
+
+
+def reserved_ports(
+    annotations: dict[str, str], status_port: int = DEFAULT_STATUS_PORT
+) -> dict[int, str]:
+    """Ports the pod itself uses, never DNATed into a masquerade guest, and what uses each:
+    the status endpoint, migration, and Istio's when the pod is injected."""
+    ports = {status_port: "the launcher's status endpoint", **RESERVED_PORTS}
+    if annotations.get(ISTIO_ANNOTATION, "").lower() == "true":
+        ports.update({p: "the Istio sidecar" for p in ISTIO_PORTS})
+    return ports
+
+
 class BindingKind(enum.StrEnum):
     """How a guest NIC is connected to its network."""
 
@@ -77,6 +119,7 @@ class BindingKind(enum.StrEnum):
     MASQUERADE = "masquerade"
     SRIOV = "sriov"
     VDPA = "vdpa"
+    MANAGEDTAP = "managedtap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +143,7 @@ class Masquerade:
     cidr4: ipaddress.IPv4Network = DEFAULT_MASQUERADE_CIDR4
     cidr6: ipaddress.IPv6Network = DEFAULT_MASQUERADE_CIDR6
     ports: tuple[Port, ...] = ()
+    port_ranges: tuple[PortRange, ...] = ()
     kind: BindingKind = field(default=BindingKind.MASQUERADE, init=False)
 
 
@@ -119,7 +163,16 @@ class Vdpa:
     kind: BindingKind = field(default=BindingKind.VDPA, init=False)
 
 
-Binding = Bridge | Masquerade | Sriov | Vdpa
+@dataclass(frozen=True, slots=True)
+class ManagedTap:
+    """KubeVirt's ``binding: {name: managedtap}`` (also ``l2bridge``): bridge + tap, the
+    guest takes the pod MAC, and the CNI's own DHCP/RA serve it (the launcher serves none)."""
+
+    name: str = "managedtap"  # the plugin name as written: managedtap or l2bridge
+    kind: BindingKind = field(default=BindingKind.MANAGEDTAP, init=False)
+
+
+Binding = Bridge | Masquerade | Sriov | Vdpa | ManagedTap
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +194,11 @@ class DhcpOptions:
 
 
 class InterfaceState(enum.StrEnum):
-    """KubeVirt ``interfaces[].state``: ``absent`` asks for a hot unplug."""
+    """KubeVirt ``interfaces[].state``: ``absent`` asks for a hot unplug; ``down`` keeps the
+    NIC plugged with its link down (no carrier in the guest), ``up`` is the default."""
 
     UP = "up"
+    DOWN = "down"
     ABSENT = "absent"
 
 
@@ -159,6 +214,7 @@ class Interface:
     boot_order: int | None = None
     dhcp_options: DhcpOptions | None = None
     state: InterfaceState = InterfaceState.UP
+    mtu: int | None = None  # override of the pod link's MTU (576-65535; docs/network.md)
 
     @property
     def network(self) -> str:
@@ -313,6 +369,16 @@ class VmSpec:
     termination_grace_period_s: int = 30
     annotations: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+
+    def interface_path(self, index: int) -> str:
+        """The manifest path of ``interfaces[index]``, for problems found after load
+        (``spec.template.spec.domain.devices.interfaces[0]``)."""
+        base = {
+            SourceShape.VIRTINK: "spec.instance",
+            SourceShape.KUBEVIRT_VM: "spec.template.spec.domain.devices",
+            SourceShape.KUBEVIRT_VMI: "spec.domain.devices",
+        }[self.shape]
+        return f"{base}.interfaces[{index}]"
 
     def network_for(self, interface: Interface) -> Network:
         """The network an interface is attached to (validation guarantees it exists)."""

@@ -12,7 +12,7 @@ import base64
 import binascii
 
 from launcher.spec.common import Draft, parse_mac, parse_name
-from launcher.spec.model import CloudInitNoCloud
+from launcher.spec.model import Binding, Bridge, CloudInitNoCloud, ManagedTap, Masquerade
 from launcher.spec.reader import Fields, show
 
 __all__ = [
@@ -20,6 +20,9 @@ __all__ = [
     "pick_one",
     "read_cloud_init",
     "read_mac",
+    "read_mtu",
+    "MIN_MTU",
+    "MAX_MTU",
     "read_metadata",
     "read_name",
 ]
@@ -80,6 +83,40 @@ def read_name(fields: Fields) -> str | None:
     """The required ``name`` of an interface, network, disk or volume."""
     text = fields.string("name", required=True)
     return None if text is None else fields.convert("name", text, parse_name)
+
+
+#: smallest MTU every IPv4 host must accept (RFC 791); IPv6's 1280 is checked by the plan,
+#: which knows whether the interface carries IPv6
+MIN_MTU = 576
+#: largest MTU of a Linux bridge, tap and QEMU virtio-net ``host_mtu``
+MAX_MTU = 65535
+
+
+def read_mtu(fields: Fields, binding: Binding) -> int | None:
+    """An interface's ``mtu`` override, or None (absent, or a problem was recorded)."""
+    value = fields.integer("mtu")
+    if value is None:
+        return None
+    path = fields.at("mtu")
+    if value < MIN_MTU:
+        fields.problems.add(
+            path, f"{value} is below {MIN_MTU}, the smallest MTU every IPv4 host must accept"
+        )
+        return None
+    if value > MAX_MTU:
+        fields.problems.add(
+            path, f"{value} is above {MAX_MTU}, the largest MTU of a bridge, tap or virtio NIC"
+        )
+        return None
+    if not isinstance(binding, Bridge | Masquerade | ManagedTap):
+        fields.problems.add(
+            path,
+            f"an MTU is set for bridge, masquerade and managedtap interfaces, not "
+            f"{binding.kind.value} "
+            "(the device's MTU is the CNI's)",
+        )
+        return None
+    return value
 
 
 def read_mac(fields: Fields, key: str) -> str | None:

@@ -29,7 +29,14 @@ from launcher.spec.model import (
     Volume,
     VolumeSource,
 )
-from launcher.spec.parts import pick_one, read_cloud_init, read_mac, read_metadata, read_name
+from launcher.spec.parts import (
+    pick_one,
+    read_cloud_init,
+    read_mac,
+    read_metadata,
+    read_mtu,
+    read_name,
+)
 from launcher.spec.reader import Fields
 
 __all__ = ["SPEC_IGNORED", "read_virtink"]
@@ -138,8 +145,9 @@ def _read_interface(item: Fields) -> Interface | None:
                 iommu=bool(inner.boolean("iommu")),
             )
         inner.finish()
+    mtu = read_mtu(item, binding)
     item.finish()
-    return None if name is None else Interface(name=name, binding=binding, mac=mac)
+    return None if name is None else Interface(name=name, binding=binding, mac=mac, mtu=mtu)
 
 
 def _read_masquerade(inner: Fields) -> Masquerade:

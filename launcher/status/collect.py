@@ -443,7 +443,8 @@ class Collector:
             ip_addresses=tuple(addrs),
             info_source=", ".join(sources),
             queue_count=nic.tap.queues,
-            link_state="unknown" if tap is None else ("up" if tap.oper_state == "up" else "down"),
+            link_state=self.source.links.get(nic.name)
+            or ("unknown" if tap is None else ("up" if tap.oper_state == "up" else "down")),
             binding=nic.binding.value,
             pod_interface=nic.pod_interface,
             tap=nic.tap.name,

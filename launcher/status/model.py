@@ -113,6 +113,12 @@ class StatusSource(Protocol):
         """Interface name → (hot-plug state, last error) (docs/hotplug.md); may be empty."""
         ...
 
+    @property
+    def links(self) -> Mapping[str, str]:
+        """Interface name → the link state the launcher set (``up``/``down``); an
+        interface not listed reports its tap's state."""
+        ...
+
 
 class StatusBoard:
     """The mutable run state the composition root updates and the status server reads.
@@ -135,6 +141,7 @@ class StatusBoard:
         self._stopping: str | None = None
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
         self._hotplug: dict[str, tuple[str, str | None]] = {}
+        self._links: dict[str, str] = {}
 
     # ---- read side (StatusSource) ------------------------------------------------------
 
@@ -178,6 +185,14 @@ class StatusBoard:
     def set_hotplug(self, name: str, state: str, error: str | None) -> None:
         """Record interface ``name``'s hot-plug state and last error."""
         self._hotplug[name] = (state, error)
+
+    @property
+    def links(self) -> Mapping[str, str]:
+        return self._links
+
+    def set_link(self, name: str, state: str) -> None:
+        """Record the link state the launcher gave interface ``name`` (``up``/``down``)."""
+        self._links[name] = state
 
     # ---- write side (the composition root) ---------------------------------------------
 

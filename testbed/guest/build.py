@@ -40,6 +40,7 @@ __all__ = [
     "GuestBuildError",
     "cache_root",
     "DEFAULT_CMDLINE",
+    "ensure_nic_guest",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -371,8 +372,8 @@ def _modinfo_depends(ko: Path) -> list[str]:
     return [d for d in text.split(",") if d]
 
 
-def _module_order(modroot: Path) -> list[Path]:
-    """Kernel modules for GUEST_MODULES plus dependencies, dependencies first."""
+def _module_order(modroot: Path, names: tuple[str, ...] = GUEST_MODULES) -> list[Path]:
+    """Kernel modules for ``names`` plus dependencies, dependencies first."""
     index: dict[str, Path] = {}
     for ko in modroot.rglob("*.ko"):
         index[ko.stem.replace("-", "_")] = ko
@@ -393,20 +394,25 @@ def _module_order(modroot: Path) -> list[Path]:
         seen.add(key)
         order.append(ko)
 
-    for name in GUEST_MODULES:
+    for name in names:
         visit(name, 0)
     return order
 
 
-def _fetch_kernel(apt: _Apt, work: Path) -> tuple[Path, str, list[Path]]:
-    meta = apt.download(KERNEL_META_PACKAGE, work)
+def _fetch_kernel(
+    apt: _Apt,
+    work: Path,
+    package: str = KERNEL_META_PACKAGE,
+    names: tuple[str, ...] = GUEST_MODULES,
+) -> tuple[Path, str, list[Path]]:
+    meta = apt.download(package, work)
     depends = _deb_field(meta, "Depends")
     image_pkg = next(
         (d.split()[0] for d in depends.split(",") if d.strip().startswith("linux-image-")),
         None,
     )
     if image_pkg is None:
-        raise GuestBuildError(f"{KERNEL_META_PACKAGE} depends on no linux-image: {depends!r}")
+        raise GuestBuildError(f"{package} depends on no linux-image: {depends!r}")
     deb = apt.download(image_pkg, work)
     tree = work / "kernel-tree"
     _run(
@@ -417,7 +423,7 @@ def _fetch_kernel(apt: _Apt, work: Path) -> tuple[Path, str, list[Path]]:
         raise GuestBuildError(f"{deb.name} holds {len(vmlinuz)} vmlinuz files")
     version = vmlinuz[0].name.removeprefix("vmlinuz-")
     modroot = tree / "lib" / "modules" / version
-    return vmlinuz[0], version, _module_order(modroot)
+    return vmlinuz[0], version, _module_order(modroot, names)
 
 
 # --- initramfs (newc cpio, written here so device nodes need no mknod) --------------
@@ -520,9 +526,9 @@ def ensure_guest() -> GuestImage:
     )
 
 
-def _ensure_kernel(root: Path) -> tuple[Path, str, list[Path]]:
+def _ensure_kernel(root: Path, nic_models: bool = False) -> tuple[Path, str, list[Path]]:
     """The cached kernel: vmlinuz, its version, the modules in load order."""
-    final = root / "kernel" / _kernel_key()
+    final = root / "kernel" / (_nic_kernel_key() if nic_models else _kernel_key())
     meta_file = final / "kernel.json"
     if not meta_file.is_file():
         with _locked(root / "kernel.lock"):
@@ -530,7 +536,9 @@ def _ensure_kernel(root: Path) -> tuple[Path, str, list[Path]]:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 with tempfile.TemporaryDirectory(dir=final.parent, prefix=".build-") as tmp:
                     work = Path(tmp)
-                    vmlinuz, version, modules = _fetch_kernel(_Apt(root / "apt"), work)
+                    vmlinuz, version, modules = _fetch_kernel(
+                        _Apt(root / "apt"), work, *(_NIC_KERNEL if nic_models else ())
+                    )
                     stage = work / "out"
                     (stage / "modules").mkdir(parents=True)
                     shutil.copy2(vmlinuz, stage / "vmlinuz")
@@ -546,10 +554,10 @@ def _ensure_kernel(root: Path) -> tuple[Path, str, list[Path]]:
     return final / "vmlinuz", str(meta["kernel_version"]), [final / "modules" / n for n in names]
 
 
-def _build_guest(root: Path, final: Path, busybox: Path) -> None:
+def _build_guest(root: Path, final: Path, busybox: Path, nic_models: bool = False) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     applets = (busybox.parent / "applets").read_text().split()
-    vmlinuz, version, modules = _ensure_kernel(root)
+    vmlinuz, version, modules = _ensure_kernel(root, nic_models)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".build-") as tmp:
         work = Path(tmp)
         stage = work / "out"
@@ -565,6 +573,52 @@ def _build_guest(root: Path, final: Path, busybox: Path) -> None:
         if final.exists():
             shutil.rmtree(final)
         stage.rename(final)
+
+
+# --- NIC-model guest (issue 18) --------------------------------------------------------
+# Debian's cloud kernel has no driver for any emulated NIC but virtio. The NIC-model guest
+# is the same initramfs (busybox, rootfs/, init) on Debian's generic kernel, plus the
+# drivers of every NIC model QEMU emulates for the spec: e1000, e1000e, igb, rtl8139
+# (8139too, 8139cp), ne2k_pci (ne2k-pci), pcnet (pcnet32). Cached like the default guest
+# under its own keys; tests/e2e/test_nic_models.py boots it (docs/guest.md).
+NIC_KERNEL_META_PACKAGE = "linux-image-amd64"
+NIC_DRIVER_MODULES = ("e1000", "e1000e", "igb", "8139too", "8139cp", "ne2k_pci", "pcnet32")
+NIC_KERNEL_RECIPE = "1"
+_NIC_KERNEL = (NIC_KERNEL_META_PACKAGE, GUEST_MODULES + NIC_DRIVER_MODULES)
+
+
+def _nic_kernel_key() -> str:
+    return _digest(
+        [
+            NIC_KERNEL_RECIPE.encode(),
+            NIC_KERNEL_META_PACKAGE.encode(),
+            "\n".join(_NIC_KERNEL[1]).encode(),
+        ]
+    )
+
+
+def ensure_nic_guest() -> GuestImage:
+    """The cached NIC-model guest (generic kernel + emulated-NIC drivers), built if needed."""
+    busybox = ensure_busybox()
+    root = cache_root()
+    final = root / "guest" / f"nic-{_digest([_guest_key().encode(), _nic_kernel_key().encode()])}"
+    meta_file = final / "guest.json"
+    if not meta_file.is_file():
+        with _locked(root / "guest.lock"):
+            if not meta_file.is_file():
+                _build_guest(root, final, busybox, nic_models=True)
+    meta = json.loads(meta_file.read_text())
+    return GuestImage(
+        kernel=final / "vmlinuz",
+        initrd=final / "initrd.gz",
+        cmdline=DEFAULT_CMDLINE,
+        kernel_version=str(meta["kernel_version"]),
+        busybox=busybox,
+        directory=final,
+    )
+
+
+# --- end of the NIC-model guest block -------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:

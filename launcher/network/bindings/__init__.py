@@ -12,6 +12,7 @@ from launcher.spec.model import BindingKind, Interface
 
 from ..multus import PassthroughBinding
 from .bridge import BridgeBinding
+from .managedtap import ManagedTapBinding
 from .masquerade import MasqueradeBinding
 from .protocol import Binding
 from .sriov import SriovBinding
@@ -22,6 +23,7 @@ __all__ = [
     "PASSTHROUGH",
     "Binding",
     "BridgeBinding",
+    "ManagedTapBinding",
     "MasqueradeBinding",
     "PassthroughBinding",
     "SriovBinding",
@@ -33,6 +35,7 @@ __all__ = [
 REGISTRY: dict[BindingKind, Binding] = {
     BindingKind.BRIDGE: BridgeBinding(),
     BindingKind.MASQUERADE: MasqueradeBinding(),
+    BindingKind.MANAGEDTAP: ManagedTapBinding(),
 }
 
 

@@ -99,7 +99,7 @@ def _macs(ctx: NicContext) -> _Macs:
     return _Macs(guest, pod_new, derived_mac(f"bridge/{link.name}/{link.mac}", avoid=guest))
 
 
-def _check_pod_link(ctx: NicContext, bridge: str) -> bool:
+def _check_pod_link(ctx: NicContext, bridge: str, *, managed: bool = False) -> bool:
     """Refuse a pod interface the launcher cannot bridge; True when it is plain L2.
 
     A secondary (Multus) network without IPAM is plain L2: the guest brings its own
@@ -114,6 +114,8 @@ def _check_pod_link(ctx: NicContext, bridge: str) -> bool:
     if link.kind == "bridge":
         raise NetworkError(f"pod interface {link.name!r} is itself a bridge")
     l2_only = not link.addresses4 and not link.addresses6
+    if managed:  # the CNI serves the guest: nothing is served here, only the MAC enforced
+        return True
     if l2_only and not isinstance(ctx.spec.network_for(ctx.interface).source, MultusNetwork):
         raise NetworkError(
             f"pod interface {link.name!r} has no IPv4 or global IPv6 address to hand to the guest"
@@ -131,7 +133,9 @@ class _Ipv6:
     forwarding: bool
 
 
-def _ipv6(ctx: NicContext, bridge: str, guest_mac: str, guest6: ipaddress.IPv6Interface) -> _Ipv6:
+def _ipv6(
+    ctx: NicContext, bridge: str, guest_mac: str, guest6: ipaddress.IPv6Interface, mtu: int
+) -> _Ipv6:
     """The bridge is the guest's IPv6 router (DHCPv6 has no default route): the pod
     netns keeps the pod's IPv6 routes on the bridge and forwards."""
     link = ctx.pod_link
@@ -151,7 +155,7 @@ def _ipv6(ctx: NicContext, bridge: str, guest_mac: str, guest6: ipaddress.IPv6In
             ctx,
             interface=bridge,
             prefixes=prefixes,
-            mtu=link.mtu,
+            mtu=mtu,
             default_router=default6 is not None,
         ),
         routes=tuple(routes),
@@ -165,7 +169,7 @@ def _server4(ctx: NicContext) -> ipaddress.IPv4Address:
 
 
 def _dhcp4(
-    ctx: NicContext, bridge: str, guest_mac: str, guest4: ipaddress.IPv4Interface
+    ctx: NicContext, bridge: str, guest_mac: str, guest4: ipaddress.IPv4Interface, mtu: int
 ) -> Dhcp4Config:
     router, routes = pod_routes4(ctx.pod_link)
     return dhcp4_config(
@@ -176,7 +180,7 @@ def _dhcp4(
         address=guest4,
         router=router,
         routes=routes,
-        mtu=ctx.pod_link.mtu,
+        mtu=mtu,
     )
 
 
@@ -205,15 +209,19 @@ class BridgeBinding:
     kind = BindingKind.BRIDGE
 
     def plan_nic(self, ctx: NicContext) -> NicPlan:
-        """The bridge-binding plan for ``ctx`` (see the module docstring)."""
+        """The bridge-binding plan for ``ctx`` (see the module docstring); the managedtap
+        binding (:mod:`.managedtap`) is the same without any server of ours."""
         link = ctx.pod_link
         br = bridge_name(ctx.index)
         tap = tap_name(ctx.index)
-        l2_only = _check_pod_link(ctx, br)
+        managed = self.kind is BindingKind.MANAGEDTAP
+        l2_only = _check_pod_link(ctx, br, managed=managed)
         macs = _macs(ctx)
         guest4 = link.addresses4[0] if link.addresses4 else None
         guest6 = link.addresses6[0] if link.addresses6 else None
-        ipv6 = _ipv6(ctx, br, macs.guest, guest6) if guest6 is not None else None
+        mtu = ctx.mtu(ipv6=guest6 is not None)
+        served6 = guest6 is not None and not l2_only  # managedtap/plain L2: nothing served
+        ipv6 = _ipv6(ctx, br, macs.guest, guest6, mtu) if served6 and guest6 is not None else None
         # pod-level only: per-link settings go through netlink (link_settings)
         sysctls = [Sysctl("net.ipv6.conf.all.forwarding", "1")] if ipv6 and ipv6.forwarding else []
         bridge_addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
@@ -256,11 +264,9 @@ class BridgeBinding:
             binding=self.kind,
             pod_interface=link.name,
             original=link,
-            bridge=BridgeLink(
-                name=br, mac=macs.bridge, mtu=link.mtu, addresses=tuple(bridge_addresses)
-            ),
-            tap=ctx.tap(tap, br, link.mtu, macs.guest),
-            device=guest_nic(ctx, tap, macs.guest, link.mtu),
+            bridge=BridgeLink(name=br, mac=macs.bridge, mtu=mtu, addresses=tuple(bridge_addresses)),
+            tap=ctx.tap(tap, br, mtu, macs.guest),
+            device=guest_nic(ctx, tap, macs.guest, mtu),
             pod_port=PodPort(
                 name=link.name,
                 bridge=br,
@@ -270,7 +276,11 @@ class BridgeBinding:
             ),
             routes=tuple(routes),
             sysctls=tuple(sysctls),
-            dhcp4=_dhcp4(ctx, br, macs.guest, guest4) if guest4 is not None else None,
+            dhcp4=(
+                _dhcp4(ctx, br, macs.guest, guest4, mtu)
+                if guest4 is not None and not l2_only
+                else None
+            ),
             dhcp6=ipv6.dhcp6 if ipv6 is not None else None,
             ra=ipv6.ra if ipv6 is not None else None,
             # arp_ignore=1: the pod never answers ARP for the guest's address

@@ -7,7 +7,10 @@ the launcher's ``inet`` table DNATs traffic arriving on the pod interface (all p
 only ``ports``, as sets), DNATs loopback/pod-IP traffic from the pod itself (``kubectl
 port-forward``), masquerades the guest's traffic and SNATs loopback sources to the
 gateway. The launcher's own ports (status, migration, Istio when injected) are never
-DNATed.
+DNATed. Hairpin: the guest's own connections to the pod IP (IPv4 and IPv6) on a
+forwarded port are DNATed back to it and SNATed to the gateway, so the guest reaches
+its own services through the pod IP like any client (a Service IP that lands back on
+this pod arrives on the pod interface and takes the ordinary path).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from dhcp.ra import RaConfig
 from dhcp.v4.config import Dhcp4Config
 from dhcp.v6.lease import Config6
-from launcher.errors import NetworkError
+from launcher.errors import NetworkError, Problem, SpecError
 from launcher.spec.model import BindingKind, Masquerade, Protocol
 
 from ..model import BridgeLink, LinkSettings, NicContext, NicPlan, link_local_from_mac
@@ -54,7 +57,7 @@ class _Forwards:
 
     index: int
     reserved: tuple[int, ...]
-    by_proto: dict[Protocol, list[int]]
+    by_proto: dict[Protocol, list[str]]  # "80" or "8000-8100", sorted, no overlaps
 
     @property
     def all_ports(self) -> bool:
@@ -67,9 +70,10 @@ class _Forwards:
         out = [f"set reserved{i} {{ type inet_service; elements = {reserved} }}"]
         for proto, ports in self.by_proto.items():
             if ports:
-                elements = nft_set([str(p) for p in ports])
+                flags = " flags interval;" if any("-" in p for p in ports) else ""
                 out.append(
-                    f"set {proto.value.lower()}{i} {{ type inet_service; elements = {elements} }}"
+                    f"set {proto.value.lower()}{i} {{ type inet_service;{flags} "
+                    f"elements = {nft_set(ports)} }}"
                 )
         return out
 
@@ -92,7 +96,8 @@ class _Forwards:
 
 
 def _forwards(ctx: NicContext, binding: Masquerade) -> _Forwards:
-    """The NIC's port forwards; a listed port the pod itself uses is refused."""
+    """The NIC's port forwards (ports and port ranges, one interval set per protocol); a
+    listed port or range holding a port the pod itself uses is refused."""
     reserved = ctx.reserved_ports
     clash = sorted({p.port for p in binding.ports} & set(reserved))
     if clash:
@@ -100,9 +105,23 @@ def _forwards(ctx: NicContext, binding: Masquerade) -> _Forwards:
             f"interface {ctx.interface.name!r} forwards port {clash[0]}, which the pod "
             f"itself uses (reserved: {', '.join(map(str, reserved))})"
         )
-    by_proto = {
-        proto: sorted({p.port for p in binding.ports if p.protocol is proto}) for proto in Protocol
-    }
+    uses = ctx.reserved_uses  # the status port may differ from the default validate knew
+    for k, rng in enumerate(binding.port_ranges):
+        hit = next((p for p in reserved if rng.start <= p <= rng.end), None)
+        if hit is not None:
+            path = f"{ctx.spec.interface_path(ctx.index)}.portRanges[{k}]"
+            raise SpecError(
+                [
+                    Problem(
+                        path, f"{rng} overlaps port {hit}, which the pod itself uses ({uses[hit]})"
+                    )
+                ]
+            )
+    by_proto: dict[Protocol, list[str]] = {}
+    for proto in Protocol:
+        items = [(p.port, p.port) for p in binding.ports if p.protocol is proto]
+        items += [(r.start, r.end) for r in binding.port_ranges if r.protocol is proto]
+        by_proto[proto] = [str(a) if a == b else f"{a}-{b}" for a, b in sorted(set(items))]
     return _Forwards(ctx.index, reserved, by_proto)
 
 
@@ -125,14 +144,20 @@ def _ipv4(ctx: NicContext, binding: Masquerade, fwd: _Forwards, bridge: str) -> 
     pod = f'"{link.name}"'
     gw, guest = _gateway_and_guest(binding.cidr4, "cidr4")
     pod4 = [str(a.ip) for a in link.addresses4]
+    hairpin = f'iifname "{bridge}" ip saddr {guest.ip}'
     return _Family(
         gateway=gw,
         guest=guest,
-        prerouting=[f"iifname {pod} {r}" for r in fwd.dnat("ip", pod4, str(guest.ip))],
+        prerouting=[
+            *(f"iifname {pod} {r}" for r in fwd.dnat("ip", pod4, str(guest.ip))),
+            *(f"{hairpin} {r}" for r in fwd.dnat("ip", pod4, str(guest.ip))),
+        ],
         output=fwd.dnat("ip", ["127.0.0.1", *pod4], str(guest.ip)),
         postrouting=[
             f"oifname {pod} ip saddr {guest.ip} masquerade",
             f'oifname "{bridge}" ip saddr {nft_set(["127.0.0.1", *pod4])} snat ip to {gw.ip}',
+            # hairpin: the guest's own connection to the pod IP comes back from the gateway
+            f'oifname "{bridge}" ip saddr {guest.ip} ip daddr {guest.ip} snat ip to {gw.ip}',
         ],
         # IPv4 forwarding is decided per input interface: the pod interface (DNATed
         # traffic in) and the bridge (the guest's traffic out), no net.ipv4.ip_forward;
@@ -146,16 +171,21 @@ def _ipv6(ctx: NicContext, binding: Masquerade, fwd: _Forwards, bridge: str) -> 
     pod = f'"{link.name}"'
     gw, guest = _gateway_and_guest(binding.cidr6, "cidr6")
     pod6 = [str(a.ip) for a in link.addresses6]
+    hairpin = f'iifname "{bridge}" ip6 saddr {guest.ip}'
     return _Family(
         gateway=gw,
         guest=guest,
-        prerouting=[f"iifname {pod} {r}" for r in fwd.dnat("ip6", pod6, str(guest.ip))],
+        prerouting=[
+            *(f"iifname {pod} {r}" for r in fwd.dnat("ip6", pod6, str(guest.ip))),
+            *(f"{hairpin} {r}" for r in fwd.dnat("ip6", pod6, str(guest.ip))),
+        ],
         # ::1 cannot be routed off the loopback device (IPv6 has no route_localnet),
         # so port-forward over IPv6 is served through the pod's own address.
         output=fwd.dnat("ip6", pod6, str(guest.ip)),
         postrouting=[
             f"oifname {pod} ip6 saddr {guest.ip} masquerade",
             f'oifname "{bridge}" ip6 saddr {nft_set(pod6)} snat ip6 to {gw.ip}',
+            f'oifname "{bridge}" ip6 saddr {guest.ip} ip6 daddr {guest.ip} snat ip6 to {gw.ip}',
         ],
         sysctls=[
             Sysctl("net.ipv6.conf.all.forwarding", "1"),
@@ -178,9 +208,9 @@ def _servers(
     *,
     v4: _Family | None,
     v6: _Family | None,
+    mtu: int,
 ) -> tuple[Dhcp4Config | None, Config6 | None, RaConfig | None]:
     """DHCPv4 from the IPv4 gateway; DHCPv6 + RA (the bridge is the guest's router)."""
-    mtu = ctx.pod_link.mtu
     dhcp4 = dhcp6 = ra = None
     if v4 is not None:
         assert isinstance(v4.guest, ipaddress.IPv4Interface)
@@ -226,7 +256,8 @@ class MasqueradeBinding:
         v4 = _ipv4(ctx, binding, fwd, br) if link.addresses4 else None
         v6 = _ipv6(ctx, binding, fwd, br) if link.addresses6 else None
         families = [f for f in (v4, v6) if f is not None]
-        dhcp4, dhcp6, ra = _servers(ctx, binding, br, guest_mac, v4=v4, v6=v6)
+        mtu = ctx.mtu(ipv6=v6 is not None)
+        dhcp4, dhcp6, ra = _servers(ctx, binding, br, guest_mac, v4=v4, v6=v6, mtu=mtu)
         guest4 = v4.guest if v4 is not None else None
         guest6 = v6.guest if v6 is not None else None
         assert guest4 is None or isinstance(guest4, ipaddress.IPv4Interface)
@@ -240,7 +271,7 @@ class MasqueradeBinding:
             bridge=BridgeLink(
                 name=br,
                 mac=bridge_mac,
-                mtu=link.mtu,
+                mtu=mtu,
                 # the IPv6 link-local is the RA/DHCPv6 source: the kernel makes none
                 # (no_link_local), so it is added without DAD
                 addresses=(
@@ -252,8 +283,8 @@ class MasqueradeBinding:
                     ),
                 ),
             ),
-            tap=ctx.tap(tap, br, link.mtu, guest_mac),
-            device=guest_nic(ctx, tap, guest_mac, link.mtu),
+            tap=ctx.tap(tap, br, mtu, guest_mac),
+            device=guest_nic(ctx, tap, guest_mac, mtu),
             sysctls=tuple(s for f in families for s in f.sysctls),  # pod-level only
             link_settings=(
                 LinkSettings(
@@ -270,7 +301,7 @@ class MasqueradeBinding:
             nft=NftFragment(
                 inet_sets=tuple(fwd.sets()),
                 prerouting=(
-                    f'iifname "{link.name}" {fwd.keep_reserved()}',
+                    f'iifname {{ "{link.name}", "{br}" }} {fwd.keep_reserved()}',
                     *(r for f in families for r in f.prerouting),
                 ),
                 output=(fwd.keep_reserved(), *(r for f in families for r in f.output)),

@@ -13,10 +13,10 @@ from typing import Protocol
 from dhcp.ra import RaConfig
 from dhcp.v4.config import Dhcp4Config, Lease4
 from dhcp.v6.lease import Config6, Lease6
-from launcher.spec.model import BindingKind
+from launcher.spec.model import BindingKind, InterfaceState
 
 from ..devices import GuestNic
-from ..model import NicContext, NicPlan
+from ..model import IPV6_MIN_MTU, NicContext, NicPlan
 from ..names import device_id
 
 __all__ = [
@@ -30,8 +30,6 @@ __all__ = [
     "nft_set",
     "IPV6_MIN_MTU",
 ]
-
-IPV6_MIN_MTU = 1280  # an RA MTU option below this is invalid (RFC 8200)
 
 
 class Binding(Protocol):
@@ -179,4 +177,5 @@ def guest_nic(ctx: NicContext, tap: str, mac: str, mtu: int) -> GuestNic:
         pci_address=ctx.interface.pci_address,
         boot_order=ctx.interface.boot_order,
         model=ctx.interface.model,
+        link_up=ctx.interface.state is not InterfaceState.DOWN,
     )

@@ -374,3 +374,49 @@ async def test_runtime_input_that_blows_the_parser_keeps_the_vm(hp: Setup) -> No
         await hp.change()
         assert m.last_error is not None, bad[:20]
         assert "sec" not in m.status and hp.vmm.pid is not None
+
+
+async def test_link_down_is_refused_on_cloud_hypervisor_and_changes_nothing(
+    hp: Setup, record: Path
+) -> None:
+    """cloud-hypervisor has no link-state API: a spec asking ``state: down`` of a running
+    NIC is refused like any invalid spec (docs/network.md "Link state")."""
+    m = hp.manager
+    m.options = replace(hp.options, hypervisor="cloud-hypervisor")
+    down = doc()
+    down["spec"]["domain"]["devices"]["interfaces"][0]["state"] = "down"
+    hp.write(down)
+    await hp.change()
+    assert m.last_error == (
+        'spec.domain.devices.interfaces[0].state: "down" is not supported by '
+        "cloud-hypervisor, which has no link-state API (the guest would keep its carrier; "
+        "run QEMU)"
+    )
+    assert m.status["default"].state is HotplugState.BOOT and hp.board.links == {}
+    with pytest.raises(HypervisorError, match="cloud-hypervisor has no link-state API"):
+        await hp.vmm.set_link(hp.plan.nics[0].device.id, False)
+    await hp.vmm.stop()
+    assert hotplug_requests(recorded(record)) == []
+
+
+async def test_managedtap_plug_serves_nothing_and_unplugs(hp: Setup, record: Path) -> None:
+    """A managedtap NIC on a secondary network is plugged like a bridge NIC, but its
+    owner runs no DHCP/RA server (the CNI's serve the guest)."""
+    m = hp.manager
+    spec = doc(sec="up")
+    spec["spec"]["domain"]["devices"]["interfaces"][1] = {
+        "name": "sec",
+        "binding": {"name": "managedtap"},
+    }
+    hp.write(spec, network_status(sec=True))
+    await hp.change()
+    assert state(m, "sec") is HotplugState.PLUGGED, m.status["sec"]
+    owner = hp.nics.get("sec")
+    assert owner is not None and owner.servers == ()
+    assert owner.plan.binding.value == "managedtap"
+    spec["spec"]["domain"]["devices"]["interfaces"][1]["state"] = "absent"
+    hp.write(spec)
+    await hp.change()
+    assert state(m, "sec") is HotplugState.UNPLUGGED, m.status["sec"]
+    await hp.vmm.stop()
+    assert [r[1] for r in hotplug_requests(recorded(record))] == ["vm.add-net", "vm.remove-device"]

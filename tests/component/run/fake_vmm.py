@@ -144,3 +144,6 @@ class FakeVmm:
 
     async def remove_device(self, device_id: str) -> None:
         raise HypervisorError("not supported by the fake")
+
+    async def set_link(self, device_id: str, up: bool) -> None:
+        raise HypervisorError("not supported by the fake")

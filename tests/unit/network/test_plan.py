@@ -148,7 +148,8 @@ def test_masquerade_ports_are_sets_not_rules() -> None:
     p1000 = plan(vm_spec(Masquerade(ports=ports)), pod_state())
     p1 = plan(vm_spec(Masquerade(ports=ports[:1])), pod_state())
     lines = lambda p: [ln for ln in p.nftables.splitlines() if "dnat" in ln]  # noqa: E731
-    assert len(lines(p1000)) == len(lines(p1)) == 4  # v4/v6 × prerouting/output
+    # v4/v6 × (prerouting from the pod, hairpin from the guest, output)
+    assert len(lines(p1000)) == len(lines(p1)) == 6
     assert "tcp dport @tcp0" in p1000.nftables and "20999" in p1000.nftables
 
 

@@ -181,11 +181,29 @@ def test_vhost_only_when_vhost_net_exists() -> None:
     assert pairs(build_argv(cfg, rt), "-netdev")[0].endswith("downscript=no,vhost=on")
 
 
-def test_e1000e_model_and_unknown_model() -> None:
-    cfg = machine(nets=(NetDevice("net0", "tap0", MAC, 1500, model="e1000e"),))
-    assert devs(build_argv(cfg, RT))[-1] == (f"e1000e,id=net0,netdev=hn-net0,mac={MAC},bus=rp-net0")
-    bad = machine(nets=(NetDevice("net0", "tap0", MAC, 1500, model="rtl8139"),))
-    with pytest.raises(HypervisorError, match="'rtl8139'"):
+@pytest.mark.parametrize(
+    ("model", "driver"),
+    [
+        ("e1000", "e1000"),
+        ("e1000e", "e1000e"),
+        ("igb", "igb"),
+        ("rtl8139", "rtl8139"),
+        ("ne2k_pci", "ne2k_pci"),
+        ("pcnet", "pcnet"),
+    ],
+)
+def test_emulated_models_have_no_host_mtu(model: str, driver: str) -> None:
+    cfg = machine(nets=(NetDevice("net0", "tap0", MAC, 1500, model=model),))
+    assert devs(build_argv(cfg, RT))[-1] == f"{driver},id=net0,netdev=hn-net0,mac={MAC},bus=rp-net0"
+
+
+def test_unknown_model() -> None:
+    bad = machine(nets=(NetDevice("net0", "tap0", MAC, 1500, model="vmxnet3"),))
+    with pytest.raises(
+        HypervisorError,
+        match="NIC model 'vmxnet3' of net0 is not one of e1000, e1000e, igb, ne2k_pci, pcnet, "
+        "rtl8139, virtio",
+    ):
         build_argv(bad, RT)
 
 

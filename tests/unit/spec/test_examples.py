@@ -19,6 +19,7 @@ from launcher.spec import (
     Masquerade,
     PodNetwork,
     Port,
+    PortRange,
     Protocol,
     SourceShape,
     Sriov,
@@ -212,6 +213,41 @@ def check_demo_vm(spec: VmSpec) -> None:
     assert spec.interfaces[0].mac == "02:00:00:00:00:01"
     assert spec.termination_grace_period_s == 10
     assert spec.disks == ()
+
+
+def check_kubevirt_legacy_nic(spec: VmSpec) -> None:
+    assert spec.shape is SourceShape.KUBEVIRT_VM
+    assert kinds(spec) == [("default", BindingKind.BRIDGE, "pod")]
+    assert spec.interfaces[0].model == "e1000e"
+    assert [(d.name, d.bus) for d in spec.disks] == [("rootdisk", "sata")]
+
+
+def check_kubevirt_mtu_override(spec: VmSpec) -> None:
+    assert spec.shape is SourceShape.KUBEVIRT_VMI
+    assert kinds(spec) == [("default", BindingKind.MASQUERADE, "pod")]
+    assert spec.interfaces[0].mtu == 1400
+
+
+def check_kubevirt_masquerade_port_ranges(spec: VmSpec) -> None:
+    binding = spec.interfaces[0].binding
+    assert isinstance(binding, Masquerade)
+    assert binding.ports == (Port(22, Protocol.TCP, "ssh"),)
+    assert binding.port_ranges == (
+        PortRange(27000, 27100, Protocol.TCP),
+        PortRange(27000, 27100, Protocol.UDP),
+    )
+
+
+def check_kubevirt_link_down(spec: VmSpec) -> None:
+    assert kinds(spec) == [
+        ("default", BindingKind.MASQUERADE, "pod"),
+        ("storage", BindingKind.BRIDGE, "multus:storage-net"),
+    ]
+    assert [i.state for i in spec.interfaces] == [InterfaceState.UP, InterfaceState.DOWN]
+
+
+def check_kubevirt_managedtap(spec: VmSpec) -> None:
+    assert kinds(spec) == [("default", BindingKind.MANAGEDTAP, "pod")]
 
 
 CHECKS: dict[str, Callable[[VmSpec], None]] = {

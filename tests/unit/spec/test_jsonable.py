@@ -39,6 +39,7 @@ def test_union_fields_are_tagged_unless_they_carry_kind() -> None:
         "cidr4": "10.0.2.0/30",
         "cidr6": "fd10:0:2::/120",
         "ports": [{"port": 80, "protocol": "UDP", "name": "dns"}],
+        "port_ranges": [],
         "kind": "masquerade",
     }
 

@@ -129,12 +129,13 @@ def test_hot_unplug_only_bridge_on_secondary() -> None:
     doc = kubevirt_vm()
     vmi_of(doc)["domain"]["devices"]["interfaces"][0]["state"] = "absent"
     assert problems(doc) == [
-        f'{DEV}.interfaces[0].state: "absent" (hot unplug) is only supported for bridge '
-        'interfaces on secondary networks, not for "default" (masquerade on the pod network)'
+        f'{DEV}.interfaces[0].state: "absent" (hot unplug) is only supported for bridge and '
+        'managedtap interfaces on secondary networks, not for "default" (masquerade on the pod '
+        "network)"
     ]
     doc = kubevirt_vm()
     vmi_of(doc)["domain"]["devices"]["interfaces"][0]["state"] = "gone"
-    assert problems(doc) == [f'{DEV}.interfaces[0].state: "gone" is not one of absent, up']
+    assert problems(doc) == [f'{DEV}.interfaces[0].state: "gone" is not one of absent, down, up']
 
 
 # -- MAC addresses -----------------------------------------------------------------------

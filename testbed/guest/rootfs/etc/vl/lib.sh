@@ -66,6 +66,7 @@ addr_report() {
     [ -e "$dev/device" ] || continue
     n=${dev##*/}
     echo "VL-ADDRS $n $(ip -o addr show dev "$n" | awk '{a = a (a ? " " : "") $4} END {print a}')"
+    echo "VL-CARRIER $n $(cat "$dev/carrier" 2> /dev/null || echo 0)"  # issue 18: link state
   done
   r4=$(ip -4 route show | awk '$1 == "default" {v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')
   r6=$(ip -6 route show | awk '$1 == "default" {v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')
@@ -116,4 +117,37 @@ v6short() {
     }
     print out
   }'
+}
+
+# --- probes (issue 18: hairpin from inside the guest) -----------------------------------
+# vl.probe=HOST:PORT[,HOST:PORT...] on the kernel command line (IPv6 as [addr]:port): once
+# the first DHCPv4 lease is there, the guest sends `GET /` to each with busybox nc (2 s per
+# try, up to 10 tries, so an IPv6 route still coming by RA is waited for) and reports
+# `VL-PROBE <target> ok=1 body=<last line>` or `VL-PROBE <target> ok=0 tries=N`. Spaces
+# in the body become '_'. (busybox wget crashes in this static build; nc does not.)
+run_probes() {
+  i=0
+  while [ "$i" -lt 300 ] && ! ls /run/vl/lease4.* > /dev/null 2>&1; do
+    sleep 0.1
+    i=$((i + 1))
+  done
+  for target in $(echo "$1" | tr ',' ' '); do
+    host=${target%:*}
+    host=${host#[}
+    host=${host%]}
+    port=${target##*:}
+    n=0
+    while [ "$n" -lt 10 ]; do
+      n=$((n + 1))
+      reply=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 "$host" "$port" 2> /dev/null)
+      case "$reply" in
+        *VL-HTTP-OK*)
+          say "VL-PROBE $target ok=1 body=$(echo "$reply" | tail -n 1 | tr -d '\r' | tr ' ' '_')"
+          continue 2
+          ;;
+      esac
+      sleep 1
+    done
+    say "VL-PROBE $target ok=0 tries=$n"
+  done
 }

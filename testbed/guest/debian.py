@@ -173,6 +173,9 @@ def _finish_tree(root: Path) -> str:
     (root / "etc/fstab").write_text(FSTAB)
     (root / "etc/hostname").write_text("localhost\n")  # cloud-init sets the real one
     (root / "etc/machine-id").write_text("")  # a new one on first boot
+    # As the cloud images: C.UTF-8 needs no generated locale, so cloud-init's locale
+    # module finds it set (otherwise it runs update-locale for en_US.UTF-8 and fails)
+    (root / "etc/default/locale").write_text("LANG=C.UTF-8\n")
     resolv = root / "etc/resolv.conf"
     resolv.unlink(missing_ok=True)
     resolv.symlink_to(RESOLV_LINK)

@@ -13,6 +13,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils cpio
   shellcheck
   dpkg-dev libc6-dev bzip2 xz-utils debian-archive-keyring curl  # testbed/guest build + e2e
+  mmdebstrap e2fsprogs  # testbed/guest/debian.py: the Debian cloud guest (built on first use)
   chromium fonts-liberation  # e2e: the status page rendered headless
   podman buildah runc catatonit mmdebstrap containernetworking-plugins  # the image + tests/container
 )

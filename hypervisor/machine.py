@@ -68,7 +68,12 @@ class VdpaDevice:
 
 @dataclass(frozen=True, slots=True)
 class DiskImage:
-    """A disk image file or block device, already resolved to a path."""
+    """A disk image file or block device, already resolved to a path.
+
+    ``backing`` is set for a copy-on-write overlay (a containerDisk): ``path`` is then a
+    writable qcow2 file whose header names ``backing`` (format ``backing_format``), which
+    the VMM opens read-only and never writes.
+    """
 
     id: str
     path: str
@@ -76,6 +81,8 @@ class DiskImage:
     read_only: bool = False
     cdrom: bool = False
     boot_order: int | None = None
+    backing: str | None = None
+    backing_format: str | None = None  # "raw" or "qcow2"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,9 @@ volume the ISO holds:
     on its pod interface, so no DHCP is served) whose addresses the CNI reported in the
     Multus network-status. Generated entries match the guest
     NIC by MAC. Without user ``networkData`` the DHCP NICs are listed too (``dhcp4``/
-    ``dhcp6`` by MAC), since a network-config replaces cloud-init's DHCP fallback; with
+    ``dhcp6`` by MAC, with ``use-domains`` when the lease carries a search list, which
+    systemd-networkd otherwise ignores), since a network-config replaces cloud-init's
+    DHCP fallback; with
     it, the user's entries win and only the static NICs are added (entries the user
     already matches by MAC or names the same are left to the user). A version 1 user
     document is kept as it is (with a warning). No network-config file is written when
@@ -89,7 +91,13 @@ def _ethernet_dhcp(plan: NetworkPlan) -> dict[str, dict[str, Any]]:
             continue
         entry: dict[str, Any] = {"match": {"macaddress": nic.device.mac}}
         entry["dhcp4"] = nic.dhcp4 is not None
+        if nic.dhcp4 is not None and nic.dhcp4.search:
+            # systemd-networkd ignores DHCP search domains unless told (UseDomains=no);
+            # Debian's own cloud images set this too (netplan 90-default.yaml)
+            entry["dhcp4-overrides"] = {"use-domains": True}
         entry["dhcp6"] = nic.dhcp6 is not None
+        if nic.dhcp6 is not None and nic.dhcp6.search:
+            entry["dhcp6-overrides"] = {"use-domains": True}
         out[nic.name] = entry
     return out
 

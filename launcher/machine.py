@@ -207,6 +207,7 @@ def build_machine(
         )
     disks = []
     for index, disk in enumerate(volumes.disks):
+        backing = disk.file.backing  # a containerDisk's image under its overlay
         disks.append(
             DiskImage(
                 id=f"disk{index}",
@@ -215,6 +216,8 @@ def build_machine(
                 read_only=disk.read_only,
                 cdrom=disk.cdrom,
                 boot_order=disk.boot_order,
+                backing=backing.path if backing is not None else None,
+                backing_format=backing.format if backing is not None else None,
             )
         )
     memory = -(-spec.memory_bytes // MIB) * MIB

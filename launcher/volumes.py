@@ -3,7 +3,8 @@
 Called by ``virt-launcher plan`` (which prints every resolved path and lists what is
 missing as problems) and by ``virt-launcher run`` (``resolve`` → ``require_present`` →
 ``prepare``, then ``launcher.machine.build_machine``). :func:`resolve` only reads the file
-system; :func:`prepare` creates the sparse scratch disks. The layout (docs/volumes.md)::
+system; :func:`prepare` creates the sparse scratch disks and the containerDisk overlays.
+The layout (docs/volumes.md)::
 
     <volumes-dir>/kernel/vmlinux            Virtink instance.kernel.image (its image has /vmlinux)
     <volumes-dir>/kernel/<kernelPath>       KubeVirt firmware.kernelBoot kernelPath / initrdPath
@@ -13,7 +14,13 @@ system; :func:`prepare` creates the sparse scratch disks. The layout (docs/volum
     <volumes-dir>/<volume>                  PVC / dataVolume in block mode: the device itself
     <hostDisk.path>                         hostDisk (DiskOrCreate: created sparse at run)
     <scratch-dir>/empty/<volume>.img        emptyDisk, created sparse at run
-    <scratch-dir>/cloud-init/<volume>.iso   cloud-init NoCloud ISO (built at run, later issue)
+    <scratch-dir>/overlay/<volume>.qcow2    a writable containerDisk's copy-on-write overlay
+    <scratch-dir>/cloud-init/<volume>.iso   cloud-init NoCloud ISO (built at run)
+
+A ``containerDisk`` is ephemeral, as in KubeVirt: the image in the pod (often on a
+read-only mount) is only ever read; unless the disk is read-only or a CD-ROM, the guest
+gets a qcow2 overlay backed by it (:attr:`ResolvedFile.backing`), made by
+:func:`prepare` and kept across a launcher restart in the same pod (docs/volumes.md).
 
 The volume directory is keyed by the *volume* name, not the claim name, as KubeVirt
 mounts PVCs at ``/var/run/kubevirt-private/vmi-disks/<volume>/disk.img``. The image
@@ -23,11 +30,13 @@ format is detected from the file's first bytes (qcow2 magic ``QFI\\xfb``, else r
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+from launcher import qcow2
 from launcher.errors import VolumeError
 from launcher.spec.model import (
     CloudInitNoCloud,
@@ -44,6 +53,7 @@ from launcher.spec.model import (
 __all__ = [
     "DEFAULT_VOLUMES_DIR",
     "DEFAULT_SCRATCH_DIR",
+    "OVERLAY_DIR",
     "QCOW2_MAGIC",
     "FileState",
     "ResolvedDisk",
@@ -57,9 +67,12 @@ __all__ = [
     "resolve",
 ]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_VOLUMES_DIR = Path("/var/run/virt-launcher/volumes")
 DEFAULT_SCRATCH_DIR = Path("/var/run/virt-launcher")
-QCOW2_MAGIC = b"QFI\xfb"
+QCOW2_MAGIC = qcow2.MAGIC
+OVERLAY_DIR = "overlay"  # below the scratch (state) dir
 KERNEL_DIR = "kernel"
 VIRTINK_KERNEL_FILE = "vmlinux"
 DISK_FILE = "disk.img"
@@ -83,7 +96,7 @@ class FileState(enum.StrEnum):
 
     PRESENT = "present"  # exists now (a regular file or a block device)
     MISSING = "missing"  # should exist now and does not: an error at run
-    CREATE = "create"  # created sparse by prepare() (emptyDisk, hostDisk DiskOrCreate)
+    CREATE = "create"  # made by prepare() (emptyDisk, hostDisk DiskOrCreate, overlays)
     BUILD = "build"  # generated at run by a later stage (the cloud-init ISO)
 
 
@@ -107,10 +120,14 @@ class ResolvedFile:
     block: bool = False  # a block device rather than a regular file
     size_bytes: int | None = None  # current size, or the size to create
     looked_at: tuple[str, ...] = ()  # every path tried, in order (for the error message)
+    # A containerDisk overlay's image: read only, never written (``path`` is the overlay)
+    backing: ResolvedFile | None = None
 
     @property
     def problem(self) -> str | None:
         """One sentence naming the volume and the paths looked at, when the file is missing."""
+        if self.backing is not None:
+            return self.backing.problem
         if self.state is not FileState.MISSING:
             return None
         where = " or ".join(self.looked_at) or self.path
@@ -309,6 +326,26 @@ def _volume_file(volume: Volume, layout: VolumeLayout) -> ResolvedFile:
     raise VolumeError(f"volume {name!r} has an unknown source {type(source).__name__}")
 
 
+def _overlay(image: ResolvedFile, layout: VolumeLayout) -> ResolvedFile:
+    """The planned qcow2 overlay over the containerDisk ``image`` (made by :func:`prepare`)."""
+    path = _inside(layout.scratch_dir / OVERLAY_DIR, f"{image.volume}.qcow2", "volume name")
+    size = None
+    if image.state is FileState.PRESENT:
+        try:
+            size = qcow2.virtual_size(Path(image.path), image.format)
+        except (OSError, ValueError):
+            size = None  # prepare() reports it; resolve() only reads
+    return ResolvedFile(
+        volume=image.volume,
+        kind=VolumeKind.CONTAINER_DISK,
+        path=str(path),
+        state=FileState.CREATE,
+        format="qcow2",
+        size_bytes=size,
+        backing=image,
+    )
+
+
 def resolve(spec: VmSpec, layout: VolumeLayout = VolumeLayout()) -> ResolvedVolumes:
     """Resolve the kernel, initrd and every disk of ``spec`` under ``layout``; reads only.
 
@@ -320,11 +357,14 @@ def resolve(spec: VmSpec, layout: VolumeLayout = VolumeLayout()) -> ResolvedVolu
     disks = []
     for disk in spec.disks:
         file = _volume_file(spec.volume_for(disk), layout)
+        read_only = disk.read_only or disk.cdrom or file.kind is VolumeKind.CLOUD_INIT
+        if file.kind is VolumeKind.CONTAINER_DISK and not read_only:
+            file = _overlay(file, layout)  # the image itself is never written
         disks.append(
             ResolvedDisk(
                 name=disk.name,
                 file=file,
-                read_only=disk.read_only or disk.cdrom or file.kind is VolumeKind.CLOUD_INIT,
+                read_only=read_only,
                 cdrom=disk.cdrom,
                 boot_order=disk.boot_order,
             )
@@ -346,15 +386,76 @@ def require_present(volumes: ResolvedVolumes) -> None:
         raise VolumeError(f"{problems[0]}{more}")
 
 
-def prepare(volumes: ResolvedVolumes) -> ResolvedVolumes:
-    """Create every ``CREATE`` file sparse at its size; returns the volumes with them PRESENT.
+def _prepare_overlay(file: ResolvedFile) -> ResolvedFile:
+    """Make the qcow2 overlay ``file`` over its image, or keep the one a previous run made.
 
-    An existing file is kept as it is (a restarted launcher finds its scratch disk again).
+    An existing overlay is kept when it still names the same image, format and size (a
+    restarted launcher in the same pod: the guest's writes survive); otherwise it is
+    replaced by an empty one, with a warning.
+    """
+    image = file.backing
+    assert image is not None
+    path = Path(file.path)
+    try:
+        size = file.size_bytes or qcow2.virtual_size(Path(image.path), image.format)
+    except (OSError, ValueError) as err:
+        raise VolumeError(
+            f"containerDisk {file.volume!r}: cannot read the size of {image.path}: {err}"
+        ) from err
+    try:
+        found = qcow2.read_header(path) if path.exists() else None
+    except (OSError, ValueError):
+        found = None
+    if found is not None:
+        wanted = (image.path, image.format, size)
+        if (found.backing_file, found.backing_format, found.size) == wanted:
+            log.info(
+                "containerDisk overlay kept",
+                extra={"event": "overlay-kept", "volume": file.volume, "path": str(path)},
+            )
+            return replace(file, state=FileState.PRESENT, size_bytes=size)
+        log.warning(
+            "containerDisk %r: the overlay %s was made for another image (%s, %s, %s bytes); "
+            "starting from an empty overlay",
+            file.volume,
+            path,
+            found.backing_file,
+            found.backing_format,
+            found.size,
+            extra={"event": "overlay-replaced", "volume": file.volume, "path": str(path)},
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        qcow2.create_overlay(path, image.path, image.format, size)
+    except (OSError, ValueError) as err:
+        raise VolumeError(
+            f"cannot create the overlay of containerDisk {file.volume!r} at {path}: {err}"
+        ) from err
+    log.info(
+        "containerDisk overlay created",
+        extra={
+            "event": "overlay-created",
+            "volume": file.volume,
+            "path": str(path),
+            "backing": image.path,
+        },
+    )
+    return replace(file, state=FileState.PRESENT, size_bytes=size)
+
+
+def prepare(volumes: ResolvedVolumes) -> ResolvedVolumes:
+    """Make every ``CREATE`` file; returns the volumes with them PRESENT.
+
+    Scratch disks are created sparse at their size, containerDisk overlays empty over
+    their image. An existing file is kept (a restarted launcher finds its scratch disk
+    and its overlays again); an overlay made for another image is replaced.
     """
     disks = []
     for disk in volumes.disks:
         file = disk.file
-        if file.state is FileState.CREATE:
+        if file.state is FileState.CREATE and file.backing is not None:
+            file = _prepare_overlay(file)
+        elif file.state is FileState.CREATE:
             path = Path(file.path)
             if file.size_bytes is None or file.size_bytes <= 0:
                 raise VolumeError(

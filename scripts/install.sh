@@ -13,6 +13,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils cpio
   shellcheck
   dpkg-dev libc6-dev bzip2 xz-utils debian-archive-keyring curl  # testbed/guest build + e2e
+  mmdebstrap e2fsprogs  # testbed/guest/debian.py: the Debian cloud guest (built below)
   chromium fonts-liberation  # e2e: the status page rendered headless
   podman buildah runc catatonit mmdebstrap containernetworking-plugins  # the image + tests/container
 )
@@ -73,6 +74,14 @@ fi
 # that nothing starts here); the images live in podman's store, /var/lib/containers.
 if ! bash scripts/image.sh build >/dev/null; then
   echo "install.sh: building the container image failed (bash scripts/image.sh)" >&2
+  exit 1
+fi
+# The slow e2e tier's Debian cloud guest (testbed/guest/debian.py, docs/guest.md): a
+# bookworm disk made by mmdebstrap from Debian's archive, about 75 s cold on a quiet
+# 2-core machine (longer under load), cached afterwards; built here so that
+# tests/e2e/test_debian_guest.py does not spend its timeout on it.
+if ! .venv/bin/python -m testbed.guest.debian >/dev/null; then
+  echo "install.sh: building the Debian guest failed (python -m testbed.guest.debian)" >&2
   exit 1
 fi
 echo "install.sh: ready (.venv)" >&2

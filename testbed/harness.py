@@ -4,7 +4,8 @@
 CNI leaves it (the e2e tests run ``virt-launcher run`` in it); ``pod_netns()`` makes a netns
 with a bridge and taps, ``dnsmasq()`` runs the DHCPv4 /
 DHCPv6 / RA peer in it, ``boot()`` starts qemu-system-x86_64 (TCG, vhost off) on those taps
-with a ``ConsoleReader`` on its serial console and a QMP socket, and ``powerdown()`` drives
+with a ``ConsoleReader`` on its serial console and a QMP socket (``boot_disk()`` the same
+from a disk through SeaBIOS, for the Debian guest), and ``powerdown()`` drives
 the ACPI power button and waits, bounded, for the guest's clean exit. Every process and
 namespace is removed on exit; every wait has a timeout. Used by
 tests/e2e/test_guest_smoke.py and bench/guest_boot.py; see docs/guest.md.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +38,7 @@ __all__ = [
     "pod_netns",
     "dnsmasq",
     "boot",
+    "boot_disk",
     "qmp",
     "powerdown",
     "http_get",
@@ -251,6 +254,58 @@ def boot(
     ]  # fmt: skip
     for i in range(1, root_ports + 1):
         argv += ["-device", f"pcie-root-port,id=rp{i},bus=pcie.0,chassis={i}"]
+    for i, mac in enumerate(macs):
+        argv += [
+            "-netdev", f"tap,id=n{i},ifname={net.taps[i]},script=no,downscript=no,vhost=off",
+            "-device", f"virtio-net-pci,netdev=n{i},mac={mac}",
+        ]  # fmt: skip
+    argv += list(extra)
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    console = ConsoleReader(proc.stdout, log_path=str(workdir / "console.log"))
+    try:
+        yield Vm(proc, console, qmp_path, started)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        console.wait_closed(5)
+
+
+@contextmanager
+def boot_disk(
+    disk: Path,
+    net: PodNet,
+    workdir: Path,
+    macs: Sequence[str],
+    *,
+    extra: Sequence[str] = (),
+    memory_mib: int = 512,
+    accel: str = "tcg",
+) -> Iterator[Vm]:
+    """QEMU booting ``disk`` (qcow2, virtio-blk) **through SeaBIOS**, one virtio NIC per MAC.
+
+    For the Debian guest (testbed/guest/debian.py) booted by hand as the launcher would
+    (q35, ``-cpu max`` under TCG, tap without vhost); ``extra`` adds devices (a cidata
+    ISO). The guest writes to ``disk``: pass an overlay. Console and exit as in
+    :func:`boot`."""
+    if len(macs) > len(net.taps):
+        raise HarnessError(f"{len(macs)} NICs asked for but netns {net.netns} has {net.taps}")
+    qmp_path = workdir / "qmp.sock"
+    blockdev = json.dumps(
+        {"driver": "qcow2", "node-name": "root", "file": {"driver": "file", "filename": str(disk)}}
+    )
+    argv = [
+        "ip", "netns", "exec", net.netns,
+        "qemu-system-x86_64", "-accel", accel, "-machine", "q35", "-m", str(memory_mib),
+        "-cpu", "max" if accel == "tcg" else "host",
+        "-nographic", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot",
+        "-qmp", f"unix:{qmp_path},server=on,wait=off",
+        "-blockdev", blockdev, "-device", "virtio-blk-pci,drive=root,bootindex=1",
+    ]  # fmt: skip
     for i, mac in enumerate(macs):
         argv += [
             "-netdev", f"tap,id=n{i},ifname={net.taps[i]},script=no,downscript=no,vhost=off",

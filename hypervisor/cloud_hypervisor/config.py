@@ -13,6 +13,9 @@ Decisions (cloud-hypervisor has no equivalent for some MachineConfig fields):
   other bus or function is refused.
 * ``boot_order`` has no cloud-hypervisor equivalent and is ignored; a ``cdrom`` disk is
   attached as a read-only virtio-blk disk (ISO 9660 images read fine from virtio-blk).
+* A copy-on-write overlay (a containerDisk, ``DiskImage.backing``) is the qcow2 overlay
+  with ``backing_files: true``; cloud-hypervisor then opens the image the overlay's
+  header names read-only (its format from the header's backing-format extension).
 * The serial port goes to the VMM's stdout (``Tty``), which the launcher forwards line by
   line; the virtio console is off.
 """
@@ -62,12 +65,23 @@ def disk_config(disk: DiskImage) -> dict[str, Any]:
     image_type = _IMAGE_TYPES.get(disk.format)
     if image_type is None:
         raise HypervisorError(f"disk {disk.id!r} has format {disk.format!r}; use raw or qcow2")
-    return {
+    body: dict[str, Any] = {
         "id": disk.id,
         "path": disk.path,
         "readonly": disk.read_only or disk.cdrom,
         "image_type": image_type,
     }
+    if disk.backing is not None:
+        # A containerDisk overlay. cloud-hypervisor opens a qcow2 backing file (read-only,
+        # raw or qcow2, named in the header) only when told to: backing_files is off by
+        # default because it trusts the image's header; this header is the launcher's.
+        if disk.format != "qcow2" or disk.backing_format not in _IMAGE_TYPES:
+            raise HypervisorError(
+                f"disk {disk.id!r} overlay must be qcow2 over a raw or qcow2 image, not "
+                f"{disk.format} over {disk.backing_format!r}"
+            )
+        body["backing_files"] = True
+    return body
 
 
 def net_config(dev: NetDevice, num_fds: int) -> dict[str, Any]:

@@ -326,17 +326,34 @@ def _vdpa_args(dev: VdpaDevice, bus: _Bus) -> list[str]:
     return ["-netdev", backend, "-device", f"{front},{bus.place(dev.id)}"]
 
 
+def _file_node(path: str, read_only: bool) -> dict[str, object]:
+    protocol = "host_device" if path.startswith("/dev/") else "file"
+    return {"driver": protocol, "filename": path, "read-only": read_only}
+
+
 def _disk_args(disk: DiskImage, bus: _Bus, scsi: str | None) -> list[str]:
     if disk.format not in ("raw", "qcow2"):
         raise HypervisorError(f"disk {disk.id} format {disk.format!r} is not raw or qcow2")
     read_only = disk.read_only or disk.cdrom
-    protocol = "host_device" if disk.path.startswith("/dev/") else "file"
     node: dict[str, object] = {
         "driver": disk.format,
         "node-name": drive_id(disk.id),
         "read-only": read_only,
-        "file": {"driver": protocol, "filename": disk.path, "read-only": read_only},
+        "file": _file_node(disk.path, read_only),
     }
+    if disk.backing is not None:
+        # A copy-on-write overlay: its image is named here, opened read-only, so the argv
+        # says what the guest reads and QEMU does not probe the header's name and format.
+        if disk.format != "qcow2" or disk.backing_format not in ("raw", "qcow2"):
+            raise HypervisorError(
+                f"disk {disk.id} overlay must be qcow2 over a raw or qcow2 image, not "
+                f"{disk.format} over {disk.backing_format!r}"
+            )
+        node["backing"] = {
+            "driver": disk.backing_format,
+            "read-only": True,
+            "file": _file_node(disk.backing, True),
+        }
     args = ["-blockdev", json.dumps(node, separators=(",", ":"))]
     boot = f",bootindex={disk.boot_order}" if disk.boot_order is not None else ""
     if disk.cdrom:

@@ -97,6 +97,11 @@ class ConsoleReader:
         with self._cond:
             return "\n".join(t for _, t in self._lines)
 
+    def lines(self) -> list[tuple[float, str]]:
+        """Every line read so far with the time.monotonic() it arrived at."""
+        with self._cond:
+            return list(self._lines)
+
     def vl_lines(self, kind: str | None = None) -> list[VlLine]:
         """Every protocol line read so far (of one kind if given), in order."""
         with self._cond:

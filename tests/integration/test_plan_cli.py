@@ -190,10 +190,19 @@ def test_plan_reads_the_pod_and_resolves_every_file(
     assert volumes["kernel"]["path"] == str(vols / "kernel/boot/vmlinuz")
     assert volumes["initrd"]["path"] == str(vols / "kernel/boot/initrd.img")
     root, data = volumes["disks"]
-    assert (root["file"]["path"], root["file"]["format"], root["file"]["block"]) == (
+    # the writable containerDisk: an overlay in the state dir, the image only read
+    overlay = str(state / "overlay/root.qcow2")
+    assert (root["file"]["path"], root["file"]["format"], root["file"]["state"]) == (
+        overlay,
+        "qcow2",
+        "create",
+    )
+    image = root["file"]["backing"]
+    assert (image["path"], image["format"], image["block"], image["state"]) == (
         str(vols / "root/disk.img"),
         "raw",
         False,
+        "present",
     )
     assert (data["file"]["path"], data["file"]["format"], data["file"]["block"]) == (
         str(vols / "data"),
@@ -211,9 +220,14 @@ def test_plan_reads_the_pod_and_resolves_every_file(
     assert any(f"mac={POD_MAC}" in a and "host_mtu=1400" in a for a in argv)
     blockdevs = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-blockdev"]
     assert [(b["driver"], b["file"]["filename"]) for b in blockdevs] == [
-        ("raw", str(vols / "root/disk.img")),
+        ("qcow2", overlay),
         ("qcow2", str(vols / "data")),
     ]
+    assert blockdevs[0]["backing"] == {
+        "driver": "raw",
+        "read-only": True,
+        "file": {"driver": "file", "filename": str(vols / "root/disk.img"), "read-only": True},
+    }
 
     # plan only reads: the netns and the state dir are as they were
     assert netns_view(pod) == before
@@ -246,7 +260,7 @@ def test_missing_file_is_a_problem_and_the_rest_is_printed(pod: str, tmp_path: P
         }
     ]
     assert f"no file at {missing}" in err  # also said on stderr
-    assert doc["volumes"]["disks"][0]["file"]["state"] == "missing"
+    assert doc["volumes"]["disks"][0]["file"]["backing"]["state"] == "missing"  # the image
     assert doc["network"]["nics"][0]["dhcp4"]["leases"][0]["address"] == "10.244.1.5/24"
     assert doc["hypervisor"]["kind"] == "qemu"  # still shown, with the looked-at path
 

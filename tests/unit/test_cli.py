@@ -84,6 +84,34 @@ def test_plan_prints_the_normalized_spec(capsys: pytest.CaptureFixture[str]) -> 
     assert spec["networks"][0]["source"]["type"] == "pod_network"
 
 
+def test_plan_shows_the_container_disk_overlay(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The containerDisk is read through an overlay in the state dir; plan makes nothing."""
+    example = str(EXAMPLES / "kubevirt-masquerade-ports.yaml")
+    image = tmp_path / "volumes/containerdisk/fedora.raw"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"\0" * 8192)
+    state = tmp_path / "state"
+    code, out, _ = run(capsys, "plan", "--offline", "--spec", example, "--volumes-dir",
+                       str(tmp_path / "volumes"), "--state-dir", str(state))  # fmt: skip
+    assert code == 0
+    plan = json.loads(out)
+    root = plan["volumes"]["disks"][0]["file"]
+    assert (root["path"], root["state"], root["format"], root["size_bytes"]) == (
+        str(state / "overlay/containerdisk.qcow2"),
+        "create",
+        "qcow2",
+        8192,
+    )
+    assert (root["backing"]["path"], root["backing"]["state"]) == (str(image), "present")
+    argv = plan["hypervisor"]["argv"]
+    node = json.loads(argv[argv.index("-blockdev") + 1])
+    assert node["file"]["filename"] == str(state / "overlay/containerdisk.qcow2")
+    assert node["backing"]["file"] == {"driver": "file", "filename": str(image), "read-only": True}
+    assert not (state / "overlay").exists()  # plan changes nothing
+
+
 def test_plan_invalid(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "plan", "--spec", str(DATA / "unknown-kind.yaml"))
     assert (code, out) == (2, "")

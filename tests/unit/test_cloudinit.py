@@ -96,6 +96,8 @@ def test_generated_network_config_matches_by_mac() -> None:
     assert eth["default"] == {
         "match": {"macaddress": masquerade_plus_vf().nics[0].device.mac},
         "dhcp4": True,
+        # systemd-networkd applies the lease's search list only when told to
+        "dhcp4-overrides": {"use-domains": True},
         "dhcp6": False,
     }
     assert eth["nic1"] == {
@@ -105,6 +107,25 @@ def test_generated_network_config_matches_by_mac() -> None:
         "nameservers": {"addresses": ["192.168.77.1"], "search": ["lab.example"]},
         "mtu": 9000,
     }
+
+
+def test_dhcp_entries_use_the_search_list_only_when_there_is_one() -> None:
+    spec = load(EXAMPLES / "kubevirt-linux-bridge-secondary.yaml")
+    spec = replace(spec, interfaces=spec.interfaces[:1], networks=spec.networks[:1])
+    link = pod_link(v6=None, gw6=None)
+    pod = replace(pod_state(link), resolv=replace(pod_state().resolv, search=()))
+    doc = generated_network_config(replace(plan(spec, pod), passthrough=(vf_nic(),)))
+    assert doc is not None
+    assert doc["ethernets"]["default"] == {
+        "match": {"macaddress": plan(spec, pod).nics[0].device.mac},
+        "dhcp4": True,
+        "dhcp6": False,
+    }
+    with_search = generated_network_config(
+        replace(plan(spec, pod_state(link)), passthrough=(vf_nic(),))
+    )
+    assert with_search is not None
+    assert with_search["ethernets"]["default"]["dhcp4-overrides"] == {"use-domains": True}
 
 
 def test_no_static_nic_no_network_config() -> None:

@@ -100,7 +100,12 @@ def test_machine_from_spec_plan_and_volumes(tmp_path: Path) -> None:
     assert any(f"mac={POD_MAC}" in a for a in argv)
     body = vm_config(machine)
     assert body["payload"]["initramfs"] == machine.kernel.initrd
-    assert body["disks"][0]["path"] == str(layout.volumes_dir / "root/disk.img")
+    # the containerDisk: the guest gets an overlay in the state dir over the image
+    overlay = str(layout.scratch_dir / "overlay/root.qcow2")
+    image = str(layout.volumes_dir / "root/disk.img")
+    assert (machine.disks[0].path, machine.disks[0].backing) == (overlay, image)
+    assert machine.disks[0].backing_format == "qcow2"
+    assert body["disks"][0]["path"] == overlay and body["disks"][0]["backing_files"] is True
 
 
 def test_firmware_only_without_kernel(tmp_path: Path) -> None:

@@ -425,9 +425,15 @@ def test_every_file_run_looks_for_is_mounted(path: Path) -> None:
     places = [m["mountPath"] for m in container["volumeMounts"]]
     places += [d["devicePath"] for d in container.get("volumeDevices", [])]
     layout = VolumeLayout(volumes_dir=Path(VOLUMES_DIR), scratch_dir=Path(STATE_DIR))
-    for file in resolve(load(path), layout).files:
-        best = max((p for p in places if file.path == p or file.path.startswith(p + "/")), key=len)
-        assert best != STATE_DIR or file.kind.value in ("emptyDisk", "cloudInit"), (file, best)
+    for made in resolve(load(path), layout).files:
+        # a writable containerDisk's overlay is made in the state dir, its image is mounted
+        for file in (made,) if made.backing is None else (made, made.backing):
+            best = max(
+                (p for p in places if file.path == p or file.path.startswith(p + "/")), key=len
+            )
+            in_state = file.kind.value in ("emptyDisk", "cloudInit") or file.backing is not None
+            assert best != STATE_DIR or in_state, (file, best)
+            assert file.backing is None or best == STATE_DIR, (file, best)
 
 
 def test_container_disks_and_kernels_are_copied_by_unprivileged_init_containers() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import EXIT_INVALID, VolumeError
+from launcher.qcow2 import create_overlay, read_header
 from launcher.spec.model import (
     CloudInitNoCloud,
     ContainerDisk,
@@ -114,29 +115,47 @@ def test_volume_name_dotdot_is_refused(layout: VolumeLayout) -> None:
         resolve(spec_with(("..", ContainerDisk(image="x"))), layout)
 
 
+def qcow2_image(path: Path, size: int = GIB) -> Path:
+    """A real (empty) qcow2 file of virtual ``size`` at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    create_overlay(path, "/nonexistent/base.raw", "raw", size)
+    return path
+
+
 def test_container_disk_format_and_kubevirt_path(layout: VolumeLayout) -> None:
-    put(layout.volumes_dir / "root/disk.img", QCOW2_MAGIC + b"\0" * 100)
+    qcow2_image(layout.volumes_dir / "root/disk.img", 3 * GIB)
     put(layout.volumes_dir / "data/fedora.raw", b"\x55" * 100)
     spec = spec_with(
         ("root", ContainerDisk(image="a")),
         ("data", ContainerDisk(image="b", path="/disk/fedora.raw")),
     )
     disks = resolve(spec, layout).disks
-    assert [(d.name, d.file.kind, d.file.format, d.file.size_bytes) for d in disks] == [
-        ("root", VolumeKind.CONTAINER_DISK, "qcow2", 104),
-        ("data", VolumeKind.CONTAINER_DISK, "raw", 100),
+    images = [d.file.backing for d in disks]
+    assert [(i.volume, i.kind, i.format, i.state) for i in images if i is not None] == [
+        ("root", VolumeKind.CONTAINER_DISK, "qcow2", FileState.PRESENT),
+        ("data", VolumeKind.CONTAINER_DISK, "raw", FileState.PRESENT),
     ]
-    assert disks[1].file.path == str(layout.volumes_dir / "data/fedora.raw")
+    assert images[1] is not None and images[1].path == str(layout.volumes_dir / "data/fedora.raw")
+    # the guest writes to an overlay of the image's virtual size, made at run
+    assert [(d.file.path, d.file.format, d.file.state, d.file.size_bytes) for d in disks] == [
+        (str(layout.scratch_dir / "overlay/root.qcow2"), "qcow2", FileState.CREATE, 3 * GIB),
+        (str(layout.scratch_dir / "overlay/data.qcow2"), "qcow2", FileState.CREATE, 100),
+    ]
+    assert not (layout.scratch_dir / "overlay").exists()  # resolve only reads
 
 
 def test_container_disk_with_path_falls_back_to_disk_img(layout: VolumeLayout) -> None:
     spec = spec_with(("data", ContainerDisk(image="b", path="/disk/f.qcow2")))
-    missing = resolve(spec, layout).disks[0].file
+    overlay = resolve(spec, layout).disks[0].file
+    missing = overlay.backing
+    assert missing is not None
     looked = (str(layout.volumes_dir / "data/f.qcow2"), str(layout.volumes_dir / "data/disk.img"))
     assert missing.state is FileState.MISSING and missing.looked_at == looked
-    assert missing.problem == f"containerDisk 'data': no file at {looked[0]} or {looked[1]}"
+    problem = f"containerDisk 'data': no file at {looked[0]} or {looked[1]}"
+    assert missing.problem == problem and overlay.problem == problem
     put(layout.volumes_dir / "data/disk.img")
-    assert resolve(spec, layout).disks[0].file.path == looked[1]
+    image = resolve(spec, layout).disks[0].file.backing
+    assert image is not None and image.path == looked[1]
 
 
 def test_pvc_and_data_volume_are_keyed_by_volume_name(layout: VolumeLayout) -> None:
@@ -243,11 +262,79 @@ def test_prepare_needs_a_capacity(layout: VolumeLayout, tmp_path: Path) -> None:
 
 def test_container_disk_single_image_of_any_name(layout: VolumeLayout) -> None:
     spec = spec_with(("root", ContainerDisk(image="quay.io/containerdisks/fedora:40")))
-    image = put(layout.volumes_dir / "root/fedora-40.qcow2", QCOW2_MAGIC + b"\0" * 8)
+    image = qcow2_image(layout.volumes_dir / "root/fedora-40.qcow2")
     put(layout.volumes_dir / "root/.hidden")
-    found = resolve(spec, layout).disks[0].file
-    assert (found.path, found.format) == (str(image), "qcow2")
+    found = resolve(spec, layout).disks[0].file.backing
+    assert found is not None and (found.path, found.format) == (str(image), "qcow2")
     put(layout.volumes_dir / "root/second.img")  # two candidates: ambiguous, so missing
-    missing = resolve(spec, layout).disks[0].file
-    assert missing.state is FileState.MISSING
+    missing = resolve(spec, layout).disks[0].file.backing
+    assert missing is not None and missing.state is FileState.MISSING
     assert missing.looked_at == (str(layout.volumes_dir / "root/disk.img"),)
+
+
+def test_read_only_and_cdrom_container_disks_get_no_overlay(layout: VolumeLayout) -> None:
+    put(layout.volumes_dir / "iso/disk.img")
+    put(layout.volumes_dir / "ro/disk.img")
+    spec = VmSpec(
+        shape=SourceShape.KUBEVIRT_VMI,
+        name="vm1",
+        disks=(Disk(name="iso", cdrom=True), Disk(name="ro", read_only=True)),
+        volumes=(
+            Volume(name="iso", source=ContainerDisk(image="i")),
+            Volume(name="ro", source=ContainerDisk(image="r")),
+        ),
+    )
+    disks = resolve(spec, layout).disks
+    assert [(d.file.path, d.file.backing, d.read_only) for d in disks] == [
+        (str(layout.volumes_dir / "iso/disk.img"), None, True),
+        (str(layout.volumes_dir / "ro/disk.img"), None, True),
+    ]
+    assert prepare(resolve(spec, layout)).disks == disks  # nothing to make
+
+
+def test_prepare_makes_the_overlay_and_keeps_it_across_a_restart(layout: VolumeLayout) -> None:
+    image = put(layout.volumes_dir / "root/disk.img", b"\x55" * 4096)
+    image.chmod(0o444)
+    spec = spec_with(("root", ContainerDisk(image="a")))
+    ready = prepare(resolve(spec, layout)).disks[0].file
+    overlay = Path(ready.path)
+    assert ready.state is FileState.PRESENT and ready.size_bytes == 4096
+    header = read_header(overlay)
+    assert (header.backing_file, header.backing_format, header.size) == (str(image), "raw", 4096)
+    with overlay.open("ab") as f:  # what the VMM would write for the guest
+        f.write(b"guest data")
+    again = prepare(resolve(spec, layout)).disks[0].file
+    assert again.state is FileState.PRESENT and overlay.read_bytes().endswith(b"guest data")
+    assert image.read_bytes() == b"\x55" * 4096  # the image itself is never written
+
+
+def test_prepare_replaces_an_overlay_made_for_another_image(
+    layout: VolumeLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    put(layout.volumes_dir / "root/disk.img", b"\x55" * 4096)
+    spec = spec_with(("root", ContainerDisk(image="a")))
+    overlay = layout.scratch_dir / "overlay/root.qcow2"
+    overlay.parent.mkdir(parents=True)
+    create_overlay(overlay, "/old/image.raw", "raw", 8192)
+    prepare(resolve(spec, layout))
+    header = read_header(overlay)
+    assert (header.backing_file, header.size) == (str(layout.volumes_dir / "root/disk.img"), 4096)
+    assert "was made for another image (/old/image.raw, raw, 8192 bytes)" in caplog.text
+
+
+def test_prepare_reports_an_unreadable_image_header(layout: VolumeLayout) -> None:
+    put(layout.volumes_dir / "root/disk.img", QCOW2_MAGIC + b"\0" * 8)  # cut short
+    spec = spec_with(("root", ContainerDisk(image="a")))
+    resolved = resolve(spec, layout)
+    assert resolved.disks[0].file.size_bytes is None and resolved.problems == ()
+    with pytest.raises(VolumeError, match=r"containerDisk 'root': cannot read the size of .*"):
+        prepare(resolved)
+
+
+def test_prepare_reports_an_overlay_it_cannot_write(layout: VolumeLayout) -> None:
+    put(layout.volumes_dir / "root/disk.img", b"\x55" * 4096)
+    layout.scratch_dir.mkdir(parents=True)
+    (layout.scratch_dir / "overlay").write_text("a file where the directory goes")
+    spec = spec_with(("root", ContainerDisk(image="a")))
+    with pytest.raises(VolumeError, match=r"cannot create the overlay of containerDisk 'root'"):
+        prepare(resolve(spec, layout))

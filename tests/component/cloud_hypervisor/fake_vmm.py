@@ -17,7 +17,12 @@ are tested against this server, which *enforces* the real contract instead of ec
   uses them on ``vm.add-net`` (and on ``vm.restore``); it silently drops fds sent with
   ``vm.create`` (``VmCreate`` resets net fds) — the fake
   answers 400 to fds on any endpoint other than ``vm.add-net`` so the client can never rely
-  on that. With fds, ``num_queues`` must be 2 × fds and every fd must be open (fstat).
+  on that. With fds, ``num_queues`` must be 2 × fds and every fd must be open (fstat);
+* disks are opened at ``vm.boot`` as ``block/src/formats/qcow`` does, for every disk path
+  that exists (tests elsewhere use made-up paths): a qcow2 file whose header names a
+  backing file is refused unless its DiskConfig has ``backing_files: true`` (off by
+  default: "backing files not allowed"); with it, the backing file is opened read-only
+  (``O_RDONLY``) and must exist. What was opened, and how, is kept in ``disk_opens``.
 
 Why not an aiohttp web server: aiohttp's transports read with ``recv()``, which discards
 SCM_RIGHTS data, so the fake uses the standard library's threaded ``http.server`` with a
@@ -115,6 +120,7 @@ class FakeVmm:
     fds: list[FdInfo] = field(default_factory=list)
     requests: list[tuple[str, str, int]] = field(default_factory=list)  # method, endpoint, fds
     violations: list[str] = field(default_factory=list)
+    disk_opens: list[tuple[str, str]] = field(default_factory=list)  # path, "rw" / "ro"
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_slot: int = 3
 
@@ -241,12 +247,49 @@ class FakeVmm:
             return missing
         if self.state != "Created":
             return _err(500, "Error from API", "The VM could not boot", "VM is already booted")
+        assert self.config is not None
+        for disk in self.config.get("disks", []):
+            if (problem := self._open_disk(disk)) is not None:
+                return _err(500, "Error from API", "The VM could not boot", problem)
         self._event("vm", "booting")
         self.state = "Running"
         self._event("vm", "booted")
         if self.panic_after_boot:
             self._event("guest", "panic")
         return Answer(204)
+
+    def _open_disk(self, disk: dict[str, Any]) -> str | None:
+        """Open one disk as the real VMM does; an error message, or None."""
+        path = disk.get("path")
+        if not isinstance(path, str) or not os.path.isfile(path):
+            return None  # a made-up path of a test that does not look at disks
+        readonly = bool(disk.get("readonly", False))
+        try:
+            fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
+        except OSError as err:
+            return f"Cannot open disk path {path}: {err}"
+        try:
+            head = os.pread(fd, 20, 0)
+        finally:
+            os.close(fd)
+        self.disk_opens.append((path, "ro" if readonly else "rw"))
+        if disk.get("image_type") != "Qcow2" or head[:4] != b"QFI\xfb":
+            return None
+        offset = int.from_bytes(head[8:16], "big")
+        size = int.from_bytes(head[16:20], "big")
+        if not offset:
+            return None
+        if not disk.get("backing_files", False):
+            return f"Failed to open disk {path}: backing files not allowed (backing_files=off)"
+        with open(path, "rb") as f:
+            f.seek(offset)
+            backing = f.read(size).decode()
+        try:
+            os.close(os.open(backing, os.O_RDONLY))  # parser.rs: OpenOptions::read(true)
+        except OSError as err:
+            return f"Failed to open backing file {backing}: {err}"
+        self.disk_opens.append((backing, "ro"))
+        return None
 
     def _vm_info(self, body: Any, fds: list[int]) -> Answer:
         if (missing := self._not_created()) is not None:

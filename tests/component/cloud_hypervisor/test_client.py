@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +13,15 @@ from hypervisor.cloud_hypervisor.client import CloudHypervisorClient
 from hypervisor.cloud_hypervisor.config import device_config, net_config, vdpa_config, vm_config
 from hypervisor.cloud_hypervisor.events import EventParser
 from hypervisor.errors import ApiError, HypervisorError
-from hypervisor.machine import KernelBoot, MachineConfig, NetDevice, VdpaDevice, VfioDevice
+from hypervisor.machine import (
+    DiskImage,
+    KernelBoot,
+    MachineConfig,
+    NetDevice,
+    VdpaDevice,
+    VfioDevice,
+)
+from launcher.qcow2 import create_overlay
 from tests.component.cloud_hypervisor import openapi
 from tests.component.cloud_hypervisor.fake_vmm import Answer, FakeServer, FakeVmm
 
@@ -218,3 +228,34 @@ async def test_slow_answer_times_out(
             await c.info()
         with pytest.raises(HypervisorError, match=r"vm.add-net got no answer within 0.3 s"):
             await c.add_net(net_config(NIC, 2), [r for r, _ in pipes])
+
+
+async def test_container_disk_overlay_opens_its_image_read_only(
+    client: CloudHypervisorClient, fake: FakeVmm, tmp_path: Path
+) -> None:
+    """The real VMM refuses a qcow2 with a backing file unless backing_files is on, and
+    then opens the backing file read-only: the launcher's overlay config boots."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\x55" * 65536)
+    image.chmod(0o444)
+    overlay = tmp_path / "overlay.qcow2"
+    create_overlay(overlay, str(image), "raw", 65536)
+    disk = DiskImage("root", str(overlay), "qcow2", backing=str(image), backing_format="raw")
+    await client.create(vm_config(replace(MACHINE, disks=(disk,))))
+    await client.boot()
+    assert fake.disk_opens == [(str(overlay), "rw"), (str(image), "ro")]
+
+
+async def test_qcow2_with_a_backing_file_is_refused_without_backing_files(
+    client: CloudHypervisorClient, fake: FakeVmm, tmp_path: Path
+) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\x55" * 65536)
+    overlay = tmp_path / "overlay.qcow2"
+    create_overlay(overlay, str(image), "raw", 65536)
+    body = vm_config(replace(MACHINE, disks=(DiskImage("root", str(overlay), "qcow2"),)))
+    assert "backing_files" not in body["disks"][0]
+    await client.create(body)
+    with pytest.raises(ApiError, match="backing files not allowed"):
+        await client.boot()
+    assert fake.disk_opens == [(str(overlay), "rw")]

@@ -45,6 +45,13 @@ CONFIGS = {
             DiskImage(id="root", path="/disk.qcow2", format="qcow2", boot_order=1),
             DiskImage(id="cidata", path="/cloud-init.iso", cdrom=True),
             DiskImage(id="data", path="/dev/vdb", read_only=True),
+            DiskImage(
+                id="container",
+                path="/state/overlay/container.qcow2",
+                format="qcow2",
+                backing="/volumes/container/disk.img",
+                backing_format="raw",
+            ),
         ),
     ),
     "passthrough": MachineConfig(
@@ -75,8 +82,33 @@ def test_vm_config_fields() -> None:
 
 def test_disks_map_format_and_cdrom_to_readonly() -> None:
     disks = vm_config(CONFIGS["firmware-disks"])["disks"]
-    assert [d["image_type"] for d in disks] == ["Qcow2", "Raw", "Raw"]
-    assert [d["readonly"] for d in disks] == [False, True, True]
+    assert [d["image_type"] for d in disks] == ["Qcow2", "Raw", "Raw", "Qcow2"]
+    assert [d["readonly"] for d in disks] == [False, True, True, False]
+
+
+def test_container_disk_overlay_enables_backing_files_only_for_itself() -> None:
+    """cloud-hypervisor opens a qcow2 backing file only with backing_files (default off);
+    only the launcher's own overlay gets it, never a user's qcow2 image."""
+    disks = vm_config(CONFIGS["firmware-disks"])["disks"]
+    assert [d.get("backing_files", False) for d in disks] == [False, False, False, True]
+    assert disks[3] == {
+        "id": "container",
+        "path": "/state/overlay/container.qcow2",
+        "readonly": False,
+        "image_type": "Qcow2",
+        "backing_files": True,
+    }
+    assert openapi.errors("DiskConfig", disks[3]) == []
+    with pytest.raises(HypervisorError, match="overlay must be qcow2 over a raw or qcow2"):
+        vm_config(
+            MachineConfig(
+                name="e",
+                vcpus=1,
+                memory_bytes=GiB,
+                kernel=KernelBoot(kernel="/k"),
+                disks=(DiskImage(id="d", path="/o", format="raw", backing="/i"),),
+            )
+        )
 
 
 def test_passthrough_devices() -> None:

@@ -430,6 +430,32 @@ def test_cdrom_is_readonly_scsi_cd_on_one_virtio_scsi_controller() -> None:
     ]
 
 
+def test_overlay_names_its_image_read_only() -> None:
+    """A containerDisk: the guest writes the qcow2 overlay, the image is opened read-only."""
+    overlay = DiskImage(
+        "root", "/state/overlay/root.qcow2", "qcow2", backing="/vol/root/disk.img",
+        backing_format="raw",
+    )  # fmt: skip
+    (node,) = [json.loads(v) for v in pairs(build_argv(machine(disks=(overlay,)), RT), "-blockdev")]
+    assert node == {
+        "driver": "qcow2",
+        "node-name": "drive-root",
+        "read-only": False,
+        "file": {"driver": "file", "filename": "/state/overlay/root.qcow2", "read-only": False},
+        "backing": {
+            "driver": "raw",
+            "read-only": True,
+            "file": {"driver": "file", "filename": "/vol/root/disk.img", "read-only": True},
+        },
+    }
+    for bad in (
+        DiskImage("r", "/o.img", "raw", backing="/i", backing_format="raw"),
+        DiskImage("r", "/o.qcow2", "qcow2", backing="/i", backing_format="vmdk"),
+    ):
+        with pytest.raises(HypervisorError, match="overlay must be qcow2 over a raw or qcow2"):
+            build_argv(machine(disks=(bad,)), RT)
+
+
 def test_unknown_disk_format() -> None:
     with pytest.raises(HypervisorError, match="'vmdk'"):
         build_argv(machine(disks=(DiskImage("d", "/d.vmdk", "vmdk"),)), RT)

@@ -443,7 +443,6 @@ def _disk_volumes(
     spec: VmSpec, settings: ManifestSettings, pod: _Pod, problems: list[Problem]
 ) -> None:
     base, _ = _prefix(spec)
-    read_only = {d.name for d in spec.disks if d.read_only or d.cdrom}
     attached = {d.name for d in spec.disks}
     block = set(settings.block_volumes)
     known = {v.name: v for v in spec.volumes}
@@ -466,15 +465,9 @@ def _disk_volumes(
         match source:
             case ContainerDisk(image=image, path=inner):
                 if settings.image_source is ImageSource.VOLUME:
-                    if volume.name not in read_only:
-                        problems.append(
-                            Problem(
-                                f"{path}.containerDisk",
-                                f"volume {volume.name!r} is a writable disk, but an image "
-                                "volume is read-only: make its disk readOnly (or a cdrom), "
-                                "or use --image-source copy",
-                            )
-                        )
+                    # read-only is enough even for a writable disk: run never writes the
+                    # image, the guest writes to a qcow2 overlay in the state dir
+                    # (docs/volumes.md)
                     pod.volumes.append(
                         {"name": k8s_name, "image": {"reference": image, **_pull(settings)}}
                     )

@@ -553,10 +553,9 @@ spec:
         "metadata.name",
         "spec.domain.devices.interfaces",
         "--block-volume",
-        "spec.volumes[0].containerDisk",
         "spec.networks[1].multus.networkName",
     ], lines
-    assert "8186" in lines[1] and "writable" in lines[3] and "--network-resource vf=" in lines[4]
+    assert "8186" in lines[1] and "--network-resource vf=" in lines[3]
 
 
 def test_refusal_is_exit_2_on_stderr_and_nothing_on_stdout(
@@ -626,3 +625,19 @@ def test_a_spec_too_large_for_a_configmap_is_refused() -> None:
         build(load(path), text, ManifestSettings(), str(path))
     assert caught.value.lines()[0].startswith(f"{path}: the spec is 1")
     assert "a ConfigMap holds at most 1048576" in caught.value.lines()[0]
+
+
+def test_a_writable_container_disk_can_come_from_a_read_only_image_volume() -> None:
+    """run never writes a containerDisk (the guest writes to a qcow2 overlay in the state
+    dir), so a writable disk may use a read-only image volume."""
+    pod = pod_of(objects(EXAMPLES / "kubevirt-hotplug.yaml", image_source=ImageSource.VOLUME))
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    images = [v for v in volumes.values() if "image" in v]
+    assert [v["image"]["reference"] for v in images] == ["quay.io/containerdisks/fedora:40"]
+    mounts = pod["spec"]["containers"][0]["volumeMounts"]
+    disk = [m for m in mounts if m["name"] == images[0]["name"]]
+    assert disk == [
+        {"name": images[0]["name"], "mountPath": disk[0]["mountPath"], "readOnly": True}
+    ]
+    assert disk[0]["mountPath"].endswith("/containerdisk")
+    kubernetes_validate.validate(pod, "1.33", strict=True)

@@ -50,7 +50,9 @@ from launcher import signals
 from launcher.errors import LauncherError, NetworkError
 
 if TYPE_CHECKING:  # the child's side imports the network package; this side only types it
+    from dhcp.sockets import SocketRequest
     from launcher.network import ApplyResult, NetworkPlan, PodState
+    from launcher.privsep.helper import Helper
 
 __all__ = ["Agent", "AgentRunner", "call_once", "main", "OPS", "CALL_TIMEOUT_S"]
 
@@ -345,20 +347,40 @@ class AgentRunner:
 
     While the start-up :class:`Agent` lives (discover and the boot NICs' apply), calls go
     to it; after :meth:`release` (the child exits once the boot network is applied),
-    each call runs in a fresh child (:func:`call_once`, in a thread: hot plug, exit
-    cleanup).
+    each call runs in a fresh child: started by the privileged helper
+    (:mod:`launcher.privsep.helper`, typed requests) when the run has one, else by this
+    process (:func:`call_once`, in a thread: tools and tests). Taps and server sockets
+    are opened here while this process holds its capabilities, and by the helper after
+    :meth:`drop_privileges`.
     """
 
     def __init__(
-        self, state_dir: Path, agent: Agent | None = None, *, netns: str | None = None
+        self,
+        state_dir: Path,
+        agent: Agent | None = None,
+        *,
+        netns: str | None = None,
+        helper: Helper | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.netns = netns  # None: the launcher's own (the pod's); a name only in tests
         self._agent = agent
+        self.helper = helper
+        self._privileged = True  # this process still holds its start-up capabilities
 
     async def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
         if self._agent is not None:
             return await self._agent.call(op, *args, **kwargs)
+        if self.helper is not None and self.netns is None:
+            from launcher.privsep.codec import Apply, Cleanup, Discover  # noqa: PLC0415
+
+            request: Discover | Apply | Cleanup
+            if op == "discover":
+                request = Discover(self.state_dir)
+            else:
+                request = (Apply if op == "apply" else Cleanup)(args[0], self.state_dir)
+            value, _ = await self.helper.call(request)
+            return value
         return await asyncio.to_thread(call_once, op, *args, **kwargs)
 
     async def discover(self) -> PodState:
@@ -409,6 +431,40 @@ class AgentRunner:
     async def cleanup(self, plan: NetworkPlan) -> None:
         extra = {"netns": self.netns} if self.netns is not None else {}
         await self._call("cleanup", plan, self.state_dir, **extra)
+
+    async def open_tap(self, name: str, queues: int) -> list[int]:
+        """``queues`` fds of tap ``name`` for the VMM (the caller closes them)."""
+        if self._privileged or self.helper is None:
+            from hypervisor.taps import open_tap  # noqa: PLC0415
+
+            return open_tap(name, queues)
+        from launcher.privsep.codec import OpenTap  # noqa: PLC0415
+
+        _, fds = await self.helper.call(OpenTap(name, queues))
+        if len(fds) != queues:
+            for fd in fds:
+                os.close(fd)
+            raise NetworkError(f"the privileged helper sent {len(fds)} fds for tap {name!r}")
+        return fds
+
+    async def open_socket(self, request: SocketRequest) -> socket.socket:
+        """A DHCP/RA server's privileged socket (:mod:`dhcp.sockets`)."""
+        from dhcp.sockets import open_socket  # noqa: PLC0415
+
+        if self._privileged or self.helper is None:
+            return open_socket(request)
+        from launcher.privsep.codec import OpenSocket  # noqa: PLC0415
+
+        _, fds = await self.helper.call(OpenSocket(request.kind, request.interface, request.port))
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise NetworkError(f"the privileged helper sent {len(fds)} fds for one socket")
+        return socket.socket(fileno=fds[0])
+
+    def drop_privileges(self) -> None:
+        """From now on taps and sockets come from the helper (this process has none)."""
+        self._privileged = False
 
     def release(self) -> Agent | None:
         """Let the start-up child go (it exits); later calls start their own. Returns it,

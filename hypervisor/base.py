@@ -33,6 +33,7 @@ from hypervisor.errors import StateError
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
 
 __all__ = [
+    "RunAs",
     "serial_to_stdout",
     "Hypervisor",
     "ExitInfo",
@@ -42,6 +43,17 @@ __all__ = [
     "require",
     "advance",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """The user a VMM process runs as: uid, gid and exactly these supplementary groups
+    (switching needs CAP_SETUID and CAP_SETGID in the spawning process)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
 
 #: Every state change an adapter may make; anything else is a bug and raises StateError.
 TRANSITIONS: Mapping[VmState, frozenset[VmState]] = {

@@ -1,5 +1,5 @@
 """The ``virt-launcher`` console script and ``python -m launcher``: the CLI, with
-``run``'s netlink child forked before the CLI is even imported.
+``run``'s netlink child and privileged helper forked before the CLI is even imported.
 
 ``virt-launcher run`` is on the pod's start-up path, and a Python process spends its
 first ~100 ms importing (argparse, logging, the CLI, asyncio). The netlink child
@@ -47,7 +47,7 @@ def _command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    agent = None
+    agent = helper = None
     if _command(args) == "run" and "-h" not in args and "--help" not in args:
         from launcher import signals  # noqa: PLC0415 - first: a SIGTERM now must not kill
 
@@ -62,9 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent = Agent.fork(log_level=_peek_log_level(args))
         except LauncherError:
             agent = None  # the CLI forks again and reports the failure properly
+        from launcher.privsep.helper import Helper  # noqa: PLC0415
+
+        try:  # still one thread: the privileged helper (docs/privileges.md) is forked too
+            helper = Helper.fork(log_level=_peek_log_level(args))
+        except LauncherError:
+            helper = None
     from launcher.cli import main as cli_main  # noqa: PLC0415
 
-    return cli_main(args, agent=agent)
+    return cli_main(args, agent=agent, helper=helper)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from hypervisor.base import ExitInfo, LifecycleEvent, advance, require
+from hypervisor.base import ExitInfo, LifecycleEvent, RunAs, advance, require
 from hypervisor.cloud_hypervisor.client import CloudHypervisorClient
 from hypervisor.cloud_hypervisor.config import (
     device_config,
@@ -60,8 +60,10 @@ class CloudHypervisor:
         extra_args: Sequence[str] = (),
         tap_opener: TapOpener = open_tap,
         on_serial: Callable[[str], None] | None = None,
+        run_as: RunAs | None = None,
     ) -> None:
         self.binary = binary
+        self._run_as = run_as
         self.api_socket = api_socket or os.path.join(
             tempfile.gettempdir(), f"virt-launcher-ch-{os.getpid()}.sock"
         )
@@ -123,6 +125,7 @@ class CloudHypervisor:
                 self.api_socket,
                 extra_args=self._extra_args,
                 on_serial=self._serial_line,
+                run_as=self._run_as,
             )
             self._events_task = asyncio.create_task(self._pump_events(), name="ch-events")
             self._exit_task = asyncio.create_task(self._watch_exit(), name="ch-exit")

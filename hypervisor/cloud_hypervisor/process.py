@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
+from hypervisor.base import RunAs
 from hypervisor.errors import HypervisorError
 
 __all__ = ["VmmProcess", "describe_exit", "require_binary", "missing_binary"]
@@ -98,8 +99,10 @@ class VmmProcess:
         *,
         extra_args: Sequence[str] = (),
         on_serial: Callable[[str], None] | None = None,
+        run_as: RunAs | None = None,
     ) -> VmmProcess:
-        """Start the VMM; raise HypervisorError naming ``binary`` if it cannot be executed."""
+        """Start the VMM (as ``run_as``, else this process's user); raise HypervisorError
+        naming ``binary`` if it cannot be executed."""
         read_fd, write_fd = os.pipe()
         argv = [
             binary,
@@ -116,6 +119,9 @@ class VmmProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(write_fd,),
+                user=None if run_as is None else run_as.uid,
+                group=None if run_as is None else run_as.gid,
+                extra_groups=None if run_as is None else list(run_as.groups),
                 # Own session: a Ctrl-C or a terminal's SIGINT reaches only the launcher,
                 # which then shuts the guest down with the power button (docs/run.md).
                 start_new_session=True,

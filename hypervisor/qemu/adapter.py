@@ -43,7 +43,14 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hypervisor.base import ExitInfo, LifecycleEvent, advance, require, serial_to_stdout
+from hypervisor.base import (
+    ExitInfo,
+    LifecycleEvent,
+    RunAs,
+    advance,
+    require,
+    serial_to_stdout,
+)
 from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
 from hypervisor.qemu.argv import QemuRuntime, build_argv, netdev_id
@@ -137,7 +144,8 @@ class Qemu:
     to tap fds opened by the launcher (passed with ``pass_fds``); ``on_serial`` receives
     every console line (default: logged by ``hypervisor.qemu.serial`` with a ``serial:``
     prefix; :func:`serial_to_stdout` forwards to stdout instead). ``vhost_net`` defaults
-    to whether ``/dev/vhost-net`` exists.
+    to whether ``/dev/vhost-net`` exists. ``run_as``: the user QEMU runs as (None: this
+    process's).
     """
 
     def __init__(
@@ -153,8 +161,10 @@ class Qemu:
         command_timeout: float = 10.0,
         quit_timeout: float = 10.0,
         unplug_timeout: float = 30.0,
+        run_as: RunAs | None = None,
     ) -> None:
         self._accel = accel
+        self._run_as = run_as
         self._binary = binary
         self._run_dir = run_dir
         self._tap_fds = {k: tuple(v) for k, v in (tap_fds or {}).items()}
@@ -243,6 +253,9 @@ class Qemu:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=fds,
+                user=None if self._run_as is None else self._run_as.uid,
+                group=None if self._run_as is None else self._run_as.gid,
+                extra_groups=None if self._run_as is None else list(self._run_as.groups),
                 # Own session: a Ctrl-C or a terminal's SIGINT reaches only the launcher,
                 # which then shuts the guest down with the power button (docs/run.md).
                 start_new_session=True,

@@ -283,6 +283,11 @@ class Helper:
             code = 70
             try:
                 ours.close()
+                # Inherit nothing but stdio and our socket (an open end of the netlink
+                # child's socketpair here would keep that child from seeing EOF).
+                keep = theirs.fileno()
+                os.closerange(3, keep)
+                os.closerange(keep + 1, _max_fd())
                 if log_level is not None:
                     from launcher import logs  # noqa: PLC0415
 
@@ -328,6 +333,7 @@ class Helper:
                 self._sock.sendall(message)
                 body, fds = _recv_message(self._sock)
             except TimeoutError as err:
+                self._closed = True  # a late answer would be read as the next one's
                 raise HelperError(
                     f"the privileged helper did not answer {op} in {timeout:.0f} s"
                 ) from err
@@ -369,6 +375,13 @@ class Helper:
     async def close(self) -> None:
         """:meth:`close_blocking` in a worker thread."""
         await asyncio.to_thread(self.close_blocking)
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (OSError, ValueError):
+        return 1 << 16
 
 
 def _op(request: Request) -> str:

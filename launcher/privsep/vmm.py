@@ -20,6 +20,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from hypervisor.base import RunAs
 from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig
 from launcher.errors import UsageError
@@ -98,9 +99,11 @@ def _chown(user: VmmUser, path: Path, what: str) -> None:
         raise HypervisorError(f"cannot give {what} {path} to the VMM user {user}: {err}") from err
 
 
-def hand_over(user: VmmUser, config: MachineConfig, run_dir: Path) -> None:
+def hand_over(user: VmmUser, config: MachineConfig, run_dir: Path, *, kvm: bool = False) -> RunAs:
     """Make ``run_dir`` (created, mode 0700) and the writable disks ``user``'s; check
-    that it can read the rest. HypervisorError names the first path it cannot use."""
+    that it can read the rest. HypervisorError names the first path it cannot use.
+    Returns how to spawn the VMM: ``user`` with no supplementary group but /dev/kvm's
+    (``kvm``: only what KVM needs; never the launcher's groups)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, stat.S_IRWXU)
     _chown(user, run_dir, "the VMM run directory")
@@ -116,3 +119,7 @@ def hand_over(user: VmmUser, config: MachineConfig, run_dir: Path) -> None:
             _require_reachable(user, Path(config.kernel.initrd), 4, "the initrd")
     if config.firmware:
         _require_reachable(user, Path(config.firmware), 4, "the firmware")
+    groups: tuple[int, ...] = ()
+    if kvm and os.path.exists("/dev/kvm"):
+        groups = (os.stat("/dev/kvm").st_gid,)
+    return RunAs(user.uid, user.gid, groups)

@@ -42,6 +42,7 @@ __all__ = [
     "DhcpCounters",
     "Traffic",
     "LauncherStatus",
+    "ProcessPrivileges",
     "DhcpServer",
     "MAX_EVENTS",
     "CONDITION_TYPES",
@@ -109,6 +110,11 @@ class StatusSource(Protocol):
         ...
 
     @property
+    def helper_pid(self) -> int | None:
+        """The privileged helper's pid (docs/privileges.md), once there is one."""
+        ...
+
+    @property
     def hotplug(self) -> Mapping[str, tuple[str, str | None]]:
         """Interface name → (hot-plug state, last error) (docs/hotplug.md); may be empty."""
         ...
@@ -135,6 +141,7 @@ class StatusBoard:
         self._stopping: str | None = None
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
         self._hotplug: dict[str, tuple[str, str | None]] = {}
+        self._helper_pid: int | None = None
 
     # ---- read side (StatusSource) ------------------------------------------------------
 
@@ -174,6 +181,14 @@ class StatusBoard:
     @property
     def hotplug(self) -> Mapping[str, tuple[str, str | None]]:
         return self._hotplug
+
+    @property
+    def helper_pid(self) -> int | None:
+        return self._helper_pid
+
+    def set_helper(self, pid: int) -> None:
+        """The privileged helper runs as ``pid``."""
+        self._helper_pid = pid
 
     def set_hotplug(self, name: str, state: str, error: str | None) -> None:
         """Record interface ``name``'s hot-plug state and last error."""
@@ -387,6 +402,18 @@ class LauncherStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessPrivileges:
+    """One process's user and capabilities, from ``/proc/PID/status`` (docs/privileges.md)."""
+
+    role: str  # launcher, helper, vmm
+    pid: int
+    uid: int
+    gid: int
+    cap_effective: tuple[str, ...]
+    cap_permitted: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     """Everything ``/status`` serves, at one instant."""
 
@@ -401,3 +428,4 @@ class StatusSnapshot:
     interfaces: tuple[InterfaceStatus, ...]
     nftables_digest: str | None
     events: tuple[Event, ...]
+    processes: tuple[ProcessPrivileges, ...] = ()

@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine
@@ -551,17 +552,19 @@ class _Run:
             self.vmm.close()  # the VMM holds its own copies of the taps now
         if self.options.keep_privileges:
             return
+        caps.set_no_new_privs()
+        caps.drop_all()
         # Capabilities are per thread: the worker threads made so far (they hold them) are
-        # replaced by a fresh pool whose threads, made after the drop, inherit none.
+        # replaced by a fresh pool whose threads, made from now on, inherit none.
         old, self.pool = self.pool, concurrent.futures.ThreadPoolExecutor()
         asyncio.get_running_loop().set_default_executor(self.pool)
         await asyncio.to_thread(old.shutdown, True)
-        caps.set_no_new_privs()
-        caps.drop_all()
         self.runner.drop_privileges()
         left = caps.threads_with_caps()
         if left:
-            log.error("threads %s still hold capabilities", left, extra={"event": "caps-left"})
+            names = {t.native_id: t.name for t in threading.enumerate()}
+            held = ", ".join(f"{tid} ({names.get(tid, 'not a Python thread')})" for tid in left)
+            log.error("threads still hold capabilities: %s", held, extra={"event": "caps-left"})
         log.info(
             "capabilities dropped",
             extra={

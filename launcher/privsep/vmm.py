@@ -71,9 +71,11 @@ def _can(user: VmmUser, st: os.stat_result, bits: int) -> bool:
 
 
 def _require_reachable(user: VmmUser, path: Path, bits: int, what: str) -> None:
-    """Every parent directory searchable by ``user`` and ``path`` allowing ``bits``."""
+    """Every parent directory searchable by ``user`` (along the path as written and as
+    its symlinks resolve) and ``path`` allowing ``bits``."""
     absolute = Path(os.path.abspath(path))
-    for parent in reversed(absolute.parents):
+    resolved = Path(os.path.realpath(path))
+    for parent in (*reversed(absolute.parents), *reversed(resolved.parents)):
         try:
             st = parent.stat()
         except OSError as err:

@@ -2,7 +2,7 @@
 
 QEMU/TCG boots the test guest in the simulated pod of ``test_run_launcher`` with the
 default ``--vmm-user`` (107:107). The launcher's files live in a directory the VMM user
-can reach (mode 0755, the guest's kernel copied in: the shared cache is under /root).
+can reach (``vmm_dir``: mode 0755, the guest's kernel copied in; the cache is under /root).
 Checked against /proc, not against what the launcher says about itself:
 
 * once the guest has its lease, every thread of the launcher has CapEff = CapPrm = 0,
@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,22 +44,6 @@ pytestmark = pytest.mark.timeout(240)
 
 NET_CAPS = (1 << 10) | (1 << 12) | (1 << 13)  # NET_BIND_SERVICE, NET_ADMIN, NET_RAW
 STATUS_SOCKET = "status.sock"
-
-
-@pytest.fixture
-def base(guest: GuestImage) -> Iterator[Path]:
-    """A directory uid 107 can traverse, with the guest kernel and initrd in it."""
-    path = Path(tempfile.mkdtemp(prefix="privsep-e2e-", dir="/tmp"))
-    try:
-        path.chmod(0o755)
-        kernel = path / "volumes" / "kernel"
-        kernel.mkdir(parents=True)
-        for name, src in (("vmlinuz", guest.kernel), ("initrd.gz", guest.initrd)):
-            shutil.copyfile(src, kernel / name)
-            (kernel / name).chmod(0o644)
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -109,10 +90,10 @@ def wait_dropped(pid: int, timeout: float) -> None:
     raise AssertionError(f"launcher {pid} still has CapEff {proc_status(pid)['CapEff']}")
 
 
-def status_doc(base: Path) -> dict[str, object]:
+def status_doc(vmm_dir: Path) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-m", "launcher", "status", "--json",
-         "--status-listen", str(base / STATUS_SOCKET)],
+         "--status-listen", str(vmm_dir / STATUS_SOCKET)],
         capture_output=True, text=True, timeout=20, cwd=REPO, check=True,
     )  # fmt: skip
     doc: dict[str, object] = json.loads(done.stdout)
@@ -120,10 +101,12 @@ def status_doc(base: Path) -> dict[str, object]:
 
 
 def test_launcher_holds_nothing_helper_little_vmm_is_107(
-    pod: None, guest: GuestImage, base: Path, launchers: list[Launcher]
+    pod: None, guest: GuestImage, vmm_dir: Path, launchers: list[Launcher]
 ) -> None:
     del pod
-    launcher = start(base, guest, extra=["--status-listen", str(base / STATUS_SOCKET)])
+    launcher = start(
+        vmm_dir, guest, extra=["--status-listen", str(vmm_dir / STATUS_SOCKET)], vmm_user=None
+    )
     launchers.append(launcher)
     lease4 = launcher.console.wait_for("LEASE4", BOOT_TIMEOUT_S)
     assert lease4.args == ("eth0", f"{POD4}/24")
@@ -144,18 +127,18 @@ def test_launcher_holds_nothing_helper_little_vmm_is_107(
     # QEMU got the tap as an fd, not by name (it could not open it by name as 107).
     cmdline = Path(f"/proc/{qemu}/cmdline").read_bytes().split(b"\0")
     assert any(b"tap,id=" in a and b",fd=" in a for a in cmdline), cmdline
-    assert (base / "state" / "qemu").stat().st_uid == 107
-    shown = {p["role"]: p for p in status_doc(base)["processes"]}  # type: ignore[attr-defined]
+    assert (vmm_dir / "state" / "qemu").stat().st_uid == 107
+    shown = {p["role"]: p for p in status_doc(vmm_dir)["processes"]}  # type: ignore[attr-defined]
     assert shown["launcher"]["capEffective"] == shown["launcher"]["capPermitted"] == []
     assert sorted(shown["helper"]["capPermitted"]) == ["NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"]
     assert (shown["vmm"]["uid"], shown["vmm"]["capEffective"]) == (107, [])
 
 
 def test_killing_the_launcher_kills_the_helper(
-    pod: None, guest: GuestImage, base: Path, launchers: list[Launcher]
+    pod: None, guest: GuestImage, vmm_dir: Path, launchers: list[Launcher]
 ) -> None:
     del pod
-    launcher = start(base, guest)
+    launcher = start(vmm_dir, guest, vmm_user=None)
     launchers.append(launcher)
     launcher.console.wait_for("LEASE4", BOOT_TIMEOUT_S)
     helper = helper_of(launcher)
@@ -175,7 +158,7 @@ def test_a_kernel_the_vmm_user_cannot_reach_is_refused(
 ) -> None:
     del pod
     tmp_path.chmod(0o700)  # the kernel under it: uid 107 cannot traverse
-    launcher = start(tmp_path, guest)
+    launcher = start(tmp_path, guest, vmm_user=None)
     launchers.append(launcher)
     assert launcher.wait(60) == 4
     errors = [r for r in launcher.records() if r.get("level") == "error"]

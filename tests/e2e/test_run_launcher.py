@@ -175,8 +175,12 @@ def start(
     extra: Sequence[str] = (),
     prefix: Sequence[str] = (),
     spec_text: str | None = None,
+    vmm_user: str | None = "keep",
 ) -> Launcher:
-    """Start ``virt-launcher run`` in the pod netns (``prefix`` goes before ``ip netns exec``)."""
+    """Start ``virt-launcher run`` in the pod netns (``prefix`` goes before ``ip netns exec``).
+
+    ``vmm_user``: ``--vmm-user`` (None: the default, uid 107, which cannot reach the guest
+    kernel in the shared cache under /root; tests/e2e/test_privileges.py runs that way)."""
     volumes = tmp / "volumes" / "kernel"
     volumes.mkdir(parents=True, exist_ok=True)
     for name, src in (("vmlinuz", guest.kernel), ("initrd.gz", guest.initrd)):
@@ -193,6 +197,7 @@ def start(
         "--volumes-dir", str(tmp / "volumes"),
         "--termination-log", str(termination_log),
         "--accel", "tcg",
+        *(["--vmm-user", vmm_user] if vmm_user is not None else []),
         *extra,
     ]  # fmt: skip
     with open(stderr_path, "wb") as err:

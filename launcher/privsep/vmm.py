@@ -48,10 +48,10 @@ def parse_user(text: str) -> VmmUser | None:
     """``UID[:GID]`` (numbers; GID defaults to UID) or ``keep`` (None); UsageError else."""
     if text == KEEP:
         return None
-    uid_text, _, gid_text = text.partition(":")
+    uid_text, colon, gid_text = text.partition(":")
     try:
         uid = int(uid_text)
-        gid = int(gid_text) if gid_text else uid
+        gid = int(gid_text) if colon else uid
     except ValueError:
         raise UsageError(f"--vmm-user {text!r} is not UID[:GID] or {KEEP!r}") from None
     if not (0 <= uid < 2**32 - 1 and 0 <= gid < 2**32 - 1):
@@ -90,7 +90,7 @@ def _require_reachable(user: VmmUser, path: Path, bits: int, what: str) -> None:
     except OSError as err:
         raise HypervisorError(f"{what} {path}: {err.strerror}") from err
     if not _can(user, st, bits):
-        verb = "write" if bits & 2 else "read"
+        verb = "write" if bits & 2 else "read" if bits & 4 else "search"
         raise HypervisorError(f"the VMM user {user} cannot {verb} {what} {path}")
 
 
@@ -103,24 +103,37 @@ def _chown(user: VmmUser, path: Path, what: str) -> None:
 
 def hand_over(user: VmmUser, config: MachineConfig, run_dir: Path, *, kvm: bool = False) -> RunAs:
     """Make ``run_dir`` (created, mode 0700) and the writable disks ``user``'s; check
-    that it can read the rest. HypervisorError names the first path it cannot use.
+    that it can read the rest. HypervisorError names the first path it cannot use;
+    everything is checked before anything changes owner.
     Returns how to spawn the VMM: ``user`` with no supplementary group but /dev/kvm's
     (``kvm``: only what KVM needs; never the launcher's groups)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(run_dir, stat.S_IRWXU)
-    _chown(user, run_dir, "the VMM run directory")
-    _require_reachable(user, run_dir, 7, "the VMM run directory")
+    owned = Path(os.path.abspath(run_dir))
+    _require_reachable(user, owned.parent, 1, "the directory of the VMM run directory")
+    given: list[tuple[Path, str]] = []
     for disk in config.disks:
         path = Path(disk.path)
         if not disk.read_only and path.is_file():
-            _chown(user, path, f"disk {disk.id}")
-        _require_reachable(user, path, 4 if disk.read_only else 6, f"disk {disk.id}")
+            # It becomes the user's: its directories must be searchable, its mode rw for
+            # the owner; what other users may do with it does not matter.
+            _require_reachable(user, path.parent, 1, f"the directory of disk {disk.id}")
+            if path.stat().st_mode & 0o600 != 0o600:
+                raise HypervisorError(
+                    f"disk {disk.id} {path} is not readable and writable by its owner"
+                )
+            given.append((path, f"disk {disk.id}"))
+        else:
+            _require_reachable(user, path, 4 if disk.read_only else 6, f"disk {disk.id}")
     if config.kernel is not None:
         _require_reachable(user, Path(config.kernel.kernel), 4, "the kernel")
         if config.kernel.initrd:
             _require_reachable(user, Path(config.kernel.initrd), 4, "the initrd")
     if config.firmware:
         _require_reachable(user, Path(config.firmware), 4, "the firmware")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, stat.S_IRWXU)
+    _chown(user, run_dir, "the VMM run directory")
+    for path, what in given:
+        _chown(user, path, what)
     groups: tuple[int, ...] = ()
     if kvm and os.path.exists("/dev/kvm"):
         groups = (os.stat("/dev/kvm").st_gid,)

@@ -51,7 +51,7 @@ def open_socket(request: SocketRequest) -> socket.socket:
         raise ValueError(f"socket kind {kind!r} is not one of {', '.join(KINDS)}")
     if not 0 < len(iface.encode()) < _IFNAMSIZ or "/" in iface:
         raise ValueError(f"interface {iface!r} is not a Linux interface name")
-    if not 0 < port < 65536:
+    if not 0 <= port < 65536:  # 0: any free port (tests)
         raise ValueError(f"port {port!r} is not a UDP port")
     family = socket.AF_INET if kind == "udp4" else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_DGRAM)

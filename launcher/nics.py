@@ -235,10 +235,15 @@ def _dhcp_error() -> type[Exception]:
 
 
 def _make_servers(
-    nic: NicPlan, state_dir: Path, opener: SocketOpener
+    nic: NicPlan, state_dir: Path, opener: SocketOpener | None = None
 ) -> Iterator[tuple[str, Server]]:
     """The servers the plan gives ``nic``, configured exactly as planned; their
-    privileged sockets come from ``opener`` (the runner: this process or the helper)."""
+    privileged sockets come from ``opener`` (the runner: this process or the helper;
+    None: this process)."""
+    if opener is None:
+        from dhcp.sockets import open_local  # noqa: PLC0415 - see _dhcp_error
+
+        opener = open_local
     if nic.dhcp4 is not None:
         from dhcp.v4.server import Dhcp4Server  # noqa: PLC0415 - see _dhcp_error
 

@@ -200,11 +200,14 @@ _HINTS: dict[type[Any], dict[str, Any]] = {}
 
 def _hints(cls: type[Any]) -> dict[str, Any]:
     if cls not in _HINTS:
-        import launcher.network  # noqa: PLC0415 - the requests' plan types, on first use
+        try:
+            _HINTS[cls] = typing.get_type_hints(cls)
+        except NameError:  # a plan type: launcher.network is imported on first use only
+            import launcher.network  # noqa: PLC0415
 
-        wanted = ("ApplyResult", "NetworkPlan", "PodState")
-        names = {n: getattr(launcher.network, n) for n in wanted}
-        _HINTS[cls] = typing.get_type_hints(cls, localns=names)
+            wanted = ("ApplyResult", "NetworkPlan", "PodState")
+            names = {n: getattr(launcher.network, n) for n in wanted}
+            _HINTS[cls] = typing.get_type_hints(cls, localns=names)
     return _HINTS[cls]
 
 

@@ -194,6 +194,10 @@ class Agent:
             try:
                 signals.release()  # the parent's "record, do not die" is not the child's
                 ours.close()
+                # Inherit nothing but stdio and our socket (not the launcher's end of the
+                # privileged helper's socketpair, forked before us).
+                os.closerange(3, theirs.fileno())
+                os.closerange(theirs.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
                 if log_level is not None:
                     from launcher import logs  # noqa: PLC0415
 

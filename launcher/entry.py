@@ -52,22 +52,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from launcher import signals  # noqa: PLC0415 - first: a SIGTERM now must not kill
 
         signals.hold()
+        from launcher.errors import LauncherError  # noqa: PLC0415
+        from launcher.privsep.helper import Helper  # noqa: PLC0415
+
+        try:  # first, while this process has imported little: the helper carries little
+            helper = Helper.fork(log_level=_peek_log_level(args))
+        except LauncherError:
+            helper = None  # the CLI forks it again and reports the failure properly
         from launcher.notls import import_asyncio  # noqa: PLC0415
 
         import_asyncio()
         from launcher.agent import Agent  # noqa: PLC0415
-        from launcher.errors import LauncherError  # noqa: PLC0415
 
         try:
             agent = Agent.fork(log_level=_peek_log_level(args))
         except LauncherError:
             agent = None  # the CLI forks again and reports the failure properly
-        from launcher.privsep.helper import Helper  # noqa: PLC0415
-
-        try:  # still one thread: the privileged helper (docs/privileges.md) is forked too
-            helper = Helper.fork(log_level=_peek_log_level(args))
-        except LauncherError:
-            helper = None
     from launcher.cli import main as cli_main  # noqa: PLC0415
 
     return cli_main(args, agent=agent, helper=helper)

@@ -17,7 +17,6 @@ thread only, so the caller makes sure no other thread that holds them is left
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -73,7 +72,8 @@ class _Data(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The symbols of the libc this interpreter runs on (no ctypes.util: it runs ldconfig).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str) -> None:

@@ -27,20 +27,18 @@ attached to the answer's first byte. One request at a time (the client holds a l
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher.errors import LauncherError, NetworkError
 from launcher.privsep import caps
@@ -62,6 +60,12 @@ from launcher.privsep.codec import (
     encode_value,
     frame,
 )
+
+if TYPE_CHECKING:
+    import subprocess
+
+# Lean imports (no asyncio, argparse or subprocess at import time): the console script
+# forks the helper before the launcher imports asyncio, so the helper carries little.
 
 __all__ = ["Helper", "HelperError", "HELPER_CAPS", "CALL_TIMEOUT_S", "serve", "main"]
 
@@ -195,8 +199,17 @@ def serve(sock: socket.socket) -> int:
         )
 
 
+def _ignore(signum: int, frame: object) -> None:
+    del signum, frame
+
+
 def _become_helper(parent: int) -> None:
     """Die with the launcher, keep only HELPER_CAPS, never gain more on exec."""
+    # A stop signal is the launcher's to handle (the run's cleanup needs the helper): a
+    # handler that does nothing (unlike SIG_IGN, it is not inherited across exec by the
+    # netlink children); the helper ends with the launcher, below.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore)
     caps.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:  # the launcher died before the signal was armed
         os._exit(0)
@@ -211,6 +224,8 @@ def _become_helper(parent: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m launcher.privsep.helper --fd N``: serve on the inherited socket."""
+    import argparse  # noqa: PLC0415 - only for the spawned helper
+
     parser = argparse.ArgumentParser(prog="python -m launcher.privsep.helper")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--fd", type=int, required=True)
@@ -233,6 +248,8 @@ class _Proc:
 
     def wait(self, timeout: float) -> int | None:
         if self.popen is not None:
+            import subprocess  # noqa: PLC0415
+
             try:
                 return self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -273,9 +290,14 @@ class Helper:
         """Fork the helper; call only while this process has a single thread."""
         ours, theirs = socket.socketpair()
         parent = os.getpid()
+        # The interpreter's objects so far go to the permanent generation: the helper's
+        # collections never walk them, so their pages stay shared with the launcher
+        # (copy-on-write) instead of being copied into the helper.
+        gc.freeze()
         try:
             pid = os.fork()
         except OSError as err:
+            gc.unfreeze()
             ours.close()
             theirs.close()
             raise HelperError(f"cannot fork the privileged helper: {err.strerror or err}") from err
@@ -299,6 +321,7 @@ class Helper:
                     log.error("the privileged helper failed: %s: %s", type(err).__name__, err)
             finally:
                 os._exit(code)
+        gc.unfreeze()
         theirs.close()
         return cls(_Proc(pid, None), ours)
 
@@ -306,6 +329,8 @@ class Helper:
     def spawn(cls) -> Helper:
         """Start the helper as a fresh interpreter (safe in a process with threads; the
         parent-death signal follows the calling thread: call it from the event loop's)."""
+        import subprocess  # noqa: PLC0415
+
         ours, theirs = socket.socketpair()
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
         argv = [sys.executable, "-m", "launcher.privsep.helper", "--log-level", level]
@@ -358,6 +383,8 @@ class Helper:
         timeout: float = CALL_TIMEOUT_S,  # noqa: ASYNC109 - bounds the helper, not the caller
     ) -> tuple[Any, list[int]]:
         """:meth:`call_blocking` in a worker thread."""
+        import asyncio  # noqa: PLC0415 - see the imports
+
         return await asyncio.to_thread(self.call_blocking, request, timeout)
 
     def close_blocking(self, timeout: float = 5.0) -> int | None:
@@ -374,6 +401,8 @@ class Helper:
 
     async def close(self) -> None:
         """:meth:`close_blocking` in a worker thread."""
+        import asyncio  # noqa: PLC0415
+
         await asyncio.to_thread(self.close_blocking)
 
 

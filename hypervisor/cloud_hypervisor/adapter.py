@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -44,6 +45,18 @@ _HISTORY = 256
 _TERMINAL = frozenset({VmState.SHUTDOWN, VmState.FAILED})
 
 TapOpener = Callable[[str, int], list[int]]
+
+
+def _listen_unix(path: str) -> socket.socket:
+    """A unix stream socket listening at ``path`` (for the VMM to accept on)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(8)
+    except OSError as err:
+        sock.close()
+        raise HypervisorError(f"cannot listen on the API socket {path}: {err}") from err
+    return sock
 
 
 class CloudHypervisor:
@@ -119,14 +132,22 @@ class CloudHypervisor:
         nets = [(dev, net_config(dev, dev.queues)) for dev in config.nets]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.api_socket)
+        # Run as another user, the VMM gets its API socket listening already (this process
+        # made it, in a directory only this process writes).
+        listener = _listen_unix(self.api_socket) if self._run_as is not None else None
         try:
-            self._proc = await VmmProcess.spawn(
-                self.binary,
-                self.api_socket,
-                extra_args=self._extra_args,
-                on_serial=self._serial_line,
-                run_as=self._run_as,
-            )
+            try:
+                self._proc = await VmmProcess.spawn(
+                    self.binary,
+                    self.api_socket,
+                    extra_args=self._extra_args,
+                    on_serial=self._serial_line,
+                    run_as=self._run_as,
+                    api_fd=None if listener is None else listener.fileno(),
+                )
+            finally:
+                if listener is not None:
+                    listener.close()  # the VMM has its own copy
             self._events_task = asyncio.create_task(self._pump_events(), name="ch-events")
             self._exit_task = asyncio.create_task(self._watch_exit(), name="ch-exit")
             await self._proc.wait_for_socket(self.api_socket, self.socket_timeout)

@@ -100,14 +100,16 @@ class VmmProcess:
         extra_args: Sequence[str] = (),
         on_serial: Callable[[str], None] | None = None,
         run_as: RunAs | None = None,
+        api_fd: int | None = None,
     ) -> VmmProcess:
         """Start the VMM (as ``run_as``, else this process's user); raise HypervisorError
-        naming ``binary`` if it cannot be executed."""
+        naming ``binary`` if it cannot be executed. ``api_fd``: the API socket, already
+        listening at ``api_socket`` (``--api-socket fd=N``: the VMM creates no file)."""
         read_fd, write_fd = os.pipe()
         argv = [
             binary,
             "--api-socket",
-            f"path={api_socket}",
+            f"path={api_socket}" if api_fd is None else f"fd={api_fd}",
             "--event-monitor",
             f"fd={write_fd}",
             *extra_args,
@@ -118,7 +120,7 @@ class VmmProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd,) if api_fd is None else (write_fd, api_fd),
                 user=None if run_as is None else run_as.uid,
                 group=None if run_as is None else run_as.gid,
                 extra_groups=None if run_as is None else list(run_as.groups),

@@ -37,6 +37,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -134,6 +135,18 @@ class _History:
             if self._closed:
                 return
             await self._changed.wait()
+
+
+def _listen_unix(path: Path) -> socket.socket:
+    """A unix stream socket listening at ``path`` (for QEMU to accept on)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(4)
+    except OSError as err:
+        sock.close()
+        raise HypervisorError(f"cannot listen on the QMP socket {path}: {err}") from err
+    return sock
 
 
 class Qemu:
@@ -235,17 +248,23 @@ class Qemu:
         qmp_path = run_dir / "qmp.sock"
         with contextlib.suppress(FileNotFoundError):
             qmp_path.unlink()
+        # Run as another user, QEMU gets its QMP socket listening already (this process
+        # made it, in a directory only this process writes) and writes no pidfile.
+        listener = _listen_unix(qmp_path) if self._run_as is not None else None
         runtime = QemuRuntime(
             qmp_socket=str(qmp_path),
             accel=self._accel,
             binary=self._binary,
-            pidfile=str(run_dir / "qemu.pid"),
+            pidfile=str(run_dir / "qemu.pid") if listener is None else None,
             vhost_net=self._vhost_net,
             tap_fds=self._tap_fds,
+            qmp_fd=None if listener is None else listener.fileno(),
         )
         self.argv = build_argv(config, runtime)
         self._free_ports = [f"hp{i}" for i in range(config.hotplug_ports)]
         fds = [fd for group in self._tap_fds.values() for fd in group]
+        if listener is not None:
+            fds.append(listener.fileno())
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -263,6 +282,9 @@ class Qemu:
         except OSError as err:
             self._set_state(VmState.FAILED)
             raise HypervisorError(f"cannot execute QEMU binary {self._binary!r}: {err}") from err
+        finally:
+            if listener is not None:
+                listener.close()  # QEMU has its own copy
         log.info("qemu started", extra={"pid": self._proc.pid, "argv": self.argv})
         pid = self._proc.pid
         self._tasks = [

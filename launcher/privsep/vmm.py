@@ -5,11 +5,15 @@ before the VMM is spawned (with the launcher's start-up capabilities still held)
 VMM runs as uid/gid 107 by default (KubeVirt's ``qemu`` user); ``--vmm-user keep``
 keeps today's behaviour (the VMM runs as the launcher's user).
 
-Least privilege: only what the VMM writes is given to it — its run directory (QMP or
-API socket, pidfile; mode 0700) and the disks it may write (their owner becomes the VMM
-user). What it only reads (kernel, initrd, firmware, read-only disks) must already be
-readable by it: a path it cannot reach is refused with a HypervisorError naming the
-path, never made readable by changing its mode or its parents'. Taps reach the VMM as
+Least privilege: only what the VMM writes is given to it — the disks it may write (their
+owner becomes the VMM user). Its QMP or API socket is made by the launcher, listening, in
+the launcher's own run directory (mode 0700) and passed in as an fd (QEMU ``-chardev
+socket,fd=N``, cloud-hypervisor ``--api-socket fd=N``), so the VMM needs no access to
+that directory and the launcher, holding no capability later, can still reach the
+socket (a root process without CAP_DAC_OVERRIDE could not connect to a socket the VMM
+user made in a directory of its own). What it only reads (kernel, initrd, firmware,
+read-only disks) must already be readable by it: a path it cannot reach is refused
+with a HypervisorError naming the path, never made readable by changing its mode or its parents'. Taps reach the VMM as
 file descriptors (``launcher.run``), so it needs no capability at all.
 """
 
@@ -102,13 +106,11 @@ def _chown(user: VmmUser, path: Path, what: str) -> None:
 
 
 def hand_over(user: VmmUser, config: MachineConfig, run_dir: Path, *, kvm: bool = False) -> RunAs:
-    """Make ``run_dir`` (created, mode 0700) and the writable disks ``user``'s; check
-    that it can read the rest. HypervisorError names the first path it cannot use;
+    """Create ``run_dir`` (mode 0700, this process's), make the writable disks ``user``'s;
+    check that it can read the rest. HypervisorError names the first path it cannot use;
     everything is checked before anything changes owner.
     Returns how to spawn the VMM: ``user`` with no supplementary group but /dev/kvm's
     (``kvm``: only what KVM needs; never the launcher's groups)."""
-    owned = Path(os.path.abspath(run_dir))
-    _require_reachable(user, owned.parent, 1, "the directory of the VMM run directory")
     given: list[tuple[Path, str]] = []
     for disk in config.disks:
         path = Path(disk.path)
@@ -131,7 +133,6 @@ def hand_over(user: VmmUser, config: MachineConfig, run_dir: Path, *, kvm: bool 
         _require_reachable(user, Path(config.firmware), 4, "the firmware")
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, stat.S_IRWXU)
-    _chown(user, run_dir, "the VMM run directory")
     for path, what in given:
         _chown(user, path, what)
     groups: tuple[int, ...] = ()

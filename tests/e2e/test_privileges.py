@@ -127,7 +127,12 @@ def test_launcher_holds_nothing_helper_little_vmm_is_107(
     # QEMU got the tap as an fd, not by name (it could not open it by name as 107).
     cmdline = Path(f"/proc/{qemu}/cmdline").read_bytes().split(b"\0")
     assert any(b"tap,id=" in a and b",fd=" in a for a in cmdline), cmdline
-    assert (vmm_dir / "state" / "qemu").stat().st_uid == 107
+    # Its QMP socket was made by the launcher, in the launcher's 0700 directory, and passed
+    # in as an fd (the launcher, without CAP_DAC_OVERRIDE, can still connect to it).
+    assert any(a.startswith(b"socket,id=qmp,fd=") for a in cmdline), cmdline
+    qmp = vmm_dir / "state" / "qemu"
+    assert (qmp.stat().st_uid, qmp.stat().st_mode & 0o777) == (0, 0o700)
+    assert (qmp / "qmp.sock").stat().st_uid == 0
     shown = {p["role"]: p for p in status_doc(vmm_dir)["processes"]}  # type: ignore[attr-defined]
     assert shown["launcher"]["capEffective"] == shown["launcher"]["capPermitted"] == []
     assert sorted(shown["helper"]["capPermitted"]) == ["NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"]

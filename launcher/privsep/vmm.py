@@ -13,8 +13,9 @@ that directory and the launcher, holding no capability later, can still reach th
 socket (a root process without CAP_DAC_OVERRIDE could not connect to a socket the VMM
 user made in a directory of its own). What it only reads (kernel, initrd, firmware,
 read-only disks) must already be readable by it: a path it cannot reach is refused
-with a HypervisorError naming the path, never made readable by changing its mode or its parents'. Taps reach the VMM as
-file descriptors (``launcher.run``), so it needs no capability at all.
+with a HypervisorError naming the path, never made readable by changing its mode or its
+parents'. Taps reach the VMM as file descriptors (``launcher.run``), so it needs no
+capability at all.
 """
 
 from __future__ import annotations

@@ -138,8 +138,13 @@ class Launcher:
 
 
 def host_pid_of_qemu(state_dir: Path) -> int | None:
-    """The live QEMU started with ``state_dir`` (matched by its QMP socket path), or None."""
-    needle = str(state_dir / "qemu" / "qmp.sock").encode()
+    """The live QEMU started with ``state_dir`` (matched by its QMP socket path, or by its
+    kernel under the volumes dir beside it when the QMP socket is passed as an fd), or
+    None."""
+    needles = (
+        str(state_dir / "qemu" / "qmp.sock").encode(),
+        f"{state_dir.parent}/volumes/".encode(),
+    )
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -147,7 +152,7 @@ def host_pid_of_qemu(state_dir: Path) -> int | None:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if cmdline.startswith(b"qemu-system") and needle in cmdline:
+        if cmdline.startswith(b"qemu-system") and any(n in cmdline for n in needles):
             return int(entry.name)
     return None
 

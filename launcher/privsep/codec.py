@@ -238,38 +238,13 @@ def decode_value(hint: Any, value: object, path: str = "value") -> Any:
         raise CodecError(f"{path}: untyped values are not accepted")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        members = typing.get_args(hint)
-        if value is None:
-            if type(None) in members:
-                return None
-            raise _fail(path, value, " or ".join(_name(m) for m in members))
-        if isinstance(value, dict) and "type" in value:
-            for member in members:
-                if dataclasses.is_dataclass(member) and _name(member) == value["type"]:
-                    return decode_value(member, value, path)
-        errors = []
-        for member in members:
-            if member is type(None):
-                continue
-            try:
-                return decode_value(member, value, path)
-            except CodecError as err:
-                errors.append(str(err))
-        raise CodecError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches no type")
+        return _decode_union(typing.get_args(hint), value, path)
     if origin is Literal:
         if value not in typing.get_args(hint) or isinstance(value, bool):
             raise _fail(path, value, f"one of {typing.get_args(hint)}")
         return value
     if origin is tuple:
-        if not isinstance(value, list):
-            raise _fail(path, value, "a list")
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(decode_value(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise _fail(path, value, f"a list of {len(args)}")
-        pairs = enumerate(zip(args, value, strict=True))
-        return tuple(decode_value(a, v, f"{path}[{i}]") for i, (a, v) in pairs)
+        return _decode_tuple(typing.get_args(hint), value, path)
     if origin is dict:
         key_type, value_type = typing.get_args(hint)
         if key_type is not str or not isinstance(value, dict):
@@ -279,6 +254,42 @@ def decode_value(hint: Any, value: object, path: str = "value") -> Any:
         raise CodecError(f"{path}: the type {hint!r} cannot be decoded")
     if dataclasses.is_dataclass(hint):
         return _decode_dataclass(hint, value, path)
+    return _decode_scalar(hint, value, path)
+
+
+def _decode_union(members: tuple[Any, ...], value: object, path: str) -> Any:
+    if value is None:
+        if type(None) in members:
+            return None
+        raise _fail(path, value, " or ".join(_name(m) for m in members))
+    if isinstance(value, dict) and "type" in value:
+        for member in members:
+            if dataclasses.is_dataclass(member) and _name(member) == value["type"]:
+                return decode_value(member, value, path)
+    errors = []
+    for member in members:
+        if member is type(None):
+            continue
+        try:
+            return decode_value(member, value, path)
+        except CodecError as err:
+            errors.append(str(err))
+    raise CodecError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches no type")
+
+
+def _decode_tuple(args: tuple[Any, ...], value: object, path: str) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise _fail(path, value, "a list")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(decode_value(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if len(args) != len(value):
+        raise _fail(path, value, f"a list of {len(args)}")
+    pairs = enumerate(zip(args, value, strict=True))
+    return tuple(decode_value(a, v, f"{path}[{i}]") for i, (a, v) in pairs)
+
+
+def _decode_scalar(hint: type[Any], value: object, path: str) -> Any:
+    """bool, int, float, str, bytes (hex), enums, IP values and paths (their text)."""
     if hint is bool:
         if not isinstance(value, bool):
             raise _fail(path, value, "a boolean")
@@ -300,17 +311,12 @@ def decode_value(hint: Any, value: object, path: str = "value") -> Any:
             return bytes.fromhex(value) if isinstance(value, str) else _raise()
         except (ValueError, TypeError):
             raise _fail(path, value, "hex bytes") from None
-    if issubclass(hint, enum.Enum):
-        try:
-            return hint(value)
-        except ValueError:
-            raise _fail(path, value, f"a {hint.__name__}") from None
-    if hint in _IP_TYPES or hint is Path:
-        if not isinstance(value, str):
+    if issubclass(hint, enum.Enum) or hint in _IP_TYPES or hint is Path:
+        if not issubclass(hint, enum.Enum) and not isinstance(value, str):
             raise _fail(path, value, f"a {hint.__name__}")
         try:
             return hint(value)
-        except ValueError:
+        except (ValueError, TypeError):
             raise _fail(path, value, f"a {hint.__name__}") from None
     raise CodecError(f"{path}: the type {hint.__name__} cannot be decoded")
 

@@ -1,5 +1,8 @@
 """The privileged part of opening a server's sockets, behind one injectable opener.
 
+(Also the launcher's status probes' link-layer socket, ``link``: one list of the raw
+sockets the pod's processes may be handed.)
+
 Used by :class:`dhcp.v4.server.Dhcp4Server`, :class:`dhcp.v6.server.Dhcp6Server` and
 :class:`dhcp.ra.RaServer`. Each server asks for the sockets only a privileged process
 may make — a UDP socket bound to a port below 1024 on one interface (NET_BIND_SERVICE),
@@ -21,8 +24,11 @@ __all__ = ["SocketRequest", "SocketOpener", "open_socket", "open_local", "KINDS"
 
 #: ``udp4``/``udp6``: bound to ``port`` on ``interface`` (SO_REUSEADDR, SO_BINDTODEVICE);
 #: ``packet``: AF_PACKET/SOCK_DGRAM, protocol 0 (receives nothing until bound);
-#: ``icmp6``: a raw ICMPv6 socket.
-KINDS = ("udp4", "udp6", "packet", "icmp6")
+#: ``icmp6``: a raw ICMPv6 socket;
+#: ``link``: AF_PACKET/SOCK_RAW for every protocol, bound to ``interface`` (the launcher's
+#: status endpoint sends its ARP/ND probes on it, ``launcher.status.probe``).
+KINDS = ("udp4", "udp6", "packet", "icmp6", "link")
+_ETH_P_ALL = 0x0003
 
 _IFNAMSIZ = 16
 
@@ -31,7 +37,7 @@ _IFNAMSIZ = 16
 class SocketRequest:
     """One privileged socket a server needs."""
 
-    kind: Literal["udp4", "udp6", "packet", "icmp6"]
+    kind: Literal["udp4", "udp6", "packet", "icmp6", "link"]
     interface: str = ""
     port: int = 0
 
@@ -47,10 +53,18 @@ def open_socket(request: SocketRequest) -> socket.socket:
         return socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
     if kind == "icmp6":
         return socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-    if kind not in ("udp4", "udp6"):
+    if kind not in ("udp4", "udp6", "link"):
         raise ValueError(f"socket kind {kind!r} is not one of {', '.join(KINDS)}")
     if not 0 < len(iface.encode()) < _IFNAMSIZ or "/" in iface:
         raise ValueError(f"interface {iface!r} is not a Linux interface name")
+    if kind == "link":
+        link = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+        try:
+            link.bind((iface, _ETH_P_ALL))
+        except OSError:
+            link.close()
+            raise
+        return link
     if not 0 <= port < 65536:  # 0: any free port (tests)
         raise ValueError(f"port {port!r} is not a UDP port")
     family = socket.AF_INET if kind == "udp4" else socket.AF_INET6

@@ -466,6 +466,22 @@ class AgentRunner:
             raise NetworkError(f"the privileged helper sent {len(fds)} fds for one socket")
         return socket.socket(fileno=fds[0])
 
+    def open_link(self, interface: str) -> socket.socket:
+        """The status probes' link-layer socket on ``interface`` (blocking: the probes run
+        in worker threads); from the helper after :meth:`drop_privileges`."""
+        from dhcp.sockets import SocketRequest, open_socket  # noqa: PLC0415
+
+        if self._privileged or self.helper is None:
+            return open_socket(SocketRequest("link", interface))
+        from launcher.privsep.codec import OpenSocket  # noqa: PLC0415
+
+        _, fds = self.helper.call_blocking(OpenSocket("link", interface))
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise NetworkError(f"the privileged helper sent {len(fds)} fds for one socket")
+        return socket.socket(fileno=fds[0])
+
     def drop_privileges(self) -> None:
         """From now on taps and sockets come from the helper (this process has none)."""
         self._privileged = False

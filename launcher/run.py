@@ -560,6 +560,7 @@ class _Run:
         asyncio.get_running_loop().set_default_executor(self.pool)
         await asyncio.to_thread(old.shutdown, True)
         self.runner.drop_privileges()
+        self.board.set_link_opener(self.runner.open_link)  # the doctor's probes
         left = caps.threads_with_caps()
         if left:
             names = {t.native_id: t.name for t in threading.enumerate()}

@@ -65,7 +65,7 @@ class CodecError(LauncherError):
     """A message that is not one of the typed requests or answers."""
 
 
-SocketKind = Literal["udp4", "udp6", "packet", "icmp6"]
+SocketKind = Literal["udp4", "udp6", "packet", "icmp6", "link"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,6 +160,7 @@ class Collector:
         hv = src.hypervisor
         running = hv is not None and hv.state is VmState.RUNNING
         if nics and self.doctor.due():
+            self.doctor.opener = src.link_opener
             await self.doctor.probe(nics, running)
         interfaces = tuple(
             self._interface(n, dhcp, links, neighbours, self._facts(n, now, dhcp, links))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the servers' modules load after the VMM spawn (launcher.nic
     from dhcp.v4.server import Dhcp4Snapshot
     from dhcp.v6.server import Dhcp6Snapshot
     from launcher.status.doctor import Diagnosis
+    from launcher.status.probe import LinkOpener
 
 __all__ = [
     "StatusSource",
@@ -115,6 +116,11 @@ class StatusSource(Protocol):
         ...
 
     @property
+    def link_opener(self) -> LinkOpener | None:
+        """How the doctor's probes open their socket (None: in this process)."""
+        ...
+
+    @property
     def hotplug(self) -> Mapping[str, tuple[str, str | None]]:
         """Interface name → (hot-plug state, last error) (docs/hotplug.md); may be empty."""
         ...
@@ -142,6 +148,7 @@ class StatusBoard:
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
         self._hotplug: dict[str, tuple[str, str | None]] = {}
         self._helper_pid: int | None = None
+        self._link_opener: LinkOpener | None = None
 
     # ---- read side (StatusSource) ------------------------------------------------------
 
@@ -189,6 +196,15 @@ class StatusBoard:
     def set_helper(self, pid: int) -> None:
         """The privileged helper runs as ``pid``."""
         self._helper_pid = pid
+
+    @property
+    def link_opener(self) -> LinkOpener | None:
+        return self._link_opener
+
+    def set_link_opener(self, opener: LinkOpener) -> None:
+        """The doctor's probe sockets come from ``opener`` from now on (the launcher has
+        dropped its capabilities: the privileged helper opens them)."""
+        self._link_opener = opener
 
     def set_hotplug(self, name: str, state: str, error: str | None) -> None:
         """Record interface ``name``'s hot-plug state and last error."""

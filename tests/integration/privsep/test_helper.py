@@ -90,6 +90,9 @@ def test_typed_requests_get_their_sockets_and_taps_as_fds(netns: str) -> None:
         out["udp4"] = [s.getsockname()[1], device.rstrip(b"\\0").decode()]
         _, fds = helper.call_blocking(OpenSocket("icmp6"))
         out["icmp6"] = socket.socket(fileno=fds[0]).type == socket.SOCK_RAW
+        _, fds = helper.call_blocking(OpenSocket("link", "vlbr-h"))
+        link = socket.socket(fileno=fds[0])
+        out["link"] = [link.family == socket.AF_PACKET, link.getsockname()[0]]
         subprocess.run(["ip", "tuntap", "add", "vltap-h", "mode", "tap", "multi_queue"], check=True)
         _, fds = helper.call_blocking(OpenTap("vltap-h", 2))
         out["tap"] = [os.readlink(f"/proc/self/fd/{fd}") for fd in fds]
@@ -101,6 +104,7 @@ def test_typed_requests_get_their_sockets_and_taps_as_fds(netns: str) -> None:
     )
     assert out["udp4"] == [67, "vlbr-h"]
     assert out["icmp6"] is True
+    assert out["link"] == [True, "vlbr-h"]  # bound to the one interface asked for
     assert out["tap"] == ["/dev/net/tun", "/dev/net/tun"]
     assert "tap 'nosuchtap' does not exist" in out["missing"]
 

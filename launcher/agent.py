@@ -41,6 +41,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -481,6 +482,25 @@ class AgentRunner:
                 os.close(fd)
             raise NetworkError(f"the privileged helper sent {len(fds)} fds for one socket")
         return socket.socket(fileno=fds[0])
+
+    def request_signal(self, pid: int, signum: int) -> None:
+        """Ask the helper to send ``signum`` to the VMM ``pid`` (it runs as another user;
+        this process has no CAP_KILL). Does not wait (a thread carries the request; a
+        failure is logged): the caller waits for the exit it asked for, bounded."""
+        helper = self.helper
+        if helper is None:
+            os.kill(pid, signum)
+            return
+
+        def send() -> None:
+            from launcher.privsep.codec import SignalProcess  # noqa: PLC0415
+
+            try:
+                helper.call_blocking(SignalProcess(pid, signum))
+            except LauncherError as err:
+                log.error("signal %d to the VMM %d failed: %s", signum, pid, err)
+
+        threading.Thread(target=send, name=f"signal-{pid}", daemon=True).start()
 
     def drop_privileges(self) -> None:
         """From now on taps and sockets come from the helper (this process has none)."""

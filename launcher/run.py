@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -63,7 +64,7 @@ from launcher.options import RunOptions
 from launcher.phase import Phase
 from launcher.podinfo import load_podinfo
 from launcher.privileges import check_capabilities
-from launcher.privsep import caps
+from launcher.privsep import caps, vmm
 from launcher.privsep.helper import Helper
 from launcher.privsep.vmm import hand_over, parse_user
 from launcher.spec import VmSpec, load
@@ -208,6 +209,10 @@ async def _vmm_access(
         run_dir = options.state_dir / composition.hypervisor
         kvm = accel is not None and accel.accel == "kvm"
         run_as = hand_over(user, composition.machine, run_dir, kvm=kvm)
+        # Signals to the VMM (another user) go through the helper once this process has
+        # no CAP_KILL; the supervisor's and the liveness check's too.
+        run_as = dataclasses.replace(run_as, signal=runner.request_signal)
+        vmm.set_signaller(runner.request_signal)
     access = _VmmAccess(run_as, {}, {})
     try:
         for dev in composition.machine.nets:

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from hypervisor.base import RunAs
+from hypervisor.base import RunAs, signal_vmm
 from hypervisor.errors import HypervisorError
 
 __all__ = ["VmmProcess", "describe_exit", "require_binary", "missing_binary"]
@@ -90,6 +90,7 @@ class VmmProcess:
             asyncio.create_task(self._pump_stdout(), name=f"ch-serial-{proc.pid}"),
         ]
         self._exited = asyncio.create_task(self._wait_exit(), name=f"ch-wait-{proc.pid}")
+        self.run_as: RunAs | None = None  # the user it runs as (signals: hypervisor.base)
 
     @classmethod
     async def spawn(
@@ -144,7 +145,9 @@ class VmmProcess:
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
         )
-        return cls(proc, reader, transport, on_serial)
+        vmm = cls(proc, reader, transport, on_serial)
+        vmm.run_as = run_as
+        return vmm
 
     @property
     def pid(self) -> int:
@@ -189,7 +192,7 @@ class VmmProcess:
         """Send ``signum`` unless the process has already exited."""
         if self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signum)
+                signal_vmm(self._proc.pid, signum, self.run_as)
 
     async def wait_for_socket(self, path: str, within: float) -> None:
         """Return once ``path`` accepts connections; fail if the VMM exits or ``within`` s pass."""

@@ -51,6 +51,7 @@ from hypervisor.base import (
     advance,
     require,
     serial_to_stdout,
+    signal_vmm,
 )
 from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
@@ -471,7 +472,7 @@ class Qemu:
             if sig is not None and self._proc.returncode is None:
                 log.warning("qemu did not quit in time; sending %s", sig.name)
                 with contextlib.suppress(ProcessLookupError):
-                    self._proc.send_signal(sig)
+                    signal_vmm(self._proc.pid, sig, self._run_as)
             try:
                 async with asyncio.timeout(self._quit_timeout):
                     await asyncio.shield(self._exit_task)
@@ -483,7 +484,7 @@ class Qemu:
     async def _kill(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
+                signal_vmm(self._proc.pid, signal.SIGKILL, self._run_as)
 
     async def wait(self) -> ExitInfo:
         """Resolve when QEMU exits, with its exit code, signal, cause and terminal state."""

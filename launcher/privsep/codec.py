@@ -42,6 +42,7 @@ __all__ = [
     "Discover",
     "OpenTap",
     "OpenSocket",
+    "SignalProcess",
     "Request",
     "REQUESTS",
     "SocketKind",
@@ -108,7 +109,16 @@ class OpenSocket:
     port: int = 0
 
 
-Request = Discover | Apply | Cleanup | OpenTap | OpenSocket
+@dataclass(frozen=True, slots=True)
+class SignalProcess:
+    """Send ``signum`` (SIGCONT, SIGTERM or SIGKILL) to ``pid``, a child of the launcher
+    (the VMM, which runs as another user: answer None)."""
+
+    pid: int
+    signum: int
+
+
+Request = Discover | Apply | Cleanup | OpenTap | OpenSocket | SignalProcess
 #: Every request the helper accepts, by op name, with the type of its answer.
 #: (An answer type named by a string is a ``launcher.network`` name, imported when used.)
 REQUESTS: dict[str, tuple[type[Any], Any]] = {
@@ -117,6 +127,7 @@ REQUESTS: dict[str, tuple[type[Any], Any]] = {
     "cleanup": (Cleanup, None),
     "open_tap": (OpenTap, None),
     "open_socket": (OpenSocket, None),
+    "signal": (SignalProcess, None),
 }
 _OPS = {cls: op for op, (cls, _) in REQUESTS.items()}
 

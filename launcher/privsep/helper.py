@@ -53,6 +53,7 @@ from launcher.privsep.codec import (
     OpenSocket,
     OpenTap,
     Request,
+    SignalProcess,
     answer_type,
     decode_request,
     decode_value,
@@ -72,8 +73,9 @@ __all__ = ["Helper", "HelperError", "HELPER_CAPS", "CALL_TIMEOUT_S", "serve", "m
 log = logging.getLogger("launcher.privsep.helper")
 
 #: The capabilities the helper keeps (of those it has): pod plumbing (NET_ADMIN), packet
-#: and raw ICMPv6 sockets (NET_RAW), DHCP ports 67 and 547 (NET_BIND_SERVICE).
-HELPER_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")
+#: and raw ICMPv6 sockets (NET_RAW), DHCP ports 67 and 547 (NET_BIND_SERVICE), and
+#: signals to the VMM, which runs as another user (KILL; only the launcher's children).
+HELPER_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "KILL")
 #: Bounds one request (a hot-plug apply runs a netlink child: ≤ 60 s) and a reply read.
 CALL_TIMEOUT_S = 75.0
 _NETLINK_TIMEOUT_S = 60.0
@@ -133,6 +135,9 @@ def _run(request: Request) -> tuple[Any, list[int]]:
         if not 1 <= request.queues <= 64:
             raise CodecError(f"queues: {request.queues} is not between 1 and 64")
         return None, open_tap(request.name, request.queues)
+    if isinstance(request, SignalProcess):
+        _signal_child_of_launcher(request.pid, request.signum)
+        return None, []
     from launcher.agent import call_once  # noqa: PLC0415 - the existing netlink child
 
     if isinstance(request, Discover):
@@ -143,6 +148,27 @@ def _run(request: Request) -> tuple[Any, list[int]]:
         call_once("cleanup", request.plan, request.state_dir, timeout=_NETLINK_TIMEOUT_S)
         return None, []
     raise CodecError(f"{type(request).__name__} is not a helper request")
+
+
+_SIGNALS = (signal.SIGCONT, signal.SIGTERM, signal.SIGKILL)
+
+
+def _signal_child_of_launcher(pid: int, signum: int) -> None:
+    """``signum`` to ``pid`` if it is one of the stop signals and ``pid`` is a child of the
+    launcher (checked through a pidfd, so a reused pid cannot be hit)."""
+    if signum not in _SIGNALS:
+        raise CodecError(f"signum: {signum} is not SIGCONT, SIGTERM or SIGKILL")
+    if pid <= 1:
+        raise CodecError(f"pid: {pid} is not a child of the launcher")
+    pidfd = os.pidfd_open(pid)
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            ppid = int(stat.read().rpartition(")")[2].split()[1])
+        if ppid != os.getppid():
+            raise CodecError(f"pid: {pid} is not a child of the launcher")
+        signal.pidfd_send_signal(pidfd, signum)
+    finally:
+        os.close(pidfd)
 
 
 def _answer(sock: socket.socket, data: Any, fds: list[int]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,15 @@ from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig
 from launcher.errors import UsageError
 
-__all__ = ["VmmUser", "DEFAULT_VMM_USER", "KEEP", "parse_user", "hand_over"]
+__all__ = [
+    "VmmUser",
+    "DEFAULT_VMM_USER",
+    "KEEP",
+    "parse_user",
+    "hand_over",
+    "kill",
+    "set_signaller",
+]
 
 #: ``--vmm-user`` when not given: KubeVirt's qemu user and group.
 DEFAULT_VMM_USER = "107:107"
@@ -62,6 +71,28 @@ def parse_user(text: str) -> VmmUser | None:
     if not (0 <= uid < 2**32 - 1 and 0 <= gid < 2**32 - 1):
         raise UsageError(f"--vmm-user {text!r} is out of range")
     return VmmUser(uid, gid)
+
+
+#: Set by the composition root: how to signal the VMM when this process may not.
+_signaller: Callable[[int, int], None] | None = None
+
+
+def set_signaller(signaller: Callable[[int, int], None]) -> None:
+    """From now on :func:`kill` falls back to ``signaller(pid, signum)`` (the helper)."""
+    global _signaller  # noqa: PLW0603 - one run per process
+    _signaller = signaller
+
+
+def kill(pid: int, signum: int) -> None:
+    """``os.kill``, or through the run's signaller when this process may not signal the
+    VMM (it runs as another user and this process has no CAP_KILL). Called by the
+    supervisor (SIGKILL after a failed stop) and the liveness check (SIGCONT)."""
+    try:
+        os.kill(pid, signum)
+    except PermissionError:
+        if _signaller is None:
+            raise
+        _signaller(pid, signum)
 
 
 def _can(user: VmmUser, st: os.stat_result, bits: int) -> bool:

@@ -11,7 +11,9 @@ Checked against /proc, not against what the launcher says about itself:
 * the guest got its lease and serves HTTP at the pod IP through the tap fds QEMU was given;
 * a VMM user that cannot reach the kernel is refused before the VMM starts (exit 4,
   naming the path);
-* SIGKILL to the launcher: the helper is gone too.
+* SIGKILL to the launcher: the helper is gone too;
+* a QEMU (uid 107) held frozen: the launcher, which may not signal another user, still
+  stops it within the grace period (SIGKILL through the helper), exit 5.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from testbed.guest.build import GuestImage
+from tests.e2e.test_run_failures import errors_of
 from tests.e2e.test_run_launcher import (  # the pod fixture is reused by name
     BOOT_TIMEOUT_S,
     POD4,
@@ -35,8 +38,10 @@ from tests.e2e.test_run_launcher import (  # the pod fixture is reused by name
     launchers,
     peer_http,
     pod,
+    spec_yaml,
     start,
 )
+from tests.e2e.test_runtime_faults import Tracer, state_of
 
 __all__ = ["launchers", "pod"]
 
@@ -181,3 +186,32 @@ def test_a_kernel_the_vmm_user_cannot_reach_is_refused(
     assert launcher.wait(60) == 4
     errors = [r for r in launcher.records() if r.get("level") == "error"]
     assert errors and "the VMM user 107:107 cannot reach" in str(errors[-1]["msg"]), errors
+
+
+def test_a_frozen_vmm_of_another_user_is_still_stopped_hard(
+    pod: None, guest: GuestImage, vmm_dir: Path, launchers: list[Launcher]
+) -> None:
+    del pod
+    grace = 8
+    launcher = start(vmm_dir, guest, vmm_user=None, spec_text=spec_yaml("bridge", grace_s=grace))
+    launchers.append(launcher)
+    launcher.console.wait_for("LEASE4", BOOT_TIMEOUT_S)
+    wait_dropped(launcher.proc.pid, 10)
+    qemu = launcher.qemu_pid()
+    assert proc_status(qemu)["Uid"].split()[0] == "107"
+    tracer = Tracer(qemu)  # ptrace-stopped: neither SIGCONT nor the power button helps
+    try:
+        deadline = time.monotonic() + 5
+        while state_of(qemu) not in "tT" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        launcher.proc.send_signal(signal.SIGTERM)
+        code = launcher.wait(grace + 10)
+    finally:
+        tracer.close()
+    assert code == 5, launcher.stderr_path.read_text()[-3000:]
+    (error,) = errors_of(launcher)
+    assert "SIGKILL" in str(error["msg"]), error
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{qemu}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{qemu}").exists() or proc_status(qemu)["State"].startswith("Z")

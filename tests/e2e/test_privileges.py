@@ -6,7 +6,7 @@ can reach (``vmm_dir``: mode 0755, the guest's kernel copied in; the cache is un
 Checked against /proc, not against what the launcher says about itself:
 
 * once the guest has its lease, every thread of the launcher has CapEff = CapPrm = 0,
-  the helper holds exactly NET_ADMIN, NET_RAW and NET_BIND_SERVICE, and QEMU runs as
+  the helper holds exactly NET_ADMIN, NET_RAW, NET_BIND_SERVICE and KILL, and QEMU runs as
   uid/gid 107 with no capability and no supplementary group; ``/status`` shows the same;
 * the guest got its lease and serves HTTP at the pod IP through the tap fds QEMU was given;
 * a VMM user that cannot reach the kernel is refused before the VMM starts (exit 4,
@@ -47,7 +47,8 @@ __all__ = ["launchers", "pod"]
 
 pytestmark = pytest.mark.timeout(240)
 
-NET_CAPS = (1 << 10) | (1 << 12) | (1 << 13)  # NET_BIND_SERVICE, NET_ADMIN, NET_RAW
+# NET_BIND_SERVICE, NET_ADMIN, NET_RAW, and KILL (signals to the VMM of another user)
+HELPER_CAPS = (1 << 10) | (1 << 12) | (1 << 13) | (1 << 5)
 STATUS_SOCKET = "status.sock"
 
 
@@ -106,7 +107,7 @@ def status_doc(vmm_dir: Path) -> dict[str, object]:
 
 
 #: What a CRI runtime grants a container the manifest asks NET_ADMIN, NET_RAW and
-#: NET_BIND_SERVICE for, plus SETUID/SETGID/CHOWN for the VMM user — and SYS_ADMIN, only
+#: NET_BIND_SERVICE for, plus KILL/SETUID/SETGID/CHOWN for the VMM user — and SYS_ADMIN, only
 #: because ``ip netns exec`` (the test's stand-in for the pod) needs it. No DAC_OVERRIDE,
 #: DAC_READ_SEARCH or FOWNER: the launcher must not rely on bypassing file permissions.
 CONTAINER_CAPS = "-all,+net_admin,+net_raw,+net_bind_service,+setuid,+setgid,+chown,+sys_admin"
@@ -137,7 +138,7 @@ def test_launcher_holds_nothing_helper_little_vmm_is_107(
     assert proc_status(pid)["NoNewPrivs"] == "1"
     helper = helper_of(launcher)
     st = proc_status(helper)
-    assert int(st["CapEff"], 16) == int(st["CapPrm"], 16) == NET_CAPS
+    assert int(st["CapEff"], 16) == int(st["CapPrm"], 16) == HELPER_CAPS
     qemu = launcher.qemu_pid()
     st = proc_status(qemu)
     assert st["Uid"].split() == ["107"] * 4 and st["Gid"].split() == ["107"] * 4
@@ -153,7 +154,12 @@ def test_launcher_holds_nothing_helper_little_vmm_is_107(
     assert (qmp / "qmp.sock").stat().st_uid == 0
     shown = {p["role"]: p for p in status_doc(vmm_dir)["processes"]}  # type: ignore[attr-defined]
     assert shown["launcher"]["capEffective"] == shown["launcher"]["capPermitted"] == []
-    assert sorted(shown["helper"]["capPermitted"]) == ["NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"]
+    assert sorted(shown["helper"]["capPermitted"]) == [
+        "KILL",
+        "NET_ADMIN",
+        "NET_BIND_SERVICE",
+        "NET_RAW",
+    ]
     assert (shown["vmm"]["uid"], shown["vmm"]["capEffective"]) == (107, [])
 
 

@@ -26,7 +26,8 @@ from testbed.harness import sh
 
 REPO = Path(__file__).resolve().parents[3]
 NS = f"privsep-h-{os.getpid() % 100000}"
-NET_CAPS = (1 << 10) | (1 << 12) | (1 << 13)  # NET_BIND_SERVICE, NET_ADMIN, NET_RAW
+# NET_BIND_SERVICE, NET_ADMIN, NET_RAW, KILL
+HELPER_CAPS = (1 << 10) | (1 << 12) | (1 << 13) | (1 << 5)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def stand_in(ns: str, body: str, timeout: float = 60) -> Any:
             """
         import json, os, socket, sys
         from launcher.privsep.helper import Helper, _recv_message
-        from launcher.privsep.codec import HEADER, OpenSocket, OpenTap, frame
+        from launcher.privsep.codec import HEADER, OpenSocket, OpenTap, SignalProcess, frame
         helper = Helper.spawn()
         out = {"helper": helper.pid}
         """
@@ -65,7 +66,7 @@ def stand_in(ns: str, body: str, timeout: float = 60) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_it_keeps_only_the_three_net_capabilities_and_cannot_gain_more(netns: str) -> None:
+def test_it_keeps_only_its_four_capabilities_and_cannot_gain_more(netns: str) -> None:
     out = stand_in(
         netns,
         """
@@ -75,7 +76,7 @@ def test_it_keeps_only_the_three_net_capabilities_and_cannot_gain_more(netns: st
         out.update({k: fields[k].strip() for k in ("CapEff", "CapPrm", "CapInh", "NoNewPrivs")})
         """,
     )
-    assert int(out["CapEff"], 16) == int(out["CapPrm"], 16) == NET_CAPS
+    assert int(out["CapEff"], 16) == int(out["CapPrm"], 16) == HELPER_CAPS
     assert int(out["CapInh"], 16) == 0 and out["NoNewPrivs"] == "1"
 
 
@@ -186,3 +187,30 @@ def test_it_dies_with_the_launcher(netns: str) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait(10)
+
+
+def test_it_signals_only_children_of_the_launcher_and_only_stop_signals(netns: str) -> None:
+    out = stand_in(
+        netns,
+        """
+        import signal, subprocess
+        child = subprocess.Popen(["sleep", "60"], user=107, group=107, extra_groups=[])
+        out["refused"] = []
+        for request in (
+            SignalProcess(child.pid, signal.SIGUSR1),  # not a stop signal
+            SignalProcess(os.getppid(), signal.SIGKILL),  # not a child of ours
+            SignalProcess(1, signal.SIGKILL),
+        ):
+            try:
+                helper.call_blocking(request)
+            except Exception as err:
+                out["refused"].append(str(err))
+        helper.call_blocking(SignalProcess(child.pid, signal.SIGKILL))
+        out["code"] = child.wait(5)
+        """,
+    )
+    refused = out["refused"]
+    assert len(refused) == 3, refused
+    assert "is not SIGCONT, SIGTERM or SIGKILL" in refused[0]
+    assert "is not a child of the launcher" in refused[1] and "is not a child" in refused[2]
+    assert out["code"] == -9

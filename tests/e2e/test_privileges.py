@@ -110,7 +110,9 @@ def status_doc(vmm_dir: Path) -> dict[str, object]:
 #: NET_BIND_SERVICE for, plus KILL/SETUID/SETGID/CHOWN for the VMM user — and SYS_ADMIN, only
 #: because ``ip netns exec`` (the test's stand-in for the pod) needs it. No DAC_OVERRIDE,
 #: DAC_READ_SEARCH or FOWNER: the launcher must not rely on bypassing file permissions.
-CONTAINER_CAPS = "-all,+net_admin,+net_raw,+net_bind_service,+setuid,+setgid,+chown,+sys_admin"
+CONTAINER_CAPS = (
+    "-all,+net_admin,+net_raw,+net_bind_service,+kill,+setuid,+setgid,+chown,+sys_admin"
+)
 
 
 @pytest.mark.parametrize("bounding", [None, CONTAINER_CAPS], ids=["host-root", "container"])

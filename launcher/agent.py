@@ -415,9 +415,7 @@ class AgentRunner:
             await agent.kill()
         try:
             # shielded: a second cancellation must not stop the roll-back half-way
-            done = await asyncio.shield(
-                asyncio.to_thread(call_once, "recover", self.state_dir, netns=self.netns)
-            )
+            done = await asyncio.shield(self._recover())
         except (LauncherError, OSError) as again:
             log.error(
                 "rolling the pod network back after %s failed too: %s (the next start retries)",
@@ -432,6 +430,16 @@ class AgentRunner:
                 err or type(err).__name__,
                 extra={"event": "network-recovered"},
             )
+
+    async def _recover(self) -> bool:
+        """``recover`` in a fresh child: started by the helper when the run has one (this
+        process may hold no capability by now), else by this process."""
+        if self.helper is not None and self.netns is None:
+            from launcher.privsep.codec import Recover  # noqa: PLC0415
+
+            value, _ = await self.helper.call(Recover(self.state_dir))
+            return bool(value)
+        return bool(await asyncio.to_thread(call_once, "recover", self.state_dir, netns=self.netns))
 
     async def cleanup(self, plan: NetworkPlan) -> None:
         extra = {"netns": self.netns} if self.netns is not None else {}

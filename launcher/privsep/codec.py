@@ -39,6 +39,7 @@ __all__ = [
     "CodecError",
     "Apply",
     "Cleanup",
+    "Recover",
     "Discover",
     "OpenTap",
     "OpenSocket",
@@ -93,6 +94,13 @@ class Cleanup:
 
 
 @dataclass(frozen=True, slots=True)
+class Recover:
+    """``launcher.network.recover``: roll back an unfinished set-up (answer: bool)."""
+
+    state_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
 class OpenTap:
     """Open an existing tap ``queues`` times (answer: None, and ``queues`` fds)."""
 
@@ -118,13 +126,14 @@ class SignalProcess:
     signum: int
 
 
-Request = Discover | Apply | Cleanup | OpenTap | OpenSocket | SignalProcess
+Request = Discover | Apply | Cleanup | Recover | OpenTap | OpenSocket | SignalProcess
 #: Every request the helper accepts, by op name, with the type of its answer.
 #: (An answer type named by a string is a ``launcher.network`` name, imported when used.)
 REQUESTS: dict[str, tuple[type[Any], Any]] = {
     "discover": (Discover, "PodState"),
     "apply": (Apply, "ApplyResult"),
     "cleanup": (Cleanup, None),
+    "recover": (Recover, bool),
     "open_tap": (OpenTap, None),
     "open_socket": (OpenSocket, None),
     "signal": (SignalProcess, None),

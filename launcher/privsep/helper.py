@@ -52,6 +52,7 @@ from launcher.privsep.codec import (
     Discover,
     OpenSocket,
     OpenTap,
+    Recover,
     Request,
     SignalProcess,
     answer_type,
@@ -147,6 +148,8 @@ def _run(request: Request) -> tuple[Any, list[int]]:
     if isinstance(request, Cleanup):
         call_once("cleanup", request.plan, request.state_dir, timeout=_NETLINK_TIMEOUT_S)
         return None, []
+    if isinstance(request, Recover):
+        return bool(call_once("recover", request.state_dir, timeout=_NETLINK_TIMEOUT_S)), []
     raise CodecError(f"{type(request).__name__} is not a helper request")
 
 

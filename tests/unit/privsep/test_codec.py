@@ -18,7 +18,9 @@ from launcher.privsep.codec import (
     Discover,
     OpenSocket,
     OpenTap,
+    Recover,
     Request,
+    SignalProcess,
     answer_type,
     decode_request,
     decode_value,
@@ -53,7 +55,9 @@ def test_a_real_plan_round_trips_equal(binding: Masquerade | None) -> None:
     "request_",
     [
         Discover(STATE),
+        Recover(STATE),
         OpenTap("vltap1", 2),
+        SignalProcess(1234, 9),
         OpenSocket("udp4", "vlbr1", 67),
         OpenSocket("udp6", "vlbr1", 547),
         OpenSocket("packet"),
@@ -71,6 +75,9 @@ def test_answers_decode_to_their_types() -> None:
     result = ApplyResult(changes=3)
     assert decode_value(answer_type("apply"), encode_value(result)) == result
     assert decode_value(answer_type("cleanup"), None) is None
+    assert decode_value(answer_type("recover"), True) is True
+    with pytest.raises(CodecError, match="is not a boolean"):
+        decode_value(answer_type("recover"), 1)
 
 
 def _apply_args() -> dict[str, Any]:

@@ -50,8 +50,8 @@ GRACE_S = 20  # the spec's; the manifest gives the Pod this + its margin
 BOOT_TIMEOUT_S = 90.0  # container start → guest lease under TCG; normally about 10 s
 READY_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 60.0
-CAP_BITS = {"SETGID": 6, "SETUID": 7, "NET_BIND_SERVICE": 10, "NET_ADMIN": 12, "NET_RAW": 13,
-            "SYS_RESOURCE": 24}  # fmt: skip
+CAP_BITS = {"CHOWN": 0, "KILL": 5, "SETGID": 6, "SETUID": 7, "NET_BIND_SERVICE": 10,
+            "NET_ADMIN": 12, "NET_RAW": 13, "SYS_RESOURCE": 24}  # fmt: skip
 IPV6_FORWARDING = "net.ipv6.conf.all.forwarding"
 
 

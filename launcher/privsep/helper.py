@@ -158,18 +158,25 @@ _SIGNALS = (signal.SIGCONT, signal.SIGTERM, signal.SIGKILL)
 
 def _signal_child_of_launcher(pid: int, signum: int) -> None:
     """``signum`` to ``pid`` if it is one of the stop signals and ``pid`` is a child of the
-    launcher (checked through a pidfd, so a reused pid cannot be hit)."""
+    launcher (checked through a pidfd, so a reused pid cannot be hit). A process already
+    gone is not an error (as ``kill`` callers suppress ProcessLookupError)."""
     if signum not in _SIGNALS:
         raise CodecError(f"signum: {signum} is not SIGCONT, SIGTERM or SIGKILL")
     if pid <= 1:
         raise CodecError(f"pid: {pid} is not a child of the launcher")
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # gone already (a second stop signal raced its exit): nothing to do
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
             ppid = int(stat.read().rpartition(")")[2].split()[1])
         if ppid != os.getppid():
             raise CodecError(f"pid: {pid} is not a child of the launcher")
-        signal.pidfd_send_signal(pidfd, signum)
+        with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+            signal.pidfd_send_signal(pidfd, signum)
+    except FileNotFoundError:
+        return  # reaped between the pidfd and the read: gone
     finally:
         os.close(pidfd)
 

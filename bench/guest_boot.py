@@ -197,7 +197,8 @@ def _launcher_run(disk: Path, run: int) -> list[float]:
             "ip", "netns", "exec", pod, sys.executable, "-m", "launcher", "run",
             "--spec", str(tmp / "vm.yaml"), "--state-dir", str(tmp / "state"),
             "--volumes-dir", str(tmp / "volumes"), "--termination-log", str(tmp / "term"),
-            "--accel", "tcg", "--status-listen", f"127.0.0.1:{20000 + suffix % 1000}",
+            "--accel", "tcg", "--vmm-user", "keep",
+            "--status-listen", f"127.0.0.1:{20000 + suffix % 1000}",
         ]  # fmt: skip
         err_path = tmp / "launcher.err"
         wall0, start = time.time(), time.monotonic()

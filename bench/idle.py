@@ -83,7 +83,7 @@ def launcher_argv(netns: str, work: Path, status_port: int) -> list[str]:
     return [
         "ip", "netns", "exec", netns, str(LAUNCHER), "run", "--spec", str(work / "vm.yaml"),
         "--volumes-dir", str(work / "volumes"), "--state-dir", str(work / "state"),
-        "--accel", "tcg", "--termination-log", str(work / "termination-log"),
+        "--accel", "tcg", "--vmm-user", "keep", "--termination-log", str(work / "termination-log"),
         "--status-listen", f"127.0.0.1:{status_port}",
     ]  # fmt: skip
 

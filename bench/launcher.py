@@ -129,7 +129,7 @@ def run_launcher(guest: GuestImage, work: Path, accel: str) -> LauncherRun:
     argv = [
         "ip", "netns", "exec", POD, str(LAUNCHER), "run", "--spec", str(spec),
         "--volumes-dir", str(work / "volumes"), "--state-dir", str(work / "state"),
-        "--accel", accel, "--termination-log", str(work / "termination-log"),
+        "--accel", accel, "--vmm-user", "keep", "--termination-log", str(work / "termination-log"),
     ]  # fmt: skip
     with stderr.open("wb") as err:
         t0 = time.time()

@@ -263,7 +263,7 @@ def main() -> int:
                 ["ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
                  "--spec", str(tmp / "vm.yaml"), "--state-dir", str(tmp / "state"),
                  "--volumes-dir", str(tmp / "volumes"), "--termination-log", str(tmp / "t"),
-                 "--accel", "tcg", "--status-listen", LISTEN, "--console-log",
+                 "--accel", "tcg", "--vmm-user", "keep", "--status-listen", LISTEN, "--console-log",
                  str(tmp / "console.log")],
                 stdout=subprocess.DEVNULL, stderr=err_file, cwd=REPO,
             )  # fmt: skip

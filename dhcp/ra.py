@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from dhcp.errors import MalformedPacket, ServerError
 from dhcp.lifecycle import Server
 from dhcp.ratelimit import RateLimiter
+from dhcp.sockets import SocketOpener, SocketRequest, open_local
 from dhcp.v6.codec import decode_domain_list, encode_domain_list, mac_bytes
 
 __all__ = [
@@ -373,6 +374,7 @@ class RaServer(Server):
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate=2.0, burst=4))
     counters: RaCounters = field(default_factory=RaCounters)
     link_local_timeout: float = 5.0
+    opener: SocketOpener = open_local  # makes the raw ICMPv6 socket (dhcp.sockets)
     _sock: socket.socket | None = None
     _index: int = 0
     _mac: str | None = None
@@ -388,7 +390,7 @@ class RaServer(Server):
             index, mac, ll = link_facts(ifname)
             if ll is not None:
                 try:
-                    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+                    sock = await self.opener(SocketRequest("icmp6"))
                 except PermissionError as err:
                     raise ServerError(
                         f"router advertisements on {ifname!r} need CAP_NET_RAW: {err}"

@@ -24,6 +24,7 @@ Lifecycle::
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from hypervisor.errors import StateError
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
 
 __all__ = [
+    "RunAs",
+    "signal_vmm",
     "serial_to_stdout",
     "Hypervisor",
     "ExitInfo",
@@ -42,6 +45,31 @@ __all__ = [
     "require",
     "advance",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """The user a VMM process runs as: uid, gid and exactly these supplementary groups
+    (switching needs CAP_SETUID and CAP_SETGID in the spawning process)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    #: How to signal the VMM when this process may not (no CAP_KILL for another user):
+    #: ``signal(pid, signum)`` asks a process that may (the launcher's helper). It does not
+    #: wait: the caller waits for the exit it asked for, bounded, as always.
+    signal: Callable[[int, int], None] | None = field(default=None, compare=False)
+
+
+def signal_vmm(pid: int, signum: int, run_as: RunAs | None) -> None:
+    """``os.kill(pid, signum)``, through ``run_as.signal`` when this process may not."""
+    try:
+        os.kill(pid, signum)
+    except PermissionError:
+        if run_as is None or run_as.signal is None:
+            raise
+        run_as.signal(pid, signum)
+
 
 #: Every state change an adapter may make; anything else is a bug and raises StateError.
 TRANSITIONS: Mapping[VmState, frozenset[VmState]] = {

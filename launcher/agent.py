@@ -41,6 +41,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,9 @@ from launcher import signals
 from launcher.errors import LauncherError, NetworkError
 
 if TYPE_CHECKING:  # the child's side imports the network package; this side only types it
+    from dhcp.sockets import SocketRequest
     from launcher.network import ApplyResult, NetworkPlan, PodState
+    from launcher.privsep.helper import Helper
 
 __all__ = ["Agent", "AgentRunner", "call_once", "main", "OPS", "CALL_TIMEOUT_S"]
 
@@ -192,6 +195,10 @@ class Agent:
             try:
                 signals.release()  # the parent's "record, do not die" is not the child's
                 ours.close()
+                # Inherit nothing but stdio and our socket (not the launcher's end of the
+                # privileged helper's socketpair, forked before us).
+                os.closerange(3, theirs.fileno())
+                os.closerange(theirs.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
                 if log_level is not None:
                     from launcher import logs  # noqa: PLC0415
 
@@ -345,20 +352,40 @@ class AgentRunner:
 
     While the start-up :class:`Agent` lives (discover and the boot NICs' apply), calls go
     to it; after :meth:`release` (the child exits once the boot network is applied),
-    each call runs in a fresh child (:func:`call_once`, in a thread: hot plug, exit
-    cleanup).
+    each call runs in a fresh child: started by the privileged helper
+    (:mod:`launcher.privsep.helper`, typed requests) when the run has one, else by this
+    process (:func:`call_once`, in a thread: tools and tests). Taps and server sockets
+    are opened here while this process holds its capabilities, and by the helper after
+    :meth:`drop_privileges`.
     """
 
     def __init__(
-        self, state_dir: Path, agent: Agent | None = None, *, netns: str | None = None
+        self,
+        state_dir: Path,
+        agent: Agent | None = None,
+        *,
+        netns: str | None = None,
+        helper: Helper | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.netns = netns  # None: the launcher's own (the pod's); a name only in tests
         self._agent = agent
+        self.helper = helper
+        self._privileged = True  # this process still holds its start-up capabilities
 
     async def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
         if self._agent is not None:
             return await self._agent.call(op, *args, **kwargs)
+        if self.helper is not None and self.netns is None:
+            from launcher.privsep.codec import Apply, Cleanup, Discover  # noqa: PLC0415
+
+            request: Discover | Apply | Cleanup
+            if op == "discover":
+                request = Discover(self.state_dir)
+            else:
+                request = (Apply if op == "apply" else Cleanup)(args[0], self.state_dir)
+            value, _ = await self.helper.call(request)
+            return value
         return await asyncio.to_thread(call_once, op, *args, **kwargs)
 
     async def discover(self) -> PodState:
@@ -388,9 +415,7 @@ class AgentRunner:
             await agent.kill()
         try:
             # shielded: a second cancellation must not stop the roll-back half-way
-            done = await asyncio.shield(
-                asyncio.to_thread(call_once, "recover", self.state_dir, netns=self.netns)
-            )
+            done = await asyncio.shield(self._recover())
         except (LauncherError, OSError) as again:
             log.error(
                 "rolling the pod network back after %s failed too: %s (the next start retries)",
@@ -406,9 +431,88 @@ class AgentRunner:
                 extra={"event": "network-recovered"},
             )
 
+    async def _recover(self) -> bool:
+        """``recover`` in a fresh child: started by the helper when the run has one (this
+        process may hold no capability by now), else by this process."""
+        if self.helper is not None and self.netns is None:
+            from launcher.privsep.codec import Recover  # noqa: PLC0415
+
+            value, _ = await self.helper.call(Recover(self.state_dir))
+            return bool(value)
+        return bool(await asyncio.to_thread(call_once, "recover", self.state_dir, netns=self.netns))
+
     async def cleanup(self, plan: NetworkPlan) -> None:
         extra = {"netns": self.netns} if self.netns is not None else {}
         await self._call("cleanup", plan, self.state_dir, **extra)
+
+    async def open_tap(self, name: str, queues: int) -> list[int]:
+        """``queues`` fds of tap ``name`` for the VMM (the caller closes them)."""
+        if self._privileged or self.helper is None:
+            from hypervisor.taps import open_tap  # noqa: PLC0415
+
+            return open_tap(name, queues)
+        from launcher.privsep.codec import OpenTap  # noqa: PLC0415
+
+        _, fds = await self.helper.call(OpenTap(name, queues))
+        if len(fds) != queues:
+            for fd in fds:
+                os.close(fd)
+            raise NetworkError(f"the privileged helper sent {len(fds)} fds for tap {name!r}")
+        return fds
+
+    async def open_socket(self, request: SocketRequest) -> socket.socket:
+        """A DHCP/RA server's privileged socket (:mod:`dhcp.sockets`)."""
+        from dhcp.sockets import open_socket  # noqa: PLC0415
+
+        if self._privileged or self.helper is None:
+            return open_socket(request)
+        from launcher.privsep.codec import OpenSocket  # noqa: PLC0415
+
+        _, fds = await self.helper.call(OpenSocket(request.kind, request.interface, request.port))
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise NetworkError(f"the privileged helper sent {len(fds)} fds for one socket")
+        return socket.socket(fileno=fds[0])
+
+    def open_link(self, interface: str) -> socket.socket:
+        """The status probes' link-layer socket on ``interface`` (blocking: the probes run
+        in worker threads); from the helper after :meth:`drop_privileges`."""
+        from dhcp.sockets import SocketRequest, open_socket  # noqa: PLC0415
+
+        if self._privileged or self.helper is None:
+            return open_socket(SocketRequest("link", interface))
+        from launcher.privsep.codec import OpenSocket  # noqa: PLC0415
+
+        _, fds = self.helper.call_blocking(OpenSocket("link", interface))
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise NetworkError(f"the privileged helper sent {len(fds)} fds for one socket")
+        return socket.socket(fileno=fds[0])
+
+    def request_signal(self, pid: int, signum: int) -> None:
+        """Ask the helper to send ``signum`` to the VMM ``pid`` (it runs as another user;
+        this process has no CAP_KILL). Does not wait (a thread carries the request; a
+        failure is logged): the caller waits for the exit it asked for, bounded."""
+        helper = self.helper
+        if helper is None:
+            os.kill(pid, signum)
+            return
+
+        def send() -> None:
+            from launcher.privsep.codec import SignalProcess  # noqa: PLC0415
+
+            try:
+                helper.call_blocking(SignalProcess(pid, signum))
+            except LauncherError as err:
+                log.error("signal %d to the VMM %d failed: %s", signum, pid, err)
+
+        threading.Thread(target=send, name=f"signal-{pid}", daemon=True).start()
+
+    def drop_privileges(self) -> None:
+        """From now on taps and sockets come from the helper (this process has none)."""
+        self._privileged = False
 
     def release(self) -> Agent | None:
         """Let the start-up child go (it exits); later calls start their own. Returns it,

@@ -37,6 +37,7 @@ from launcher.startup import import_asyncio
 if TYPE_CHECKING:
     from launcher.agent import Agent
     from launcher.options import RunOptions
+    from launcher.privsep.helper import Helper
     from launcher.run import StatusTask
     from launcher.spec import VmSpec
     from launcher.status.listen import Listen
@@ -275,6 +276,7 @@ RUN_ARGS = (
     "console_log",
     "podinfo",
     "hotplug_ports",
+    "vmm_user",
     "host_root",  # plan only (run always uses /)
 )
 
@@ -337,6 +339,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="QEMU: free PCIe root ports reserved for NIC hot plug (default 4; docs/hotplug.md)",
+    )
+    g.add_argument(
+        "--vmm-user",
+        metavar="UID[:GID]",
+        help="the user the VMM runs as (default 107:107, KubeVirt's qemu; 'keep': the "
+        "launcher's own user; docs/privileges.md)",
     )
 
 
@@ -541,13 +549,14 @@ def manifest(options: Options, out: TextIO) -> int:
     return EXIT_OK
 
 
-def run(options: Options, agent: Agent | None = None) -> int:
+def run(options: Options, agent: Agent | None = None, helper: Helper | None = None) -> int:
     """``virt-launcher run``: the pod entrypoint (:mod:`launcher.run`).
 
     ``agent``: the netlink child :mod:`launcher.entry` forked before this module was
     imported; else it is forked here (one thread, no event loop yet). Either way it
     imports pyroute2 and the network package and discovers the pod on the other core
     while this process imports the rest of the launcher and loads the spec (docs/run.md).
+    ``helper``: the privileged helper (docs/privileges.md), forked here likewise.
     """
     signals.hold()  # launcher.entry did already; a caller of main() may not have
     import_asyncio()
@@ -556,10 +565,16 @@ def run(options: Options, agent: Agent | None = None) -> int:
     if agent is None:
         agent = Agent.fork()
     agent.prefetch("discover", None, options.run_args.get("state_dir", DEFAULT_STATE_DIR))
+    if helper is None:
+        from launcher.privsep.helper import Helper  # noqa: PLC0415 - startup: CLI light
+
+        helper = Helper.fork()
     from launcher.run import run as run_vm  # noqa: PLC0415 - startup: CLI light
 
     listen = _listen(options)
-    return run_vm(_run_options(options, listen), status=_status_task(listen), agent=agent)
+    return run_vm(
+        _run_options(options, listen), status=_status_task(listen), agent=agent, helper=helper
+    )
 
 
 def _listen(options: Options) -> Listen:
@@ -588,9 +603,15 @@ def _status_task(listen: Listen) -> StatusTask:
     return serve
 
 
-def main(argv: Sequence[str] | None = None, *, agent: Agent | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    agent: Agent | None = None,
+    helper: Helper | None = None,
+) -> int:
     """The CLI (the ``virt-launcher`` console script is :mod:`launcher.entry`); returns the
-    exit code. ``agent``: ``run``'s netlink child when the entry module forked it."""
+    exit code. ``agent``/``helper``: ``run``'s netlink child and privileged helper when
+    the entry module forked them."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure(options.log_level)
     try:
@@ -602,7 +623,7 @@ def main(argv: Sequence[str] | None = None, *, agent: Agent | None = None) -> in
             return status(options, sys.stdout)
         if options.command == "manifest":
             return manifest(options, sys.stdout)
-        return run(options, agent)
+        return run(options, agent, helper)
     except SpecError as err:
         for line in err.lines():
             print(line, file=sys.stderr)

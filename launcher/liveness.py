@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from pathlib import Path
 from hypervisor.base import Hypervisor
 from hypervisor.errors import HypervisorError
 from hypervisor.machine import VmState
+from launcher.privsep import vmm
 
 __all__ = [
     "Liveness",
@@ -90,7 +90,7 @@ def thaw(hypervisor: Hypervisor) -> str | None:
         extra={"event": "vmm-thawed", "pid": pid},
     )
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGCONT)
+        vmm.kill(pid, signal.SIGCONT)  # through the helper for a non-root VMM
     return state
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from launcher.network.nftables import render
 
 if TYPE_CHECKING:
     from dhcp.lifecycle import Server
+    from dhcp.sockets import SocketOpener, SocketRequest
 
 __all__ = [
     "Nics",
@@ -78,6 +80,14 @@ class PodRunner(Protocol):
         """Remove what ``plan``'s NICs created and give the pod back its originals."""
         ...
 
+    async def open_tap(self, name: str, queues: int) -> list[int]:
+        """``queues`` fds of the existing tap ``name``, for the VMM (caller closes them)."""
+        ...
+
+    async def open_socket(self, request: SocketRequest) -> socket.socket:
+        """A DHCP/RA server's privileged socket (:mod:`dhcp.sockets`)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class LocalRunner:
@@ -98,6 +108,16 @@ class LocalRunner:
 
     async def cleanup(self, plan: NetworkPlan) -> None:
         await asyncio.to_thread(cleanup, plan, self.state_dir, netns=self.netns)
+
+    async def open_tap(self, name: str, queues: int) -> list[int]:
+        from hypervisor.taps import open_tap  # noqa: PLC0415 - startup: hot plug only
+
+        return open_tap(name, queues)
+
+    async def open_socket(self, request: SocketRequest) -> socket.socket:
+        from dhcp.sockets import open_socket  # noqa: PLC0415 - startup: servers after the spawn
+
+        return open_socket(request)
 
 
 class NicState(enum.StrEnum):
@@ -148,7 +168,8 @@ class NicOwner:
         if self.state is not NicState.PLUMBED:
             return
         try:
-            for kind, server in _make_servers(self.plan, self._nics.state_dir):
+            opener = self._nics.runner.open_socket
+            for kind, server in _make_servers(self.plan, self._nics.state_dir, opener):
                 what = f"{_WHAT[kind]} on {self.plan.bridge.name}"
                 try:
                     async with asyncio.timeout(SERVER_TIMEOUT_S):
@@ -202,24 +223,36 @@ class NicOwner:
 _WHAT = {"dhcp4": "DHCPv4 server", "dhcp6": "DHCPv6 server", "ra": "router advertisements"}
 
 
-def _make_servers(nic: NicPlan, state_dir: Path) -> Iterator[tuple[str, Server]]:
-    """The servers the plan gives ``nic``, configured exactly as planned."""
+def _make_servers(
+    nic: NicPlan, state_dir: Path, opener: SocketOpener | None = None
+) -> Iterator[tuple[str, Server]]:
+    """The servers the plan gives ``nic``, configured exactly as planned; their
+    privileged sockets come from ``opener`` (the runner: this process or the helper;
+    None: this process)."""
+    if opener is None:
+        from dhcp.sockets import open_local  # noqa: PLC0415 - startup: servers after the spawn
+
+        opener = open_local
     if nic.dhcp4 is not None:
         from dhcp.v4.server import Dhcp4Server  # noqa: PLC0415 - startup: servers after the spawn
 
-        yield "dhcp4", Dhcp4Server(nic.dhcp4)
+        yield "dhcp4", Dhcp4Server(nic.dhcp4, opener=opener)
     if nic.dhcp6 is not None:
         from dhcp.v6.server import Dhcp6Server  # noqa: PLC0415 - the same
 
         # The DUID is kept when the bridge's MAC could change (dhcp.v6.lease.server_duid).
         yield (
             "dhcp6",
-            Dhcp6Server(nic.dhcp6, duid_file=state_dir / f"dhcp6-duid-{nic.pod_interface}"),
+            Dhcp6Server(
+                nic.dhcp6,
+                duid_file=state_dir / f"dhcp6-duid-{nic.pod_interface}",
+                opener=opener,
+            ),
         )
     if nic.ra is not None:
         from dhcp.ra import RaServer  # noqa: PLC0415 - the same
 
-        yield "ra", RaServer(nic.ra)
+        yield "ra", RaServer(nic.ra, opener=opener)
 
 
 class Nics:

@@ -21,6 +21,7 @@ from launcher.network.plan import DEFAULT_STATUS_PORT, PlanOptions
 from launcher.network.state import DEFAULT_STATE_DIR
 from launcher.network.sysfs import HostPaths
 from launcher.podinfo import DEFAULT_PODINFO_DIR, PodInfo
+from launcher.privsep.vmm import DEFAULT_VMM_USER, parse_user
 from launcher.supervisor import DEFAULT_TERMINATION_LOG
 from launcher.volumes import DEFAULT_VOLUMES_DIR
 
@@ -49,6 +50,8 @@ class RunOptions:
     podinfo: Path | None = DEFAULT_PODINFO_DIR  # downward API dir (Multus network-status)
     hotplug_ports: int | None = None  # QEMU root ports kept free (None: DEFAULT_HOTPLUG_PORTS)
     host_root: Path = Path("/")  # where sys/ and dev/ are for the SR-IOV/vDPA checks
+    vmm_user: str = DEFAULT_VMM_USER  # UID[:GID] the VMM runs as, or "keep" (docs/privileges.md)
+    keep_privileges: bool = False  # in-process callers (tests): no capability drop after start
 
     @classmethod
     def from_args(cls, spec_path: Path, args: Mapping[str, Any]) -> RunOptions:
@@ -62,6 +65,7 @@ class RunOptions:
 
     def check(self) -> None:
         """Refuse values no launcher can use (UsageError, exit 2), before anything runs."""
+        parse_user(self.vmm_user)
         name = self.pod_interface
         if not 0 < len(name) <= IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
             raise UsageError(f"--pod-interface {name!r} is not a Linux interface name")

@@ -107,6 +107,12 @@ def _hypervisor_view(kind: str, machine: MachineConfig, options: RunOptions) -> 
     from hypervisor.qemu.argv import QemuRuntime, build_argv  # noqa: PLC0415 - startup
 
     view: dict[str, Any] = {"kind": kind, "machine": to_jsonable(machine)}
+    view["vmm_user"] = {
+        "user": options.vmm_user,
+        "note": "run opens the taps and passes them as file descriptors (tap fd=N); with "
+        "a VMM user it also passes the QMP/API socket listening (fd=N): the numbers are "
+        "known only at run time (docs/privileges.md)",
+    }
     if kind == QEMU:
         accel = options.accel
         if accel == "auto":

@@ -37,6 +37,9 @@ CAPABILITY_REASONS: dict[str, str] = {
     "SYS_RESOURCE": "raise RLIMIT_MEMLOCK for VFIO, which pins all guest memory",
     "SETUID": "start the VMM as uid 107 instead of root",
     "SETGID": "start the VMM as gid 107 (and drop root's supplementary groups)",
+    "CHOWN": "give the VMM user (uid 107) the disk files it writes (docs/privileges.md)",
+    "KILL": "stop the VMM, which runs as uid 107, hard when it does not power off (kept by "
+    "the privileged helper after start-up; docs/privileges.md)",
 }
 #: Their bit numbers (linux/capability.h).
 CAPABILITY_BITS: dict[str, int] = {
@@ -46,6 +49,8 @@ CAPABILITY_BITS: dict[str, int] = {
     "SYS_RESOURCE": 24,
     "SETUID": 7,
     "SETGID": 6,
+    "CHOWN": 0,
+    "KILL": 5,
 }
 #: What ``run`` uses while it sets up and serves the network, so what it checks at start.
 #: SYS_RESOURCE is not among them (without it RLIMIT_MEMLOCK stays at the hard limit, with
@@ -67,9 +72,10 @@ def needed_capabilities(spec: VmSpec, network: NetworkPlan) -> tuple[str, ...]:
     which deletes the launcher's nftables tables); NET_RAW and NET_BIND_SERVICE when a NIC
     is served DHCP or router advertisements (bridge with addresses, masquerade; not a
     plain-L2 bridge, not SR-IOV/vDPA); SYS_RESOURCE with an SR-IOV VF; SETUID and SETGID
-    always, to run the VMM as uid/gid 107.
+    always, to run the VMM as uid/gid 107, CHOWN to give it its writable disk files, and
+    KILL to stop it hard (the privileged helper keeps KILL; docs/privileges.md).
     """
-    caps = {"NET_ADMIN", "SETUID", "SETGID"}
+    caps = {"NET_ADMIN", "SETUID", "SETGID", "CHOWN", "KILL"}
     for nic in network.nics:
         if nic.dhcp4 is not None:
             caps |= {"NET_BIND_SERVICE", "NET_RAW"}  # port 67 + AF_PACKET replies

@@ -30,15 +30,21 @@ run with its error and that error's exit code. The run TELLS the status board
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
 import logging
 import os
 import shutil
+import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from hypervisor.base import serial_to_stdout
+from hypervisor.base import RunAs, serial_to_stdout
 from launcher import logs, signals
 from launcher.agent import Agent, AgentRunner
 from launcher.errors import (
@@ -63,6 +69,9 @@ from launcher.options import RunOptions
 from launcher.phase import Phase
 from launcher.podinfo import load_podinfo
 from launcher.privileges import check_capabilities
+from launcher.privsep import caps, vmm
+from launcher.privsep.helper import Helper
+from launcher.privsep.vmm import hand_over, parse_user
 from launcher.spec import VmSpec, load
 from launcher.spec.model import BindingKind
 from launcher.startup import import_servers, preload_hypervisor, without_ssl
@@ -128,7 +137,11 @@ async def _choose_accel(kind: str, options: RunOptions) -> AccelChoice | None:
 
 
 def _make_hypervisor(
-    kind: str, options: RunOptions, on_serial: Callable[[str], None], accel: AccelChoice | None
+    kind: str,
+    options: RunOptions,
+    on_serial: Callable[[str], None],
+    accel: AccelChoice | None,
+    vmm: _VmmAccess,
 ) -> Hypervisor:
     run_dir = options.state_dir / kind
     if kind == "qemu":
@@ -141,6 +154,8 @@ def _make_hypervisor(
             binary=options.qemu_binary,
             run_dir=str(run_dir),
             on_serial=on_serial,
+            tap_fds=vmm.taps,
+            run_as=vmm.run_as,
         )
     from hypervisor.cloud_hypervisor import CloudHypervisor  # noqa: PLC0415 - the same
 
@@ -149,6 +164,8 @@ def _make_hypervisor(
         binary=options.cloud_hypervisor_binary,
         api_socket=str(run_dir / "api.sock"),
         on_serial=on_serial,
+        tap_opener=vmm.take_tap,
+        run_as=vmm.run_as,
     )
 
 
@@ -160,6 +177,58 @@ def _require_vmm(kind: str, options: RunOptions) -> None:
             from hypervisor.cloud_hypervisor.process import require_binary  # noqa: PLC0415 - startup
 
         require_binary(options.cloud_hypervisor_binary)
+
+
+@dataclass(slots=True)
+class _VmmAccess:
+    """What the VMM gets instead of privileges: the user it runs as and its taps opened
+    by the launcher beforehand (one fd per queue pair; the launcher's copies are closed
+    once the VMM has them)."""
+
+    run_as: RunAs | None
+    taps: dict[str, list[int]]  # NIC device id -> fds
+    by_tap: dict[str, str]  # tap name -> NIC device id
+
+    def take_tap(self, name: str, queues: int) -> list[int]:
+        """cloud-hypervisor's tap opener: the fds opened before the spawn (it closes them)."""
+        fds = self.taps.pop(self.by_tap.get(name, ""), None)
+        if fds is None or len(fds) != queues:
+            raise HypervisorError(f"tap {name!r} with {queues} queue(s) was not opened")
+        return fds
+
+    def close(self) -> None:
+        """Close the launcher's copies of the tap fds."""
+        taps, self.taps = self.taps, {}
+        for fds in taps.values():
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+async def _vmm_access(
+    composition: Composition, options: RunOptions, runner: AgentRunner, accel: AccelChoice | None
+) -> _VmmAccess:
+    """The VMM's user (its files handed over: :func:`launcher.privsep.vmm.hand_over`) and
+    its taps, opened while this process still holds its capabilities."""
+    user = parse_user(options.vmm_user)
+    run_as = None
+    if user is not None:
+        run_dir = options.state_dir / composition.hypervisor
+        kvm = accel is not None and accel.accel == "kvm"
+        run_as = hand_over(user, composition.machine, run_dir, kvm=kvm)
+        # Signals to the VMM (another user) go through the helper once this process has
+        # no CAP_KILL; the supervisor's and the liveness check's too.
+        run_as = dataclasses.replace(run_as, signal=runner.request_signal)
+        vmm.set_signaller(runner.request_signal)
+    access = _VmmAccess(run_as, {}, {})
+    try:
+        for dev in composition.machine.nets:
+            access.taps[dev.id] = await runner.open_tap(dev.tap, dev.queues)
+            access.by_tap[dev.tap] = dev.id
+    except BaseException:
+        access.close()
+        raise
+    return access
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -204,33 +273,65 @@ async def run_async(
     *,
     status: StatusTask | None = None,
     agent: Agent | None = None,
+    helper: Helper | None = None,
 ) -> Outcome:
     """The whole run; returns the Outcome of a clean end, raises the error of any other.
 
     ``status`` is the status endpoint's task, started once the VMM is being started and
-    cancelled at the end. ``agent`` is the netlink child if the caller already started it
-    (the CLI does, first thing).
+    cancelled at the end. ``agent`` is the netlink child and ``helper`` the privileged
+    helper if the caller already started them (the console script forks both first).
     """
     board = board or StatusBoard()
+    _pidfd_child_watcher()
     # First, so its interpreter start and pyroute2 import overlap the spec load (callers
     # with threads, tests, get a fresh interpreter: a threaded process must not fork).
     agent = agent or Agent.spawn()
     try:
-        return await _Run(board, options, agent, status)()
+        helper = helper or Helper.spawn()
+    except BaseException:
+        await agent.close()
+        raise
+    board.set_helper(helper.pid)
+    try:
+        return await _Run(board, options, agent, status, helper)()
     finally:
         await agent.close()
+        await helper.close()
+
+
+def _pidfd_child_watcher() -> None:
+    """Python 3.11's default child watcher waits for each child in a thread made at the
+    spawn: that thread would keep the start-up capabilities for the VMM's whole life. A
+    pidfd watcher waits on the event loop instead (the default from Python 3.12 on)."""
+    if sys.version_info >= (3, 12):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.set_child_watcher(watcher)
 
 
 class _Run:
     """One run's state while it starts, serves and ends (see the module docstring)."""
 
     def __init__(
-        self, board: StatusBoard, options: RunOptions, agent: Agent, status: StatusTask | None
+        self,
+        board: StatusBoard,
+        options: RunOptions,
+        agent: Agent,
+        status: StatusTask | None,
+        helper: Helper | None = None,
     ) -> None:
         self.board = board
         self.options = options
         self.status = status
-        self.runner = AgentRunner(options.state_dir, agent)
+        self.runner = AgentRunner(options.state_dir, agent, helper=helper)
+        self.vmm: _VmmAccess | None = None
+        self._vm_up = asyncio.Event()  # the VMM runs (or has stopped already)
+        # The loop's worker threads, ours so they can be replaced when capabilities go.
+        self.pool = concurrent.futures.ThreadPoolExecutor()
+        asyncio.get_running_loop().set_default_executor(self.pool)
         self.nics = Nics(self.runner, state_dir=options.state_dir, on_event=_nic_event(board))
         self.supervisor: Supervisor | None = None
         self._stop_early: list[str] = []
@@ -291,11 +392,12 @@ class _Run:
                     child = self.runner.release()  # the start-up child exits now
                     _phase(board, Phase.DHCP)
                     kind = boot.composition.hypervisor
-                    hypervisor = _make_hypervisor(kind, options, on_serial, accel)
+                    self.vmm = await _vmm_access(boot.composition, options, self.runner, accel)
+                    hypervisor = _make_hypervisor(kind, options, on_serial, accel, self.vmm)
                     self.supervisor = Supervisor(
                         hypervisor,
                         grace_s=float(spec.termination_grace_period_s),
-                        on_phase=lambda phase: _supervisor_phase(board, phase),
+                        on_phase=self._on_phase,
                     )
                     for name in self._stop_early:
                         self.supervisor.request_stop(name)
@@ -304,8 +406,15 @@ class _Run:
                 finally:
                     _phase(board, Phase.CLEANUP)
         finally:
+            if self.vmm is not None:
+                self.vmm.close()
             if console is not None:
                 console.close()
+
+    def _on_phase(self, phase: Phase) -> None:
+        _supervisor_phase(self.board, phase)
+        if phase in (Phase.RUNNING, Phase.STOPPING, Phase.EXITED):
+            self._vm_up.set()
 
     async def _start_network(
         self, spec: VmSpec, volumes: ResolvedVolumes
@@ -385,7 +494,7 @@ class _Run:
                 # the spawn, long before QEMU (~80 ms to run) or a guest kernel asks.
                 await asyncio.to_thread(import_servers)
                 if not supervised.done():  # else it ended at once (a stop before the start)
-                    await self._serve(spec, boot, group, others)
+                    await self._serve(spec, boot, group, others, supervised)
                 outcome = await supervised
                 _phase(board, Phase.STOPPING, outcome.cause)
                 for task in others:
@@ -401,13 +510,16 @@ class _Run:
         boot: _Boot,
         group: asyncio.TaskGroup,
         others: list[asyncio.Task[None]],
+        supervised: asyncio.Task[Outcome],
     ) -> None:
-        """The boot NICs' servers, then the hot-plug manager and the status task."""
+        """The boot NICs' servers, the capability drop, then the hot-plug manager and the
+        status task."""
         options, board, nics, supervisor = self.options, self.board, self.nics, self.supervisor
         assert supervisor is not None
         await nics.serve_all()
         serving = sum(len(o.servers) for o in nics)
         board.dhcp_serving(f"{serving} DHCP/RA server(s) listening")
+        await self._drop_privileges(supervisor, supervised)
         from launcher.hotplug.manager import Manager  # noqa: PLC0415 - startup: hot plug
 
         manager = Manager(
@@ -421,6 +533,45 @@ class _Run:
         others.append(group.create_task(manager.run(), name="hotplug"))
         if self.status is not None:
             others.append(group.create_task(self.status(board), name="status"))
+
+    async def _drop_privileges(
+        self, supervisor: Supervisor, supervised: asyncio.Task[Outcome]
+    ) -> None:
+        """Once the VMM runs (it has its taps, its user, its files) and every server socket
+        is open: no capability is left in any thread of this process, and nothing it
+        executes can gain one (docs/privileges.md). Later privileged work goes through
+        the helper (the runner)."""
+        waiter = asyncio.create_task(self._vm_up.wait(), name="wait-vmm-running")
+        try:
+            await asyncio.wait({waiter, supervised}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if self.vmm is not None:
+            self.vmm.close()  # the VMM holds its own copies of the taps now
+        if self.options.keep_privileges:
+            return
+        caps.set_no_new_privs()
+        caps.drop_all()
+        # Capabilities are per thread: the worker threads made so far (they hold them) are
+        # replaced by a fresh pool whose threads, made from now on, inherit none.
+        old, self.pool = self.pool, concurrent.futures.ThreadPoolExecutor()
+        asyncio.get_running_loop().set_default_executor(self.pool)
+        await asyncio.to_thread(old.shutdown, True)
+        self.runner.drop_privileges()
+        self.board.set_link_opener(self.runner.open_link)  # the doctor's probes
+        left = caps.threads_with_caps()
+        if left:
+            names = {t.native_id: t.name for t in threading.enumerate()}
+            held = ", ".join(f"{tid} ({names.get(tid, 'not a Python thread')})" for tid in left)
+            log.error("threads still hold capabilities: %s", held, extra={"event": "caps-left"})
+        log.info(
+            "capabilities dropped",
+            extra={
+                "event": "privileges-dropped",
+                "helper": None if self.runner.helper is None else self.runner.helper.pid,
+            },
+        )
+        self.board.event("privileges-dropped", "the launcher holds no capability")
 
 
 def _phase(board: StatusBoard, phase: Phase, cause: str | None = None) -> None:
@@ -453,7 +604,11 @@ def _supervisor_phase(board: StatusBoard, phase: Phase) -> None:
 
 
 def run(
-    options: RunOptions, *, status: StatusTask | None = None, agent: Agent | None = None
+    options: RunOptions,
+    *,
+    status: StatusTask | None = None,
+    agent: Agent | None = None,
+    helper: Helper | None = None,
 ) -> int:
     """``virt-launcher run``: the exit code of the run (0 on a clean end).
 
@@ -463,7 +618,7 @@ def run(
     board = StatusBoard(started_at=time.time())
     raise_nofile()  # room for the status endpoint's connection cap (docs/status.md)
     try:
-        outcome = asyncio.run(run_async(options, board, status=status, agent=agent))
+        outcome = asyncio.run(run_async(options, board, status=status, agent=agent, helper=helper))
     except (LauncherError, HypervisorError) as err:
         write_termination_log(options.termination_log, str(err))
         raise

@@ -53,6 +53,7 @@ from hypervisor.machine import MachineConfig, VmState
 from launcher.errors import GraceExpiredError
 from launcher.liveness import thaw
 from launcher.phase import Phase
+from launcher.privsep import vmm
 
 __all__ = [
     "Supervisor",
@@ -339,7 +340,7 @@ class Supervisor:
             )
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+                    vmm.kill(pid, signal.SIGKILL)  # through the helper for a non-root VMM
 
     async def _exit_info(self, exit_task: asyncio.Future[ExitInfo]) -> ExitInfo | None:
         try:

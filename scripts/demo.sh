@@ -74,10 +74,13 @@ initrd=$(printf '%s' "$guest_json" | "$py" -c 'import json,sys; print(json.load(
 echo "kernel $kernel" >&2
 echo "initrd $initrd" >&2
 # demo-vm.yaml: kernelPath /boot/vmlinuz, initrdPath /boot/initrd.img (docs/volumes.md)
+# QEMU runs as uid/gid 107 (docs/privileges.md): the kernel files are copied where that
+# user can read them (the guest cache lives under root's home).
+chmod 755 "$work"
 volumes="$work/volumes"
 mkdir -p "$volumes/kernel/boot"
-ln -s "$kernel" "$volumes/kernel/boot/vmlinuz"
-ln -s "$initrd" "$volumes/kernel/boot/initrd.img"
+install -m 644 "$kernel" "$volumes/kernel/boot/vmlinuz"
+install -m 644 "$initrd" "$volumes/kernel/boot/initrd.img"
 
 say "a simulated pod: netns $POD (eth0 $POD4/24, $POD6/64) wired to $PEER"
 for ns in "$POD" "$PEER"; do ip netns del "$ns" 2>/dev/null || true; done

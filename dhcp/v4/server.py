@@ -44,6 +44,7 @@ from ipaddress import IPv4Address
 from dhcp.errors import MalformedPacket, ServerError
 from dhcp.lifecycle import Server
 from dhcp.ratelimit import RateLimiter
+from dhcp.sockets import SocketOpener, SocketRequest, open_local
 from dhcp.v4.codec import parse
 from dhcp.v4.config import Dhcp4Config
 from dhcp.v4.logic import NO_LEASE, Decision, Destination, DestKind, Responder
@@ -117,8 +118,9 @@ _EVENT_COUNTER = {
 class Dhcp4Server(Server):
     """DHCPv4 server bound to ``config.interface``; see the module docstring."""
 
-    def __init__(self, config: Dhcp4Config) -> None:
+    def __init__(self, config: Dhcp4Config, *, opener: SocketOpener = open_local) -> None:
         self.config = config
+        self._opener = opener  # makes the privileged sockets (dhcp.sockets)
         self.responder = Responder(config)
         self._limiter = RateLimiter(rate=config.rate, burst=config.burst)
         self._counts: dict[str, int] = {f.name: 0 for f in dataclasses.fields(Dhcp4Counters)}
@@ -141,20 +143,20 @@ class Dhcp4Server(Server):
             self._ifindex = socket.if_nametoindex(iface)
         except OSError as err:
             raise ServerError(f"interface {iface!r} does not exist") from err
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp: socket.socket | None = None
         try:
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Bound to the port on the interface (SO_REUSEADDR, SO_BINDTODEVICE) by the opener.
+            udp = await self._opener(SocketRequest("udp4", iface, self.config.port))
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
-            udp.bind(("0.0.0.0", self.config.port))
             udp.setblocking(False)
             # Protocol 0: the packet socket only sends (the protocol is named per sendto),
             # so the kernel never clones incoming frames into it.
-            raw = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+            raw = await self._opener(SocketRequest("packet"))
             raw.setblocking(False)
         except OSError as err:
-            udp.close()
+            if udp is not None:
+                udp.close()
             raise ServerError(
                 f"cannot bind DHCPv4 on {iface!r} port {self.config.port}: {err.strerror}"
             ) from err

@@ -39,6 +39,7 @@ from pathlib import Path
 from dhcp.errors import MalformedPacket, ServerError
 from dhcp.lifecycle import Server
 from dhcp.ratelimit import RateLimiter
+from dhcp.sockets import SocketOpener, SocketRequest, open_local
 from dhcp.v6.codec import (
     ALL_SERVERS,
     IANA,
@@ -156,6 +157,7 @@ class Dhcp6Server(Server):
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
     events: collections.deque[Event6] = field(init=False)
     duid: bytes = b""
+    opener: SocketOpener = open_local  # makes the privileged sockets (dhcp.sockets)
     _rx: socket.socket | None = None
     _tx: socket.socket | None = None
     _index: int = 0
@@ -363,21 +365,21 @@ class Dhcp6Server(Server):
         if not self.duid:
             self.mac = iface_mac
             self.duid = server_duid(iface_mac, self.duid_file)
-        tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        tx: socket.socket | None = None
         try:
+            # Bound to [::]:547 on the interface (SO_REUSEADDR, SO_BINDTODEVICE) by the opener.
+            tx = await self.opener(SocketRequest("udp6", ifname, SERVER_PORT))
             tx.setblocking(False)
-            tx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tx.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, ifname.encode())
             tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self._index)
-            tx.bind(("::", SERVER_PORT))
             mreq = socket.inet_pton(socket.AF_INET6, ALL_SERVERS) + struct.pack("@I", self._index)
             tx.setsockopt(socket.IPPROTO_IPV6, _IPV6_JOIN_GROUP, mreq)
         except OSError as err:
-            tx.close()
+            if tx is not None:
+                tx.close()
             raise ServerError(f"cannot bind DHCPv6 on [::]:547%{ifname}: {err}") from err
         self._tx = tx
         try:
-            self._rx = _packet_socket(ifname)
+            self._rx = _packet_socket(ifname, await self.opener(SocketRequest("packet")))
             # The UDP socket only sends now: a filter that accepts nothing keeps the
             # kernel from queueing a second copy of every client message for it.
             _attach_filter(tx, ((0x06, 0, 0, 0),))
@@ -482,8 +484,8 @@ def _attach_filter(sock: socket.socket, insns: tuple[tuple[int, int, int, int], 
     sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog)
 
 
-def _packet_socket(ifname: str) -> socket.socket:
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+def _packet_socket(ifname: str, sock: socket.socket) -> socket.socket:
+    """``sock`` (a fresh AF_PACKET socket) filtered and bound to ``ifname``'s IPv6 frames."""
     try:
         _attach_filter(sock, _BPF)
         sock.bind((ifname, _ETH_P_IPV6))

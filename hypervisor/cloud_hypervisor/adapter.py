@@ -18,11 +18,12 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from hypervisor.base import ExitInfo, LifecycleEvent, advance, require
+from hypervisor.base import ExitInfo, LifecycleEvent, RunAs, advance, require
 from hypervisor.cloud_hypervisor.client import CloudHypervisorClient
 from hypervisor.cloud_hypervisor.config import (
     device_config,
@@ -46,6 +47,18 @@ _TERMINAL = frozenset({VmState.SHUTDOWN, VmState.FAILED})
 TapOpener = Callable[[str, int], list[int]]
 
 
+def _listen_unix(path: str) -> socket.socket:
+    """A unix stream socket listening at ``path`` (for the VMM to accept on)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(8)
+    except OSError as err:
+        sock.close()
+        raise HypervisorError(f"cannot listen on the API socket {path}: {err}") from err
+    return sock
+
+
 class CloudHypervisor:
     """One VM run by one cloud-hypervisor process (implements ``hypervisor.base.Hypervisor``)."""
 
@@ -60,8 +73,10 @@ class CloudHypervisor:
         extra_args: Sequence[str] = (),
         tap_opener: TapOpener = open_tap,
         on_serial: Callable[[str], None] | None = None,
+        run_as: RunAs | None = None,
     ) -> None:
         self.binary = binary
+        self._run_as = run_as
         self.api_socket = api_socket or os.path.join(
             tempfile.gettempdir(), f"virt-launcher-ch-{os.getpid()}.sock"
         )
@@ -117,13 +132,22 @@ class CloudHypervisor:
         nets = [(dev, net_config(dev, dev.queues)) for dev in config.nets]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.api_socket)
+        # Run as another user, the VMM gets its API socket listening already (this process
+        # made it, in a directory only this process writes).
+        listener = _listen_unix(self.api_socket) if self._run_as is not None else None
         try:
-            self._proc = await VmmProcess.spawn(
-                self.binary,
-                self.api_socket,
-                extra_args=self._extra_args,
-                on_serial=self._serial_line,
-            )
+            try:
+                self._proc = await VmmProcess.spawn(
+                    self.binary,
+                    self.api_socket,
+                    extra_args=self._extra_args,
+                    on_serial=self._serial_line,
+                    run_as=self._run_as,
+                    api_fd=None if listener is None else listener.fileno(),
+                )
+            finally:
+                if listener is not None:
+                    listener.close()  # the VMM has its own copy
             self._events_task = asyncio.create_task(self._pump_events(), name="ch-events")
             self._exit_task = asyncio.create_task(self._watch_exit(), name="ch-exit")
             await self._proc.wait_for_socket(self.api_socket, self.socket_timeout)

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
+from hypervisor.base import RunAs, signal_vmm
 from hypervisor.errors import HypervisorError
 
 __all__ = ["VmmProcess", "describe_exit", "require_binary", "missing_binary"]
@@ -89,6 +90,7 @@ class VmmProcess:
             asyncio.create_task(self._pump_stdout(), name=f"ch-serial-{proc.pid}"),
         ]
         self._exited = asyncio.create_task(self._wait_exit(), name=f"ch-wait-{proc.pid}")
+        self.run_as: RunAs | None = None  # the user it runs as (signals: hypervisor.base)
 
     @classmethod
     async def spawn(
@@ -98,13 +100,17 @@ class VmmProcess:
         *,
         extra_args: Sequence[str] = (),
         on_serial: Callable[[str], None] | None = None,
+        run_as: RunAs | None = None,
+        api_fd: int | None = None,
     ) -> VmmProcess:
-        """Start the VMM; raise HypervisorError naming ``binary`` if it cannot be executed."""
+        """Start the VMM (as ``run_as``, else this process's user); raise HypervisorError
+        naming ``binary`` if it cannot be executed. ``api_fd``: the API socket, already
+        listening at ``api_socket`` (``--api-socket fd=N``: the VMM creates no file)."""
         read_fd, write_fd = os.pipe()
         argv = [
             binary,
             "--api-socket",
-            f"path={api_socket}",
+            f"path={api_socket}" if api_fd is None else f"fd={api_fd}",
             "--event-monitor",
             f"fd={write_fd}",
             *extra_args,
@@ -115,7 +121,10 @@ class VmmProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd,) if api_fd is None else (write_fd, api_fd),
+                user=None if run_as is None else run_as.uid,
+                group=None if run_as is None else run_as.gid,
+                extra_groups=None if run_as is None else list(run_as.groups),
                 # Own session: a Ctrl-C or a terminal's SIGINT reaches only the launcher,
                 # which then shuts the guest down with the power button (docs/run.md).
                 start_new_session=True,
@@ -136,7 +145,9 @@ class VmmProcess:
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
         )
-        return cls(proc, reader, transport, on_serial)
+        vmm = cls(proc, reader, transport, on_serial)
+        vmm.run_as = run_as
+        return vmm
 
     @property
     def pid(self) -> int:
@@ -181,7 +192,7 @@ class VmmProcess:
         """Send ``signum`` unless the process has already exited."""
         if self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signum)
+                signal_vmm(self._proc.pid, signum, self.run_as)
 
     async def wait_for_socket(self, path: str, within: float) -> None:
         """Return once ``path`` accepts connections; fail if the VMM exits or ``within`` s pass."""

@@ -37,13 +37,22 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hypervisor.base import ExitInfo, LifecycleEvent, advance, require, serial_to_stdout
+from hypervisor.base import (
+    ExitInfo,
+    LifecycleEvent,
+    RunAs,
+    advance,
+    require,
+    serial_to_stdout,
+    signal_vmm,
+)
 from hypervisor.errors import HypervisorError
 from hypervisor.machine import MachineConfig, NetDevice, VdpaDevice, VfioDevice, VmState
 from hypervisor.qemu.argv import QemuRuntime, build_argv, netdev_id
@@ -130,6 +139,18 @@ class _History:
             await self._changed.wait()
 
 
+def _listen_unix(path: Path) -> socket.socket:
+    """A unix stream socket listening at ``path`` (for QEMU to accept on)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(4)
+    except OSError as err:
+        sock.close()
+        raise HypervisorError(f"cannot listen on the QMP socket {path}: {err}") from err
+    return sock
+
+
 class Qemu:
     """One VM run by one QEMU process (the ``Hypervisor`` protocol).
 
@@ -138,7 +159,8 @@ class Qemu:
     to tap fds opened by the launcher (passed with ``pass_fds``); ``on_serial`` receives
     every console line (default: logged by ``hypervisor.qemu.serial`` with a ``serial:``
     prefix; :func:`serial_to_stdout` forwards to stdout instead). ``vhost_net`` defaults
-    to whether ``/dev/vhost-net`` exists.
+    to whether ``/dev/vhost-net`` exists. ``run_as``: the user QEMU runs as (None: this
+    process's).
     """
 
     def __init__(
@@ -154,8 +176,10 @@ class Qemu:
         command_timeout: float = 10.0,
         quit_timeout: float = 10.0,
         unplug_timeout: float = 30.0,
+        run_as: RunAs | None = None,
     ) -> None:
         self._accel = accel
+        self._run_as = run_as
         self._binary = binary
         self._run_dir = run_dir
         self._tap_fds = {k: tuple(v) for k, v in (tap_fds or {}).items()}
@@ -226,33 +250,26 @@ class Qemu:
         qmp_path = run_dir / "qmp.sock"
         with contextlib.suppress(FileNotFoundError):
             qmp_path.unlink()
+        # Run as another user, QEMU gets its QMP socket listening already (this process
+        # made it, in a directory only this process writes) and writes no pidfile.
+        listener = _listen_unix(qmp_path) if self._run_as is not None else None
         runtime = QemuRuntime(
             qmp_socket=str(qmp_path),
             accel=self._accel,
             binary=self._binary,
-            pidfile=str(run_dir / "qemu.pid"),
+            pidfile=str(run_dir / "qemu.pid") if listener is None else None,
             vhost_net=self._vhost_net,
             tap_fds=self._tap_fds,
+            qmp_fd=None if listener is None else listener.fileno(),
         )
         self.argv = build_argv(config, runtime)
         self._free_ports = [f"hp{i}" for i in range(config.hotplug_ports)]
         fds = [fd for group in self._tap_fds.values() for fd in group]
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=fds,
-                # Own session: a Ctrl-C or a terminal's SIGINT reaches only the launcher,
-                # which then shuts the guest down with the power button (docs/run.md).
-                start_new_session=True,
-            )
-        except OSError as err:
-            self._set_state(VmState.FAILED)
-            raise HypervisorError(f"cannot execute QEMU binary {self._binary!r}: {err}") from err
-        log.info("qemu started", extra={"pid": self._proc.pid, "argv": self.argv})
-        pid = self._proc.pid
+        if listener is not None:
+            fds.append(listener.fileno())
+        proc = await self._spawn(fds, listener)
+        log.info("qemu started", extra={"pid": proc.pid, "argv": self.argv})
+        pid = proc.pid
         self._tasks = [
             asyncio.create_task(self._pump_stderr(), name=f"qemu-stderr-{pid}"),
             asyncio.create_task(self._pump_serial(), name=f"qemu-serial-{pid}"),
@@ -273,9 +290,41 @@ class Qemu:
             await self._kill()
             raise
         self._tasks.append(asyncio.create_task(self._pump_events(), name=f"qemu-events-{pid}"))
+        await self._links_then_run(config, status)
+
+    async def _spawn(
+        self, fds: list[int], listener: socket.socket | None
+    ) -> asyncio.subprocess.Process:
+        """Execute QEMU (``self.argv``) with ``fds`` passed, as the VMM user when one is set."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=fds,
+                user=None if self._run_as is None else self._run_as.uid,
+                group=None if self._run_as is None else self._run_as.gid,
+                extra_groups=None if self._run_as is None else list(self._run_as.groups),
+                # Own session: a Ctrl-C or a terminal's SIGINT reaches only the launcher,
+                # which then shuts the guest down with the power button (docs/run.md).
+                start_new_session=True,
+            )
+        except OSError as err:
+            self._set_state(VmState.FAILED)
+            raise HypervisorError(f"cannot execute QEMU binary {self._binary!r}: {err}") from err
+        finally:
+            if listener is not None:
+                listener.close()  # QEMU has its own copy
+        self._proc = proc
+        return proc
+
+    async def _links_then_run(self, config: MachineConfig, status: object) -> None:
+        """NICs whose link starts down lose their carrier, then the guest runs (QEMU was
+        started with ``-S`` then: build_argv); the state follows QEMU's run state."""
         running = str(status.get("status", "")) if isinstance(status, dict) else ""
         down = [dev.id for dev in config.nets if not dev.link_up]
-        if down:  # started with -S (build_argv): take the carrier away, then run
+        if down:
             for device_id in down:
                 await self._command("set_link", {"name": device_id, "up": False})
             await self._command("cont")
@@ -443,7 +492,7 @@ class Qemu:
             if sig is not None and self._proc.returncode is None:
                 log.warning("qemu did not quit in time; sending %s", sig.name)
                 with contextlib.suppress(ProcessLookupError):
-                    self._proc.send_signal(sig)
+                    signal_vmm(self._proc.pid, sig, self._run_as)
             try:
                 async with asyncio.timeout(self._quit_timeout):
                     await asyncio.shield(self._exit_task)
@@ -455,7 +504,7 @@ class Qemu:
     async def _kill(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
+                signal_vmm(self._proc.pid, signal.SIGKILL, self._run_as)
 
     async def wait(self) -> ExitInfo:
         """Resolve when QEMU exits, with its exit code, signal, cause and terminal state."""

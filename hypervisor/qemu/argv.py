@@ -59,7 +59,9 @@ class QemuRuntime:
     ``accel`` is ``"kvm"`` or ``"tcg"`` (see :mod:`hypervisor.qemu.probe`); ``vhost_net``
     says whether ``/dev/vhost-net`` exists (``vhost=on`` aborts QEMU otherwise);
     ``tap_fds`` maps a NIC id to tap fds already open in this process, passed to QEMU with
-    ``pass_fds`` (one fd per queue pair) instead of opening the tap by name.
+    ``pass_fds`` (one fd per queue pair) instead of opening the tap by name; ``qmp_fd`` is
+    a QMP socket already listening at ``qmp_socket`` in this process (QEMU accepts on it
+    and creates no file: a VMM running as another user needs no access to the directory).
     """
 
     qmp_socket: str
@@ -68,6 +70,7 @@ class QemuRuntime:
     pidfile: str | None = None
     vhost_net: bool = False
     tap_fds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    qmp_fd: int | None = None
 
 
 def root_port_id(device_id: str) -> str:
@@ -232,8 +235,16 @@ def _machine_args(config: MachineConfig, runtime: QemuRuntime) -> list[str]:
         str(config.vcpus),
         "-m",
         f"{config.memory_bytes // MIB}M",
-        "-qmp",
-        f"unix:{_opt(runtime.qmp_socket)},server=on,wait=off",
+        *(
+            ["-qmp", f"unix:{_opt(runtime.qmp_socket)},server=on,wait=off"]
+            if runtime.qmp_fd is None
+            else [
+                "-chardev",
+                f"socket,id=qmp,fd={runtime.qmp_fd},server=on,wait=off",
+                "-mon",
+                "chardev=qmp,mode=control",
+            ]
+        ),
         "-chardev",
         "stdio,id=serial0,signal=off",
         "-serial",

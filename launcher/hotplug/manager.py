@@ -11,7 +11,8 @@ changes nothing and is logged), diffs them against what runs
 * plug (bridge): plan the new NIC the way the run does (:func:`launcher.machine.plan_nic`)
   against the pod as it is now, hand it to a new NIC owner (``Nics.add``: pod plumbing
   through the run's one privileged runner, then its DHCPv4/DHCPv6/RA servers), then
-  ``add_net`` it to the guest; plug (sriov): ``add_vfio`` the VF;
+  ``add_net`` it to the guest with its tap's fds (opened by the same runner);
+  plug (sriov): ``add_vfio`` the VF;
 * unplug: ``remove_device`` from the guest, then ``Nics.remove`` (servers closed,
   plumbing removed, the pod interface gets its addresses back);
 * link state (``state: up``/``down`` of a running interface): ``set_link`` on its
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -305,7 +307,18 @@ class Manager:
         await self._step(f"wiring {nic.name!r}", self.nics.add(nic))
         try:
             device = net_device(nic.device)
-            await self._step(f"hypervisor add_net {device.id}", self.hypervisor.add_net(device))
+            # The tap is opened by the runner (the privileged helper once the launcher has
+            # dropped its capabilities) and reaches the VMM as fds: the VMM needs none.
+            fds = await self._step(
+                f"opening tap {device.tap!r}", self.nics.runner.open_tap(device.tap, device.queues)
+            )
+            try:
+                await self._step(
+                    f"hypervisor add_net {device.id}", self.hypervisor.add_net(device, fds)
+                )
+            finally:
+                for fd in fds:
+                    os.close(fd)
         except _StepFailed:
             await self._remove(nic.name)  # roll back: the pod as it was before
             raise

@@ -27,6 +27,7 @@ from hypervisor.machine import VmState
 from launcher.errors import NetworkError
 from launcher.network.netlink import LinkCounters, Neighbour, NetlinkReader
 from launcher.network.plan import NicPlan
+from launcher.privsep import caps
 
 from . import procfs
 from .doctor import Doctor, NicFacts, diagnose
@@ -40,6 +41,7 @@ from .model import (
     InterfaceStatus,
     LauncherStatus,
     Lease,
+    ProcessPrivileges,
     StatusSnapshot,
     StatusSource,
     Traffic,
@@ -152,10 +154,11 @@ class Collector:
         taps = [n.tap.name for n in nics]
         bridges = [n.bridge.name for n in nics]
         links, neighbours = await self._netlink(taps, bridges)
-        launcher, hypervisor = await asyncio.to_thread(self._processes, now)
+        launcher, hypervisor, processes = await asyncio.to_thread(self._processes, now)
         hv = src.hypervisor
         running = hv is not None and hv.state is VmState.RUNNING
         if nics and self.doctor.due():
+            self.doctor.opener = src.link_opener
             await self.doctor.probe(nics, running)
         interfaces = tuple(
             self._interface(n, dhcp, links, neighbours, self._facts(n, now, dhcp, links))
@@ -182,6 +185,7 @@ class Collector:
                 else None
             ),
             events=self._events(dhcp),
+            processes=processes,
         )
 
     def _dhcp_view(self) -> DhcpView:
@@ -297,9 +301,39 @@ class Collector:
             return "Starting"
         return "Pending"
 
-    def _processes(self, now: float) -> tuple[LauncherStatus, HypervisorStatus | None]:
+    def _processes(
+        self, now: float
+    ) -> tuple[LauncherStatus, HypervisorStatus | None, tuple[ProcessPrivileges, ...]]:
         """/proc reads (in a worker thread: /proc I/O stays off the event loop)."""
-        return self._launcher(now), self._hypervisor()
+        return self._launcher(now), self._hypervisor(), self._privileges()
+
+    def _privileges(self) -> tuple[ProcessPrivileges, ...]:
+        """Each process's user and capabilities (launcher, helper, VMM), as /proc shows."""
+        hv = self.source.hypervisor
+        roles = (
+            ("launcher", self._pid),
+            ("helper", self.source.helper_pid),
+            ("vmm", hv.pid if hv is not None else None),
+        )
+        out = []
+        for role, pid in roles:
+            if pid is None:
+                continue
+            try:
+                info = caps.read_proc(pid)
+            except (OSError, KeyError, ValueError):
+                continue  # gone meanwhile
+            out.append(
+                ProcessPrivileges(
+                    role=role,
+                    pid=pid,
+                    uid=info.uid,
+                    gid=info.gid,
+                    cap_effective=tuple(caps.names(info.caps.effective)),
+                    cap_permitted=tuple(caps.names(info.caps.permitted)),
+                )
+            )
+        return tuple(out)
 
     def _launcher(self, now: float) -> LauncherStatus:
         own = procfs.read(self._pid)

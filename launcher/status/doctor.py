@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from launcher.network.netlink import LinkCounters
 from launcher.network.plan import NicPlan
 
-from .probe import ProbeResult, arp_probe, link_local_from_mac, nd_probe
+from .probe import LinkOpener, ProbeResult, arp_probe, link_local_from_mac, nd_probe
 
 if TYPE_CHECKING:
     from dhcp.ra import RaSnapshot
@@ -481,13 +481,20 @@ def probe_targets(nic: NicPlan) -> list[tuple[str, object]]:
     return out
 
 
-def _probe(nic: NicPlan, kind: str, target: object, timeout: float) -> ProbeResult:
+def _probe(
+    nic: NicPlan, kind: str, target: object, timeout: float, opener: LinkOpener | None = None
+) -> ProbeResult:
     bridge_mac = nic.bridge.mac
     guest_mac = nic.device.mac.lower()
     if kind == "guest4":
         assert isinstance(target, ipaddress.IPv4Address)
         return arp_probe(
-            nic.tap.name, target, source_mac=bridge_mac, timeout=timeout, expect_mac=guest_mac
+            nic.tap.name,
+            target,
+            source_mac=bridge_mac,
+            timeout=timeout,
+            expect_mac=guest_mac,
+            opener=opener,
         )
     if kind == "guest6":
         assert isinstance(target, ipaddress.IPv6Address)
@@ -498,6 +505,7 @@ def _probe(nic: NicPlan, kind: str, target: object, timeout: float) -> ProbeResu
             source_ip=link_local_from_mac(bridge_mac),
             timeout=timeout,
             expect_mac=guest_mac,
+            opener=opener,
         )
     assert isinstance(target, ipaddress.IPv4Address)
     pod_mac = nic.pod_port.new_mac if nic.pod_port and nic.pod_port.new_mac else nic.original.mac
@@ -508,6 +516,7 @@ def _probe(nic: NicPlan, kind: str, target: object, timeout: float) -> ProbeResu
         source_mac=pod_mac,
         source_ip=None if own is None else own.ip,
         timeout=timeout,
+        opener=opener,
     )
 
 
@@ -537,6 +546,9 @@ class Doctor:
         self.silent_after_s = silent_after_s if silent_after_s is not None else _silent_after()
         self._probes: dict[str, tuple[ProbeResult, ...]] = {}
         self._at = 0.0
+        #: Opens a probe's socket (None: in this process); the collector sets it from the
+        #: run (the privileged helper once the launcher holds no capability).
+        self.opener: LinkOpener | None = None
 
     def due(self) -> bool:
         """True when the last probes are older than ``max_age`` (a request must wait)."""
@@ -549,7 +561,10 @@ class Doctor:
             self._probes = {}
             return
         jobs = [
-            (nic.name, asyncio.to_thread(_probe, nic, kind, target, self.probe_timeout))
+            (
+                nic.name,
+                asyncio.to_thread(_probe, nic, kind, target, self.probe_timeout, self.opener),
+            )
             for nic in nics
             for kind, target in probe_targets(nic)
         ]

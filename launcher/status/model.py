@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the servers' modules load after the VMM spawn (launcher.nic
     from dhcp.v4.server import Dhcp4Snapshot
     from dhcp.v6.server import Dhcp6Snapshot
     from launcher.status.doctor import Diagnosis
+    from launcher.status.probe import LinkOpener
 
 __all__ = [
     "StatusSource",
@@ -42,6 +43,7 @@ __all__ = [
     "DhcpCounters",
     "Traffic",
     "LauncherStatus",
+    "ProcessPrivileges",
     "DhcpServer",
     "MAX_EVENTS",
     "CONDITION_TYPES",
@@ -109,6 +111,16 @@ class StatusSource(Protocol):
         ...
 
     @property
+    def helper_pid(self) -> int | None:
+        """The privileged helper's pid (docs/privileges.md), once there is one."""
+        ...
+
+    @property
+    def link_opener(self) -> LinkOpener | None:
+        """How the doctor's probes open their socket (None: in this process)."""
+        ...
+
+    @property
     def hotplug(self) -> Mapping[str, tuple[str, str | None]]:
         """Interface name → (hot-plug state, last error) (docs/hotplug.md); may be empty."""
         ...
@@ -142,6 +154,8 @@ class StatusBoard:
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
         self._hotplug: dict[str, tuple[str, str | None]] = {}
         self._links: dict[str, str] = {}
+        self._helper_pid: int | None = None
+        self._link_opener: LinkOpener | None = None
 
     # ---- read side (StatusSource) ------------------------------------------------------
 
@@ -181,6 +195,23 @@ class StatusBoard:
     @property
     def hotplug(self) -> Mapping[str, tuple[str, str | None]]:
         return self._hotplug
+
+    @property
+    def helper_pid(self) -> int | None:
+        return self._helper_pid
+
+    def set_helper(self, pid: int) -> None:
+        """The privileged helper runs as ``pid``."""
+        self._helper_pid = pid
+
+    @property
+    def link_opener(self) -> LinkOpener | None:
+        return self._link_opener
+
+    def set_link_opener(self, opener: LinkOpener) -> None:
+        """The doctor's probe sockets come from ``opener`` from now on (the launcher has
+        dropped its capabilities: the privileged helper opens them)."""
+        self._link_opener = opener
 
     def set_hotplug(self, name: str, state: str, error: str | None) -> None:
         """Record interface ``name``'s hot-plug state and last error."""
@@ -402,6 +433,18 @@ class LauncherStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessPrivileges:
+    """One process's user and capabilities, from ``/proc/PID/status`` (docs/privileges.md)."""
+
+    role: str  # launcher, helper, vmm
+    pid: int
+    uid: int
+    gid: int
+    cap_effective: tuple[str, ...]
+    cap_permitted: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     """Everything ``/status`` serves, at one instant."""
 
@@ -416,3 +459,4 @@ class StatusSnapshot:
     interfaces: tuple[InterfaceStatus, ...]
     nftables_digest: str | None
     events: tuple[Event, ...]
+    processes: tuple[ProcessPrivileges, ...] = ()

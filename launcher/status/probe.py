@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ProbeResult", "arp_probe", "nd_probe", "link_local_from_mac"]
+__all__ = ["ProbeResult", "LinkOpener", "arp_probe", "nd_probe", "link_local_from_mac"]
 
 _ETH_P_ALL = 0x0003
 _ETH_P_ARP = 0x0806
@@ -92,6 +92,11 @@ def _is_dhcp_request(data: bytes) -> bool:
     return False
 
 
+#: Opens the probe's link-layer socket on an interface (default: in this process; the
+#: launcher passes one that asks its privileged helper once it holds no capability).
+LinkOpener = Callable[[str], socket.socket]
+
+
 def _exchange(
     interface: str,
     target: str,
@@ -100,9 +105,11 @@ def _exchange(
     *,
     timeout: float,
     expect_mac: str | None,
+    opener: LinkOpener | None = None,
 ) -> ProbeResult:
     try:
-        sock = _open(interface)
+        sock = (opener or _open)(interface)
+        sock.setblocking(False)
     except PermissionError as err:
         return ProbeResult(
             target,
@@ -194,6 +201,7 @@ def arp_probe(
     source_ip: ipaddress.IPv4Address | None = None,
     timeout: float = 1.0,
     expect_mac: str | None = None,
+    opener: LinkOpener | None = None,
 ) -> ProbeResult:
     """Ask "who has ``target``" on ``interface`` (from ``source_ip``, or 0.0.0.0: an RFC
     5227 probe, which hosts answer without learning a sender) and wait for the reply."""
@@ -202,7 +210,13 @@ def arp_probe(
     arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + sha + spa + b"\x00" * 6 + target.packed
     frame = _BROADCAST + sha + struct.pack("!H", _ETH_P_ARP) + arp
     return _exchange(
-        interface, str(target), frame, _ArpReply(target), timeout=timeout, expect_mac=expect_mac
+        interface,
+        str(target),
+        frame,
+        _ArpReply(target),
+        timeout=timeout,
+        expect_mac=expect_mac,
+        opener=opener,
     )
 
 
@@ -223,6 +237,7 @@ def nd_probe(
     source_ip: ipaddress.IPv6Address | None = None,
     timeout: float = 1.0,
     expect_mac: str | None = None,
+    opener: LinkOpener | None = None,
 ) -> ProbeResult:
     """A neighbour solicitation for ``target`` on ``interface``, to its solicited-node
     multicast group, from ``source_ip`` (with our link-layer address) or from ``::`` (a
@@ -248,4 +263,5 @@ def nd_probe(
         _NeighbourAdvert(target),
         timeout=timeout,
         expect_mac=expect_mac,
+        opener=opener,
     )

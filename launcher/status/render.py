@@ -186,4 +186,15 @@ def status_json(s: StatusSnapshot) -> dict[str, Any]:
         "interfaces": [_interface(i) for i in s.interfaces],
         "nftables": {"digest": s.nftables_digest},
         "events": [_event(e) for e in s.events],
+        "processes": [
+            {
+                "role": p.role,
+                "pid": p.pid,
+                "uid": p.uid,
+                "gid": p.gid,
+                "capEffective": list(p.cap_effective),
+                "capPermitted": list(p.cap_permitted),
+            }
+            for p in s.processes
+        ],
     }

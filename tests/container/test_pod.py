@@ -50,8 +50,8 @@ GRACE_S = 20  # the spec's; the manifest gives the Pod this + its margin
 BOOT_TIMEOUT_S = 90.0  # container start → guest lease under TCG; normally about 10 s
 READY_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 60.0
-CAP_BITS = {"SETGID": 6, "SETUID": 7, "NET_BIND_SERVICE": 10, "NET_ADMIN": 12, "NET_RAW": 13,
-            "SYS_RESOURCE": 24}  # fmt: skip
+CAP_BITS = {"CHOWN": 0, "KILL": 5, "SETGID": 6, "SETUID": 7, "NET_BIND_SERVICE": 10,
+            "NET_ADMIN": 12, "NET_RAW": 13, "SYS_RESOURCE": 24}  # fmt: skip
 IPV6_FORWARDING = "net.ipv6.conf.all.forwarding"
 
 
@@ -228,9 +228,19 @@ def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
     assert ready.stdout.strip() == "ready: ok"
     # Least privilege: nothing in the pod holds a capability the Pod did not add.
     allowed = sum(1 << CAP_BITS[c] for c in added_capabilities(objects))
-    for proc in container.processes():
+    procs = container.processes()
+    for proc in procs:
         assert proc.cap_eff & ~allowed == 0, proc
         assert proc.cap_prm & ~allowed == 0, proc
+    # Privilege separation (docs/privileges.md): the VMM is uid 107 with nothing; of ours,
+    # only the helper still holds capabilities, and only the NET ones and KILL.
+    vmms = [p for p in procs if p.name.startswith("qemu-system")]
+    assert vmms and all(p.uid == 107 and p.cap_eff == p.cap_prm == 0 for p in vmms), procs
+    holding = [p for p in procs if p.cap_eff or p.cap_prm]
+    helper_caps = sum(
+        1 << CAP_BITS[c] for c in ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "KILL")
+    )
+    assert len(holding) == 1 and holding[0].cap_prm & ~helper_caps == 0, procs
     # podman stop = kubelet's kill: SIGTERM, SIGKILL after terminationGracePeriodSeconds.
     mark = container.console.mark()
     sent = time.monotonic()

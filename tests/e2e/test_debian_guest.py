@@ -325,7 +325,7 @@ def start(
         "--state-dir", str(tmp / "state"),
         "--volumes-dir", str(volumes),
         "--termination-log", str(tmp / "termination-log"),
-        "--accel", "tcg",
+        "--accel", "tcg", "--vmm-user", "keep",
         "--status-listen", f"127.0.0.1:{19000 + SUFFIX % 1000}",
         *(["--podinfo", str(podinfo)] if podinfo else []),
     ]  # fmt: skip

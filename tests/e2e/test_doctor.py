@@ -159,6 +159,7 @@ def run_vm(tmp_path: Path, guest: GuestImage) -> Iterator[Callable[..., Launcher
             "--spec", str(spec), "--state-dir", str(tmp_path / "state"),
             "--volumes-dir", str(tmp_path / "volumes"), "--accel", "tcg",
             "--status-listen", LISTEN,
+            "--vmm-user", "keep",  # the guest kernel is under /root (test_privileges: 107)
         ]  # fmt: skip
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen(

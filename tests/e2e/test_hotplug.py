@@ -9,6 +9,8 @@ the first NIC keeps serving HTTP to its peer:
 2. a second veth appears in the pod (as Multus dynamic networks would add it), with its
    network-status entry, then the spec gains the interface: the guest sees a new NIC
    (VL-NIC-ADDED), leases 10.96.0.5/24 over DHCP and serves HTTP to ``hp-l2-<pid>``;
+   — all of it done by a launcher without capabilities, through its privileged helper,
+   for a QEMU running as uid 107;
 3. the interface is marked ``state: absent``: the guest's NIC disappears
    (VL-NIC-REMOVED), the launcher's tap, bridge and nft rules for it are gone and the
    pod interface has its address back.
@@ -156,33 +158,30 @@ def wait_record(path: Path, pred: Any, timeout: float) -> dict[str, Any]:
 
 
 def launch(
-    tmp_path: Path, guest: GuestImage, *extra: str, sec: bool = False
+    vmm_dir: Path, guest: GuestImage, *extra: str, sec: bool = False
 ) -> tuple[subprocess.Popen[bytes], ConsoleReader, Path]:
     """Project the spec and podinfo, start ``python -m launcher run`` in the pod netns."""
-    kernel_dir = tmp_path / "volumes" / "kernel"
-    kernel_dir.mkdir(parents=True)
-    (kernel_dir / "vmlinuz").symlink_to(guest.kernel)
-    (kernel_dir / "initrd.gz").symlink_to(guest.initrd)
-    spec_dir, podinfo = tmp_path / "spec", tmp_path / "podinfo"
+    del guest  # vmm_dir has its kernel: QEMU runs as the default VMM user, uid 107
+    spec_dir, podinfo = vmm_dir / "spec", vmm_dir / "podinfo"
     atomic_write(spec_dir, {"vm.yaml": spec("up" if sec else None)})
     status = (POD_STATUS, SEC_STATUS) if sec else (POD_STATUS,)
     atomic_write(podinfo, {"annotations": podinfo_file(*status)})
     argv = [
         "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
         "--spec", str(spec_dir / "vm.yaml"),
-        "--state-dir", str(tmp_path / "state"),
-        "--volumes-dir", str(tmp_path / "volumes"),
-        "--termination-log", str(tmp_path / "termination-log"),
+        "--state-dir", str(vmm_dir / "state"),
+        "--volumes-dir", str(vmm_dir / "volumes"),
+        "--termination-log", str(vmm_dir / "termination-log"),
         "--podinfo", str(podinfo),
         "--accel", "tcg",
         "--status-listen", f"127.0.0.1:{STATUS_PORT}",
         *extra,
     ]  # fmt: skip
-    stderr_path = tmp_path / "launcher.err"
+    stderr_path = vmm_dir / "launcher.err"
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
     assert proc.stdout is not None
-    console = ConsoleReader(proc.stdout, log_path=str(tmp_path / "console.log"))
+    console = ConsoleReader(proc.stdout, log_path=str(vmm_dir / "console.log"))
     return proc, console, stderr_path
 
 
@@ -204,11 +203,11 @@ def add_secondary_to_pod() -> None:
 
 
 def test_hot_plug_and_unplug_a_bridge_nic_while_the_first_keeps_serving(
-    pod: None, guest: GuestImage, tmp_path: Path
+    pod: None, guest: GuestImage, vmm_dir: Path
 ) -> None:
     del pod
-    spec_dir, podinfo = tmp_path / "spec", tmp_path / "podinfo"
-    proc, console, stderr_path = launch(tmp_path, guest)
+    spec_dir, podinfo = vmm_dir / "spec", vmm_dir / "podinfo"
+    proc, console, stderr_path = launch(vmm_dir, guest)
     try:
         console.wait_for(
             "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == ("10.95.0.5/24",)
@@ -234,6 +233,11 @@ def test_hot_plug_and_unplug_a_bridge_nic_while_the_first_keeps_serving(
         )
         assert lease.args[1] == "10.96.0.5/24", lease
         assert "VL-HTTP-OK port=80" in http_from(L2, "10.96.0.5")
+        # Plugged by a launcher holding no capability: plumbing, tap fds and the DHCP/RA
+        # sockets came from the privileged helper (docs/privileges.md).
+        caps = {k: v.strip() for k, _, v in (ln.partition(":") for ln in
+                Path(f"/proc/{proc.pid}/status").read_text().splitlines())}  # fmt: skip
+        assert (caps["CapEff"], caps["CapPrm"]) == ("0" * 16, "0" * 16)
         status = status_document()
         check_schema(status)
         shown = {i["name"]: i["hotplug"] for i in status["interfaces"]}
@@ -271,10 +275,10 @@ def test_hot_plug_and_unplug_a_bridge_nic_while_the_first_keeps_serving(
     assert proc.returncode == 0, stderr_path.read_text()[-3000:]
 
 
-def test_exit_cleans_up_a_hot_plugged_nic_too(pod: None, guest: GuestImage, tmp_path: Path) -> None:
+def test_exit_cleans_up_a_hot_plugged_nic_too(pod: None, guest: GuestImage, vmm_dir: Path) -> None:
     del pod
-    spec_dir, podinfo = tmp_path / "spec", tmp_path / "podinfo"
-    proc, console, stderr_path = launch(tmp_path, guest)
+    spec_dir, podinfo = vmm_dir / "spec", vmm_dir / "podinfo"
+    proc, console, stderr_path = launch(vmm_dir, guest)
     try:
         console.wait_for("READY", BOOT_TIMEOUT_S)
         before = set(pod_links())
@@ -299,12 +303,12 @@ def test_exit_cleans_up_a_hot_plugged_nic_too(pod: None, guest: GuestImage, tmp_
 
 
 def test_failed_plug_rolls_back_and_the_vm_keeps_running(
-    pod: None, guest: GuestImage, tmp_path: Path
+    pod: None, guest: GuestImage, vmm_dir: Path
 ) -> None:
     del pod
-    spec_dir, podinfo = tmp_path / "spec", tmp_path / "podinfo"
+    spec_dir, podinfo = vmm_dir / "spec", vmm_dir / "podinfo"
     # no free root port: QEMU cannot take the NIC, so the plug fails after the plumbing
-    proc, console, stderr_path = launch(tmp_path, guest, "--hotplug-ports", "0")
+    proc, console, stderr_path = launch(vmm_dir, guest, "--hotplug-ports", "0")
     try:
         console.wait_for("READY", BOOT_TIMEOUT_S)
         before = set(pod_links())
@@ -332,11 +336,11 @@ def test_failed_plug_rolls_back_and_the_vm_keeps_running(
     assert proc.returncode == 0, stderr_path.read_text()[-3000:]
 
 
-def test_unplug_of_a_nic_attached_at_boot(pod: None, guest: GuestImage, tmp_path: Path) -> None:
+def test_unplug_of_a_nic_attached_at_boot(pod: None, guest: GuestImage, vmm_dir: Path) -> None:
     del pod
-    spec_dir = tmp_path / "spec"
+    spec_dir = vmm_dir / "spec"
     add_secondary_to_pod()
-    proc, console, stderr_path = launch(tmp_path, guest, sec=True)
+    proc, console, stderr_path = launch(vmm_dir, guest, sec=True)
     try:
         lease = console.wait_for(
             "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == ("10.96.0.5/24",)

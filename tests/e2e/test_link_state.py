@@ -104,7 +104,7 @@ def test_link_down_at_boot_then_up_then_down(pod: None, guest: GuestImage, tmp_p
         "--state-dir", str(tmp_path / "state"),
         "--volumes-dir", str(tmp_path / "volumes"),
         "--termination-log", str(tmp_path / "termination-log"),
-        "--accel", "tcg",
+        "--accel", "tcg", "--vmm-user", "keep",
         "--status-listen", f"127.0.0.1:{STATUS_PORT}",
     ]  # fmt: skip
     stderr_path = tmp_path / "launcher.err"

@@ -99,7 +99,7 @@ def test_guest_leases_from_the_cnis_dhcp(pod: str, guest: GuestImage, tmp_path: 
         "--state-dir", str(tmp_path / "state"),
         "--volumes-dir", str(tmp_path / "volumes"),
         "--termination-log", str(tmp_path / "termination-log"),
-        "--accel", "tcg",
+        "--accel", "tcg", "--vmm-user", "keep",
     ]  # fmt: skip
     stderr_path = tmp_path / "launcher.err"
     with open(stderr_path, "wb") as err:

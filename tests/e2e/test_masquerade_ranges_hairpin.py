@@ -97,7 +97,7 @@ def test_port_range_and_hairpin(pod: None, guest: GuestImage, tmp_path: Path) ->
         "--state-dir", str(tmp_path / "state"),
         "--volumes-dir", str(tmp_path / "volumes"),
         "--termination-log", str(tmp_path / "termination-log"),
-        "--accel", "tcg",
+        "--accel", "tcg", "--vmm-user", "keep",
     ]  # fmt: skip
     stderr_path = tmp_path / "launcher.err"
     with open(stderr_path, "wb") as err:

@@ -100,7 +100,7 @@ def launcher(tmp_path: Path, model: str, guest: GuestImage) -> subprocess.Popen[
         "--state-dir", str(tmp_path / "state"),
         "--volumes-dir", str(tmp_path / "volumes"),
         "--termination-log", str(tmp_path / "termination-log"),
-        "--accel", "tcg",
+        "--accel", "tcg", "--vmm-user", "keep",
         "--status-listen", "127.0.0.1:18790",
     ]  # fmt: skip
     with open(tmp_path / "launcher.err", "wb") as err:

@@ -138,8 +138,13 @@ class Launcher:
 
 
 def host_pid_of_qemu(state_dir: Path) -> int | None:
-    """The live QEMU started with ``state_dir`` (matched by its QMP socket path), or None."""
-    needle = str(state_dir / "qemu" / "qmp.sock").encode()
+    """The live QEMU started with ``state_dir`` (matched by its QMP socket path, or by its
+    kernel under the volumes dir beside it when the QMP socket is passed as an fd), or
+    None."""
+    needles = (
+        str(state_dir / "qemu" / "qmp.sock").encode(),
+        f"{state_dir.parent}/volumes/".encode(),
+    )
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -147,7 +152,7 @@ def host_pid_of_qemu(state_dir: Path) -> int | None:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if cmdline.startswith(b"qemu-system") and needle in cmdline:
+        if cmdline.startswith(b"qemu-system") and any(n in cmdline for n in needles):
             return int(entry.name)
     return None
 
@@ -175,8 +180,12 @@ def start(
     extra: Sequence[str] = (),
     prefix: Sequence[str] = (),
     spec_text: str | None = None,
+    vmm_user: str | None = "keep",
 ) -> Launcher:
-    """Start ``virt-launcher run`` in the pod netns (``prefix`` goes before ``ip netns exec``)."""
+    """Start ``virt-launcher run`` in the pod netns (``prefix`` goes before ``ip netns exec``).
+
+    ``vmm_user``: ``--vmm-user`` (None: the default, uid 107, which cannot reach the guest
+    kernel in the shared cache under /root; tests/e2e/test_privileges.py runs that way)."""
     volumes = tmp / "volumes" / "kernel"
     volumes.mkdir(parents=True, exist_ok=True)
     for name, src in (("vmlinuz", guest.kernel), ("initrd.gz", guest.initrd)):
@@ -193,6 +202,7 @@ def start(
         "--volumes-dir", str(tmp / "volumes"),
         "--termination-log", str(termination_log),
         "--accel", "tcg",
+        *(["--vmm-user", vmm_user] if vmm_user is not None else []),
         *extra,
     ]  # fmt: skip
     with open(stderr_path, "wb") as err:

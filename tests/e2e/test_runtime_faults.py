@@ -81,6 +81,7 @@ def start(tmp: Path, guest: GuestImage, spec_text: str, run: int = 0) -> Launche
         "--volumes-dir", str(tmp / "volumes"),
         "--termination-log", str(termination_log),
         "--accel", "tcg",
+        "--vmm-user", "keep",  # the guest kernel is under /root (test_privileges: 107)
     ]  # fmt: skip
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)

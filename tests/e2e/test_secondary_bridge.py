@@ -152,6 +152,7 @@ def test_secondary_bridge_and_generated_network_config(
         "--termination-log", str(tmp_path / "termination-log"),
         "--podinfo", str(podinfo),
         "--accel", "tcg",
+        "--vmm-user", "keep",  # the guest kernel is under /root (test_privileges: 107)
         "--status-listen", f"127.0.0.1:{18000 + SUFFIX % 1000}",
     ]  # fmt: skip
     stderr_path = tmp_path / "launcher.err"

@@ -177,6 +177,7 @@ def start(tmp: Path, guest: GuestImage, binding: str, listen: str) -> Launcher:
         "--spec", str(spec), "--state-dir", str(tmp / "state"),
         "--volumes-dir", str(tmp / "volumes"), "--termination-log", str(tmp / "term"),
         "--accel", "tcg", "--status-listen", listen,
+        "--vmm-user", "keep",  # the guest kernel is under /root (test_privileges: 107)
     ]  # fmt: skip
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)

@@ -1,4 +1,5 @@
-"""The console script forks run's netlink child before the CLI, and only for run."""
+"""The console script forks run's netlink child and privileged helper before the CLI,
+and only for run."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from launcher import cli, entry, startup
 from launcher.agent import Agent
 from launcher.errors import NetworkError
+from launcher.privsep.helper import Helper
 
 
 @pytest.mark.parametrize(
@@ -38,14 +40,24 @@ def test_the_command_is_found_after_global_options(argv: list[str], command: str
     assert startup.command_of(argv) == command
 
 
+HELPER = object()
+
+
 def _record(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     calls: list[Any] = []
 
-    def fake_cli(argv: list[str], *, agent: Any = None) -> int:
+    def fake_cli(argv: list[str], *, agent: Any = None, helper: Any = None) -> int:
         calls.append((argv, agent))
+        assert helper is (
+            HELPER if entry._command(argv) == "run" and argv != ["run", "--help"] else None
+        )
         return 0
 
+    def fake_helper(log_level: str | None = None) -> object:
+        return HELPER
+
     monkeypatch.setattr(cli, "main", fake_cli)
+    monkeypatch.setattr(Helper, "fork", staticmethod(fake_helper))
     return calls
 
 

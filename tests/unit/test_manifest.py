@@ -158,7 +158,7 @@ def test_the_validator_refuses_a_wrong_object() -> None:
 
 # --- capabilities per binding ------------------------------------------------------------
 
-DHCP_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID")
+DHCP_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN", "KILL")
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ DHCP_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID")
         (
             "{name: s, sriov: {}}",
             "{name: s, multus: {networkName: vf}}",
-            ("NET_ADMIN", "SYS_RESOURCE", "SETUID", "SETGID"),
+            ("NET_ADMIN", "SYS_RESOURCE", "SETUID", "SETGID", "CHOWN", "KILL"),
         ),
         ("{name: s, bridge: {}}", "{name: s, multus: {networkName: br}}", DHCP_CAPS),
     ],
@@ -199,7 +199,7 @@ def test_why_each_capability_follows_the_plan() -> None:
     nic = network.nics[0]
     assert nic.dhcp4 is not None
     quiet = type(network)(nics=(type(nic)(**{**_fields(nic), "dhcp4": None}),))
-    assert capabilities(spec, quiet) == ("NET_ADMIN", "SETUID", "SETGID")
+    assert capabilities(spec, quiet) == ("NET_ADMIN", "SETUID", "SETGID", "CHOWN", "KILL")
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -220,6 +220,8 @@ def test_a_vdpa_only_vm_needs_no_dhcp_capability_and_no_memlock() -> None:
         "NET_ADMIN",
         "SETUID",
         "SETGID",
+        "CHOWN",
+        "KILL",
     )
     assert "SYS_RESOURCE" in capabilities(spec, plan_for_manifest(spec))
 

@@ -53,7 +53,15 @@ def test_effective_capabilities_of_this_process_and_of_a_status_file(tmp_path: P
 def test_a_tap_nic_served_by_dhcp_needs_the_three_network_capabilities(binding: str) -> None:
     spec = spec_for(binding)
     needed = needed_capabilities(spec, plan_for_manifest(spec))
-    assert needed == ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID")
+    assert needed == (
+        "NET_ADMIN",
+        "NET_RAW",
+        "NET_BIND_SERVICE",
+        "SETUID",
+        "SETGID",
+        "CHOWN",
+        "KILL",
+    )
     check_capabilities(spec, plan_for_manifest(spec), have=STARTUP_CAPABILITIES)
 
 

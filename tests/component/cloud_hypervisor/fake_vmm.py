@@ -516,9 +516,12 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, path: str, fake: FakeVmm) -> None:
+    def __init__(self, path: str, fake: FakeVmm, fd: int | None = None) -> None:
         self.fake = fake
-        super().__init__(path, _Handler)
+        super().__init__(path, _Handler, bind_and_activate=fd is None)
+        if fd is not None:  # --api-socket fd=N: a socket already listening, made by the caller
+            self.socket.close()
+            self.socket = socket.socket(fileno=fd)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that gave up (timeout tests) is not an error; anything else is."""
@@ -530,10 +533,11 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 class FakeServer:
     """The fake API served on a unix socket in a background thread (for in-process tests)."""
 
-    def __init__(self, path: str, fake: FakeVmm) -> None:
+    def __init__(self, path: str, fake: FakeVmm, fd: int | None = None) -> None:
         self.path = path
         self.fake = fake
-        self._server = _Server(path, fake)
+        self._owns_path = fd is None
+        self._server = _Server(path, fake, fd)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -546,8 +550,9 @@ class FakeServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self._owns_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 def event_writer(fd: int) -> Callable[[str, str, dict[str, str] | None], None]:
@@ -585,12 +590,13 @@ def _option(argv: list[str], flag: str, key: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    """Behave like ``cloud-hypervisor --api-socket path=… --event-monitor fd=N``."""
+    """Behave like ``cloud-hypervisor --api-socket path=…|fd=M --event-monitor fd=N``."""
     mode = os.environ.get("FAKE_CH_MODE", "normal")
     path = _option(argv, "--api-socket", "path")
+    api_fd = _option(argv, "--api-socket", "fd")
     monitor = _option(argv, "--event-monitor", "fd")
-    if path is None:
-        sys.stderr.write("Error: --api-socket path=… is required\n")
+    if (path is None) == (api_fd is None):
+        sys.stderr.write("Error: --api-socket path=… or fd=… is required\n")
         return 2
     if mode == "exit-early":
         sys.stderr.write("Error: Failed to open /dev/kvm: No such file or directory (fake)\n")
@@ -634,7 +640,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_term)
     if mode == "no-socket":
         return wait_done(60)
-    server = FakeServer(path, fake)
+    server = (
+        FakeServer(path, fake) if api_fd is None else FakeServer(f"fd:{api_fd}", fake, int(api_fd))
+    )
     with server:
         code = wait_done(120)
     record = os.environ.get("FAKE_CH_RECORD")

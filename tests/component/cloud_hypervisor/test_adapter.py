@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from hypervisor.base import Hypervisor, LifecycleEvent
+from hypervisor.base import Hypervisor, LifecycleEvent, RunAs
 from hypervisor.cloud_hypervisor.adapter import CloudHypervisor
 from hypervisor.cloud_hypervisor.events import EventParser
 from hypervisor.cloud_hypervisor.process import VmmProcess, require_binary
@@ -379,3 +379,33 @@ async def test_console_line_splitting(chunks: list[bytes], expected: list[str]) 
         reader.feed_data(chunk)
     reader.feed_eof()
     assert [line async for line in _lines(reader, "test")] == expected
+
+
+async def test_run_as_a_user_the_api_socket_is_passed_in_listening(
+    binary: str, sock_dir: str, taps: PipeTaps, record: Path
+) -> None:
+    """With ``run_as`` the adapter makes the API socket and passes it as ``--api-socket
+    fd=N`` (cloud-hypervisor's documented form), so the VMM needs no access to the socket's
+    directory; the user switch itself runs as this test's own user here."""
+    api = os.path.join(sock_dir, "api.sock")
+    ch = CloudHypervisor(
+        binary=binary,
+        api_socket=api,
+        api_timeout=5.0,
+        socket_timeout=10.0,
+        stop_timeout=5.0,
+        tap_opener=taps,
+        run_as=RunAs(os.getuid(), os.getgid(), ()),
+    )
+    await ch.start(MACHINE)
+    try:
+        assert ch.pid is not None
+        raw = await asyncio.to_thread(Path(f"/proc/{ch.pid}/cmdline").read_bytes)
+        cmdline = raw.split(b"\0")
+        api_arg = cmdline[cmdline.index(b"--api-socket") + 1]
+        assert api_arg.startswith(b"fd="), cmdline
+        assert stat.S_ISSOCK(os.stat(api).st_mode)
+        assert (await ch.counters())["net0"]["rx_frames"] == 1
+    finally:
+        await ch.stop()
+    assert recorded(record)["requests"][0] == ["GET", "vmm.ping", 0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dhcp.sockets import SocketRequest, open_socket
 from hypervisor.cloud_hypervisor.adapter import CloudHypervisor
 from hypervisor.machine import KernelBoot, MachineConfig, NetDevice, VfioDevice
 from launcher.errors import HypervisorError
@@ -91,8 +93,9 @@ class RecordingRunner:
     """The pod netns boundary (a :class:`launcher.nics.PodRunner`): a described pod;
     apply/cleanup recorded. Plans are the real ones (``launcher.machine.plan_nic``)."""
 
-    def __init__(self, pod: PodState) -> None:
+    def __init__(self, pod: PodState, taps: PipeTaps | None = None) -> None:
         self.pod = pod
+        self.taps = taps
         self.applied: list[str] = []
         self.removed: list[tuple[str, tuple[str, ...]]] = []
         self.nics: Nics | None = None
@@ -108,6 +111,13 @@ class RecordingRunner:
         assert self.nics is not None
         for nic in plan.nics:
             self.removed.append((nic.name, tuple(p.name for p in self.nics.plans)))
+
+    async def open_tap(self, name: str, queues: int) -> list[int]:
+        assert self.taps is not None
+        return self.taps(name, queues)
+
+    async def open_socket(self, request: SocketRequest) -> socket.socket:
+        return open_socket(request)
 
 
 class NodeSysfs:
@@ -184,7 +194,7 @@ async def hp(
         tap_opener=taps,
     )
     pod = pod_state(pod_link(), pod_link(SEC_LINK, v4=None, v6=None, gw4=None, gw6=None))
-    s = Setup(tmp_path, vmm, RecordingRunner(pod))
+    s = Setup(tmp_path, vmm, RecordingRunner(pod, taps))
     await s.boot()
     nic = s.plan.nics[0]
     await vmm.start(

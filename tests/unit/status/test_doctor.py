@@ -218,7 +218,10 @@ def test_doctor_probes_only_when_due(nic: NicPlan, monkeypatch: pytest.MonkeyPat
 
     calls: list[str] = []
 
-    def fake(nic_: NicPlan, kind: str, target: object, timeout: float) -> ProbeResult:
+    def fake(
+        nic_: NicPlan, kind: str, target: object, timeout: float, opener: object = None
+    ) -> ProbeResult:
+        assert opener is doctor.opener  # the run's opener (the helper's, after the drop)
         calls.append(kind)
         return ProbeResult(str(target), nic_.tap.name, True, POD_MAC)
 

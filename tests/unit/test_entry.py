@@ -49,7 +49,7 @@ def _record(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     def fake_cli(argv: list[str], *, agent: Any = None, helper: Any = None) -> int:
         calls.append((argv, agent))
         assert helper is (
-            HELPER if entry._command(argv) == "run" and argv != ["run", "--help"] else None
+            HELPER if startup.command_of(argv) == "run" and argv != ["run", "--help"] else None
         )
         return 0
 

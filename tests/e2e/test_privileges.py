@@ -218,7 +218,9 @@ def test_a_frozen_vmm_of_another_user_is_still_stopped_hard(
         tracer.close()
     assert code == 5, launcher.stderr_path.read_text()[-3000:]
     errors = errors_of(launcher)
-    assert len(errors) == 1 and "SIGKILL" in str(errors[0]["msg"]), errors
+    assert len(errors) == 1 and "SIGKILL" in str(errors[0]["msg"]), "\n".join(
+        str(e["msg"]) for e in errors
+    )
     deadline = time.monotonic() + 5
     while Path(f"/proc/{qemu}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -386,6 +386,19 @@ async def test_runtime_input_that_blows_the_parser_keeps_the_vm(hp: Setup) -> No
         assert "sec" not in m.status and hp.vmm.pid is not None
 
 
+async def test_a_network_status_nested_5000_deep_keeps_the_vm(hp: Setup) -> None:
+    """The annotation is runtime input too: a JSON value nested 5000 deep (the issue's
+    RecursionError) is refused with a reason, the VM and its NICs untouched."""
+    m = hp.manager
+    deep = json.dumps("[" * 5000 + "]" * 5000)
+    hp.write(doc(sec="up"), f"k8s.v1.cni.cncf.io/network-status={deep}\n".encode())
+    await hp.change()
+    assert m.last_error is not None
+    assert "sec" not in m.status or m.status["sec"].state is not HotplugState.PLUGGED
+    assert hp.vmm.pid is not None and m.status["default"].state is HotplugState.BOOT
+    await hp.vmm.stop()
+
+
 async def test_link_down_is_refused_on_cloud_hypervisor_and_changes_nothing(
     hp: Setup, record: Path
 ) -> None:

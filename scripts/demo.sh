@@ -109,9 +109,10 @@ ip netns exec "$POD" "$launcher" plan "${opts[@]}" >"$work/plan.json"
 import json, shlex, sys
 doc = json.load(open(sys.argv[1]))
 nic = doc["network"]["nics"][0]
+v4, v6 = nic["dhcp4"], nic["dhcp6"]
 print(f"guest NIC {nic['device']['mac']} on tap {nic['device']['tap']}: "
-      f"DHCPv4 {nic['dhcp4']['address']} via {','.join(nic['dhcp4']['routers'])}, "
-      f"DHCPv6 {nic['dhcp6']['address'] if nic['dhcp6'] else '-'}")
+      f"DHCPv4 {v4['leases'][0]['address']} via {v4['router']}, "
+      f"DHCPv6 {v6['leases'][0]['address'] if v6 else '-'}")
 hv = doc["hypervisor"]
 print(f"{hv['kind']}: " + shlex.join(hv.get("argv") or []))
 EOF

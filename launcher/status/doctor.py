@@ -341,10 +341,20 @@ def _findings_probes(facts: NicFacts) -> list[Finding]:
     # silent on every address: no network; silent on one family only: degraded (an IPv6
     # address still in duplicate address detection does not answer for about a second)
     answers = any(p.answered for p in facts.probes if p.interface == tap)
+    fresh6 = _fresh_dhcp6(facts)
     for p in facts.probes:
         guest = p.interface == tap
         if p.answered is None:
             out.append(Finding("probe-unavailable", "info", f"{p.target}: {p.detail}"))
+        elif guest and not p.answered and p.target in fresh6:
+            out.append(
+                Finding(
+                    "address-in-dad",
+                    "info",
+                    f"{p.target} was bound by DHCPv6 {fresh6[p.target]:.1f} s ago: the guest "
+                    "does not answer for it while duplicate address detection runs",
+                )
+            )
         elif guest and not p.answered:
             out.append(
                 Finding(
@@ -376,6 +386,23 @@ def _findings_probes(facts: NicFacts) -> list[Finding]:
                     "veth); check the node's network for this pod",
                 )
             )
+    return out
+
+
+#: An IPv6 address is tentative (no ND answers) for about a second after the guest
+#: configures it (RFC 4862 DAD: one probe, RetransTimer 1 s); the doctor allows this much.
+DAD_GRACE_S = 5.0
+
+
+def _fresh_dhcp6(facts: NicFacts) -> dict[str, float]:
+    """Addresses the guest was bound less than ``DAD_GRACE_S`` ago → seconds since."""
+    if facts.dhcp6 is None:
+        return {}
+    out: dict[str, float] = {}
+    for e in facts.dhcp6.events:
+        age = facts.now - e.at
+        if e.kind in ("bound", "renewed") and e.address and 0 <= age < DAD_GRACE_S:
+            out[e.address] = age
     return out
 
 

@@ -189,6 +189,15 @@ def test_probes(nic: NicPlan) -> None:
     half = diagnose(facts(nic, probes=(guest_probe(nic, True, POD_MAC), six)))
     assert only(half) == [("guest-silent", "warning")] and half.verdict == "degraded"
     assert "ND for fd00:10:244:1::5" in half.reason
+    bound = Event6(NOW - 1.5, "bound", POD_MAC, "01", "fd00:10:244:1::5")
+    assert nic.dhcp6 is not None
+    v6 = Dhcp6Snapshot(nic.dhcp6.interface, "00", {}, (bound,))
+    dad = diagnose(facts(nic, dhcp6=v6, probes=(guest_probe(nic, True, POD_MAC), six)))
+    assert only(dad) == [("address-in-dad", "info")] and dad.verdict == "ok"
+    later = replace(bound, at=NOW - 6)
+    v6 = Dhcp6Snapshot(nic.dhcp6.interface, "00", {}, (later,))
+    stale = diagnose(facts(nic, dhcp6=v6, probes=(guest_probe(nic, True, POD_MAC), six)))
+    assert only(stale) == [("guest-silent", "warning")]
     other = diagnose(facts(nic, probes=(guest_probe(nic, True, "02:11:22:33:44:55"),)))
     assert only(other) == [("guest-mac-mismatch", "error")]
     gateway = ProbeResult("10.244.1.1", nic.pod_interface, False, detail="no answer")

@@ -68,7 +68,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "the guest: Debian cloud kernel + busybox initramfs (first run downloads and builds it)"
-guest_json=$(timeout 1800 "$py" -m testbed.guest.build | head -n 1)
+# The whole output is read (a `| head -n 1` would close the pipe before the build's second
+# line and fail it with EPIPE, now and then); the first line is the image's JSON.
+guest_out=$(timeout 1800 "$py" -m testbed.guest.build)
+guest_json=${guest_out%%$'\n'*}
 kernel=$(printf '%s' "$guest_json" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["kernel"])')
 initrd=$(printf '%s' "$guest_json" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["initrd"])')
 echo "kernel $kernel" >&2

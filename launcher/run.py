@@ -299,6 +299,10 @@ async def run_async(
         await helper.close()
 
 
+#: Looks at /proc/self/task after the drop for exiting threads (20 ms apart, ≤ 0.5 s).
+_CAPS_RECHECKS = 25
+
+
 def _pidfd_child_watcher() -> None:
     """Python 3.11's default child watcher waits for each child in a thread made at the
     spawn: that thread would keep the start-up capabilities for the VMM's whole life. A
@@ -560,6 +564,13 @@ class _Run:
         self.runner.drop_privileges()
         self.board.set_link_opener(self.runner.open_link)  # the doctor's probes
         left = caps.threads_with_caps()
+        # A worker joined by the shutdown above can still be listed for a moment while
+        # the kernel tears it down (it is no Python thread any more): look again, bounded.
+        for _ in range(_CAPS_RECHECKS):
+            if not left:
+                break
+            await asyncio.sleep(0.02)
+            left = caps.threads_with_caps()
         if left:
             names = {t.native_id: t.name for t in threading.enumerate()}
             held = ", ".join(f"{tid} ({names.get(tid, 'not a Python thread')})" for tid in left)

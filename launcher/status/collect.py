@@ -30,7 +30,7 @@ from launcher.network.plan import NicPlan
 from launcher.privsep import caps
 
 from . import procfs
-from .doctor import Doctor, NicFacts, diagnose
+from .doctor import Doctor, NicFacts, diagnose, fresh_addresses
 from .model import (
     CONDITION_TYPES,
     MAX_EVENTS,
@@ -159,7 +159,8 @@ class Collector:
         running = hv is not None and hv.state is VmState.RUNNING
         if nics and self.doctor.due():
             self.doctor.opener = src.link_opener
-            await self.doctor.probe(nics, running)
+            tentative = {a for _, s in dhcp[1] for a in fresh_addresses(s, time.time())}
+            await self.doctor.probe(nics, running, tentative)
         interfaces = tuple(
             self._interface(n, dhcp, links, neighbours, self._facts(n, now, dhcp, links))
             for n in nics

@@ -19,7 +19,7 @@ import asyncio
 import ipaddress
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,7 @@ __all__ = [
     "Finding",
     "NicFacts",
     "diagnose",
+    "fresh_addresses",
     "VERDICTS",
     "SILENT_AFTER_S",
 ]
@@ -344,9 +345,7 @@ def _findings_probes(facts: NicFacts) -> list[Finding]:
     fresh6 = _fresh_dhcp6(facts)
     for p in facts.probes:
         guest = p.interface == tap
-        if p.answered is None:
-            out.append(Finding("probe-unavailable", "info", f"{p.target}: {p.detail}"))
-        elif guest and not p.answered and p.target in fresh6:
+        if guest and not p.answered and p.target in fresh6:  # not probed, or silent
             out.append(
                 Finding(
                     "address-in-dad",
@@ -355,6 +354,8 @@ def _findings_probes(facts: NicFacts) -> list[Finding]:
                     "does not answer for it while duplicate address detection runs",
                 )
             )
+        elif p.answered is None:
+            out.append(Finding("probe-unavailable", "info", f"{p.target}: {p.detail}"))
         elif guest and not p.answered:
             out.append(
                 Finding(
@@ -394,16 +395,21 @@ def _findings_probes(facts: NicFacts) -> list[Finding]:
 DAD_GRACE_S = 5.0
 
 
-def _fresh_dhcp6(facts: NicFacts) -> dict[str, float]:
-    """Addresses the guest was bound less than ``DAD_GRACE_S`` ago → seconds since."""
-    if facts.dhcp6 is None:
+def fresh_addresses(snapshot: Dhcp6Snapshot | None, now: float) -> dict[str, float]:
+    """Addresses a guest was bound less than ``DAD_GRACE_S`` ago → seconds since (still
+    tentative in the guest: it answers no ND for them yet)."""
+    if snapshot is None:
         return {}
     out: dict[str, float] = {}
-    for e in facts.dhcp6.events:
-        age = facts.now - e.at
+    for e in snapshot.events:
+        age = now - e.at
         if e.kind in ("bound", "renewed") and e.address and 0 <= age < DAD_GRACE_S:
             out[e.address] = age
     return out
+
+
+def _fresh_dhcp6(facts: NicFacts) -> dict[str, float]:
+    return fresh_addresses(facts.dhcp6, facts.now)
 
 
 def _findings_setup(facts: NicFacts) -> list[Finding]:
@@ -581,22 +587,29 @@ class Doctor:
         """True when the last probes are older than ``max_age`` (a request must wait)."""
         return time.monotonic() - self._at >= self.max_age
 
-    async def probe(self, nics: Sequence[NicPlan], running: bool) -> None:
-        """Probe every NIC (concurrently, each bounded by ``probe_timeout``)."""
+    async def probe(
+        self, nics: Sequence[NicPlan], running: bool, tentative: Collection[str] = ()
+    ) -> None:
+        """Probe every NIC (concurrently, each bounded by ``probe_timeout``). Addresses in
+        ``tentative`` (bound moments ago, still in the guest's duplicate address detection)
+        are not probed — they could only time out — and are probed again once
+        ``DAD_GRACE_S`` has passed."""
         self._at = time.monotonic()
         if not running:
             self._probes = {}
             return
-        jobs = [
-            (
-                nic.name,
-                asyncio.to_thread(_probe, nic, kind, target, self.probe_timeout, self.opener),
-            )
-            for nic in nics
-            for kind, target in probe_targets(nic)
-        ]
-        results = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
         probes: dict[str, list[ProbeResult]] = {}
+        jobs = []
+        for nic in nics:
+            for kind, target in probe_targets(nic):
+                if kind == "guest6" and str(target) in tentative:
+                    skipped = ProbeResult(str(target), nic.tap.name, None, detail="not probed yet")
+                    probes.setdefault(nic.name, []).append(skipped)
+                    self._at = min(self._at, time.monotonic() - self.max_age + DAD_GRACE_S)
+                    continue
+                job = asyncio.to_thread(_probe, nic, kind, target, self.probe_timeout, self.opener)
+                jobs.append((nic.name, job))
+        results = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
         for (name, _), result in zip(jobs, results, strict=True):
             seen = (
                 ProbeResult("?", name, None, detail=f"probe failed: {result}")

@@ -19,7 +19,14 @@ from launcher.network import plan
 from launcher.network.discover import PodLink
 from launcher.network.netlink import LinkCounters, Route
 from launcher.network.plan import NicPlan
-from launcher.status.doctor import Diagnosis, Doctor, NicFacts, diagnose
+from launcher.status.doctor import (
+    DAD_GRACE_S,
+    Diagnosis,
+    Doctor,
+    NicFacts,
+    diagnose,
+    fresh_addresses,
+)
 from launcher.status.probe import ProbeResult
 
 from ..network.helpers import POD_MAC, pod_link, pod_state, vm_spec
@@ -246,6 +253,23 @@ def test_doctor_probes_only_when_due(nic: NicPlan, monkeypatch: pytest.MonkeyPat
     }
     asyncio.run(doctor.probe([nic], running=False))
     assert doctor.probes(nic.name) == () and len(calls) == 3  # no probe of a stopped VM
+    # an IPv6 address bound moments ago is not probed (it could only time out) and the
+    # doctor is due again once the DAD grace has passed, not after the full 10 s
+    calls.clear()
+    asyncio.run(doctor.probe([nic], running=True, tentative={"fd00:10:244:1::5"}))
+    assert sorted(calls) == ["gateway4", "guest4"]
+    six = [p for p in doctor.probes(nic.name) if p.target == "fd00:10:244:1::5"]
+    assert [(p.answered, p.interface) for p in six] == [(None, nic.tap.name)]
+    assert not doctor.due()
+    doctor._at -= DAD_GRACE_S
+    assert doctor.due()
+    v6 = Dhcp6Snapshot(
+        "vlbr0", "00", {}, (Event6(NOW - 1, "bound", POD_MAC, "01", "fd00:10:244:1::5"),)
+    )
+    d = diagnose(facts(nic, dhcp6=v6, probes=doctor.probes(nic.name)))
+    assert ("address-in-dad", "info") in only(d) and d.verdict == "ok"
+    assert fresh_addresses(v6, NOW) == {"fd00:10:244:1::5": 1}
+    assert fresh_addresses(v6, NOW + DAD_GRACE_S) == {}
 
 
 def test_silent_bound_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "qmp",
     "powerdown",
     "http_get",
+    "http_body",
     "cidata_iso",
     "HarnessError",
 ]
@@ -378,6 +379,18 @@ def http_get(netns: str, url: str, attempts: int = 10) -> str:
         last = done.stderr.strip()
         time.sleep(0.5)
     raise HarnessError(f"GET {url} from {netns} failed {attempts} times: {last}")
+
+
+def http_body(netns: str, url: str, attempts: int = 15) -> str:
+    """GET ``url`` from inside ``netns`` with curl, retried a bounded number of times 1 s
+    apart; the body, or '' if it never answered (for tests that assert on the body)."""
+    for _ in range(attempts):
+        done = sh("ip", "netns", "exec", netns, "curl", "-sS", "-g", "--max-time", "2", url,
+                  check=False, timeout=10)  # fmt: skip
+        if done.returncode == 0:
+            return done.stdout
+        time.sleep(1)
+    return ""
 
 
 def cidata_iso(path: Path, files: Mapping[str, bytes]) -> None:

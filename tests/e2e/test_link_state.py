@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,16 +21,14 @@ from typing import Any
 import pytest
 
 from testbed.guest.build import GuestImage
-from testbed.guest.console import ConsoleReader
 from testbed.harness import sh, simulated_pod
+from testbed.launch import start
 from tests.component.hotplug.atomic import atomic_write
 
-REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000
 POD, PEER = f"ls-pod-{SUFFIX}", f"ls-peer-{SUFFIX}"
 STATUS_PORT = 18791
 BOOT_TIMEOUT_S = 60.0
-EXIT_TIMEOUT_S = 30.0
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -92,27 +87,11 @@ def link_state(want: str) -> dict[str, Any]:
 
 def test_link_down_at_boot_then_up_then_down(pod: None, guest: GuestImage, tmp_path: Path) -> None:
     del pod
-    kernel_dir = tmp_path / "volumes" / "kernel"
-    kernel_dir.mkdir(parents=True)
-    (kernel_dir / "vmlinuz").symlink_to(guest.kernel)
-    (kernel_dir / "initrd.gz").symlink_to(guest.initrd)
     spec_dir = tmp_path / "spec"
     atomic_write(spec_dir, {"vm.yaml": spec("down")})
-    argv = [
-        "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
-        "--spec", str(spec_dir / "vm.yaml"),
-        "--state-dir", str(tmp_path / "state"),
-        "--volumes-dir", str(tmp_path / "volumes"),
-        "--termination-log", str(tmp_path / "termination-log"),
-        "--accel", "tcg", "--vmm-user", "keep",
-        "--status-listen", f"127.0.0.1:{STATUS_PORT}",
-    ]  # fmt: skip
-    stderr_path = tmp_path / "launcher.err"
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
-    assert proc.stdout is not None
-    console = ConsoleReader(proc.stdout, log_path=str(tmp_path / "console.log"))
-    try:
+    listen = f"127.0.0.1:{STATUS_PORT}"
+    with start(tmp_path, guest, POD, spec_dir / "vm.yaml", listen=listen) as launcher:
+        console = launcher.console
         ready = console.wait_for("READY", BOOT_TIMEOUT_S)
         assert ready.list_field("timeout") == ("eth0",), ready  # no lease without carrier
         assert [c.args for c in console.vl_lines("CARRIER")][-1] == ("eth0", "0")
@@ -132,14 +111,6 @@ def test_link_down_at_boot_then_up_then_down(pod: None, guest: GuestImage, tmp_p
         console.wait_for("CARRIER", 20, where=lambda ln: ln.args == ("eth0", "0"), since=mark)
         link_state("down")
         assert not reachable(3)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(EXIT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-    log = stderr_path.read_text()
-    assert proc.returncode == 0, log[-3000:]
+    log = launcher.log()
+    assert launcher.proc.returncode == 0, log[-3000:]
     assert log.count('"event":"link-state","interface":"pod"') == 2, log[-3000:]

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +20,12 @@ from pathlib import Path
 import pytest
 
 from testbed.guest.build import GuestImage
-from testbed.guest.console import ConsoleReader
-from testbed.harness import sh, simulated_pod
+from testbed.harness import http_body, sh, simulated_pod
+from testbed.launch import start
 
-REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000
 POD, PEER = f"mt-pod-{SUFFIX}", f"mt-peer-{SUFFIX}"
 BOOT_TIMEOUT_S = 60.0
-EXIT_TIMEOUT_S = 30.0
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -88,48 +84,14 @@ def pod(tmp_path: Path) -> Iterator[str]:
 
 def test_guest_leases_from_the_cnis_dhcp(pod: str, guest: GuestImage, tmp_path: Path) -> None:
     pod_mac = pod
-    kernel_dir = tmp_path / "volumes" / "kernel"
-    kernel_dir.mkdir(parents=True)
-    (kernel_dir / "vmlinuz").symlink_to(guest.kernel)
-    (kernel_dir / "initrd.gz").symlink_to(guest.initrd)
-    (tmp_path / "vm.yaml").write_text(SPEC)
-    argv = [
-        "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
-        "--spec", str(tmp_path / "vm.yaml"),
-        "--state-dir", str(tmp_path / "state"),
-        "--volumes-dir", str(tmp_path / "volumes"),
-        "--termination-log", str(tmp_path / "termination-log"),
-        "--accel", "tcg", "--vmm-user", "keep",
-    ]  # fmt: skip
-    stderr_path = tmp_path / "launcher.err"
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
-    assert proc.stdout is not None
-    console = ConsoleReader(proc.stdout, log_path=str(tmp_path / "console.log"))
-    try:
-        lease = console.wait_for(
+    with start(tmp_path, guest, POD, SPEC) as launcher:
+        lease = launcher.console.wait_for(
             "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == ("10.97.0.5/24",)
         )
         assert lease.fields["server"] == "10.97.0.1", lease  # the peer's dnsmasq, not ours
         assert lease.fields["router"] == "10.97.0.1", lease
-        body = ""
-        for _ in range(15):
-            done = sh("ip", "netns", "exec", PEER, "curl", "-sS", "--max-time", "2",
-                      "http://10.97.0.5/", check=False, timeout=10)  # fmt: skip
-            if done.returncode == 0:
-                body = done.stdout
-                break
-            time.sleep(1)
-        assert "VL-HTTP-OK port=80" in body
+        assert "VL-HTTP-OK port=80" in http_body(PEER, "http://10.97.0.5/")
         assert pod_mac.lower() in (tmp_path / "dnsmasq.log").read_text().lower()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(EXIT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-    log = stderr_path.read_text()
-    assert proc.returncode == 0, log[-3000:]
+    log = launcher.log()
+    assert launcher.proc.returncode == 0, log[-3000:]
     assert "DHCPv4 server" not in log  # the launcher served nothing

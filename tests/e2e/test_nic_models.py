@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,10 +27,9 @@ import pytest
 from hypervisor.qemu.devices import qemu_nic_models
 from launcher.machine import QEMU_NIC_MODELS
 from testbed.guest.build import GuestImage, ensure_nic_guest
-from testbed.guest.console import ConsoleReader
-from testbed.harness import sh, simulated_pod
+from testbed.harness import http_body, sh, simulated_pod
+from testbed.launch import start
 
-REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000
 POD, PEER = f"nm-pod-{SUFFIX}", f"nm-peer-{SUFFIX}"
 BOOT_TIMEOUT_S = 60.0
@@ -88,38 +84,9 @@ def pod() -> Iterator[None]:
         yield
 
 
-def launcher(tmp_path: Path, model: str, guest: GuestImage) -> subprocess.Popen[bytes]:
-    kernel_dir = tmp_path / "volumes" / "kernel"
-    kernel_dir.mkdir(parents=True)
-    (kernel_dir / "vmlinuz").symlink_to(guest.kernel)
-    (kernel_dir / "initrd.gz").symlink_to(guest.initrd)
-    (tmp_path / "vm.yaml").write_text(spec(model))
-    argv = [
-        "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
-        "--spec", str(tmp_path / "vm.yaml"),
-        "--state-dir", str(tmp_path / "state"),
-        "--volumes-dir", str(tmp_path / "volumes"),
-        "--termination-log", str(tmp_path / "termination-log"),
-        "--accel", "tcg", "--vmm-user", "keep",
-        "--status-listen", "127.0.0.1:18790",
-    ]  # fmt: skip
-    with open(tmp_path / "launcher.err", "wb") as err:
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
-
-
 def ping(size: int) -> subprocess.CompletedProcess[str]:
     return sh("ip", "netns", "exec", PEER, "ping", "-c", "1", "-W", "2", "-M", "do",
               "-s", str(size), "10.94.0.5", check=False, timeout=10)  # fmt: skip
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(EXIT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.mark.parametrize("model", QEMU_NIC_MODELS)
@@ -128,42 +95,30 @@ def test_model_boots_and_leases_or_is_refused(
 ) -> None:
     del pod
     available = qemu_nic_models("qemu-system-x86_64")
-    proc = launcher(tmp_path, model, nic_guest)
-    assert proc.stdout is not None
-    if model not in available:
-        proc.communicate(timeout=EXIT_TIMEOUT_S)
-        err = (tmp_path / "launcher.err").read_text()
-        assert proc.returncode == 2, err[-2000:]
-        assert (
-            f'spec.domain.devices.interfaces[0].model: "{model}" is not supported by qemu: '
-            f"the installed QEMU has no {model} device"
-        ) in err
-        (eth0,) = json.loads(sh("ip", "-n", POD, "-j", "addr", "show", "eth0").stdout)
-        assert [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"] == ["10.94.0.5"]
-        return
-    console = ConsoleReader(proc.stdout, log_path=str(tmp_path / "console.log"))
-    try:
-        lease = console.wait_for(
+    with start(tmp_path, nic_guest, POD, spec(model), listen="127.0.0.1:18790") as launcher:
+        if model not in available:
+            code = launcher.wait(EXIT_TIMEOUT_S)
+            err = launcher.log()
+            assert code == 2, err[-2000:]
+            assert (
+                f'spec.domain.devices.interfaces[0].model: "{model}" is not supported by qemu: '
+                f"the installed QEMU has no {model} device"
+            ) in err
+            (eth0,) = json.loads(sh("ip", "-n", POD, "-j", "addr", "show", "eth0").stdout)
+            inet = [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"]
+            assert inet == ["10.94.0.5"]
+            return
+        lease = launcher.console.wait_for(
             "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == ("10.94.0.5/24",)
         )
         assert lease.fields["router"] == "10.94.0.1", lease
         assert lease.fields["mtu"] == str(MTU), lease
-        ids = {ln.args[1] for ln in console.vl_lines("PCI")}
+        ids = {ln.args[1] for ln in launcher.console.vl_lines("PCI")}
         assert ids & set(PCI_IDS[model]), (model, sorted(ids))
         others = {i for m, v in PCI_IDS.items() if m != model for i in v}
         assert not ids & others, (model, sorted(ids))  # no other NIC model on the bus
-        body = ""
-        for _ in range(10):
-            done = sh("ip", "netns", "exec", PEER, "curl", "-sS", "--max-time", "2",
-                      "http://10.94.0.5/", check=False, timeout=10)  # fmt: skip
-            if done.returncode == 0:
-                body = done.stdout
-                break
-            time.sleep(0.5)
-        assert "VL-HTTP-OK port=80" in body
+        assert "VL-HTTP-OK port=80" in http_body(PEER, "http://10.94.0.5/", attempts=10)
         fits = ping(MTU - 28)  # 20 bytes IPv4 + 8 ICMP
         assert fits.returncode == 0, fits.stdout + fits.stderr
         assert ping(MTU - 27).returncode != 0  # one byte over: dropped at the tap/bridge
-    finally:
-        stop(proc)
-    assert proc.returncode == 0, (tmp_path / "launcher.err").read_text()[-3000:]
+    assert launcher.proc.returncode == 0, launcher.log()[-3000:]

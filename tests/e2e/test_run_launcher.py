@@ -14,23 +14,21 @@ termination log; a launcher restarted after a crash gives the guest the same add
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from testbed import launch
 from testbed.guest.build import GuestImage
-from testbed.guest.console import ConsoleReader
-from testbed.harness import sh, simulated_pod
+from testbed.harness import http_body, sh, simulated_pod
+from testbed.launch import REPO, Launcher, host_pid_of_qemu, kill_qemu
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "Launcher", "host_pid_of_qemu", "kill_qemu", "launchers", "pod"]
+
 SUFFIX = os.getpid() % 100000
 POD = f"rn-pod-{SUFFIX}"
 PEER = f"rn-peer-{SUFFIX}"
@@ -93,84 +91,6 @@ def pod() -> Iterator[None]:
         yield
 
 
-@dataclass
-class Launcher:
-    """One ``virt-launcher run`` subprocess in the pod netns."""
-
-    proc: subprocess.Popen[bytes]
-    console: ConsoleReader
-    stderr_path: Path
-    termination_log: Path
-    state_dir: Path
-
-    def records(self) -> list[dict[str, object]]:
-        out = []
-        for line in self.stderr_path.read_text().splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-        return out
-
-    def qemu_pid(self) -> int:
-        """QEMU's host pid, found by its QMP socket path in the state dir (the pid in the
-        log is the launcher's own pid namespace's, wrong when it runs as PID 1)."""
-        pid = host_pid_of_qemu(self.state_dir)
-        if pid is None:
-            raise AssertionError(f"no QEMU process for {self.state_dir}")
-        return pid
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            tail = self.stderr_path.read_text()[-3000:]
-            raise AssertionError(f"the launcher did not exit within {timeout} s:\n{tail}") from None
-
-    def stop(self) -> None:
-        """Bounded teardown: SIGTERM, then SIGKILL for the launcher and any QEMU left."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(EXIT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        kill_qemu(self)
-
-
-def host_pid_of_qemu(state_dir: Path) -> int | None:
-    """The live QEMU started with ``state_dir`` (matched by its QMP socket path, or by its
-    kernel under the volumes dir beside it when the QMP socket is passed as an fd), or
-    None."""
-    needles = (
-        str(state_dir / "qemu" / "qmp.sock").encode(),
-        f"{state_dir.parent}/volumes/".encode(),
-    )
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(b"qemu-system") and any(n in cmdline for n in needles):
-            return int(entry.name)
-    return None
-
-
-def kill_qemu(launcher: Launcher) -> None:
-    """SIGKILL the launcher's QEMU if it still runs, and wait (bounded) until it is gone."""
-    pid = host_pid_of_qemu(launcher.state_dir)
-    if pid is None:
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and host_pid_of_qemu(launcher.state_dir) == pid:
-        time.sleep(0.1)
-
-
 def start(
     tmp: Path,
     guest: GuestImage,
@@ -182,47 +102,17 @@ def start(
     spec_text: str | None = None,
     vmm_user: str | None = "keep",
 ) -> Launcher:
-    """Start ``virt-launcher run`` in the pod netns (``prefix`` goes before ``ip netns exec``).
-
-    ``vmm_user``: ``--vmm-user`` (None: the default, uid 107, which cannot reach the guest
-    kernel in the shared cache under /root; tests/e2e/test_privileges.py runs that way)."""
-    volumes = tmp / "volumes" / "kernel"
-    volumes.mkdir(parents=True, exist_ok=True)
-    for name, src in (("vmlinuz", guest.kernel), ("initrd.gz", guest.initrd)):
-        if not (volumes / name).exists():
-            (volumes / name).symlink_to(src)
-    spec = tmp / "vm.yaml"
-    spec.write_text(spec_text or spec_yaml(binding))
-    stderr_path = tmp / f"launcher-{run}.err"
-    termination_log = tmp / "termination-log"
-    argv = [
-        *prefix, "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
-        "--spec", str(spec),
-        "--state-dir", str(tmp / "state"),
-        "--volumes-dir", str(tmp / "volumes"),
-        "--termination-log", str(termination_log),
-        "--accel", "tcg",
-        *(["--vmm-user", vmm_user] if vmm_user is not None else []),
-        *extra,
-    ]  # fmt: skip
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
-    assert proc.stdout is not None
-    console = ConsoleReader(proc.stdout, log_path=str(tmp / f"console-{run}.log"))
-    return Launcher(proc, console, stderr_path, termination_log, tmp / "state")
+    """Start ``virt-launcher run`` in the pod netns (``prefix`` goes before ``ip netns exec``;
+    ``vmm_user`` as in :func:`testbed.launch.start`)."""
+    spec = spec_text or spec_yaml(binding)
+    return launch.start(
+        tmp, guest, POD, spec, run=run, extra=extra, prefix=prefix, vmm_user=vmm_user
+    )
 
 
 def peer_http(url: str, attempts: int = 15) -> str:
     """GET ``url`` from the peer netns (bounded retries); the body, or '' if it never answered."""
-    for _ in range(attempts):
-        done = sh(
-            "ip", "netns", "exec", PEER, "curl", "-sS", "-g", "--max-time", "2", url,
-            check=False, timeout=10,
-        )  # fmt: skip
-        if done.returncode == 0:
-            return done.stdout
-        time.sleep(1)
-    return ""
+    return http_body(PEER, url, attempts)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,10 +28,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from testbed.guest.build import GuestImage
-from testbed.guest.console import ConsoleReader
+from testbed.launch import REPO, Launcher, start
 from testbed.netns import Topology, nsrun
 
-REPO = Path(__file__).resolve().parents[2]
 OPENAPI = REPO / "launcher" / "status" / "openapi.yaml"
 LISTEN = "127.0.0.1:8186"
 BOOT_ARGS = "console=ttyS0 quiet loglevel=1 panic=-1"
@@ -80,15 +78,15 @@ def check(name: str, body: object) -> None:
 
 
 @dataclass
-class Launcher:
+class Vm:
+    """A launcher with its VM in a fresh pod (``topo``)."""
+
     topo: Topology
-    proc: subprocess.Popen[bytes]
-    console: ConsoleReader
-    stderr_path: Path
+    launcher: Launcher
 
     def get(self, path: str) -> str:
         done = nsrun(self.topo.pod, "curl", "-sS", "--max-time", "10", "-f",
-                     f"http://{LISTEN}{path}", timeout=20)  # fmt: skip
+                     self.launcher.url(path), timeout=20)  # fmt: skip
         return done.stdout
 
     def status(self) -> dict[str, Any]:
@@ -106,8 +104,8 @@ class Launcher:
         deadline = time.monotonic() + timeout
         iface: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"launcher exited:\n{self.stderr_path.read_text()[-3000:]}")
+            if self.launcher.proc.poll() is not None:
+                raise AssertionError(f"launcher exited:\n{self.launcher.log()[-3000:]}")
             try:
                 iface = self.diagnosis()
             except AssertionError:  # not listening yet (curl failed)
@@ -118,68 +116,29 @@ class Launcher:
             time.sleep(1.0)
         raise AssertionError(f"no diagnosis satisfied the check: {json.dumps(iface)[:4000]}")
 
-    def qemu_pid(self) -> int:
-        for line in self.stderr_path.read_text().splitlines():
-            if line.startswith("{") and json.loads(line).get("msg") == "qemu started":
-                return int(json.loads(line)["pid"])
-        raise AssertionError("no 'qemu started' log line")
-
     def cli(self) -> str:
         done = nsrun(self.topo.pod, sys.executable, "-m", "launcher", "status",
                      "--status-listen", LISTEN, timeout=30)  # fmt: skip
         return done.stdout
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
 
 @pytest.fixture
-def run_vm(tmp_path: Path, guest: GuestImage) -> Iterator[Callable[..., Launcher]]:
-    started: list[Launcher] = []
+def run_vm(tmp_path: Path, guest: GuestImage) -> Iterator[Callable[..., Vm]]:
+    started: list[Vm] = []
 
-    def start(
-        *, calico32: bool = False, knobs: str = "", env: dict[str, str] | None = None
-    ) -> Launcher:
+    def run(*, calico32: bool = False, knobs: str = "", env: dict[str, str] | None = None) -> Vm:
         topo = Topology().create(calico32=calico32)
-        volumes = tmp_path / "volumes" / "kernel"
-        volumes.mkdir(parents=True, exist_ok=True)
-        for name, src in (("vmlinuz", guest.kernel), ("initrd.gz", guest.initrd)):
-            (volumes / name).symlink_to(src)
-        spec = tmp_path / "vm.yaml"
-        spec.write_text(spec_yaml(f"{BOOT_ARGS} {knobs}".strip()))
-        stderr_path = tmp_path / "launcher.err"
-        argv = [
-            "ip", "netns", "exec", topo.pod, sys.executable, "-m", "launcher", "run",
-            "--spec", str(spec), "--state-dir", str(tmp_path / "state"),
-            "--volumes-dir", str(tmp_path / "volumes"), "--accel", "tcg",
-            "--status-listen", LISTEN,
-            "--vmm-user", "keep",  # the guest kernel is under /root (test_privileges: 107)
-        ]  # fmt: skip
-        with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(
-                argv,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                cwd=REPO,
-                env={**os.environ, **(env or {})},
-            )
-        assert proc.stdout is not None
-        launcher = Launcher(topo, proc, ConsoleReader(proc.stdout), stderr_path)
-        started.append(launcher)
-        return launcher
+        spec = spec_yaml(f"{BOOT_ARGS} {knobs}".strip())
+        vm = Vm(topo, start(tmp_path, guest, topo.pod, spec, listen=LISTEN, env=env))
+        started.append(vm)
+        return vm
 
     try:
-        yield start
+        yield run
     finally:
-        for launcher in started:
-            launcher.stop()
-            launcher.topo.destroy()
+        for vm in started:
+            vm.launcher.stop()
+            vm.topo.destroy()
 
 
 def codes(iface: dict[str, Any]) -> list[str]:
@@ -192,9 +151,9 @@ def probe(iface: dict[str, Any], target: str) -> dict[str, Any]:
     return dict(found[0])
 
 
-def metrics(launcher: Launcher) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def metrics(vm: Vm) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     out = {}
-    for family in text_string_to_metric_families(launcher.get("/metrics")):
+    for family in text_string_to_metric_families(vm.get("/metrics")):
         for sample in family.samples:
             out[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return out
@@ -208,7 +167,7 @@ def healthy(iface: dict[str, Any]) -> bool:
     )
 
 
-def test_calico_pod_healthy_then_frozen_then_mtu(run_vm: Callable[..., Launcher]) -> None:
+def test_calico_pod_healthy_then_frozen_then_mtu(run_vm: Callable[..., Vm]) -> None:
     vm = run_vm(calico32=True)
     iface = vm.wait(healthy, timeout=90)
     d = iface["diagnosis"]
@@ -247,7 +206,7 @@ def test_calico_pod_healthy_then_frozen_then_mtu(run_vm: Callable[..., Launcher]
     assert m[("virt_launcher_network_verdict", ok)] == 1
 
     # a frozen guest turns the verdict within the bound, and comes back
-    pid = vm.qemu_pid()
+    pid = vm.launcher.qemu_pid()
     os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()
     try:
@@ -267,7 +226,7 @@ def test_calico_pod_healthy_then_frozen_then_mtu(run_vm: Callable[..., Launcher]
     assert "1300" in changed["diagnosis"]["reason"] and "1440" in changed["diagnosis"]["reason"]
 
 
-def test_guest_with_another_mac(run_vm: Callable[..., Launcher]) -> None:
+def test_guest_with_another_mac(run_vm: Callable[..., Vm]) -> None:
     stranger = "02:de:ad:be:ef:01"
     vm = run_vm(knobs=f"vl.mac={stranger}")
     iface = vm.wait(lambda i: "unknown-mac" in codes(i), timeout=90)
@@ -279,7 +238,7 @@ def test_guest_with_another_mac(run_vm: Callable[..., Launcher]) -> None:
     assert "unknown-mac: " in out and stranger in out, out
 
 
-def test_guest_without_dhcp_client(run_vm: Callable[..., Launcher]) -> None:
+def test_guest_without_dhcp_client(run_vm: Callable[..., Vm]) -> None:
     vm = run_vm(knobs="vl.nodhcp=1", env={"VIRT_LAUNCHER_DOCTOR_SILENT_S": "5"})
     iface = vm.wait(lambda i: "no-dhcp-traffic" in codes(i), timeout=90)
     d = iface["diagnosis"]

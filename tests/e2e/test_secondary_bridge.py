@@ -24,10 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,10 +32,9 @@ import yaml
 
 from launcher.network.multus import kubevirt_hashed_name
 from testbed.guest.build import GuestImage
-from testbed.guest.console import ConsoleReader
-from testbed.harness import sh, simulated_pod, veth
+from testbed.harness import http_body, sh, simulated_pod, veth
+from testbed.launch import start
 
-REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000
 POD, PEER, L2 = f"mu-pod-{SUFFIX}", f"mu-peer-{SUFFIX}", f"mu-l2-{SUFFIX}"
 SEC_IF, L2_IF = kubevirt_hashed_name("sec"), kubevirt_hashed_name("l2")
@@ -48,7 +43,6 @@ UID = "4b1a6f3e-91c2-4d55-a0e0-7f3c2b9d0a11"
 USER_DATA = "#cloud-config\nhostname: mu-guest\nruncmd: [echo hello]\n"
 NETWORK_DATA = "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n"
 BOOT_TIMEOUT_S = 75.0
-EXIT_TIMEOUT_S = 30.0
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -132,11 +126,6 @@ def test_secondary_bridge_and_generated_network_config(
     pod: None, guest: GuestImage, tmp_path: Path
 ) -> None:
     del pod
-    kernel_dir = tmp_path / "volumes" / "kernel"
-    kernel_dir.mkdir(parents=True)
-    (kernel_dir / "vmlinuz").symlink_to(guest.kernel)
-    (kernel_dir / "initrd.gz").symlink_to(guest.initrd)
-    (tmp_path / "vm.yaml").write_text(SPEC)
     podinfo = tmp_path / "podinfo"
     podinfo.mkdir()
     status = json.dumps(NETWORK_STATUS, indent=4)
@@ -144,23 +133,9 @@ def test_secondary_bridge_and_generated_network_config(
     (podinfo / "annotations").write_text(
         f'k8s.v1.cni.cncf.io/network-status={json.dumps(status)}\nkubernetes.io/config.source="api"\n'
     )
-    argv = [
-        "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
-        "--spec", str(tmp_path / "vm.yaml"),
-        "--state-dir", str(tmp_path / "state"),
-        "--volumes-dir", str(tmp_path / "volumes"),
-        "--termination-log", str(tmp_path / "termination-log"),
-        "--podinfo", str(podinfo),
-        "--accel", "tcg",
-        "--vmm-user", "keep",  # the guest kernel is under /root (test_privileges: 107)
-        "--status-listen", f"127.0.0.1:{18000 + SUFFIX % 1000}",
-    ]  # fmt: skip
-    stderr_path = tmp_path / "launcher.err"
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
-    assert proc.stdout is not None
-    console = ConsoleReader(proc.stdout, log_path=str(tmp_path / "console.log"))
-    try:
+    listen = f"127.0.0.1:{18000 + SUFFIX % 1000}"
+    with start(tmp_path, guest, POD, SPEC, listen=listen, extra=("--podinfo", str(podinfo))) as vm:
+        console = vm.console
         lease = console.wait_for(
             "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == ("10.92.0.5/24",)
         )
@@ -168,15 +143,7 @@ def test_secondary_bridge_and_generated_network_config(
         console.wait_for(
             "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == ("10.91.0.5/24",)
         )
-        body = ""
-        for _ in range(15):
-            done = sh("ip", "netns", "exec", L2, "curl", "-sS", "--max-time", "2",
-                      "http://10.92.0.5/", check=False, timeout=10)  # fmt: skip
-            if done.returncode == 0:
-                body = done.stdout
-                break
-            time.sleep(1)
-        assert "VL-HTTP-OK port=80" in body
+        assert "VL-HTTP-OK port=80" in http_body(L2, "http://10.92.0.5/")
         # plain L2: the launcher serves nothing there (no address on the NIC's bridge)
         (bridge,) = json.loads(sh("ip", "-n", POD, "-j", "addr", "show", "vlbr2").stdout)
         assert [a for a in bridge["addr_info"] if a["family"] == "inet"] == [], bridge
@@ -201,12 +168,4 @@ def test_secondary_bridge_and_generated_network_config(
             hashlib.sha256(network_config(console.text()).encode()).hexdigest()
             == files["network-config"]
         )
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(EXIT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-    assert proc.returncode == 0, stderr_path.read_text()[-3000:]
+    assert vm.proc.returncode == 0, vm.log()[-3000:]

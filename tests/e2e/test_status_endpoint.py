@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +25,11 @@ import jsonschema
 import pytest
 import yaml
 
+from testbed import launch
 from testbed.guest.build import GuestImage
-from testbed.guest.console import ConsoleReader
 from testbed.harness import sh, simulated_pod
+from testbed.launch import REPO, Launcher
 
-REPO = Path(__file__).resolve().parents[2]
 OPENAPI = REPO / "launcher" / "status" / "openapi.yaml"
 SUFFIX = os.getpid() % 100000
 POD = f"st-pod-{SUFFIX}"
@@ -41,7 +39,6 @@ POD4, PEER4 = "10.89.0.5", "10.89.0.1"
 POD6, PEER6 = "fd89::5", "fd89::1"
 SECRET = "st-e2e-Secr3t-passw0rd"
 BOOT_TIMEOUT_S = 60.0
-EXIT_TIMEOUT_S = 30.0
 SCREENSHOT = Path(tempfile.gettempdir()) / "st-status-page.png"
 
 pytestmark = pytest.mark.timeout(150)
@@ -99,59 +96,23 @@ def pod() -> Iterator[None]:
         yield
 
 
-@dataclass
-class Launcher:
-    proc: subprocess.Popen[bytes]
-    console: ConsoleReader
-    stderr_path: Path
-    listen: str
+def get(launcher: Launcher, path: str, method: str = "GET") -> tuple[int, str]:
+    """(HTTP status, body) of a request from inside the pod netns."""
+    done = in_pod(
+        "curl", "-sS", "--max-time", "5", "-X", method, "-o", "-", "-w", "\n%{http_code}",
+        launcher.url(path), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    body, _, code = done.stdout.rpartition("\n")
+    return int(code), body
 
-    def records(self) -> list[dict[str, Any]]:
-        text = self.stderr_path.read_text()
-        return [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
 
-    def qemu_pid(self) -> int:
-        for rec in self.records():
-            if rec.get("msg") == "qemu started":
-                return int(rec["pid"])
-        raise AssertionError(f"no 'qemu started' log line:\n{self.stderr_path.read_text()}")
-
-    def url(self, path: str) -> str:
-        return f"http://{self.listen}{path}"
-
-    def get(self, path: str, method: str = "GET") -> tuple[int, str]:
-        """(HTTP status, body) of a request from inside the pod netns."""
-        done = in_pod(
-            "curl", "-sS", "--max-time", "5", "-X", method, "-o", "-", "-w", "\n%{http_code}",
-            self.url(path), check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        body, _, code = done.stdout.rpartition("\n")
-        return int(code), body
-
-    def status(self) -> dict[str, Any]:
-        code, body = self.get("/status")
-        assert code == 200, body
-        doc = json.loads(body)
-        check("Status", doc)
-        return doc
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(EXIT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        try:
-            pid = self.qemu_pid()
-        except (AssertionError, OSError):
-            return
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
+def status(launcher: Launcher) -> dict[str, Any]:
+    code, body = get(launcher, "/status")
+    assert code == 200, body
+    doc: dict[str, Any] = json.loads(body)
+    check("Status", doc)
+    return doc
 
 
 @pytest.fixture
@@ -165,25 +126,7 @@ def launchers() -> Iterator[list[Launcher]]:
 
 
 def start(tmp: Path, guest: GuestImage, binding: str, listen: str) -> Launcher:
-    volumes = tmp / "volumes" / "kernel"
-    volumes.mkdir(parents=True, exist_ok=True)
-    for name, src in (("vmlinuz", guest.kernel), ("initrd.gz", guest.initrd)):
-        (volumes / name).symlink_to(src)
-    spec = tmp / "vm.yaml"
-    spec.write_text(spec_yaml(binding))
-    stderr_path = tmp / "launcher.err"
-    argv = [
-        "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
-        "--spec", str(spec), "--state-dir", str(tmp / "state"),
-        "--volumes-dir", str(tmp / "volumes"), "--termination-log", str(tmp / "term"),
-        "--accel", "tcg", "--status-listen", listen,
-        "--vmm-user", "keep",  # the guest kernel is under /root (test_privileges: 107)
-    ]  # fmt: skip
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
-    assert proc.stdout is not None
-    console = ConsoleReader(proc.stdout, log_path=str(tmp / "console.log"))
-    return Launcher(proc, console, stderr_path, listen)
+    return launch.start(tmp, guest, POD, spec_yaml(binding), listen=listen)
 
 
 def wait_ready(launcher: Launcher, timeout: float = BOOT_TIMEOUT_S) -> dict[str, Any]:
@@ -208,7 +151,7 @@ def wait_status(launcher: Launcher, pred: Any, timeout: float = 30.0) -> dict[st
     deadline = time.monotonic() + timeout
     doc: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        doc = launcher.status()
+        doc = status(launcher)
         if pred(doc):
             return doc
         time.sleep(1.0)
@@ -271,9 +214,9 @@ def test_every_endpoint_with_a_real_guest_on_the_bridge_binding(
     assert conds["HypervisorRunning"]["status"] == "True"
 
     # /healthz, /metrics, HEAD, 405, 404.
-    code, body = launcher.get("/healthz")
+    code, body = get(launcher, "/healthz")
     assert code == 200 and json.loads(body)["status"] == "ok"
-    code, metrics = launcher.get("/metrics")
+    code, metrics = get(launcher, "/metrics")
     assert code == 200
     lines = metrics.splitlines()
     assert "virt_launcher_hypervisor_up 1.0" in lines
@@ -283,9 +226,9 @@ def test_every_endpoint_with_a_real_guest_on_the_bridge_binding(
     rx = [ln for ln in lines if ln.startswith("virt_launcher_guest_nic_rx_bytes_total{")]
     assert len(rx) == 1 and float(rx[0].split()[-1]) > 0
     assert any(ln.startswith("virt_launcher_time_to_ready_seconds ") for ln in lines)
-    assert launcher.get("/status", "POST")[0] == 405
-    assert launcher.get("/", "DELETE")[0] == 405
-    assert launcher.get("/nope")[0] == 404
+    assert get(launcher, "/status", "POST")[0] == 405
+    assert get(launcher, "/", "DELETE")[0] == 405
+    assert get(launcher, "/nope")[0] == 404
     head = in_pod("curl", "-sS", "-I", "--max-time", "5", launcher.url("/status"))
     assert head.stdout.startswith("HTTP/1.1 200")
 
@@ -295,7 +238,7 @@ def test_every_endpoint_with_a_real_guest_on_the_bridge_binding(
     assert probe.returncode != 0 and "st-vm" not in probe.stdout
 
     # `virt-launcher status` for a terminal user, and --json.
-    table = in_pod(sys.executable, "-m", "launcher", "status", "--status-listen", launcher.listen)
+    table = in_pod(sys.executable, "-m", "launcher", "status", "--status-listen", "127.0.0.1:8186")
     first = table.stdout.splitlines()[0]
     assert first == "VM e2e/st-vm: Running, ready", table.stdout
     row = next(ln for ln in table.stdout.splitlines() if ln.startswith("pod "))
@@ -329,7 +272,7 @@ def test_every_endpoint_with_a_real_guest_on_the_bridge_binding(
     assert any(ln.startswith("serial: ") for ln in launcher.console.text().splitlines())
 
     # Nothing secret anywhere.
-    everything = [launcher.get(p)[1] for p in ("/", "/status", "/metrics", "/readyz")]
+    everything = [get(launcher, p)[1] for p in ("/", "/status", "/metrics", "/readyz")]
     everything.append(dom.stdout)
     assert SECRET not in "\n".join(everything)
 

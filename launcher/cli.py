@@ -169,7 +169,7 @@ def summary(spec: VmSpec) -> str:
 def validate(options: Options, out: TextIO) -> int:
     """``virt-launcher validate``: load the spec, check it against the hypervisor that
     would run it (``--hypervisor``, else by shape: NIC models) and print its summary."""
-    from launcher.machine import check_for_hypervisor, choose_hypervisor  # noqa: PLC0415
+    from launcher.machine import check_for_hypervisor, choose_hypervisor  # noqa: PLC0415 - startup: CLI light
 
     spec = _load(options.spec_path)
     kind = choose_hypervisor(spec, options.run_args.get("hypervisor"))

@@ -19,6 +19,15 @@ fork the privileged helper    :func:`fork_children`         the helper (docs/pri
 before asyncio is imported                                  carries little: 14.4 MiB RSS /
                                                             7.1 MiB private instead of
                                                             17.4 / 9.4 forked after asyncio
+the helper's imports on use   ``launcher.privsep.helper``,  each request imports what it
+                              ``launcher.privsep.codec``    needs: the idle helper and the
+                                                            fork skip asyncio (via
+                                                            ``launcher.agent``; ≈14 ms,
+                                                            5.8 MiB), ``launcher.network``
+                                                            (≈64 ms, 10.6 MiB), subprocess and
+                                                            argparse (≈3 ms, 0.7 MiB); the tap
+                                                            and socket openers stay off the
+                                                            spawn path as in ``launcher.nics``
 asyncio without ``ssl``       :func:`import_asyncio`        −12 ms (libssl, libcrypto)
 aiohttp without ``ssl``       :func:`without_ssl`           ≈−100 ms and several MiB at the
                                                             first status request (no CA

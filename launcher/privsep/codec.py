@@ -223,7 +223,7 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
         try:
             _HINTS[cls] = typing.get_type_hints(cls)
         except NameError:  # a plan type: launcher.network is imported on first use only
-            import launcher.network  # noqa: PLC0415
+            import launcher.network  # noqa: PLC0415 - startup: helper imports on use
 
             wanted = ("ApplyResult", "NetworkPlan", "PodState")
             names = {n: getattr(launcher.network, n) for n in wanted}
@@ -235,7 +235,7 @@ def answer_type(op: str) -> Any:
     """The type of ``op``'s answer value."""
     hint = REQUESTS[op][1]
     if isinstance(hint, str):
-        import launcher.network  # noqa: PLC0415
+        import launcher.network  # noqa: PLC0415 - startup: helper imports on use
 
         return getattr(launcher.network, hint)
     return hint

@@ -40,12 +40,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from launcher import logs
 from launcher.errors import LauncherError, NetworkError
 from launcher.privsep import caps
 from launcher.privsep.codec import (
     HEADER,
     MAX_FDS,
     MAX_MESSAGE,
+    REQUESTS,
     Apply,
     Cleanup,
     CodecError,
@@ -67,7 +69,8 @@ if TYPE_CHECKING:
     import subprocess
 
 # Lean imports (no asyncio, argparse or subprocess at import time): the console script
-# forks the helper before the launcher imports asyncio, so the helper carries little.
+# forks the helper before the launcher imports asyncio, so the helper carries little
+# (launcher.startup, "the helper's imports on use").
 
 __all__ = ["Helper", "HelperError", "HELPER_CAPS", "CALL_TIMEOUT_S", "serve", "main"]
 
@@ -126,12 +129,12 @@ def _recv_message(sock: socket.socket) -> tuple[bytes, list[int]]:
 def _run(request: Request) -> tuple[Any, list[int]]:
     """Carry out one decoded request: (answer value, fds to hand back)."""
     if isinstance(request, OpenSocket):
-        from dhcp.sockets import SocketRequest, open_socket  # noqa: PLC0415
+        from dhcp.sockets import SocketRequest, open_socket  # noqa: PLC0415 - startup: helper imports on use
 
         sock = open_socket(SocketRequest(request.kind, request.interface, request.port))
         return None, [sock.detach()]
     if isinstance(request, OpenTap):
-        from hypervisor.taps import open_tap  # noqa: PLC0415
+        from hypervisor.taps import open_tap  # noqa: PLC0415 - startup: helper imports on use
 
         if not 1 <= request.queues <= 64:
             raise CodecError(f"queues: {request.queues} is not between 1 and 64")
@@ -139,7 +142,7 @@ def _run(request: Request) -> tuple[Any, list[int]]:
     if isinstance(request, SignalProcess):
         _signal_child_of_launcher(request.pid, request.signum)
         return None, []
-    from launcher.agent import call_once  # noqa: PLC0415 - the existing netlink child
+    from launcher.agent import call_once  # noqa: PLC0415 - startup: helper imports on use
 
     if isinstance(request, Discover):
         return call_once("discover", None, request.state_dir, timeout=_NETLINK_TIMEOUT_S), []
@@ -260,15 +263,13 @@ def _become_helper(parent: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m launcher.privsep.helper --fd N``: serve on the inherited socket."""
-    import argparse  # noqa: PLC0415 - only for the spawned helper
+    import argparse  # noqa: PLC0415 - startup: helper imports on use
 
     parser = argparse.ArgumentParser(prog="python -m launcher.privsep.helper")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
-    from launcher import logs  # noqa: PLC0415
-
     logs.configure(args.log_level)
     _become_helper(args.parent)
     return serve(socket.socket(fileno=args.fd))
@@ -284,7 +285,7 @@ class _Proc:
 
     def wait(self, timeout: float) -> int | None:
         if self.popen is not None:
-            import subprocess  # noqa: PLC0415
+            import subprocess  # noqa: PLC0415 - startup: helper imports on use
 
             try:
                 return self.popen.wait(timeout)
@@ -347,8 +348,6 @@ class Helper:
                 os.closerange(3, keep)
                 os.closerange(keep + 1, _max_fd())
                 if log_level is not None:
-                    from launcher import logs  # noqa: PLC0415
-
                     logs.configure(log_level)
                 _become_helper(parent)
                 code = serve(theirs)
@@ -365,7 +364,7 @@ class Helper:
     def spawn(cls) -> Helper:
         """Start the helper as a fresh interpreter (safe in a process with threads; the
         parent-death signal follows the calling thread: call it from the event loop's)."""
-        import subprocess  # noqa: PLC0415
+        import subprocess  # noqa: PLC0415 - startup: helper imports on use
 
         ours, theirs = socket.socketpair()
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
@@ -419,7 +418,7 @@ class Helper:
         timeout: float = CALL_TIMEOUT_S,  # noqa: ASYNC109 - bounds the helper, not the caller
     ) -> tuple[Any, list[int]]:
         """:meth:`call_blocking` in a worker thread."""
-        import asyncio  # noqa: PLC0415 - see the imports
+        import asyncio  # noqa: PLC0415 - startup: helper imports on use
 
         return await asyncio.to_thread(self.call_blocking, request, timeout)
 
@@ -437,7 +436,7 @@ class Helper:
 
     async def close(self) -> None:
         """:meth:`close_blocking` in a worker thread."""
-        import asyncio  # noqa: PLC0415
+        import asyncio  # noqa: PLC0415 - startup: helper imports on use
 
         await asyncio.to_thread(self.close_blocking)
 
@@ -450,8 +449,6 @@ def _max_fd() -> int:
 
 
 def _op(request: Request) -> str:
-    from launcher.privsep.codec import REQUESTS  # noqa: PLC0415
-
     return next(op for op, (cls, _) in REQUESTS.items() if isinstance(request, cls))
 
 

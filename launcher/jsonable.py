@@ -6,6 +6,14 @@ values, IP addresses/networks their text, tuples lists. A dataclass stored in a 
 typed as a union of dataclasses (``Binding``, ``NetworkSource``, ``VolumeSource``) gets
 a ``"type"`` key naming its class in snake case, unless it already carries ``kind``,
 so the JSON says which variant it is.
+
+The privileged helper's codec (:func:`launcher.privsep.codec.encode_value`) walks the
+same kinds of values but is kept apart on purpose: its output must be exactly what its
+strict decoder rebuilds to an equal value, so it tags *every* dataclass with its class
+name (the decoder checks it), refuses sets (no decoder type for them), takes only
+``Path`` and ``dict`` (what the decoder makes) and fails with ``CodecError``; this
+module's output is for people (``plan``, ``/status``): only union fields tagged, in
+snake case, sets sorted, any mapping or path. Only the IP types are shared.
 """
 
 from __future__ import annotations
@@ -19,12 +27,14 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import PurePath
+from typing import Any
 
-__all__ = ["JsonValue", "to_jsonable"]
+__all__ = ["JsonValue", "to_jsonable", "IP_TYPES"]
 
 JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
 
-_IP = (
+#: The ipaddress types both walkers write as their text.
+IP_TYPES: tuple[type[Any], ...] = (
     ipaddress.IPv4Address,
     ipaddress.IPv6Address,
     ipaddress.IPv4Network,
@@ -40,7 +50,7 @@ def to_jsonable(value: object) -> JsonValue:
         return value
     if isinstance(value, enum.Enum):
         return to_jsonable(value.value)
-    if isinstance(value, (*_IP, PurePath)):
+    if isinstance(value, (*IP_TYPES, PurePath)):
         return str(value)
     if isinstance(value, bytes):
         return value.hex()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import ipaddress
 import json
 import struct
 import types
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from launcher.errors import LauncherError
+from launcher.jsonable import IP_TYPES
 
 if TYPE_CHECKING:  # imported when a plan is first decoded (the helper stays small till then)
     from launcher.network import NetworkPlan
@@ -140,26 +140,21 @@ REQUESTS: dict[str, tuple[type[Any], Any]] = {
 }
 _OPS = {cls: op for op, (cls, _) in REQUESTS.items()}
 
-_IP_TYPES: tuple[type[Any], ...] = (
-    ipaddress.IPv4Address,
-    ipaddress.IPv6Address,
-    ipaddress.IPv4Network,
-    ipaddress.IPv6Network,
-    ipaddress.IPv4Interface,
-    ipaddress.IPv6Interface,
-)
-
 
 # --------------------------------------------------------------------------- encode
 
 
 def encode_value(value: object) -> Any:
-    """``value`` as JSON data this module's decoder reads back to an equal value."""
+    """``value`` as JSON data this module's decoder reads back to an equal value.
+
+    Not :func:`launcher.jsonable.to_jsonable` (which prints the plan for people): every
+    dataclass carries its class name, sets, non-``dict`` mappings and non-``Path`` paths
+    are refused — exactly what :func:`decode_value` rebuilds, nothing it cannot."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, enum.Enum):
         return encode_value(value.value)
-    if isinstance(value, (*_IP_TYPES, Path)):
+    if isinstance(value, (*IP_TYPES, Path)):
         return str(value)
     if isinstance(value, bytes):
         return value.hex()
@@ -331,7 +326,7 @@ def _decode_scalar(hint: type[Any], value: object, path: str) -> Any:
             return bytes.fromhex(value) if isinstance(value, str) else _raise()
         except (ValueError, TypeError):
             raise _fail(path, value, "hex bytes") from None
-    if issubclass(hint, enum.Enum) or hint in _IP_TYPES or hint is Path:
+    if issubclass(hint, enum.Enum) or hint in IP_TYPES or hint is Path:
         if not issubclass(hint, enum.Enum) and not isinstance(value, str):
             raise _fail(path, value, f"a {hint.__name__}")
         try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -133,6 +134,23 @@ def test_a_plan_with_a_wrong_nested_value_is_refused_with_its_path() -> None:
 def test_a_value_the_codec_does_not_know_is_not_sent() -> None:
     with pytest.raises(CodecError, match="set value cannot be sent"):
         encode_value({1, 2})
+
+
+def test_every_dataclass_carries_its_class_name() -> None:
+    # unlike launcher.jsonable (union fields only, snake case): the decoder checks "type"
+    assert encode_value(OpenTap("vltap0", 2)) == {"name": "vltap0", "queues": 2, "type": "OpenTap"}
+    assert encode_value({"a": (Recover(STATE),)}) == {
+        "a": [{"state_dir": str(STATE), "type": "Recover"}]
+    }
+
+
+@pytest.mark.parametrize(
+    "value", [frozenset({1}), PurePosixPath("/x"), MappingProxyType({"a": 1})], ids=repr
+)
+def test_what_the_decoder_cannot_rebuild_is_not_sent(value: object) -> None:
+    # launcher.jsonable prints each of these; the helper's decoder makes none of them
+    with pytest.raises(CodecError, match=f"a {type(value).__name__} value cannot be sent"):
+        encode_value(value)
 
 
 def test_too_long_a_message_is_not_framed() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import enum
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
 
 import pytest
 
@@ -72,6 +74,26 @@ def test_scalars_enums_addresses_and_containers() -> None:
         "data": {"k": "01"},
         "colour": 1,
     }
+
+
+@dataclass(frozen=True)
+class _Inner:
+    x: int
+
+
+@dataclass(frozen=True)
+class _Outer:
+    inner: _Inner
+    path: PurePosixPath
+    labels: Mapping[str, int]
+    ids: set[int]
+
+
+def test_what_the_helper_codec_refuses_is_printed() -> None:
+    # unlike launcher.privsep.codec.encode_value: a plain dataclass field is not tagged,
+    # any mapping, any path and sets are printed
+    out = to_jsonable(_Outer(_Inner(1), PurePosixPath("/p"), MappingProxyType({"a": 1}), {2, 1}))
+    assert out == {"inner": {"x": 1}, "path": "/p", "labels": {"a": 1}, "ids": [1, 2]}
 
 
 def test_unknown_type_names_itself() -> None:

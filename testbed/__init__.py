@@ -8,6 +8,8 @@ what both need lives here.
   busybox initramfs) and parses its serial-console protocol;
 * :mod:`testbed.harness` makes a simulated pod (a netns with ``eth0`` wired to a peer as
   a CNI leaves it), boots the guest under QEMU, runs dnsmasq as the peer DHCP server;
+* :mod:`testbed.launch` starts ``virt-launcher run`` in a simulated pod with the test
+  guest and stops it, bounded (the e2e tests' one launcher start);
 * :mod:`testbed.netns` is the pod/peer/guest topology of the network integration tests
   and the network benchmark (``Topology``, ``nsrun``, servers and probes);
 * :mod:`testbed.runner` is ``python -m testbed.runner``: discover → plan → apply in a

@@ -124,10 +124,12 @@ def plan_nic(
     name: str,
     *,
     avoid: Collection[int] = (),
+    at: int | None = None,
 ) -> NicPlan | PassthroughNic:
     """Hot plug: interface ``name`` of the new ``spec`` planned against the pod as it is
-    now, the same way :func:`compose` plans it, at an index not in ``avoid``."""
-    return plan_interface(spec, pod, options.plan_options(podinfo), name, avoid=avoid)
+    now, the same way :func:`compose` plans it, at an index not in ``avoid`` (or exactly
+    ``at``: the link refresh re-plans a running NIC under its own names)."""
+    return plan_interface(spec, pod, options.plan_options(podinfo), name, avoid=avoid, at=at)
 
 
 def net_device(nic: GuestNic) -> NetDevice:

@@ -11,6 +11,7 @@ and by the hot-plug manager (``launcher.hotplug``: plug and unplug) — one set 
             await nics.serve_all()              # the boot NICs' servers, once the VMM runs
             await nics.add(plugged)             # hot plug: plumbing, then servers
             await nics.remove("net1")           # unplug: servers closed, plumbing removed
+            await nics.replan("net0", new)      # link refresh: plumbing again, servers renewed
 
 A :class:`NicOwner` applies its NIC's plumbing through the one injected
 :class:`PodRunner` (all privileged netlink/nftables work: the netlink child in a real
@@ -134,7 +135,7 @@ class NicEvent:
 
     time: float
     nic: str
-    kind: str  # plumbed, serving, server-failed, removed
+    kind: str  # plumbed, serving, server-failed, rewired, replanned, removed
     message: str = ""
 
 
@@ -358,6 +359,38 @@ class Nics:
         """
         for owner in reversed(tuple(self._owners.values())):
             await owner.close_servers()
+
+    async def replan(self, name: str, nic: NicPlan) -> NicOwner:
+        """Wire the running NIC ``name`` to ``nic``, a new plan of it under the same names
+        (the link refresh: the pod address changed). The plumbing is applied again
+        (idempotent: it moves the new pod address off the pod port and loads the
+        nftables document with the new guest addresses); when the plan differs, the
+        NIC's servers are closed and opened again serving it. Raises like :meth:`add`.
+        """
+        owner = self._owners.get(name)
+        if owner is None:
+            raise NetworkError(f"interface {name!r} is not wired")
+        if (nic.name, nic.index, nic.pod_interface) != (
+            name,
+            owner.plan.index,
+            owner.plan.pod_interface,
+        ):
+            raise NetworkError(f"the new plan of {name!r} is for another NIC")
+        plans = [nic if p.name == name else p for p in self.plans]
+        document = render(p.nft for p in plans)
+        result = await self.runner.apply(
+            NetworkPlan(nics=(nic,), sysctls=nic.sysctls, nftables=document)
+        )
+        if nic == owner.plan:
+            self.event(name, "rewired", f"{result.changes} change(s) in the pod, same plan")
+            return owner
+        serving = owner.state is NicState.SERVING
+        await owner.close_servers()
+        owner.plan = nic
+        if serving:
+            await owner.serve()
+        self.event(name, "replanned", f"{result.changes} change(s) in the pod, servers renewed")
+        return owner
 
     async def remove(self, name: str) -> None:
         """Close ``name``'s servers and remove its plumbing; the other NICs keep running

@@ -15,7 +15,8 @@ sequence (docs/run.md, docs/architecture.md):
 3. start the VMM through :class:`~launcher.supervisor.Supervisor` (failure → exit 4)
    and, meanwhile, open every NIC's DHCPv4, DHCPv6 and RA servers (listening tens of ms
    after the spawn, before QEMU runs);
-4. serve: the hot-plug manager and the status task run beside the supervisor;
+4. serve: the hot-plug manager, the link refresh and the status task run beside the
+   supervisor;
 5. wait: the VMM's exit or SIGTERM/SIGINT (power button → grace period → hard stop,
    exit 0 or 5);
 6. shut down: every task cancelled, every NIC's servers closed (the RA server sends its
@@ -516,8 +517,8 @@ class _Run:
         others: list[asyncio.Task[None]],
         supervised: asyncio.Task[Outcome],
     ) -> None:
-        """The boot NICs' servers, the capability drop, then the hot-plug manager and the
-        status task."""
+        """The boot NICs' servers, the capability drop, then the hot-plug manager, the link
+        refresh and the status task."""
         options, board, nics, supervisor = self.options, self.board, self.nics, self.supervisor
         assert supervisor is not None
         await nics.serve_all()
@@ -535,6 +536,11 @@ class _Run:
             board=board,
         )
         others.append(group.create_task(manager.run(), name="hotplug"))
+        from launcher.hotplug.refresh import watch  # noqa: PLC0415 - startup: hot plug
+
+        # The link refresh: pod address changes, from rtnetlink (docs/network.md).
+        refresh = watch(manager.pod_indexes, manager.follow_pod_addresses)
+        others.append(group.create_task(refresh, name="link-refresh"))
         if self.status is not None:
             others.append(group.create_task(self.status(board), name="status"))
 

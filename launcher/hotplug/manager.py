@@ -16,7 +16,13 @@ changes nothing and is logged), diffs them against what runs
 * unplug: ``remove_device`` from the guest, then ``Nics.remove`` (servers closed,
   plumbing removed, the pod interface gets its addresses back);
 * link state (``state: up``/``down`` of a running interface): ``set_link`` on its
-  device; the board learns the new ``linkState`` and a ``link-state`` event is logged.
+  device; the board learns the new ``linkState`` and a ``link-state`` event is logged;
+* link refresh (:meth:`Manager.follow_pod_addresses`, fed by the ``link-refresh`` task,
+  :mod:`launcher.hotplug.refresh`): a bridge NIC whose pod interface got new addresses
+  at run time is re-planned with them (``Nics.replan``: the address moved off the pod
+  interface, the servers renewed) and its link is set down, held down for
+  ``refresh_pause_s``, and up again, so the guest's DHCP client asks again; a
+  ``link-refresh`` event is logged and shown in ``/status``.
 
 Every step is bounded by ``step_timeout_s``. A failed plug removes what it added and
 leaves the VM and its other NICs as they were; the error is kept in the interface's
@@ -32,6 +38,8 @@ import asyncio
 import enum
 import logging
 import os
+import socket
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,10 +62,11 @@ from launcher.nics import Nics
 from launcher.options import RunOptions
 from launcher.podinfo import ANNOTATIONS_FILE, PodInfo, load_podinfo
 from launcher.spec import VmSpec, loads
-from launcher.spec.model import InterfaceState
+from launcher.spec.model import BindingKind, InterfaceState
 from launcher.status.model import StatusBoard
 
 from .diff import PlugNic, SetLink, SpecDiff, UnplugNic, diff
+from .refresh import Readdress, RefreshAction, decide
 from .watch import Snapshot, Watcher
 
 __all__ = [
@@ -65,11 +74,17 @@ __all__ = [
     "InterfaceStatus",
     "Manager",
     "DEFAULT_STEP_TIMEOUT_S",
+    "REFRESH_PAUSE_S",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STEP_TIMEOUT_S = 30.0
+#: How long a link refresh keeps the guest NIC without carrier. NetworkManager ignores a
+#: carrier loss shorter than 4 s on an activated device (LINK_DISCONNECT_DELAY), so a
+#: shorter pause would not make such guests ask DHCP again; systemd-networkd, dhcpcd and
+#: Windows react at once.
+REFRESH_PAUSE_S = 5.0
 
 
 class HotplugState(enum.StrEnum):
@@ -112,6 +127,7 @@ class Manager:
         options: RunOptions,
         board: StatusBoard | None = None,
         step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
+        refresh_pause_s: float = REFRESH_PAUSE_S,
     ) -> None:
         self.spec = spec
         self.plan = plan
@@ -120,6 +136,7 @@ class Manager:
         self.options = options
         self.board = board
         self.step_timeout_s = step_timeout_s
+        self.refresh_pause_s = refresh_pause_s
         self.passthrough: dict[str, PassthroughNic] = {p.name: p for p in plan.passthrough}
         self.status: dict[str, InterfaceStatus] = {}
         for iface in spec.interfaces:
@@ -379,6 +396,121 @@ class Manager:
             state,
             extra={"event": "link-state", "interface": name, "state": state},
         )
+
+    # ------------------------------------------------------------------ link refresh
+
+    def pod_indexes(self) -> frozenset[int]:
+        """The interface indexes of the bridge NICs' pod interfaces (what the link
+        refresh watches); a pod interface that is gone is left out."""
+        out: set[int] = set()
+        for owner in self.nics:
+            if owner.plan.binding is BindingKind.BRIDGE and owner.plan.pod_port is not None:
+                try:
+                    out.add(socket.if_nametoindex(owner.plan.pod_interface))
+                except OSError:
+                    continue
+        return frozenset(out)
+
+    async def follow_pod_addresses(self) -> dict[str, Readdress]:
+        """Read each bridge NIC's pod interface addresses and follow a change (module
+        docstring). Never raises (but cancellation): the VM keeps running."""
+        from launcher.network.addrwatch import link_addresses  # noqa: PLC0415 - startup: refresh
+
+        decisions: dict[str, Readdress] = {}
+        async with self._lock:
+            for owner in self.nics:
+                try:
+                    index = socket.if_nametoindex(owner.plan.pod_interface)
+                    now = await asyncio.to_thread(link_addresses, index)
+                except OSError as err:
+                    log.warning("link refresh: cannot read %s: %s", owner.plan.pod_interface, err)
+                    continue
+                decision = decide(owner.plan, now)
+                decisions[owner.name] = decision
+                if decision.action is RefreshAction.NONE:
+                    continue
+                try:
+                    await self._readdress(owner.plan, decision)
+                except Exception as err:  # a bug here must never end the VM's run
+                    self.last_error = f"link refresh of {owner.name!r} failed: {err}"
+                    log.error("%s", self.last_error, extra={"event": "link-refresh-failed"})
+                    log.debug("traceback", exc_info=err)
+        return decisions
+
+    async def _readdress(self, nic: NicPlan, decision: Readdress) -> None:
+        name = nic.name
+        old = ", ".join(map(str, decision.old)) or "none"
+        new = ", ".join(map(str, decision.new)) or "none"
+        try:
+            pod = await self._step("reading the pod", self.nics.runner.discover())
+            link = replace(
+                pod.link(nic.pod_interface),
+                addresses4=decision.addresses4,
+                addresses6=decision.addresses6,
+            )
+            pod = replace(
+                pod, links=tuple(link if lk.name == link.name else lk for lk in pod.links)
+            )
+            podinfo = await asyncio.to_thread(load_podinfo, self.options.podinfo)
+            planned = plan_nic(self.spec, pod, self.options, podinfo, name, at=nic.index)
+        except (_StepFailed, LauncherError) as err:
+            raise _StepFailed(f"re-planning {name!r} with {new} failed: {err}") from err
+        if not isinstance(planned, NicPlan) or planned.device != nic.device:
+            raise _StepFailed(f"re-planning {name!r} with {new} changed its guest device")
+        iface = next((i for i in self.spec.interfaces if i.name == name), None)
+        refresh = decision.action is RefreshAction.REFRESH
+        no_refresh: str | None = None
+        if refresh and iface is not None and iface.state is InterfaceState.DOWN:
+            no_refresh = "its link is down (spec state: down): it asks when it comes up"
+        down_at: float | None = None
+        if refresh and no_refresh is None:
+            try:
+                await self._step(
+                    f"hypervisor set_link {nic.device.id} down",
+                    self.hypervisor.set_link(nic.device.id, False),
+                )
+                down_at = time.monotonic()
+            except _StepFailed as err:
+                no_refresh = f"{err}; the guest gets {new} when it renews its lease"
+        try:
+            await self._step(f"re-wiring {name!r}", self.nics.replan(name, planned))
+        finally:
+            if down_at is not None:
+                left = self.refresh_pause_s - (time.monotonic() - down_at)
+                if left > 0:
+                    await asyncio.sleep(left)
+                await self._step(
+                    f"hypervisor set_link {nic.device.id} up",
+                    self.hypervisor.set_link(nic.device.id, True),
+                )
+        self._publish()
+        if not refresh:
+            log.info(
+                "interface %s: %s moved off %s again (%s)",
+                name,
+                new,
+                nic.pod_interface,
+                decision.reason,
+                extra={"event": "pod-address-moved", "interface": name, "addresses": new},
+            )
+            return
+        what = "link refreshed" if no_refresh is None else f"link not refreshed: {no_refresh}"
+        message = f"interface {name}: {decision.reason}; guest address {old} -> {new}; {what}"
+        log.info(
+            "%s",
+            message,
+            extra={
+                "event": "link-refresh",
+                "interface": name,
+                "reason": decision.reason,
+                "old": [str(a) for a in decision.old],
+                "new": [str(a) for a in decision.new],
+                "refreshed": no_refresh is None,
+                "pause_s": self.refresh_pause_s if no_refresh is None else 0,
+            },
+        )
+        if self.board is not None:
+            self.board.event("link-refresh", message, iface=name, address=new)
 
     # ------------------------------------------------------------------ running spec
 

@@ -55,6 +55,7 @@ from .transaction import (
     capture,
     check_state_dir,
     configured,
+    follow_original,
     pod_knobs,
     preflight,
     recover,
@@ -244,7 +245,10 @@ def _begin(
     for nic in plan.nics:
         record = records.get(nic.pod_interface)
         if record is not None:
-            snap = record.snapshot or snapshot_from_original(record.original)
+            # the link refresh re-plans with the CNI's new addresses: exit restores those
+            snap = follow_original(
+                record.snapshot or snapshot_from_original(record.original), nic.original
+            )
         else:
             snap = capture(nl, nic.pod_interface, pod_knobs(nic))
         entries.append(begin_record(nic, snap))

@@ -154,19 +154,24 @@ def plan_interface(
     name: str,
     *,
     avoid: Collection[int] = (),
+    at: int | None = None,
 ) -> NicPlan | PassthroughNic:
     """Interface ``name``'s part of the whole plan of ``spec`` (hot plug: the whole spec is
     planned, so it is validated as a whole). When its position-derived index (tap, bridge,
     device id) is among ``avoid`` (the running NICs'), it is planned at the lowest free
-    index instead. NetworkError when the new plan has no such interface."""
+    index instead; ``at`` plans it at exactly that index (the link refresh re-plans a
+    running NIC with its own names). NetworkError when the new plan has no such
+    interface."""
 
     planned = plan(spec, pod, options)
     for nic in planned.nics:
         if nic.name != name:
             continue
-        if nic.index not in avoid:
+        if at is None and nic.index not in avoid:
             return nic
-        free = next(i for i in range(len(avoid) + 1) if i not in avoid)
+        free = at if at is not None else next(i for i in range(len(avoid) + 1) if i not in avoid)
+        if free == nic.index:
+            return nic
         iface = next(i for i in spec.interfaces if i.name == name)
         ctx = NicContext(
             spec=spec,

@@ -30,14 +30,14 @@ import logging
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from launcher.errors import NetworkError, StateCacheError
 
 from . import nftables, state
-from .discover import link_from_json, link_to_json
+from .discover import PodLink, link_from_json, link_to_json
 from .netlink import Address, Link, Netlink, Route
 from .plan import NetworkPlan, NicPlan
 from .state import (
@@ -61,6 +61,7 @@ __all__ = [
     "rollback",
     "route_steps",
     "snapshot_from_original",
+    "follow_original",
     "verify",
 ]
 
@@ -238,6 +239,27 @@ def snapshot_from_original(original: dict[str, Any], *, up: bool = True) -> Link
         addresses=tuple(addrs),
         routes=link.routes,
     )
+
+
+def follow_original(snap: LinkSnapshot, original: PodLink) -> LinkSnapshot:
+    """``snap`` with the global addresses of ``original`` (the plan's view of the pod
+    interface): the same object when they agree. The link refresh (docs/network.md)
+    re-plans a NIC whose pod address the CNI changed at run time; the interface is then
+    given back the CNI's current addresses at exit, not the ones it had when the launcher
+    started. Kept addresses keep their attributes and order; new ones are plain (IPv6
+    without DAD), IPv4 after the kept ones, IPv6 before them (kernel order: newest
+    first)."""
+    want = {*original.addresses4, *original.addresses6}
+    ours = [a for a in snap.addresses if not _is_kernel_link_local(a)]
+    if {a.address for a in ours} == want:
+        return snap
+    kept = [a for a in ours if a.address in want]
+    have = {a.address for a in kept}
+    new4 = [Address(a) for a in original.addresses4 if a not in have]
+    new6 = [Address(a, flags=_IFA_F_NODAD) for a in reversed(original.addresses6) if a not in have]
+    v4 = [a for a in kept if a.address.version == 4]
+    v6 = [a for a in kept if a.address.version == 6]
+    return replace(snap, addresses=(*v4, *new4, *new6, *v6))
 
 
 # ---- restore: pure planning ---------------------------------------------------------

@@ -32,12 +32,13 @@ wait_linklocal() {
   return 1
 }
 
+# start_nic NIC [IPv4]: up, then the DHCP clients; udhcpc asks for IPv4 (-r) if given.
 start_nic() {
   [ -n "${VL_MAC:-}" ] && ip link set dev "$1" address "$VL_MAC"
   ip link set dev "$1" up
   [ "${VL_NODHCP:-0}" = 1 ] && return 0
   udhcpc -f -i "$1" -s /etc/vl/dhcp4 -p "/run/vl/udhcpc.$1.pid" -t 3 -T 1 -A 2 \
-    -O mtu -O staticroutes -O search > "/run/vl/udhcpc.$1.log" 2>&1 &
+    ${2:+-r "$2"} -O mtu -O staticroutes -O search > "/run/vl/udhcpc.$1.log" 2>&1 &
   (
     wait_linklocal "$1" || exit 1
     exec udhcpc6 -f -i "$1" -s /etc/vl/dhcp6 -p "/run/vl/udhcpc6.$1.pid" -t 3 -T 1 -A 2 \
@@ -52,6 +53,26 @@ stop_nic() {
   done
   rm -f "/run/vl/lease4.$1" "/run/vl/lease6.$1" "/run/vl/resolv4.$1" "/run/vl/resolv6.$1"
   write_resolv
+}
+
+# Link refresh (issue 18): like systemd-networkd on carrier gain, a NIC that held a
+# lease and lost carrier runs DHCP again once carrier is back; udhcpc first asks for the
+# address it had (as an INIT-REBOOT client would). The kernel's carrier_changes counter
+# catches a flap shorter than the main loop's 1 s. Prints VL-LINK-FLAP.
+check_flap() {
+  read -r changes < "/sys/class/net/$1/carrier_changes" 2> /dev/null || return 0
+  read -r carrier < "/sys/class/net/$1/carrier" 2> /dev/null || carrier=0
+  leased=0
+  [ -e "/run/vl/lease4.$1" ] && leased=1
+  last="$changes $leased"
+  [ -f "/run/vl/flap.$1" ] && read -r last < "/run/vl/flap.$1"
+  echo "$changes $leased" > "/run/vl/flap.$1"
+  [ "$changes" != "${last% *}" ] && [ "$carrier" = 1 ] && [ "${last#* }" = 1 ] || return 0
+  old=$(ip -4 -o addr show dev "$1" | awk '{print $4; exit}')
+  say "VL-LINK-FLAP $1 changes=$changes old=${old%/*} t=$(uptime_s)"
+  stop_nic "$1"
+  start_nic "$1" "${old%/*}"
+  echo "$changes 0" > "/run/vl/flap.$1"
 }
 
 write_resolv() {

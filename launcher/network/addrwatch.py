@@ -240,11 +240,7 @@ def link_addresses(index: int) -> LinkAddresses:
                 break
         else:
             raise OSError(errno.EMSGSIZE, "rtnetlink address dump did not end")
-    mine = [
-        e
-        for e in events
-        if e.index == index and e.is_global and not e.flags & IFA_F_DADFAILED
-    ]
+    mine = [e for e in events if e.index == index and e.is_global and not e.flags & IFA_F_DADFAILED]
     v4 = tuple(e.address for e in mine if isinstance(e.address, ipaddress.IPv4Interface))
     v6 = tuple(e.address for e in reversed(mine) if isinstance(e.address, ipaddress.IPv6Interface))
     return LinkAddresses(v4, v6)

@@ -277,8 +277,15 @@ class Dhcp6Server(Server):
             addrs = [a.address for ia in msg.ia_nas() for a in ia.addresses]
             if not addrs:
                 return None
-            nets = [le.address.network for le in self.config.leases]
-            on_link = all(any(a in n for n in nets) for a in addrs)
+            # RFC 8415 18.3.3: "appropriate for the link". This link carries one guest and
+            # its one address: for a known guest anything else is NotOnLink, so a guest
+            # holding its address from before a pod address change solicits again (link
+            # refresh, docs/network.md) instead of keeping it until its T1.
+            if lease is not None:
+                on_link = all(a == lease.address.ip for a in addrs)
+            else:
+                nets = [le.address.network for le in self.config.leases]
+                on_link = all(any(a in n for n in nets) for a in addrs)
             code = Status.SUCCESS if on_link else Status.NOT_ON_LINK
             self._event("confirmed" if on_link else "not-on-link", mac, duid, addrs[0])
             return Message(MsgType.REPLY, msg.xid, (*base, _status(code, code.name)))

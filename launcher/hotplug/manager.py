@@ -40,7 +40,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from launcher.machine import (
     vfio_device,
 )
 from launcher.network import NetworkPlan, NicPlan
+from launcher.network.addrwatch import LinkAddresses
 from launcher.network.devices import GuestVfio
 from launcher.network.multus import PassthroughNic
 from launcher.network.nftables import render
@@ -62,11 +63,11 @@ from launcher.nics import Nics
 from launcher.options import RunOptions
 from launcher.podinfo import ANNOTATIONS_FILE, PodInfo, load_podinfo
 from launcher.spec import VmSpec, loads
-from launcher.spec.model import BindingKind, InterfaceState
+from launcher.spec.model import InterfaceState
 from launcher.status.model import StatusBoard
 
 from .diff import PlugNic, SetLink, SpecDiff, UnplugNic, diff
-from .refresh import Readdress, RefreshAction, decide
+from .refresh import Readdress, RefreshAction, decide, not_followed
 from .watch import Snapshot, Watcher
 
 __all__ = [
@@ -110,6 +111,14 @@ class InterfaceStatus:
     reason: str | None = None
 
 
+def _read_addresses(interface: str) -> LinkAddresses:
+    """``interface``'s global addresses, read over rtnetlink in this process (no
+    capability needed; OSError when it is gone)."""
+    from launcher.network.addrwatch import link_addresses  # noqa: PLC0415 - startup: refresh
+
+    return link_addresses(socket.if_nametoindex(interface))
+
+
 class _StepFailed(Exception):
     """One hot-plug step failed; the message says which and why."""
 
@@ -137,6 +146,8 @@ class Manager:
         self.board = board
         self.step_timeout_s = step_timeout_s
         self.refresh_pause_s = refresh_pause_s
+        #: The global addresses of a pod interface now (the link refresh; tests replace it).
+        self.read_addresses: Callable[[str], LinkAddresses] = _read_addresses
         self.passthrough: dict[str, PassthroughNic] = {p.name: p for p in plan.passthrough}
         self.status: dict[str, InterfaceStatus] = {}
         for iface in spec.interfaces:
@@ -404,7 +415,7 @@ class Manager:
         refresh watches); a pod interface that is gone is left out."""
         out: set[int] = set()
         for owner in self.nics:
-            if owner.plan.binding is BindingKind.BRIDGE and owner.plan.pod_port is not None:
+            if not_followed(owner.plan) is None:
                 try:
                     out.add(socket.if_nametoindex(owner.plan.pod_interface))
                 except OSError:
@@ -414,14 +425,13 @@ class Manager:
     async def follow_pod_addresses(self) -> dict[str, Readdress]:
         """Read each bridge NIC's pod interface addresses and follow a change (module
         docstring). Never raises (but cancellation): the VM keeps running."""
-        from launcher.network.addrwatch import link_addresses  # noqa: PLC0415 - startup: refresh
-
         decisions: dict[str, Readdress] = {}
         async with self._lock:
             for owner in self.nics:
+                if not_followed(owner.plan) is not None:
+                    continue  # another binding, or nothing served: no need to look
                 try:
-                    index = socket.if_nametoindex(owner.plan.pod_interface)
-                    now = await asyncio.to_thread(link_addresses, index)
+                    now = await asyncio.to_thread(self.read_addresses, owner.plan.pod_interface)
                 except OSError as err:
                     log.warning("link refresh: cannot read %s: %s", owner.plan.pod_interface, err)
                     continue

@@ -39,6 +39,7 @@ __all__ = [
     "RefreshAction",
     "Readdress",
     "decide",
+    "not_followed",
     "watch",
     "relevant",
     "SETTLE_S",
@@ -79,16 +80,24 @@ def _guest(nic: NicPlan) -> tuple[Address, ...]:
     return tuple(a for a in (nic.guest_ipv4, nic.guest_ipv6) if a is not None)
 
 
-def decide(nic: NicPlan, now: LinkAddresses) -> Readdress:
-    """What ``now`` (the global addresses on ``nic``'s pod interface) asks of ``nic``."""
+def not_followed(nic: NicPlan) -> str | None:
+    """Why ``nic`` does not follow its pod interface's addresses (None: it does)."""
     if nic.binding is not BindingKind.BRIDGE:
         why = {
             BindingKind.MASQUERADE: "the pod keeps its addresses, the guest's is private",
             BindingKind.MANAGEDTAP: "the CNI's own DHCP server hands out the guest's address",
         }.get(nic.binding, "the guest does not get the pod's addresses")
-        return Readdress(RefreshAction.NONE, f"a {nic.binding} interface: {why}")
+        return f"a {nic.binding} interface: {why}"
     if nic.pod_port is None or (nic.dhcp4 is None and nic.dhcp6 is None):
-        return Readdress(RefreshAction.NONE, "no DHCP is served on this interface")
+        return "no DHCP is served on this interface"
+    return None
+
+
+def decide(nic: NicPlan, now: LinkAddresses) -> Readdress:
+    """What ``now`` (the global addresses on ``nic``'s pod interface) asks of ``nic``."""
+    why = not_followed(nic)
+    if why is not None:
+        return Readdress(RefreshAction.NONE, why)
     if not now.addresses4 and not now.addresses6:
         return Readdress(RefreshAction.NONE, f"no address on {nic.pod_interface}")
     addresses4 = now.addresses4 or nic.original.addresses4

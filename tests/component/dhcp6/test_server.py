@@ -181,6 +181,38 @@ def test_confirm_on_link_and_not_on_link() -> None:
     assert ask(srv, MsgType.CONFIRM, ia()) is None
 
 
+def test_a_guest_confirming_its_address_from_before_a_pod_address_change_is_not_on_link() -> None:
+    """The link refresh: the guest's old address is in the same prefix as its new lease,
+    yet only the lease is appropriate for it (RFC 8415 18.3.3), so it solicits again."""
+    srv = server()
+    old = ask(srv, MsgType.CONFIRM, ia("fd00:6::5"), mac=GUEST_MAC)
+    assert old is not None and status(old) == Status.NOT_ON_LINK
+    mixed = ask(srv, MsgType.CONFIRM, ia(str(GUEST), "fd00:6::5"), mac=GUEST_MAC)
+    assert mixed is not None and status(mixed) == Status.NOT_ON_LINK
+    own = ask(srv, MsgType.CONFIRM, ia(str(GUEST)), mac=GUEST_MAC)
+    assert own is not None and status(own) == Status.SUCCESS
+    # an unknown client still gets the plain on-link test
+    other = ask(srv, MsgType.CONFIRM, ia("fd00:6::5"), duid=DUID_EN, mac=None)
+    assert other is not None and status(other) == Status.SUCCESS
+
+
+@pytest.mark.parametrize("kind", [MsgType.RENEW, MsgType.REBIND])
+def test_renew_or_rebind_of_an_address_from_before_a_pod_address_change(kind: MsgType) -> None:
+    """RFC 8415 18.3.4/18.3.5: the reply carries the lease and the old address with
+    lifetimes 0, so the guest drops it at once."""
+    srv = server()
+    ans = ask(
+        srv,
+        kind,
+        ia("fd00:6::5"),
+        mac=GUEST_MAC,
+        sid=SERVER_DUID if kind == MsgType.RENEW else None,
+    )
+    assert ans is not None
+    addrs = ans.ia_nas()[0].addresses
+    assert addrs == (IAAddr(GUEST, 3600, 7200), IAAddr(A("fd00:6::5"), 0, 0))
+
+
 def test_release_and_decline_are_acknowledged_and_recorded() -> None:
     srv = server()
     rel = ask(srv, MsgType.RELEASE, ia(str(GUEST)), sid=SERVER_DUID)

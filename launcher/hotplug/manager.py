@@ -114,7 +114,7 @@ class InterfaceStatus:
 def _read_addresses(interface: str) -> LinkAddresses:
     """``interface``'s global addresses, read over rtnetlink in this process (no
     capability needed; OSError when it is gone)."""
-    from launcher.network.addrwatch import link_addresses  # noqa: PLC0415 - startup: refresh
+    from launcher.network.addrwatch import link_addresses  # noqa: PLC0415 - startup: hot plug
 
     return link_addresses(socket.if_nametoindex(interface))
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,16 +24,14 @@ from typing import Any
 import pytest
 
 from testbed.guest.build import GuestImage
-from testbed.guest.console import ConsoleReader
-from testbed.harness import sh, simulated_pod
+from testbed.harness import http_body, sh, simulated_pod
+from testbed.launch import EXIT_TIMEOUT_S, Launcher, start
 
-REPO = Path(__file__).resolve().parents[2]
 SUFFIX = os.getpid() % 100000
 POD, PEER = f"lr-pod-{SUFFIX}", f"lr-peer-{SUFFIX}"
 OLD, NEW, GATEWAY = "10.97.0.5", "10.97.0.7", "10.97.0.1"
 STATUS_PORT = 18795
 BOOT_TIMEOUT_S = 60.0
-EXIT_TIMEOUT_S = 30.0
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -72,24 +68,14 @@ def reachable(address: str, attempts: int) -> bool:
     return False
 
 
-def log_records(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
-def wait_record(path: Path, event: str, timeout: float) -> dict[str, Any]:
+def wait_record(launcher: Launcher, event: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for record in log_records(path):
+        for record in launcher.records():
             if record.get("event") == event:
                 return record
         time.sleep(0.2)
-    raise AssertionError(f"no {event!r} record within {timeout:g}s:\n{path.read_text()[-3000:]}")
+    raise AssertionError(f"no {event!r} record within {timeout:g}s:\n{launcher.log()[-3000:]}")
 
 
 def pod_addresses() -> list[str]:
@@ -98,42 +84,23 @@ def pod_addresses() -> list[str]:
             if a["family"] == "inet"]  # fmt: skip
 
 
-def status_events() -> list[dict[str, Any]]:
-    done = sh("ip", "netns", "exec", POD, "curl", "-sS", "--max-time", "2",
-              f"http://127.0.0.1:{STATUS_PORT}/status")  # fmt: skip
-    events: list[dict[str, Any]] = json.loads(done.stdout)["events"]
+def status_events(launcher: Launcher) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = json.loads(http_body(POD, launcher.url("/status")))["events"]
     return events
 
 
 def test_pod_address_change_refreshes_the_link_and_the_guest_leases_the_new_address(
     guest: GuestImage, tmp_path: Path
 ) -> None:
-    kernel_dir = tmp_path / "volumes" / "kernel"
-    kernel_dir.mkdir(parents=True)
-    (kernel_dir / "vmlinuz").symlink_to(guest.kernel)
-    (kernel_dir / "initrd.gz").symlink_to(guest.initrd)
-    (tmp_path / "vm.yaml").write_bytes(SPEC)
-    argv = [
-        "ip", "netns", "exec", POD, sys.executable, "-m", "launcher", "run",
-        "--spec", str(tmp_path / "vm.yaml"),
-        "--state-dir", str(tmp_path / "state"),
-        "--volumes-dir", str(tmp_path / "volumes"),
-        "--termination-log", str(tmp_path / "termination-log"),
-        "--accel", "tcg", "--vmm-user", "keep",
-        "--status-listen", f"127.0.0.1:{STATUS_PORT}",
-    ]  # fmt: skip
-    stderr_path = tmp_path / "launcher.err"
+    listen = f"127.0.0.1:{STATUS_PORT}"
     with simulated_pod(POD, PEER, "lrp0", (OLD, GATEWAY)):
-        with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
-        assert proc.stdout is not None
-        console = ConsoleReader(proc.stdout, log_path=str(tmp_path / "console.log"))
-        try:
+        with start(tmp_path, guest, POD, SPEC, listen=listen) as launcher:
+            console = launcher.console
             console.wait_for(
                 "LEASE4", BOOT_TIMEOUT_S, where=lambda ln: ln.args[1:2] == (f"{OLD}/24",)
             )
             assert reachable(OLD, 20)
-            wait_record(stderr_path, "privileges-dropped", 10)  # the refresh runs unprivileged
+            wait_record(launcher, "privileges-dropped", 10)  # the refresh runs unprivileged
 
             mark = console.mark()
             sh("ip", "-n", POD, "addr", "add", f"{NEW}/24", "dev", "eth0")  # the CNI, again
@@ -144,24 +111,17 @@ def test_pod_address_change_refreshes_the_link_and_the_guest_leases_the_new_addr
                 "LEASE4", 30, since=mark, where=lambda ln: ln.args[1:2] == (f"{NEW}/24",)
             )
             assert lease.fields.get("router") == GATEWAY, lease
-            record = wait_record(stderr_path, "link-refresh", 10)
+            record = wait_record(launcher, "link-refresh", 10)
             assert record["interface"] == "pod" and record["refreshed"] is True, record
             assert record["old"] == [f"{OLD}/24"] and record["new"] == [f"{NEW}/24"], record
             assert NEW in record["reason"], record
             assert pod_addresses() == [], pod_addresses()  # moved off the pod port again
             assert reachable(NEW, 20)
             assert not reachable(OLD, 2)
-            refresh = [e for e in status_events() if e["kind"] == "link-refresh"]
+            refresh = [e for e in status_events(launcher) if e["kind"] == "link-refresh"]
             assert refresh and refresh[0]["iface"] == "pod" and NEW in refresh[0]["message"]
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(EXIT_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        log = stderr_path.read_text()
-        assert proc.returncode == 0, log[-3000:]
+            launcher.proc.send_signal(signal.SIGTERM)
+            assert launcher.wait(EXIT_TIMEOUT_S) == 0, launcher.log()[-3000:]
+        log = launcher.log()
         assert pod_addresses() == [f"{NEW}/24"], log[-3000:]  # the CNI's address, given back
     assert log.count('"event":"link-refresh"') == 1, log[-3000:]

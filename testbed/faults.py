@@ -1,5 +1,7 @@
 """TEST-ONLY fault injection into ``launcher.network.apply``: kill -9, fail, fill the
-state dir or hang before its N-th pod-changing step.
+state dir or hang before its N-th pod-changing step (or fail before the first step of
+a name: the nftables load runs in a thread beside the netlink steps, so its number
+varies).
 
 Used by the transaction tests and ``python -m testbed.runner --kill-at/--fail-at/
 --fill-state-at/--count-steps``. Nothing in the launcher knows about it: :func:`armed`
@@ -60,6 +62,7 @@ class Faults:
     fill_at: int | None = None
     fail_from: int | None = None  # fail step N and every later one (the rollback's too)
     pause_at: int | None = None  # sleep (bounded: PAUSE_S) before step N, e.g. to cancel
+    fail_on: str | None = None  # fail the first step of this name ("nftables.apply_ruleset")
     state_dir: Path | None = None
     steps: list[str] = field(default_factory=list)
     quiet: bool = False
@@ -80,7 +83,7 @@ class Faults:
                 fill(self.state_dir)
             if self.fail_from is not None and n >= self.fail_from:
                 raise NetworkError(f"injected lasting failure at step {n} ({what})")
-            if n == self.fail_at:
+            if n == self.fail_at or what == self.fail_on:
                 self.quiet = True
                 raise NetworkError(f"injected failure before step {n} ({what})")
 

@@ -27,9 +27,13 @@ NIC at a time, and ``cleanup`` at exit. ``apply`` goes:
 A failure at any of 3–5 (a netlink error, a full state dir, nft refusing the ruleset,
 anything) rolls the pod back to the snapshots — addresses, routes, MACs, link states,
 the launcher's links and tables gone — and then raises (NetworkError: exit 3, with the
-cause). A kill -9 between any two steps leaves the transaction record, and the next
-``apply`` or ``recover`` rolls back from it. Every step compares the live state first, so
-``apply`` is idempotent: on a configured pod (a restarted launcher) it changes nothing.
+cause). A link that existed before the apply is never deleted by its rollback: a re-apply
+of a configured, running NIC (the link refresh) is rolled back to the pod as it was just
+before it — bridge, tap and pod port kept, addresses, nftables ruleset and interface
+record put back — so the guest keeps its network. A kill -9 between any two steps leaves
+the transaction record, and the next ``apply`` or ``recover`` rolls back from it. Every
+step compares the live state first, so ``apply`` is idempotent: on a configured pod (a
+restarted launcher) it changes nothing.
 """
 
 from __future__ import annotations
@@ -240,22 +244,35 @@ def _begin(
     pending: tuple[tuple[Sysctl, str], ...],
 ) -> Transaction:
     """Snapshot every pod interface (or take the recorded original of a configured one)
-    and write the transaction record: the last step before the first change."""
+    and write the transaction record: the last step before the first change.
+
+    Which of the NIC's links exist now is recorded (a rollback never deletes them). A
+    NIC with a record is a re-apply of a running NIC (the link refresh, a restarted
+    launcher): its pod interface and bridge are also captured as they are now, and its
+    record kept, so a rollback returns to just before this apply instead of to the pod
+    the CNI made (transaction.py)."""
     entries = []
     for nic in plan.nics:
         record = records.get(nic.pod_interface)
+        existed = [n for n in (nic.tap.name, nic.bridge.name) if nl.link(n) is not None]
         if record is not None:
             # the link refresh re-plans with the CNI's new addresses: exit restores those
             snap = follow_original(
                 record.snapshot or snapshot_from_original(record.original), nic.original
             )
+            running = [capture(nl, nic.pod_interface, pod_knobs(nic))]
+            if nic.bridge.name in existed:
+                running.append(capture(nl, nic.bridge.name, pod_knobs(nic, nic.bridge.name)))
+            entry = begin_record(nic, snap, existed=existed, running=running, previous=record)
         else:
             snap = capture(nl, nic.pod_interface, pod_knobs(nic))
-        entries.append(begin_record(nic, snap))
+            entry = begin_record(nic, snap, existed=existed)
+        entries.append(entry)
     ours = {nic.pod_interface for nic in plan.nics}
     others = [name for name in state.list_records(state_dir) if name not in ours]
-    # other NICs' rules are loaded (hot plug): a rollback puts them back
-    before = nftables.list_tables(netns) if others and plan.nftables else None
+    # rules are loaded (other NICs', hot plug; or a re-applied NIC's own): a rollback
+    # puts them back as they were
+    before = nftables.list_tables(netns) if (others or records) and plan.nftables else None
     txn = Transaction(
         nics=tuple(entries),
         sysctls=tuple((s.key, s.value, previous) for s, previous in pending),
@@ -263,7 +280,9 @@ def _begin(
     )
     # the transaction record and the interface records each hold every snapshot/original
     need = sum(
-        len(json.dumps(e.original)) + len(json.dumps(state.snapshot_to_json(e.snapshot)))
+        len(json.dumps(e.original))
+        + len(json.dumps(state.snapshot_to_json(e.snapshot)))
+        + sum(len(json.dumps(state.snapshot_to_json(r))) for r in e.running)
         for e in entries
         if e.snapshot is not None
     )

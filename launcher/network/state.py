@@ -17,7 +17,10 @@ file is removed when any of it fails, so ENOSPC never leaves a 0-byte file behin
      "owned": ["vlbr0", "vltap0"]}
 
 ``network-txn.json`` — present only while an ``apply`` runs (or after it was killed):
-the same per-NIC entries (phase ``configuring``), the previous values of the pod-level
+the same per-NIC entries (phase ``configuring``; ``existed``: the NIC's links that were
+there before it began, which its rollback never deletes; for a re-apply of a configured
+NIC, ``running``: those links and the pod interface as they were just before, and
+``previous``: its interface record then), the previous values of the pod-level
 sysctls it writes, and the launcher's nftables ruleset to put back (``nft_before``; null
 means "delete the launcher's tables"). It is written before the first change and
 removed as the last step of a successful apply (the commit point), so after a crash at
@@ -109,6 +112,17 @@ class InterfaceRecord:
     original: dict[str, Any]  # PodLink as JSON (discover.link_to_json)
     snapshot: LinkSnapshot | None = None  # None only in version 1 records
     owned: tuple[str, ...] = ()  # the links the launcher makes for this NIC
+    # Only in a transaction entry (never in net-<if>.json):
+    existed: tuple[str, ...] = ()  # links of ``owned`` there before it began: never deleted
+    running: tuple[LinkSnapshot, ...] = ()  # a re-apply: those links as they were just before
+    previous: InterfaceRecord | None = None  # a re-apply: the configured record to put back
+
+    @property
+    def reapply(self) -> bool:
+        """True for the entry of a NIC that was configured (and running) before the
+        transaction began: its rollback goes back to :attr:`running`, not to the CNI's
+        pod (docs/network.md, *Link refresh*)."""
+        return self.previous is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +251,9 @@ def _record_to_json(record: InterfaceRecord) -> dict[str, Any]:
         "original": record.original,
         "snapshot": snapshot_to_json(record.snapshot) if record.snapshot else None,
         "owned": list(record.owned),
+        **({"existed": list(record.existed)} if record.existed else {}),
+        **({"running": [snapshot_to_json(r) for r in record.running]} if record.running else {}),
+        **({"previous": _record_to_json(record.previous)} if record.previous else {}),
     }
 
 
@@ -255,6 +272,13 @@ def _record_from_json(data: Any, *, in_txn: bool = False) -> InterfaceRecord:
         raise _Bad(f"phase {phase!r} in an interface record")
     if version == VERSION and snapshot is None:
         raise _Bad("'snapshot' is missing")
+    existed = _get(data, "existed", list, optional=True) or []
+    if not all(isinstance(name, str) for name in existed):
+        raise _Bad(f"'existed' is {existed!r}, not a list of interface names")
+    running = _get(data, "running", list, optional=True) or []
+    previous = data.get("previous") if isinstance(data, dict) else None
+    if (existed or running or previous is not None) and not in_txn:
+        raise _Bad("transaction fields in an interface record")
     return InterfaceRecord(
         pod_interface=_get(data, "pod_interface", str),
         binding=_get(data, "binding", str),
@@ -262,6 +286,9 @@ def _record_from_json(data: Any, *, in_txn: bool = False) -> InterfaceRecord:
         original=_get(data, "original", dict),
         snapshot=snapshot_from_json(snapshot) if snapshot is not None else None,
         owned=tuple(owned),
+        existed=tuple(existed),
+        running=tuple(snapshot_from_json(r) for r in running),
+        previous=_record_from_json(previous) if previous is not None else None,
     )
 
 

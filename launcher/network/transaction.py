@@ -10,10 +10,22 @@ found (:class:`~launcher.network.state.LinkSnapshot`) and the names of the links
 launcher makes; rolling back deletes those links and then makes each pod interface equal
 to its snapshot again — bridge master released, MAC, MTU, up/down, the ``net.ipv4.conf``
 values the plan changed, every address in order with its attributes, routes — then puts
-the launcher's nftables tables and the pod-level sysctls back. Every apply step's undo is
-part of that restore, and the restore is idempotent, so it does not matter which steps
-ran before a failure or a kill -9: the same record rolls back any of them, as often as
-needed. Restoring is planned by pure functions (:func:`link_steps`,
+the launcher's nftables tables and the pod-level sysctls back.
+
+One rule holds for every rollback: **a link that existed when the transaction began is
+never deleted by it** (:func:`created`: the entry's ``owned`` links minus the ones it
+recorded as ``existed``). A first apply finds none of its links, so its rollback leaves
+the pod as the CNI made it. A re-apply of a configured, running NIC (the link refresh,
+docs/network.md) finds all of them: its entry is a *re-apply* (it carries the previous
+interface record and ``running``, snapshots of the pod interface and the bridge taken
+just before), and its rollback makes those links equal to ``running`` again — the
+bridge, the tap and the pod port's bridge membership stay, the pod interface gets back
+the addresses it had a moment ago (the new one the CNI put there), the launcher's
+nftables ruleset is reloaded as it was, and the previous interface record is put back.
+
+Every apply step's undo is part of that restore, and the restore is idempotent, so it
+does not matter which steps ran before a failure or a kill -9: the same record rolls
+back any of them, as often as needed. Restoring is planned by pure functions (:func:`link_steps`,
 :func:`address_steps`, :func:`route_steps`, unit-tested) and checked afterwards against
 the snapshot (:func:`verify`).
 
@@ -54,6 +66,7 @@ __all__ = [
     "Step",
     "address_steps",
     "capture",
+    "created",
     "link_steps",
     "preflight",
     "recover",
@@ -269,7 +282,8 @@ def follow_original(snap: LinkSnapshot, original: PodLink) -> LinkSnapshot:
 class Step:
     """One netlink change of a restore: ``op`` and its argument."""
 
-    op: str  # release | down | up | mac | mtu | ipv4 | del_address | add_address | add_route
+    # release | master | down | up | mac | mtu | ipv4 | del_address | add_address | add_route
+    op: str
     arg: Any = None
 
 
@@ -278,6 +292,8 @@ def link_steps(snap: LinkSnapshot, live: Link) -> list[Step]:
     steps: list[Step] = []
     if live.master is not None and live.master != snap.master:
         steps.append(Step("release"))
+    if snap.master is not None and live.master != snap.master:  # a running NIC's port
+        steps.append(Step("master", snap.master))
     up = live.up
     if live.mac != snap.mac:
         if up:
@@ -329,6 +345,8 @@ def route_steps(want: Sequence[Route], have: Iterable[Route]) -> list[Step]:
 def _run(nl: Netlink, name: str, step: Step) -> None:
     if step.op == "release":
         nl.release(name)
+    elif step.op == "master":
+        nl.set_link(name, master=step.arg)
     elif step.op in ("up", "down"):
         nl.set_link(name, up=step.op == "up")
     elif step.op == "mac":
@@ -424,13 +442,22 @@ def _owned_v1(nl: Netlink, pod_interface: str) -> tuple[str, ...]:
     return (*ports, master)
 
 
+def created(entry: InterfaceRecord) -> tuple[str, ...]:
+    """The links a rollback of ``entry`` deletes: the ones the launcher makes for its NIC
+    that did not exist when the transaction began (a link that existed then is never
+    deleted by the rollback: a running NIC keeps its bridge and tap)."""
+    return tuple(name for name in entry.owned if name not in entry.existed)
+
+
 def _restore_nft(txn: Transaction, state_dir: Path, netns: str | None) -> None:
     ours = {n.pod_interface for n in txn.nics}
     others = [name for name in state.list_records(state_dir) if name not in ours]
+    # rules that were loaded before: another NIC's, or a re-applied NIC's own
+    kept = bool(others) or any(n.reapply for n in txn.nics)
     try:
-        if others and txn.nft_before is not None:
+        if kept and txn.nft_before is not None:
             nftables.apply_ruleset(nftables.reload_document(txn.nft_before), netns)
-        elif not others:
+        elif not kept:
             nftables.delete_tables(netns)
     except NetworkError as err:
         if nftables.nft_binary() is not None:
@@ -440,20 +467,29 @@ def _restore_nft(txn: Transaction, state_dir: Path, netns: str | None) -> None:
 
 
 def rollback(txn: Transaction, state_dir: Path, netns: str | None = None) -> None:
-    """Put every pod interface of ``txn`` back as it was, remove what the launcher made,
-    restore its nft tables and sysctls, then drop the records. NetworkError (the record
+    """Put every pod interface of ``txn`` back as it was when the transaction began,
+    remove the links it made (:func:`created`; never one that existed before), restore
+    the launcher's nft tables and the sysctls, then drop the records — or, for a
+    re-applied NIC, put its previous record back. NetworkError (the transaction record
     kept, so a later attempt retries) when some of it could not be done."""
     errors: list[str] = []
     with Netlink(netns) as nl:
-        owned = {n.pod_interface: n.owned or _owned_v1(nl, n.pod_interface) for n in txn.nics}
+        doomed = {  # version 1 records (no snapshot) name no links
+            n.pod_interface: created(n) if n.snapshot else _owned_v1(nl, n.pod_interface)
+            for n in txn.nics
+        }
         for nic in reversed(txn.nics):
-            for name in owned[nic.pod_interface]:
+            for name in doomed[nic.pod_interface]:
                 try:
                     nl.delete(name)
                 except NetworkError as err:
                     errors.append(str(err))
         for nic in txn.nics:
             try:
+                if nic.reapply:  # a running NIC: back to just before, its links kept
+                    for snap in nic.running:
+                        restore_link(nl, snap)
+                    continue
                 snap = nic.snapshot or snapshot_from_original(nic.original)
                 restore_link(nl, snap)
             except NetworkError as err:
@@ -468,8 +504,18 @@ def rollback(txn: Transaction, state_dir: Path, netns: str | None = None) -> Non
     if errors:
         raise NetworkError(f"rolling back the pod network failed: {'; '.join(errors)}")
     for nic in txn.nics:
-        state.remove_record(state_dir, nic.pod_interface)
+        if nic.previous is None:
+            state.remove_record(state_dir, nic.pod_interface)
+        elif _current_record(state_dir, nic.pod_interface) != nic.previous:
+            state.write_record(state_dir, nic.previous)  # the commit got half-way
     state.remove_txn(state_dir)
+
+
+def _current_record(state_dir: Path, pod_interface: str) -> InterfaceRecord | None:
+    try:
+        return state.read_record(state_dir, pod_interface)
+    except StateCacheError:  # a half-written one cannot be: writes are atomic
+        return None
 
 
 def _v1_half_done(state_dir: Path) -> Transaction | None:
@@ -506,15 +552,29 @@ def recover(state_dir: Path = DEFAULT_STATE_DIR, *, netns: str | None = None) ->
     return True
 
 
-def begin_record(nic: NicPlan, snapshot: LinkSnapshot) -> InterfaceRecord:
-    """The transaction entry of ``nic`` (phase configuring)."""
+def begin_record(
+    nic: NicPlan,
+    snapshot: LinkSnapshot,
+    *,
+    existed: Iterable[str] = (),
+    running: Iterable[LinkSnapshot] = (),
+    previous: InterfaceRecord | None = None,
+) -> InterfaceRecord:
+    """The transaction entry of ``nic`` (phase configuring). ``existed``: which of its
+    links were there already (never deleted by a rollback); ``previous`` and
+    ``running``: a re-apply of a configured NIC (its record, and the links as they are
+    now: what a rollback goes back to)."""
+    owned = (nic.tap.name, nic.bridge.name)
     return InterfaceRecord(
         pod_interface=nic.pod_interface,
         binding=nic.binding.value,
         phase=PHASE_CONFIGURING,
         original=link_to_json(nic.original),
         snapshot=snapshot,
-        owned=(nic.tap.name, nic.bridge.name),
+        owned=owned,
+        existed=tuple(name for name in owned if name in set(existed)),
+        running=tuple(running),
+        previous=previous,
     )
 
 
@@ -530,8 +590,8 @@ def configured(record: InterfaceRecord) -> InterfaceRecord:
     )
 
 
-def pod_knobs(nic: NicPlan) -> tuple[str, ...]:
-    """The net.ipv4.conf knobs ``nic``'s plan changes on its pod interface."""
-    return tuple(
-        knob for s in nic.link_settings if s.name == nic.pod_interface for knob, _ in s.ipv4
-    )
+def pod_knobs(nic: NicPlan, name: str | None = None) -> tuple[str, ...]:
+    """The net.ipv4.conf knobs ``nic``'s plan changes on link ``name`` (its pod
+    interface by default)."""
+    name = name or nic.pod_interface
+    return tuple(knob for s in nic.link_settings if s.name == name for knob, _ in s.ipv4)

@@ -156,6 +156,8 @@ class Manager:
             if iface.state is InterfaceState.DOWN and board is not None:
                 board.set_link(iface.name, "down")
         self.last_error: str | None = None  # the last document that failed validation
+        # interface → the pod addresses a link refresh failed for: not retried for them
+        self._refresh_failed: dict[str, tuple[object, ...]] = {}
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ inputs
@@ -438,14 +440,48 @@ class Manager:
                 decision = decide(owner.plan, now)
                 decisions[owner.name] = decision
                 if decision.action is RefreshAction.NONE:
+                    self._refresh_failed.pop(owner.name, None)
+                    continue
+                target = (decision.addresses4, decision.addresses6)
+                if self._refresh_failed.get(owner.name) == target:
+                    # the rollback put the address back on the pod interface: that
+                    # notification is not a reason to flap the guest's link again
+                    log.debug("link refresh of %s already failed for %s", owner.name, target)
                     continue
                 try:
                     await self._readdress(owner.plan, decision)
-                except Exception as err:  # a bug here must never end the VM's run
-                    self.last_error = f"link refresh of {owner.name!r} failed: {err}"
-                    log.error("%s", self.last_error, extra={"event": "link-refresh-failed"})
-                    log.debug("traceback", exc_info=err)
+                except Exception as err:  # noqa: BLE001 - logged: must never end the VM's run
+                    self._refresh_failed[owner.name] = target
+                    self._refresh_failure(owner.plan, decision, err)
+                else:
+                    self._refresh_failed.pop(owner.name, None)
         return decisions
+
+    def _refresh_failure(self, nic: NicPlan, decision: Readdress, err: Exception) -> None:
+        """Report a failed link refresh: ``apply`` rolled the NIC back to just before it
+        (bridge, tap and pod port kept), its servers still serve the old lease and its
+        link is up again (docs/network.md, *Link refresh*)."""
+        old = ", ".join(map(str, decision.old)) or "none"
+        new = ", ".join(map(str, decision.new)) or "none"
+        self.last_error = (
+            f"link refresh of {nic.name!r} failed: {err}; the pod side was put back as it "
+            f"was and the guest keeps its lease of {old} (not retried for {new} until the "
+            "pod's addresses change again or the launcher restarts)"
+        )
+        log.error(
+            "%s",
+            self.last_error,
+            extra={
+                "event": "link-refresh-failed",
+                "interface": nic.name,
+                "reason": decision.reason,
+                "old": [str(a) for a in decision.old],
+                "new": [str(a) for a in decision.new],
+            },
+        )
+        log.debug("traceback", exc_info=err)
+        if self.board is not None:
+            self.board.event("link-refresh-failed", self.last_error, iface=nic.name, address=old)
 
     async def _readdress(self, nic: NicPlan, decision: Readdress) -> None:
         name = nic.name

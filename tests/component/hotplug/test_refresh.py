@@ -18,18 +18,21 @@ import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dhcp.sockets import SocketRequest
+from launcher import nics as nics_module
 from launcher.errors import NetworkError
 from launcher.hotplug.manager import Manager
 from launcher.hotplug.refresh import RefreshAction, watch
-from launcher.network import ApplyResult, NetworkPlan, PlanOptions, plan
+from launcher.network import ApplyResult, NetworkPlan, NicPlan, PlanOptions, plan
 from launcher.network.addrwatch import RTM_DELADDR, RTM_NEWADDR, AddressEvent, LinkAddresses
 from launcher.network.discover import PodState
-from launcher.nics import Nics
+from launcher.nics import Nics, NicState
 from launcher.options import RunOptions
 from launcher.spec import parse
 from launcher.status.model import StatusBoard
@@ -142,15 +145,71 @@ async def test_an_interface_whose_spec_keeps_it_down_is_replanned_not_brought_up
     assert "link not refreshed: its link is down (spec state: down)" in event.message
 
 
-async def test_a_failed_rewire_still_gives_the_guest_its_link_back(tmp_path: Path) -> None:
+class FakeServer:
+    """A DHCPv4 server of one plan (the real ones need the bridge): what it serves and
+    whether it is open."""
+
+    def __init__(self, nic: NicPlan) -> None:
+        assert nic.dhcp4 is not None
+        self.lease = nic.dhcp4.leases[0].address
+        self.state = "new"
+
+    async def open(self) -> None:
+        self.state = "open"
+
+    async def serve(self) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        self.state = "closed"
+
+
+async def test_a_failed_rewire_keeps_the_old_servers_and_lease_and_gives_the_link_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    made: list[FakeServer] = []
+
+    def servers(nic: NicPlan, state_dir: Path, opener: object = None) -> Iterator[Any]:
+        made.append(FakeServer(nic))
+        yield "dhcp4", made[-1]
+
+    monkeypatch.setattr(nics_module, "_make_servers", servers)
     manager, vmm, runner, board = await setup(tmp_path)
+    manager.nics.bind(lambda coro, name: asyncio.get_running_loop().create_task(coro, name=name))
+    await manager.nics.serve_all()
+    owner = manager.nics.get("default")
+    assert owner is not None and [s.lease for s in made] == [V4("10.244.1.5/24")]
     runner.fail = True
-    await manager.follow_pod_addresses()  # never raises: the VM keeps running
-    assert [up for _, _, up in vmm.calls] == [False, True]
+    caplog.set_level(logging.INFO)
+
+    decisions = await manager.follow_pod_addresses()  # never raises: the VM keeps running
+    assert decisions["default"].action is RefreshAction.REFRESH
+    assert [up for _, _, up in vmm.calls] == [False, True]  # the link is back up
+    # the old servers, still open, serve the old lease; no new ones were made
+    assert [s for _, s in owner.servers] == made and made[0].state == "open"
+    assert owner.state is NicState.SERVING and owner.plan.guest_ipv4 == V4("10.244.1.5/24")
+    assert manager.plan.nics[0].guest_ipv4 == V4("10.244.1.5/24")
     assert manager.last_error is not None and "nft said no" in manager.last_error
     assert not [e for e in board.events() if e.kind == "link-refresh"]
-    owner = manager.nics.get("default")
-    assert owner is not None and owner.plan.guest_ipv4 == V4("10.244.1.5/24")
+    (event,) = [e for e in board.events() if e.kind == "link-refresh-failed"]
+    assert event.iface == "default" and "keeps its lease of 10.244.1.5/24" in event.message
+    (line,) = [r for r in caplog.records if getattr(r, "event", None) == "link-refresh-failed"]
+    assert line.levelno == logging.ERROR and line.__dict__["interface"] == "default"
+    assert line.__dict__["new"][0] == str(NEW)
+
+    # the rollback put the new address back on the pod interface: that notification
+    # does not flap the guest's link again for the same addresses
+    runner.fail = False
+    await manager.follow_pod_addresses()
+    assert len(vmm.calls) == 2 and runner.applied == []
+    # the pod's addresses change again: followed, and this time it works
+    manager.read_addresses = lambda name: LinkAddresses((V4("10.244.1.9/24"),))
+    await manager.follow_pod_addresses()
+    assert [up for _, _, up in vmm.calls] == [False, True, False, True]
+    assert made[0].state == "closed" and [s.lease for _, s in owner.servers] == [
+        V4("10.244.1.9/24")
+    ]
+    await manager.nics.close()
 
 
 async def test_cloud_hypervisor_has_no_link_api_the_nic_is_replanned_and_the_event_says_so(

@@ -7,6 +7,7 @@ import errno
 import ipaddress
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from launcher.network.sysctl import Sysctl
 from launcher.network.transaction import (
     Step,
     address_steps,
+    created,
     link_steps,
     route_steps,
     snapshot_from_original,
@@ -109,6 +111,31 @@ def test_transaction_roundtrip_and_it_is_never_taken_for_an_interface(tmp_path: 
     assert state.list_records(tmp_path) == ()
     state.remove_txn(tmp_path)
     assert state.read_txn(tmp_path) is None and not (tmp_path / TXN_FILE).exists()
+
+
+def test_a_reapply_entry_keeps_what_existed_its_running_links_and_previous_record(
+    tmp_path: Path,
+) -> None:
+    running = (snapshot(master="vlbr0", addresses=()), snapshot(name="vlbr0", routes=()))
+    entry = replace(
+        record(PHASE_CONFIGURING), existed=("vltap0", "vlbr0"), running=running, previous=record()
+    )
+    assert entry.reapply and not record().reapply
+    state.write_txn(tmp_path, Transaction(nics=(entry,), nft_before=""))
+    txn = state.read_txn(tmp_path)
+    assert txn is not None and txn.nics == (entry,)
+    # the interface record itself never carries them (its file format is unchanged)
+    state.write_record(tmp_path, replace(entry, phase=PHASE_CONFIGURED))
+    with pytest.raises(StateCacheError, match="transaction fields in an interface record"):
+        state.read_record(tmp_path, "eth0")
+
+
+def test_a_rollback_deletes_only_the_links_its_transaction_made() -> None:
+    first = record(PHASE_CONFIGURING)
+    assert created(first) == ("vltap0", "vlbr0")  # a first apply: it made both
+    assert created(replace(first, existed=("vltap0",))) == ("vlbr0",)
+    # a re-apply of a running NIC: both existed, its rollback deletes nothing
+    assert created(replace(first, existed=("vltap0", "vlbr0"), previous=record())) == ()
 
 
 def test_version_1_records_are_still_read(tmp_path: Path) -> None:
@@ -241,6 +268,16 @@ def test_link_steps_release_mac_state_and_knobs() -> None:
         Step("down"),
         Step("mac", "0a:58:0a:4d:01:05"),
     ]
+
+
+def test_a_running_nics_port_is_put_back_into_its_bridge() -> None:
+    port = snapshot(master="vlbr0", mac="02:00:00:00:00:01")
+    assert link_steps(port, live(mac="02:00:00:00:00:01")) == [Step("master", "vlbr0")]
+    assert link_steps(port, live(mac="02:00:00:00:00:01", master="vlbr9")) == [
+        Step("release"),
+        Step("master", "vlbr0"),
+    ]
+    assert link_steps(port, live(mac="02:00:00:00:00:01", master="vlbr0")) == []
 
 
 def test_routes_on_link_first() -> None:

@@ -28,7 +28,8 @@ RUN python3 -m venv --without-pip /opt/virt-launcher \
     && set -- /wheels/pip-*.whl \
     && /opt/virt-launcher/bin/python "$1/pip" install --no-cache-dir \
         --no-index --find-links /wheels --no-compile virt-launcher \
-    && /opt/virt-launcher/bin/python -m compileall -q -j 0 /opt/virt-launcher/lib
+    && /opt/virt-launcher/bin/python -m compileall -q -j 0 /opt/virt-launcher/lib \
+    && /opt/virt-launcher/bin/python -m launcher.dataclass_code
 
 FROM runtime
 COPY --from=venv /opt/virt-launcher /opt/virt-launcher

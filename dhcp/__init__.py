@@ -14,7 +14,8 @@ from dhcp.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dhcp.lifecycle import Server
-    from dhcp.ra import RaConfig, RaServer
+    from dhcp.ra import RaServer
+    from dhcp.raconfig import RaConfig
     from dhcp.v4.config import Dhcp4Config, Lease4
     from dhcp.v4.server import Dhcp4Server, Dhcp4Snapshot
     from dhcp.v6.lease import Config6, Lease6
@@ -45,6 +46,6 @@ __getattr__ = lazy_exports(
         "Config6": "dhcp.v6.lease",
         "Lease6": "dhcp.v6.lease",
         "RaServer": "dhcp.ra",
-        "RaConfig": "dhcp.ra",
+        "RaConfig": "dhcp.raconfig",
     },
 )

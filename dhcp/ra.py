@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from dhcp.errors import MalformedPacket, ServerError
 from dhcp.lifecycle import Server
+from dhcp.raconfig import RaConfig
 from dhcp.ratelimit import RateLimiter
 from dhcp.sockets import SocketOpener, SocketRequest, open_local
 from dhcp.v6.codec import decode_domain_list, encode_domain_list, mac_bytes
@@ -232,38 +233,6 @@ def parse_ra(data: bytes) -> RouterAdvert:
         dnssl=tuple(dnssl),
         dnssl_lifetime=dnssl_life,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class RaConfig:
-    """What to advertise on one guest-facing interface.
-
-    ``managed`` (M) and ``other`` (O) default to the DHCPv6-assigns-the-address case;
-    ``autonomous`` on the prefix is then off so the guest does not add a SLAAC address.
-    """
-
-    interface: str
-    prefixes: tuple[ipaddress.IPv6Network, ...] = ()
-    managed: bool = True
-    other: bool = True
-    autonomous: bool = False
-    router_lifetime: int = 1800
-    interval: float = 200.0
-    initial_interval: float = 4.0
-    initial_count: int = 3
-    mtu: int | None = None
-    rdnss: tuple[ipaddress.IPv6Address, ...] = ()
-    dnssl: tuple[str, ...] = ()
-    prefix_valid: int = 86400
-    prefix_preferred: int = 14400
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.router_lifetime <= 9000:
-            raise ValueError(f"router lifetime {self.router_lifetime} is outside 0..9000 s")
-        if not 0.05 <= self.interval <= 1800:
-            raise ValueError(f"RA interval {self.interval} is outside 0.05..1800 s")
-        if self.mtu is not None and not 1280 <= self.mtu <= 65535:
-            raise ValueError(f"MTU {self.mtu} is outside 1280..65535")
 
 
 def build_advert(cfg: RaConfig, source_mac: str | None, *, final: bool = False) -> RouterAdvert:

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from dhcp.ra import RaConfig
+from dhcp.raconfig import RaConfig
 from dhcp.v4.config import Dhcp4Config
 from dhcp.v6.lease import Config6
 from launcher.errors import Problem, SpecError

@@ -22,7 +22,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from dhcp.ra import RaConfig
+from dhcp.raconfig import RaConfig
 from dhcp.v4.config import Dhcp4Config
 from dhcp.v6.lease import Config6
 from launcher.errors import NetworkError

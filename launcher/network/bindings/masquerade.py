@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from dhcp.ra import RaConfig
+from dhcp.raconfig import RaConfig
 from dhcp.v4.config import Dhcp4Config
 from dhcp.v6.lease import Config6
 from launcher.errors import NetworkError, Problem, SpecError

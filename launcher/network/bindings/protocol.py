@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Protocol
 
-from dhcp.ra import RaConfig
+from dhcp.raconfig import RaConfig
 from dhcp.v4.config import Dhcp4Config, Lease4
 from dhcp.v6.lease import Config6, Lease6
 from launcher.spec.model import BindingKind, InterfaceState

@@ -1,147 +1,47 @@
-"""The netlink child: discover, apply, cleanup and recover run in a short-lived process.
+"""The launcher's client of the netlink child, and the run's one pod runner.
 
 Called by the composition root (start-up: one :class:`Agent` answers ``discover`` and
-``apply``; shutdown: ``cleanup``) and by the hot-plug plumbing (:func:`call_once`). The
-launcher lives as long as its VM, but it needs netlink only for moments; pyroute2 costs
-≈14 MiB of RSS and ≈200 ms of imports (more than the rest of the launcher together), so
-the long-lived process never imports it: the work runs in
-``python -m launcher.agent``, which imports pyroute2 the lean way
-(:func:`launcher.network.netlink.lean_import`), answers, and exits. The child inherits
-the launcher's network namespace, capabilities and stderr (its log lines join the
-launcher's JSON log).
+``apply``; shutdown: ``cleanup``, through :class:`AgentRunner`) and by the hot-plug
+plumbing. The child itself — why it exists, how it is forked or started, its protocol
+and serving loop — is :mod:`launcher.netchild` (standard library only, so the console
+script forks it before importing anything else); this module is its asynchronous side.
 
-The console script (:mod:`launcher.entry`) forks the start-up :class:`Agent` first
-thing (one thread, no event loop yet), so the child's imports (pyroute2, the network
-package) run on the other core while the launcher imports the rest and loads the spec,
-and the ``discover`` request the CLI sends ahead is answered by the time the launcher
-needs it. Later calls (hot plug, cleanup) start a fresh interpreter instead, since
-forking a process that runs threads is unsafe.
-
-Protocol (a unix socket pair, or stdin/stdout for :func:`call_once`; our own code on
-both ends, so pickle): a request is a 4-byte big-endian length and a pickled
-``(op, args, kwargs)``; the answer is a length and a pickled ``("ok", value)`` or
-``("error", exception)``. The child answers requests until its input closes. Its fd 1 is
-pointed at stderr before any work (with stdin/stdout, after duplicating it for the
-answers), so a library or a subprocess that prints cannot corrupt the answers. Every
-wait on the child is bounded; a child that does not answer in time is killed and the
-call fails with a :class:`NetworkError`.
+The console script (:mod:`launcher.entry`) forks the start-up child first thing, so the
+child's imports (pyroute2, the network package) run on the other core while the
+launcher imports the rest and loads the spec, and the ``discover`` request the CLI sends
+ahead is answered by the time the launcher needs it. Later calls (hot plug, cleanup)
+start a fresh interpreter instead (forking a process that runs threads is unsafe), or
+ask the privileged helper to (after the capability drop). Every wait on the child is
+bounded; a child that does not answer in time is killed and the call fails with a
+:class:`NetworkError`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
-import pickle
-import select
-import signal
 import socket
-import struct
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any
 
-from launcher import signals
+from launcher import netchild
 from launcher.errors import LauncherError, NetworkError
+from launcher.netchild import call_once
 
 if TYPE_CHECKING:  # the child's side imports the network package; this side only types it
     from dhcp.sockets import SocketRequest
     from launcher.network import ApplyResult, NetworkPlan, PodState
     from launcher.privsep.helper import Helper
 
-__all__ = ["Agent", "AgentRunner", "call_once", "main", "OPS", "CALL_TIMEOUT_S"]
+__all__ = ["Agent", "AgentRunner", "call_once", "CALL_TIMEOUT_S"]
 
-log = logging.getLogger("launcher.agent")  # also when run as __main__
+log = logging.getLogger(__name__)
 
-#: The operations the child runs (the launcher.network functions of the same name).
-OPS = ("discover", "apply", "cleanup", "recover")
-CALL_TIMEOUT_S = 60.0
-_HEADER = struct.Struct(">I")
-_MAX_MESSAGE = 64 << 20
-
-
-def _command(log_level: str) -> list[str]:
-    return [sys.executable, "-m", "launcher.agent", "--log-level", log_level]
-
-
-def _log_level() -> str:
-    return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-
-
-def _request(op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    if op not in OPS:
-        raise ValueError(f"unknown netlink child operation {op!r}")
-    data = pickle.dumps((op, args, kwargs))
-    return _HEADER.pack(len(data)) + data
-
-
-def _answer(op: str, data: bytes) -> Any:
-    try:
-        status, value = pickle.loads(data)  # noqa: S301 - our own child, over a private pipe
-    except Exception as err:
-        raise NetworkError(f"the netlink child sent an unreadable answer to {op!r}: {err}") from err
-    if status == "ok":
-        return value
-    if isinstance(value, BaseException):
-        raise value
-    raise NetworkError(f"the netlink child failed {op!r}: {value}")
-
-
-class _Child(Protocol):
-    """What the Agent needs of its child process (``subprocess.Popen`` has it)."""
-
-    pid: int
-    returncode: int | None
-
-    def poll(self) -> int | None: ...
-    def wait(self, timeout: float | None = None) -> int: ...
-    def kill(self) -> None: ...
-
-
-class _Forked:
-    """A child made by ``os.fork`` with Popen's poll/wait/kill."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # collected by someone else
-                self.returncode = -1
-            else:
-                if pid == self.pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        if (code := self.poll()) is not None:
-            return code
-        limit = 3600.0 if timeout is None else timeout
-        try:  # a pidfd becomes readable when the child exits: no polling loop
-            pidfd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
-            pidfd = None
-        if pidfd is not None:
-            try:
-                select.select([pidfd], [], [], limit)
-            finally:
-                os.close(pidfd)
-        if (code := self.poll()) is None:
-            raise subprocess.TimeoutExpired(f"pid {self.pid}", limit)
-        return code
-
-    def kill(self) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, signal.SIGKILL)
+CALL_TIMEOUT_S = netchild.CALL_TIMEOUT_S
 
 
 class Agent:
@@ -153,72 +53,28 @@ class Agent:
     the calls are async. The child talks over a unix socket pair.
     """
 
-    def __init__(self, proc: _Child, sock: socket.socket) -> None:
-        self._proc = proc
-        self._sock = sock
+    def __init__(self, started: netchild.Started) -> None:
+        self._proc = started.proc
+        self._sock = started.sock
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._lock: asyncio.Lock | None = None
         self._sent: bytes | None = None  # a request sent ahead by prefetch(), not yet read
 
     @classmethod
     def spawn(cls) -> Agent:
-        """Start the child (it imports pyroute2 while the caller goes on)."""
-        ours, theirs = socket.socketpair()
-        try:
-            proc = subprocess.Popen(
-                [*_command(_log_level()), "--fd", str(theirs.fileno())],
-                stdin=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-            )
-        except OSError as err:
-            ours.close()
-            raise NetworkError(f"cannot start the netlink child {sys.executable}: {err}") from err
-        finally:
-            theirs.close()
-        return cls(proc, ours)
+        """Start the child in a fresh interpreter (it imports pyroute2 while the caller goes on)."""
+        return cls(netchild.spawn())
 
     @classmethod
     def fork(cls, log_level: str | None = None) -> Agent:
-        """Fork the child from this process; call only while it has a single thread.
-
-        ``log_level``: configure the child's logging (when this process has not yet).
-        """
-        ours, theirs = socket.socketpair()
-        try:
-            pid = os.fork()
-        except OSError as err:
-            ours.close()
-            theirs.close()
-            raise NetworkError(f"cannot fork the netlink child: {err.strerror or err}") from err
-        if pid == 0:  # the child: serve, and never return into the caller's code
-            code = 70
-            try:
-                signals.release()  # the parent's "record, do not die" is not the child's
-                ours.close()
-                # Inherit nothing but stdio and our socket (not the launcher's end of the
-                # privileged helper's socketpair, forked before us).
-                os.closerange(3, theirs.fileno())
-                os.closerange(theirs.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
-                if log_level is not None:
-                    from launcher import logs  # noqa: PLC0415
-
-                    logs.configure(log_level)
-                code = _child(theirs)
-            except BaseException as err:  # nothing may unwind into the parent's code
-                code = 70
-                with contextlib.suppress(Exception):  # the parent reports "exited (status 70)"
-                    log.error("the netlink child failed: %s: %s", type(err).__name__, err)
-                    log.debug("traceback", exc_info=err)
-            finally:
-                os._exit(code)
-        theirs.close()
-        return cls(_Forked(pid), ours)
+        """Fork the child from this process; call only while it has a single thread."""
+        return cls(netchild.fork(log_level))
 
     def prefetch(self, op: str, *args: Any, **kwargs: Any) -> None:
         """Send a request now (blocking, before the event loop runs); the later
         ``call(op, *args)`` with the same arguments only reads its answer. The child
         works on it as soon as its imports are done, while this process goes on."""
-        request = _request(op, args, kwargs)
+        request = netchild.encode_request(op, args, kwargs)
         self._sock.sendall(request)
         self._sent = request
 
@@ -249,7 +105,7 @@ class Agent:
 
     async def send(self, op: str, *args: Any, **kwargs: Any) -> None:
         """Send a request without waiting for its answer (read it with :meth:`receive`)."""
-        request = _request(op, args, kwargs)
+        request = netchild.encode_request(op, args, kwargs)
         if request == self._sent:
             return
         try:
@@ -277,8 +133,8 @@ class Agent:
                 async with asyncio.timeout(timeout):
                     reader, _ = await self._connect()
                     self._sent = None
-                    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-                    if size > _MAX_MESSAGE:
+                    (size,) = netchild.HEADER.unpack(await reader.readexactly(netchild.HEADER.size))
+                    if size > netchild.MAX_MESSAGE:
                         raise NetworkError(f"the netlink child sent a {size}-byte answer")
                     data = await reader.readexactly(size)
             except TimeoutError as err:
@@ -291,7 +147,7 @@ class Agent:
                 raise NetworkError(
                     f"the netlink child exited (status {code}) before answering {op!r}"
                 ) from err
-        return _answer(op, data)
+        return netchild.decode_answer(op, data)
 
     async def _wait(self, seconds: float) -> int | None:
         """The child's exit status after at most ``seconds``; killed if it is still there."""
@@ -321,29 +177,6 @@ class Agent:
         self.release()
         if await self._wait(5.0) is None:
             log.warning("the netlink child %d did not exit; killed it", self._proc.pid)
-
-
-def call_once(op: str, *args: Any, timeout: float = CALL_TIMEOUT_S, **kwargs: Any) -> Any:
-    """Run one operation in a fresh child and wait for it (blocking: call from a thread)."""
-    try:
-        done = subprocess.run(
-            _command(_log_level()),
-            input=_request(op, args, kwargs),
-            stdout=subprocess.PIPE,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as err:
-        raise NetworkError(f"the netlink child did not finish {op!r} in {timeout:.0f} s") from err
-    except OSError as err:
-        raise NetworkError(f"cannot start the netlink child {sys.executable}: {err}") from err
-    out = done.stdout
-    if len(out) < _HEADER.size:
-        raise NetworkError(
-            f"the netlink child exited (status {done.returncode}) before answering {op!r}"
-        )
-    (size,) = _HEADER.unpack(out[: _HEADER.size])
-    return _answer(op, out[_HEADER.size : _HEADER.size + size])
 
 
 class AgentRunner:
@@ -521,77 +354,3 @@ class AgentRunner:
         if agent is not None:
             agent.release()
         return agent
-
-
-# --------------------------------------------------------------------------- the child
-
-
-def _serve(channel: BinaryIO, requests: BinaryIO, ops: dict[str, Callable[..., Any]]) -> int:
-    while True:
-        header = requests.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            return 0  # stdin closed: the launcher is done with us
-        (size,) = _HEADER.unpack(header)
-        op, args, kwargs = pickle.loads(requests.read(size))  # noqa: S301 - from our parent
-        started = time.monotonic()
-        try:
-            reply: tuple[str, Any] = ("ok", ops[op](*args, **kwargs))
-        except Exception as err:  # every failure goes back to the caller, which raises it
-            if not isinstance(err, LauncherError):
-                log.debug("traceback", exc_info=err)
-            reply = ("error", err)
-        try:
-            data = pickle.dumps(reply)
-        except Exception as err:  # noqa: BLE001 - an exception that does not pickle: its text
-            data = pickle.dumps(("error", NetworkError(f"{op} failed: {reply[1]!s} ({err})")))
-        channel.write(_HEADER.pack(len(data)) + data)
-        channel.flush()
-        log.debug(
-            "netlink child: %s took %.1f ms",
-            op,
-            (time.monotonic() - started) * 1000,
-            extra={"event": "netlink-child-op", "op": op},
-        )
-
-
-def _child(sock: socket.socket | None) -> int:
-    """The child's life: answer requests on ``sock`` (or stdin/stdout) until it closes."""
-    requests: BinaryIO
-    if sock is not None:
-        requests, channel = sock.makefile("rb"), sock.makefile("wb")
-    else:
-        requests, channel = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # stdout is not the channel: anything printed goes to the log
-    log.debug("netlink child started", extra={"event": "netlink-child-started"})
-    from launcher.network.netlink import lean_import  # noqa: PLC0415
-
-    lean_import()  # before the first request: the parent is still reading its spec
-    from launcher.network import apply, cleanup, discover, recover  # noqa: PLC0415
-
-    log.debug("netlink child ready", extra={"event": "netlink-child-ready"})
-    ops: dict[str, Callable[..., Any]] = {
-        "discover": discover,
-        "apply": apply,
-        "cleanup": cleanup,
-        "recover": recover,
-    }
-    try:
-        return _serve(channel, requests, ops)
-    except (BrokenPipeError, ConnectionError, KeyboardInterrupt):
-        return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m launcher.agent``: answer requests until the input closes."""
-    parser = argparse.ArgumentParser(prog="python -m launcher.agent")
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument("--fd", type=int, help="a connected unix socket (else stdin/stdout)")
-    args = parser.parse_args(argv)
-    from launcher import logs  # noqa: PLC0415
-
-    logs.configure(args.log_level)
-    return _child(socket.socket(fileno=args.fd) if args.fd is not None else None)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,7 +35,7 @@ from launcher.errors import (
 from launcher.startup import import_asyncio
 
 if TYPE_CHECKING:
-    from launcher.agent import Agent
+    from launcher.netchild import Started
     from launcher.options import RunOptions
     from launcher.privsep.helper import Helper
     from launcher.run import StatusTask
@@ -549,10 +549,10 @@ def manifest(options: Options, out: TextIO) -> int:
     return EXIT_OK
 
 
-def run(options: Options, agent: Agent | None = None, helper: Helper | None = None) -> int:
+def run(options: Options, child: Started | None = None, helper: Helper | None = None) -> int:
     """``virt-launcher run``: the pod entrypoint (:mod:`launcher.run`).
 
-    ``agent``: the netlink child :mod:`launcher.entry` forked before this module was
+    ``child``: the netlink child :mod:`launcher.entry` forked before this module was
     imported; else it is forked here (one thread, no event loop yet). Either way it
     imports pyroute2 and the network package and discovers the pod on the other core
     while this process imports the rest of the launcher and loads the spec (docs/run.md).
@@ -562,8 +562,7 @@ def run(options: Options, agent: Agent | None = None, helper: Helper | None = No
     import_asyncio()
     from launcher.agent import Agent  # noqa: PLC0415 - startup: CLI light
 
-    if agent is None:
-        agent = Agent.fork()
+    agent = Agent.fork() if child is None else Agent(child)
     agent.prefetch("discover", None, options.run_args.get("state_dir", DEFAULT_STATE_DIR))
     if helper is None:
         from launcher.privsep.helper import Helper  # noqa: PLC0415 - startup: CLI light
@@ -606,11 +605,11 @@ def _status_task(listen: Listen) -> StatusTask:
 def main(
     argv: Sequence[str] | None = None,
     *,
-    agent: Agent | None = None,
+    child: Started | None = None,
     helper: Helper | None = None,
 ) -> int:
     """The CLI (the ``virt-launcher`` console script is :mod:`launcher.entry`); returns the
-    exit code. ``agent``/``helper``: ``run``'s netlink child and privileged helper when
+    exit code. ``child``/``helper``: ``run``'s netlink child and privileged helper when
     the entry module forked them."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure(options.log_level)
@@ -623,7 +622,7 @@ def main(
             return status(options, sys.stdout)
         if options.command == "manifest":
             return manifest(options, sys.stdout)
-        return run(options, agent, helper)
+        return run(options, child, helper)
     except SpecError as err:
         for line in err.lines():
             print(line, file=sys.stderr)

@@ -2,7 +2,7 @@
 ``run``'s netlink child and privileged helper forked before the CLI is even imported.
 
 ``virt-launcher run`` is on the pod's start-up path: the netlink child
-(:mod:`launcher.agent`) does not need argparse, logging or the CLI to start importing
+(:mod:`launcher.netchild`) does not need argparse, logging or the CLI to start importing
 pyroute2 and the network package, so for ``run`` this module forks it — and the
 privileged helper — first (:func:`launcher.startup.fork_children`, the first rows of that
 module's table) and hands them to :func:`launcher.cli.main`; the child and this process
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from launcher.startup import fork_children
+from launcher.startup import command_of, fork_children
 
 __all__ = ["main"]
 
@@ -22,10 +22,14 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    agent, helper = fork_children(args)
+    child, helper = fork_children(args)
+    if command_of(args) != "status":  # the exec probe defines few dataclasses
+        from launcher import dataclass_code  # noqa: PLC0415 - startup: dataclass code
+
+        dataclass_code.enable()  # after the forks: the helper does not carry the cache
     from launcher.cli import main as cli_main  # noqa: PLC0415 - startup: the forks come first
 
-    return cli_main(args, agent=agent, helper=helper)
+    return cli_main(args, child=child, helper=helper)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ codecs at start-up instead of after the spawn.
 
 A deferred import elsewhere in the launcher names its row here in its ``noqa`` comment
 (``# noqa: PLC0415 - startup: <row>``) or the import cycle it breaks; any other local
-import is one to remove. (The netlink child's own, in :mod:`launcher.agent`, follow the
+import is one to remove. (The netlink child's own, in :mod:`launcher.netchild`, follow the
 fork: they run in the child after :func:`lean_pyroute2`.)
 This module imports only the standard library at its top, so it costs nothing to import
 first.
@@ -79,7 +79,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from launcher.agent import Agent
+    from launcher.netchild import Started
     from launcher.privsep.helper import Helper
 
 __all__ = [
@@ -125,37 +125,39 @@ def command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
-def fork_children(argv: Sequence[str]) -> tuple[Agent | None, Helper | None]:
+def fork_children(argv: Sequence[str]) -> tuple[Started | None, Helper | None]:
     """For ``run``: (the netlink child, the privileged helper) forked now, before the CLI
     is imported; else (None, None).
 
     Called by :mod:`launcher.entry` first thing, while the process has one thread and no
-    event loop: the helper first, before asyncio is imported (it carries little), then
-    the netlink child. The log level is peeked from ``argv`` for the children's own log
-    lines (the CLI parses the arguments for real and reports any mistake). A fork that
-    fails gives None: the CLI forks again and reports the failure properly.
+    event loop: the netlink child first — its imports (pyroute2, the network package)
+    are the longest way to the VMM spawn, so they start on the second core after only
+    the standard library, :mod:`launcher.signals` and :mod:`launcher.errors` are
+    imported here — then the helper, before asyncio is imported (it carries little).
+    The log level is peeked from ``argv`` for the children's own log lines (the CLI
+    parses the arguments for real and reports any mistake). A fork that fails gives
+    None: the CLI forks again and reports the failure properly.
     """
     if command_of(argv) != "run" or "-h" in argv or "--help" in argv:
         return None, None
     from launcher import signals  # noqa: PLC0415 - startup: the fork (stdlib only)
 
     signals.hold()  # first: a SIGTERM from now on is recorded, not fatal (launcher.signals)
+    from launcher import netchild  # noqa: PLC0415 - startup: the fork (stdlib only)
     from launcher.errors import LauncherError  # noqa: PLC0415 - startup: the fork
-    from launcher.privsep.helper import Helper  # noqa: PLC0415 - startup: the fork (lean)
 
     level = _peek_log_level(argv)
+    try:
+        child: Started | None = netchild.fork(log_level=level)
+    except LauncherError:
+        child = None
+    from launcher.privsep.helper import Helper  # noqa: PLC0415 - startup: the fork (lean)
+
     try:
         helper: Helper | None = Helper.fork(log_level=level)
     except LauncherError:
         helper = None
-    import_asyncio()
-    from launcher.agent import Agent  # noqa: PLC0415 - startup: the fork (after asyncio)
-
-    try:
-        agent: Agent | None = Agent.fork(log_level=level)
-    except LauncherError:
-        agent = None
-    return agent, helper
+    return child, helper
 
 
 # --------------------------------------------------------------------------- no TLS

@@ -6,7 +6,7 @@ script :mod:`launcher.entry`; :meth:`Helper.spawn`, a fresh interpreter, for cal
 threads), and used through :class:`launcher.agent.AgentRunner` — the run's one
 :class:`~launcher.nics.PodRunner` — for the privileged work left at run time: hot-plug
 plumbing and exit cleanup (``discover``/``apply``/``cleanup``, each run by the helper in
-a netlink child, :func:`launcher.agent.call_once`), opening a plugged NIC's taps for the
+a netlink child, :func:`launcher.netchild.call_once`), opening a plugged NIC's taps for the
 VMM and its DHCP/RA servers' sockets (handed back as SCM_RIGHTS file descriptors).
 
 What it keeps and how it is bounded:
@@ -142,7 +142,7 @@ def _run(request: Request) -> tuple[Any, list[int]]:
     if isinstance(request, SignalProcess):
         _signal_child_of_launcher(request.pid, request.signum)
         return None, []
-    from launcher.agent import call_once  # noqa: PLC0415 - startup: helper imports on use
+    from launcher.netchild import call_once  # noqa: PLC0415 - startup: helper imports on use
 
     if isinstance(request, Discover):
         return call_once("discover", None, request.state_dir, timeout=_NETLINK_TIMEOUT_S), []

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from launcher import cli, entry, startup
-from launcher.agent import Agent
+from launcher import cli, entry, netchild, startup
 from launcher.errors import NetworkError
 from launcher.privsep.helper import Helper
 
@@ -46,8 +45,8 @@ HELPER = object()
 def _record(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     calls: list[Any] = []
 
-    def fake_cli(argv: list[str], *, agent: Any = None, helper: Any = None) -> int:
-        calls.append((argv, agent))
+    def fake_cli(argv: list[str], *, child: Any = None, helper: Any = None) -> int:
+        calls.append((argv, child))
         assert helper is (
             HELPER if startup.command_of(argv) == "run" and argv != ["run", "--help"] else None
         )
@@ -65,10 +64,10 @@ def _record(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 def test_no_child_for_other_commands_or_help(
     monkeypatch: pytest.MonkeyPatch, argv: list[str]
 ) -> None:
-    def no_fork(**_: Any) -> Agent:
+    def no_fork(**_: Any) -> netchild.Started:
         raise AssertionError("forked")
 
-    monkeypatch.setattr(Agent, "fork", staticmethod(no_fork))
+    monkeypatch.setattr(netchild, "fork", no_fork)
     calls = _record(monkeypatch)
     assert entry.main(argv) == 0
     assert calls == [(argv, None)]
@@ -82,17 +81,17 @@ def test_run_gets_the_forked_child(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         made.append(log_level)
         return sentinel
 
-    monkeypatch.setattr(Agent, "fork", staticmethod(fake_fork))
+    monkeypatch.setattr(netchild, "fork", fake_fork)
     calls = _record(monkeypatch)
     assert entry.main(["--log-level", "debug", "run", "--spec", str(tmp_path)]) == 0
     assert made == ["debug"] and calls[0][1] is sentinel
 
 
 def test_a_failed_fork_leaves_it_to_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    def failing(log_level: str | None = None) -> Agent:
+    def failing(log_level: str | None = None) -> netchild.Started:
         raise NetworkError("cannot fork the netlink child: no memory")
 
-    monkeypatch.setattr(Agent, "fork", staticmethod(failing))
+    monkeypatch.setattr(netchild, "fork", failing)
     calls = _record(monkeypatch)
     assert entry.main(["run"]) == 0
     assert calls == [(["run"], None)]

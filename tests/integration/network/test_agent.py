@@ -1,6 +1,6 @@
-"""The netlink child (launcher.agent) against a real pod netns: same results as in-process,
-errors cross the process boundary with their type and message, a dead or stuck child is
-a NetworkError, and the children are gone afterwards."""
+"""The netlink child (launcher.netchild, through launcher.agent) against a real pod netns:
+same results as in-process, errors cross the process boundary with their type and
+message, a dead or stuck child is a NetworkError, and the children are gone afterwards."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.agent import Agent, call_once
+from launcher.agent import Agent
 from launcher.errors import NetworkError, StateCacheError
+from launcher.netchild import call_once
 from launcher.network import PlanOptions, discover, plan
 from launcher.network.state import PHASE_CONFIGURING, InterfaceRecord, write_record
 from testbed.netns import Topology, nsrun

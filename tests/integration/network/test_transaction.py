@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.agent import Agent, AgentRunner, call_once
+from launcher.agent import Agent, AgentRunner
 from launcher.errors import NetworkError
+from launcher.netchild import call_once
 from launcher.network import PlanOptions, apply, cleanup, discover, plan, recover
 from launcher.network.plan import NetworkPlan
 from launcher.network.state import TXN_FILE

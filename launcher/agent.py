@@ -210,7 +210,7 @@ class AgentRunner:
         if self._agent is not None:
             return await self._agent.call(op, *args, **kwargs)
         if self.helper is not None and self.netns is None:
-            from launcher.privsep.codec import Apply, Cleanup, Discover  # noqa: PLC0415
+            from launcher.privsep.codec import Apply, Cleanup, Discover  # noqa: PLC0415 - startup: helper imports on use
 
             request: Discover | Apply | Cleanup
             if op == "discover":
@@ -268,7 +268,7 @@ class AgentRunner:
         """``recover`` in a fresh child: started by the helper when the run has one (this
         process may hold no capability by now), else by this process."""
         if self.helper is not None and self.netns is None:
-            from launcher.privsep.codec import Recover  # noqa: PLC0415
+            from launcher.privsep.codec import Recover  # noqa: PLC0415 - startup: helper imports on use
 
             value, _ = await self.helper.call(Recover(self.state_dir))
             return bool(value)
@@ -281,10 +281,10 @@ class AgentRunner:
     async def open_tap(self, name: str, queues: int) -> list[int]:
         """``queues`` fds of tap ``name`` for the VMM (the caller closes them)."""
         if self._privileged or self.helper is None:
-            from hypervisor.taps import open_tap  # noqa: PLC0415
+            from hypervisor.taps import open_tap  # noqa: PLC0415 - startup: helper imports on use
 
             return open_tap(name, queues)
-        from launcher.privsep.codec import OpenTap  # noqa: PLC0415
+        from launcher.privsep.codec import OpenTap  # noqa: PLC0415 - startup: helper imports on use
 
         _, fds = await self.helper.call(OpenTap(name, queues))
         if len(fds) != queues:
@@ -295,11 +295,11 @@ class AgentRunner:
 
     async def open_socket(self, request: SocketRequest) -> socket.socket:
         """A DHCP/RA server's privileged socket (:mod:`dhcp.sockets`)."""
-        from dhcp.sockets import open_socket  # noqa: PLC0415
+        from dhcp.sockets import open_socket  # noqa: PLC0415 - startup: helper imports on use
 
         if self._privileged or self.helper is None:
             return open_socket(request)
-        from launcher.privsep.codec import OpenSocket  # noqa: PLC0415
+        from launcher.privsep.codec import OpenSocket  # noqa: PLC0415 - startup: helper imports on use
 
         _, fds = await self.helper.call(OpenSocket(request.kind, request.interface, request.port))
         if len(fds) != 1:
@@ -311,11 +311,11 @@ class AgentRunner:
     def open_link(self, interface: str) -> socket.socket:
         """The status probes' link-layer socket on ``interface`` (blocking: the probes run
         in worker threads); from the helper after :meth:`drop_privileges`."""
-        from dhcp.sockets import SocketRequest, open_socket  # noqa: PLC0415
+        from dhcp.sockets import SocketRequest, open_socket  # noqa: PLC0415 - startup: helper imports on use
 
         if self._privileged or self.helper is None:
             return open_socket(SocketRequest("link", interface))
-        from launcher.privsep.codec import OpenSocket  # noqa: PLC0415
+        from launcher.privsep.codec import OpenSocket  # noqa: PLC0415 - startup: helper imports on use
 
         _, fds = self.helper.call_blocking(OpenSocket("link", interface))
         if len(fds) != 1:
@@ -334,7 +334,7 @@ class AgentRunner:
             return
 
         def send() -> None:
-            from launcher.privsep.codec import SignalProcess  # noqa: PLC0415
+            from launcher.privsep.codec import SignalProcess  # noqa: PLC0415 - startup: helper imports on use
 
             try:
                 helper.call_blocking(SignalProcess(pid, signum))

@@ -21,9 +21,9 @@ before asyncio is imported                                  carries little: 14.4
                                                             17.4 / 9.4 forked after asyncio
 the helper's imports on use   ``launcher.privsep.helper``,  each request imports what it
                               ``launcher.privsep.codec``    needs: the idle helper and the
-                                                            fork skip asyncio (via
-                                                            ``launcher.agent``; ≈14 ms,
-                                                            5.8 MiB), ``launcher.network``
+                                                            fork skip asyncio (≈14 ms,
+                                                            5.8 MiB; ``launcher.netchild``
+                                                            has none), ``launcher.network``
                                                             (≈64 ms, 10.6 MiB), subprocess and
                                                             argparse (≈3 ms, 0.7 MiB); the tap
                                                             and socket openers stay off the

@@ -1,9 +1,7 @@
 """Every deferred import in the launcher says why (launcher/startup.py's docstring).
 
 A ``# noqa: PLC0415`` (an import inside a function) must be followed by its reason: the
-start-up row it belongs to (``- startup: <row>``) or the import cycle it breaks. The
-netlink child's own imports in ``launcher.agent`` follow the fork (the docstring says
-so) and are exempt.
+start-up row it belongs to (``- startup: <row>``) or the import cycle it breaks.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
 NOQA = re.compile(r"#\s*noqa:\s*PLC0415\b(?P<rest>.*)$")
-EXEMPT = {"launcher/agent.py"}
+EXEMPT: set[str] = set()
 
 
 def unexplained(root: Path = ROOT) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from launcher.startup import command_of, fork_children
+from launcher.startup import command_of, fork_children, pause_gc
 
 __all__ = ["main"]
 
@@ -22,6 +22,8 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if command_of(args) == "run":
+        pause_gc()  # until launcher.startup.start_up_done
     child, helper = fork_children(args)
     if command_of(args) != "status":  # the exec probe defines few dataclasses
         from launcher import dataclass_code  # noqa: PLC0415 - startup: dataclass code

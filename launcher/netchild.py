@@ -277,6 +277,9 @@ def _child(sock: socket.socket | None) -> int:
     log.debug("netlink child started", extra={"event": "netlink-child-started"})
     from launcher import dataclass_code  # noqa: PLC0415 - startup: dataclass code
 
+    # apply runs nft in a thread beside the netlink work: hand the GIL over every 0.5 ms,
+    # not every 5, or the nft thread waits for it at each step of talking to nft
+    sys.setswitchinterval(0.0005)
     dataclass_code.enable()  # before the network package defines its models (kept: the
     # plans this child unpickles may import more; it exits after start-up)
     from launcher.network.netlink import lean_import  # noqa: PLC0415 - startup: lean pyroute2

@@ -75,7 +75,7 @@ from launcher.privsep.helper import Helper
 from launcher.privsep.vmm import hand_over, parse_user
 from launcher.spec import VmSpec, load
 from launcher.spec.model import BindingKind
-from launcher.startup import import_servers, preload_hypervisor, without_ssl
+from launcher.startup import import_servers, preload_hypervisor, start_up_done, without_ssl
 from launcher.status.model import StatusBoard
 from launcher.supervisor import (
     ChildReaper,
@@ -543,6 +543,7 @@ class _Run:
         others.append(group.create_task(refresh, name="link-refresh"))
         if self.status is not None:
             others.append(group.create_task(self.status(board), name="status"))
+        start_up_done()
 
     async def _drop_privileges(
         self, supervisor: Supervisor, supervised: asyncio.Task[Outcome]

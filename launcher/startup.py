@@ -70,6 +70,7 @@ first.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import sys
@@ -91,6 +92,8 @@ __all__ = [
     "preload_hypervisor",
     "import_servers",
     "SERVER_MODULES",
+    "pause_gc",
+    "start_up_done",
 ]
 
 #: The DHCPv4, DHCPv6 and RA servers' modules: imported after the VMM spawn.
@@ -274,3 +277,43 @@ def import_servers() -> None:
     VMM starts; :mod:`launcher.nics` then finds them imported)."""
     for name in SERVER_MODULES:
         importlib.import_module(name)
+
+
+# --------------------------------------------------------------------------- the end of start-up
+
+
+def pause_gc() -> None:
+    """No cyclic garbage collection while the start-up imports run (``launcher.entry``,
+    for ``run``, before the forks; the helper turns it back on in itself).
+
+    Start-up allocates tens of thousands of long-lived objects (modules, classes,
+    functions); the collector would walk them again and again, finding nothing to free.
+    """
+    gc.disable()
+
+
+def start_up_done() -> None:
+    """The VM runs, its servers listen, the privileges are dropped (``launcher.run``):
+    what start-up used is put away.
+
+    The objects made so far are moved out of the collector's generations
+    (``gc.freeze``: later collections, and the idle launcher's, do not walk them again)
+    and collection is back on; the dataclass code cache (:mod:`launcher.dataclass_code`)
+    is let go.
+    """
+    from launcher import dataclass_code  # noqa: PLC0415 - startup: dataclass code
+
+    stats = dataclass_code.stats()
+    dataclass_code.disable()
+    gc.freeze()
+    gc.enable()
+    import logging  # noqa: PLC0415 - startup: this module imports only the standard library
+
+    logging.getLogger(__name__).debug(
+        "start-up done: dataclass code %d of %d texts used, %d compiled; %d objects frozen",
+        stats.hits,
+        stats.entries,
+        stats.compiled,
+        gc.get_freeze_count(),
+        extra={"event": "start-up-done"},
+    )

@@ -347,6 +347,7 @@ class Helper:
                 keep = theirs.fileno()
                 os.closerange(3, keep)
                 os.closerange(keep + 1, _max_fd())
+                gc.enable()  # the launcher pauses it for its start-up (launcher.startup)
                 if log_level is not None:
                     logs.configure(log_level)
                 _become_helper(parent)

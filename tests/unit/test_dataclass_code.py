@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import marshal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -134,7 +135,28 @@ def test_a_class_made_from_the_cache_is_the_class_made_without_it(tmp_path: Path
 
 def test_a_text_missing_from_the_cache_is_compiled_as_before(tmp_path: Path) -> None:
     cache = tmp_path / "cache.bin"
-    cache.write_bytes(importlib.util.MAGIC_NUMBER + marshal.dumps({}))
+    cache.write_bytes(dataclass_code._layout({"x = 1": compile("x = 1", "<s>", "exec")}))
+    plain = _describe(tmp_path)
+    cached = _describe(tmp_path, ENABLE.format(path=str(cache)), STATS)
+    enabled, hits, compiled = cached.pop("cache")  # type: ignore[misc]
+    assert enabled is True and hits == 0 and compiled > 10
+    assert cached == plain
+
+
+def test_an_entry_holding_another_text_is_not_used(tmp_path: Path) -> None:
+    """Two texts with the same length and CRC-32 would share an index key: the entry's
+    own text is compared before its code runs."""
+    cache = tmp_path / "cache.bin"
+    _build(tmp_path, cache)
+    data = bytearray(cache.read_bytes())
+    cut = len(importlib.util.MAGIC_NUMBER)
+    (size,) = struct.unpack("<Q", data[cut : cut + 8])
+    start = cut + 8 + size
+    # flip one byte inside every stored text (each entry starts with its text)
+    index = marshal.loads(bytes(data[cut + 8 : start]))  # noqa: S302 - the file just built
+    for offset, _, _ in index.values():
+        data[start + offset] ^= 0x20
+    cache.write_bytes(bytes(data))
     plain = _describe(tmp_path)
     cached = _describe(tmp_path, ENABLE.format(path=str(cache)), STATS)
     enabled, hits, compiled = cached.pop("cache")  # type: ignore[misc]
@@ -143,14 +165,17 @@ def test_a_text_missing_from_the_cache_is_compiled_as_before(tmp_path: Path) -> 
 
 
 def test_a_bad_or_foreign_cache_is_not_used(tmp_path: Path) -> None:
-    good = marshal.dumps({"x": compile("pass", "<string>", "exec")})
+    good = dataclass_code._layout({"pass": compile("pass", "<string>", "exec")})
+    magic = importlib.util.MAGIC_NUMBER
+    index_size = struct.unpack("<Q", good[len(magic) : len(magic) + 8])[0]
     files = {
         "missing": None,
         "empty": b"",
-        "other-python": b"\x00\x00\r\n" + good,
-        "truncated": importlib.util.MAGIC_NUMBER + good[:-3],
-        "not-a-table": importlib.util.MAGIC_NUMBER + marshal.dumps(["x"]),
-        "not-code": importlib.util.MAGIC_NUMBER + marshal.dumps({"x": "pass"}),
+        "other-python": b"\x00\x00\r\n" + good[len(magic) :],
+        "short": magic + b"\x01",
+        "index-past-the-end": magic + struct.pack("<Q", 1 << 40) + good[len(magic) + 8 :],
+        "entries-cut": good[: len(magic) + 8 + index_size + 2],
+        "not-an-index": magic + struct.pack("<Q", len(marshal.dumps(["x"]))) + marshal.dumps(["x"]),
     }
     for name, data in files.items():
         path = tmp_path / name

@@ -10,11 +10,23 @@ importtime`` and ``/proc/self/smaps_rollup`` (bench/README.md, *Launcher* and *I
 ============================  ============================  ===================================
 measure                       where                         measured gain
 ============================  ============================  ===================================
-fork the netlink child before :func:`fork_children`        the child's imports (pyroute2, the
-the CLI is imported           (``launcher.entry``)          network package, ≈170 ms) run on
-                                                            the second core beside the
-                                                            parent's; with the rows below,
-                                                            spawn 937 → ≈300 ms median
+fork the netlink child first  :func:`fork_children`         the child's imports (pyroute2, the
+(:mod:`launcher.netchild`:    (``launcher.entry``)          network package) run on the second
+no asyncio), before the                                     core beside the parent's, from
+helper and the CLI                                          ≈40 ms after exec (≈76 ms when it
+                                                            was forked after the helper and
+                                                            asyncio); with the rows below,
+                                                            spawn 937 → ≈300 → ≈170 ms median
+dataclass code compiled at    ``launcher.dataclass_code``   the code ``@dataclass`` generates
+install                       (``launcher.entry``, the      for ≈150 models was 45 % of the
+                              netlink child)                start-up imports: launcher
+                                                            117 → 68 ms, netlink child
+                                                            −30 ms (uncontended)
+cyclic GC paused during       :func:`pause_gc`,             ≈−5 ms of start-up imports (min of
+start-up                      :func:`start_up_done`         12 runs, 106.7 → 101.5 ms); the
+                                                            52,000 start-up objects are frozen
+                                                            afterwards (no later collection
+                                                            walks them)
 fork the privileged helper    :func:`fork_children`         the helper (docs/privileges.md)
 before asyncio is imported                                  carries little: 14.4 MiB RSS /
                                                             7.1 MiB private instead of
@@ -56,9 +68,14 @@ light                         loader, the run stack, the    every few seconds) l
                               when used)                    import ``launcher.run`` (≈65 ms)
 ============================  ============================  ===================================
 
-Two measures were tried and dropped because they bought nothing measurable: pausing the
-cyclic GC during start-up (306 vs 289 ms median, 7 runs each) and importing the DHCP
-codecs at start-up instead of after the spawn.
+One measure was tried and dropped because it bought nothing measurable: importing the
+DHCP codecs at start-up instead of after the spawn. (Pausing the GC was dropped once on a
+noisy spawn median, 306 vs 289 ms over 7 runs, and taken up again when the minimum of 12
+import timings showed its ≈5 ms.) Two more start-up measures live where their work is: the
+netlink child creates taps by ``TUNSETIFF`` instead of pyroute2's forked helper process
+(:meth:`launcher.network.netlink.Netlink.add_tap`, ≈−12 to −26 ms of apply) and hands the
+GIL over every 0.5 ms so apply's nft thread is not kept waiting (:mod:`launcher.netchild`;
+nft finished 7–30 ms after the last netlink change, now with it).
 
 A deferred import elsewhere in the launcher names its row here in its ``noqa`` comment
 (``# noqa: PLC0415 - startup: <row>``) or the import cycle it breaks; any other local

@@ -298,6 +298,8 @@ def import_servers() -> None:
 
 # --------------------------------------------------------------------------- the end of start-up
 
+_gc_paused = False
+
 
 def pause_gc() -> None:
     """No cyclic garbage collection while the start-up imports run (``launcher.entry``,
@@ -306,7 +308,9 @@ def pause_gc() -> None:
     Start-up allocates tens of thousands of long-lived objects (modules, classes,
     functions); the collector would walk them again and again, finding nothing to free.
     """
+    global _gc_paused  # noqa: PLW0603 - one process-wide switch, like gc's own
     gc.disable()
+    _gc_paused = True
 
 
 def start_up_done() -> None:
@@ -320,10 +324,13 @@ def start_up_done() -> None:
     """
     from launcher import dataclass_code  # noqa: PLC0415 - startup: dataclass code
 
+    global _gc_paused  # noqa: PLW0603 - the same
     stats = dataclass_code.stats()
     dataclass_code.disable()
-    gc.freeze()
-    gc.enable()
+    if _gc_paused:  # else (a run called in-process, tests) the caller's GC is left alone
+        gc.freeze()
+        gc.enable()
+        _gc_paused = False
     import logging  # noqa: PLC0415 - startup: this module imports only the standard library
 
     logging.getLogger(__name__).debug(

@@ -1,8 +1,10 @@
 """The console script forks run's netlink child and privileged helper before the CLI,
-and only for run."""
+and only for run; the cyclic GC is paused for run's start-up and frozen after it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +97,35 @@ def test_a_failed_fork_leaves_it_to_the_cli(monkeypatch: pytest.MonkeyPatch) -> 
     calls = _record(monkeypatch)
     assert entry.main(["run"]) == 0
     assert calls == [(["run"], None)]
+
+
+def _python(code: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_the_gc_is_paused_for_start_up_then_frozen_and_back_on() -> None:
+    out = _python(
+        "import gc\n"
+        "from launcher import startup\n"
+        "startup.pause_gc()\n"
+        "print(gc.isenabled())\n"
+        "import launcher.run\n"
+        "startup.start_up_done()\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 10000)\n"
+    )
+    assert out == ["False", "True", "True"]
+
+
+def test_a_run_called_in_process_leaves_the_callers_gc_alone() -> None:
+    out = _python(
+        "import gc\n"
+        "from launcher import startup\n"
+        "gc.disable()\n"
+        "startup.start_up_done()\n"
+        "print(gc.isenabled(), gc.get_freeze_count())\n"
+    )
+    assert out == ["False", "0"]

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
             _add_manifest_arguments(sub)
         if name == "validate":
             _add_validate_arguments(sub)
-        if name in ("run", "status", "plan"):
+        if name in ("run", "status", "plan", "validate"):
             _add_status_arguments(sub, name)
     return parser
 
@@ -168,10 +168,21 @@ def summary(spec: VmSpec) -> str:
 
 def validate(options: Options, out: TextIO) -> int:
     """``virt-launcher validate``: load the spec, check it against the hypervisor that
-    would run it (``--hypervisor``, else by shape: NIC models) and print its summary."""
-    from launcher.machine import check_for_hypervisor, choose_hypervisor  # noqa: PLC0415 - startup: CLI light
+    would run it (``--hypervisor``, else by shape: NIC models) and the status port it
+    would serve (``--status-listen``: masquerade never forwards it), and print its
+    summary."""
+    from launcher.machine import (  # noqa: PLC0415 - startup: CLI light
+        check_for_hypervisor,
+        choose_hypervisor,
+        forwarded_port_problems,
+    )
 
     spec = _load(options.spec_path)
+    status_port = _status_port(options)
+    if status_port is not None:  # load knew only the default status port
+        problems = forwarded_port_problems(spec, status_port)
+        if problems:
+            raise SpecError(problems)
     kind = choose_hypervisor(spec, options.run_args.get("hypervisor"))
     check_for_hypervisor(
         spec,
@@ -245,6 +256,7 @@ def plan(options: Options, out: TextIO) -> int:
         {
             **options.run_args,
             **({"host_root": plan_only.pop("host_root")} if "host_root" in plan_only else {}),
+            **_status_port_arg(options),
         },
     )
     document, code = plan_document(
@@ -580,6 +592,20 @@ def _listen(options: Options) -> Listen:
     from launcher.status.listen import DEFAULT_LISTEN, parse_listen  # noqa: PLC0415 - the same
 
     return parse_listen(options.status_args.get("status_listen", DEFAULT_LISTEN))
+
+
+def _status_port(options: Options) -> int | None:
+    """The TCP port of ``--status-listen`` when given (None: not given, or a unix socket)."""
+    if "status_listen" not in options.status_args:
+        return None
+    return _listen(options).port
+
+
+def _status_port_arg(options: Options) -> dict[str, int]:
+    """``status_port`` for :meth:`RunOptions.from_args` from ``--status-listen``, as
+    ``run`` passes it (``plan`` prints what ``run`` with the same options would do)."""
+    port = _status_port(options)
+    return {} if port is None else {"status_port": port}
 
 
 def _run_options(options: Options, listen: Listen) -> RunOptions:

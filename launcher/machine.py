@@ -39,6 +39,8 @@ from launcher.spec.model import (
     Masquerade,
     SourceShape,
     VmSpec,
+    reserved_port_clashes,
+    reserved_ports,
 )
 from launcher.volumes import ResolvedVolumes
 
@@ -52,6 +54,7 @@ __all__ = [
     "check_for_hypervisor",
     "nic_model_problems",
     "link_state_problems",
+    "forwarded_port_problems",
     "QEMU_NIC_MODELS",
     "net_device",
     "passthrough_device",
@@ -305,6 +308,22 @@ def link_state_problems(spec: VmSpec, hypervisor: str) -> list[Problem]:
                     "(the guest would keep its carrier; run QEMU)",
                 )
             )
+    return problems
+
+
+def forwarded_port_problems(spec: VmSpec, status_port: int) -> list[Problem]:
+    """Each masquerade ``ports``/``portRanges`` entry holding a port the pod itself uses
+    when the status endpoint listens on ``status_port`` (``validate --status-listen``;
+    ``plan`` and ``run`` meet the same rule in the masquerade binding)."""
+    problems: list[Problem] = []
+    reserved = reserved_ports(dict(spec.annotations), status_port)
+    for index, iface in enumerate(spec.interfaces):
+        if isinstance(iface.binding, Masquerade):
+            base = spec.interface_path(index)
+            clashes = reserved_port_clashes(
+                iface.binding.ports, iface.binding.port_ranges, reserved
+            )
+            problems += [Problem(f"{base}.{where}", message) for where, message in clashes]
     return problems
 
 

@@ -725,6 +725,25 @@ def _launcher_container(
     return container
 
 
+def _network(
+    spec: VmSpec,
+    settings: ManifestSettings,
+    options: RunOptions,
+    devices_path: str,
+    problems: list[Problem],
+) -> NetworkPlan | None:
+    """The network plan, or None with the reasons added to ``problems``: a field the pod
+    cannot run (an ``mtu`` above the pod link's) with its own path, anything else under
+    the interfaces."""
+    try:
+        return plan_for_manifest(spec, settings.ip_families, options)
+    except SpecError as err:
+        problems.extend(err.problems)
+    except LauncherError as err:
+        problems.append(Problem(f"{devices_path}.interfaces", str(err)))
+    return None
+
+
 def build(
     spec: VmSpec,
     spec_text: str,
@@ -750,11 +769,7 @@ def build(
     _, devices_path = _prefix(spec)
     options = run_options(settings)
     hypervisor = choose_hypervisor(spec, options.hypervisor)
-    network: NetworkPlan | None = None
-    try:
-        network = plan_for_manifest(spec, settings.ip_families, options)
-    except LauncherError as err:
-        problems.append(Problem(f"{devices_path}.interfaces", str(err)))
+    network = _network(spec, settings, options, devices_path, problems)
     if settings.cpu_allocation_ratio < 1:
         problems.append(
             Problem("--cpu-allocation-ratio", f"{settings.cpu_allocation_ratio} is below 1")

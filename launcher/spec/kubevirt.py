@@ -49,6 +49,8 @@ from launcher.spec.model import (
     Sriov,
     Volume,
     VolumeSource,
+    port_clash,
+    range_clash,
     reserved_ports,
 )
 from launcher.spec.parts import (
@@ -330,7 +332,7 @@ def _read_interface(item: Fields, reserved: dict[int, str]) -> Interface | None:
             elif plugin is not None:
                 binding = ManagedTap(name=plugin)
         inner.finish()
-    ports = _read_ports(item, binding)
+    ports = _read_ports(item, binding, reserved)
     ranges = _read_port_ranges(item, binding, ports, reserved)
     if (ports or ranges) and isinstance(binding, Masquerade):
         binding = dataclasses.replace(binding, ports=tuple(p for _, p in ports), port_ranges=ranges)
@@ -369,7 +371,9 @@ def _read_interface(item: Fields, reserved: dict[int, str]) -> Interface | None:
     )
 
 
-def _read_ports(item: Fields, binding: Binding) -> list[tuple[str, Port]]:
+def _read_ports(item: Fields, binding: Binding, reserved: dict[int, str]) -> list[tuple[str, Port]]:
+    """``ports``: unique per protocol, none a port the pod itself uses (the status
+    endpoint, migration, Istio's when injected: :func:`reserved_ports`)."""
     ports: list[tuple[str, Port]] = []
     seen: dict[tuple[Protocol, int], str] = {}
     for entry in item.items("ports"):
@@ -391,8 +395,13 @@ def _read_ports(item: Fields, binding: Binding) -> list[tuple[str, Port]]:
                 f"{protocol.value} port {number} is already forwarded by {seen[key]}",
             )
             continue
+        port = Port(port=number, protocol=protocol, name=name)
+        clash = port_clash(port, reserved)
+        if clash is not None:
+            entry.problems.add(entry.at("port"), clash)
+            continue
         seen[key] = entry.path
-        ports.append((entry.path, Port(port=number, protocol=protocol, name=name)))
+        ports.append((entry.path, port))
     if ports and not isinstance(binding, Masquerade):
         item.problems.add(
             item.at("ports"),
@@ -427,9 +436,13 @@ def _read_port_ranges(
             entry.problems.add(entry.at("end"), f"{end} is below start {start}")
             continue
         rng = PortRange(start=start, end=end, protocol=protocol)
-        clash = _range_clash(rng, ranges, ports, reserved)
+        clash = _range_clash(rng, ranges, ports)
         if clash is not None:
             entry.problems.add(entry.path, f"{rng} overlaps {clash}")
+            continue
+        clash = range_clash(rng, reserved)
+        if clash is not None:
+            entry.problems.add(entry.path, clash)
             continue
         ranges.append((entry.path, rng))
     if ranges and not isinstance(binding, Masquerade):
@@ -444,18 +457,15 @@ def _range_clash(
     rng: PortRange,
     ranges: list[tuple[str, PortRange]],
     ports: list[tuple[str, Port]],
-    reserved: dict[int, str],
 ) -> str | None:
-    """What ``rng`` overlaps, as words naming the other side; None when nothing."""
+    """Which other range or listed port ``rng`` overlaps, as words naming it; None when
+    nothing (reserved ports: :func:`range_clash`)."""
     for path, other in ranges:
         if other.protocol is rng.protocol and other.start <= rng.end and rng.start <= other.end:
             return f"{other} of {path}"
     for path, port in ports:
         if port.protocol is rng.protocol and rng.start <= port.port <= rng.end:
             return f"{port.protocol.value} port {port.port} of {path}"
-    for number, user in sorted(reserved.items()):
-        if rng.start <= number <= rng.end:
-            return f"port {number}, which the pod itself uses ({user})"
     return None
 
 

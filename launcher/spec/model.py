@@ -45,6 +45,9 @@ __all__ = [
     "ISTIO_PORTS",
     "ISTIO_ANNOTATION",
     "reserved_ports",
+    "reserved_port_clashes",
+    "port_clash",
+    "range_clash",
     "Protocol",
     "Sriov",
     "SourceShape",
@@ -110,6 +113,44 @@ def reserved_ports(
     if annotations.get(ISTIO_ANNOTATION, "").lower() == "true":
         ports.update({p: "the Istio sidecar" for p in ISTIO_PORTS})
     return ports
+
+
+def port_clash(port: Port, reserved: dict[int, str]) -> str | None:
+    """The problem with forwarding ``port`` when the pod itself uses it (the message of
+    its ``…ports[k].port`` field); None when it is free."""
+    user = reserved.get(port.port)
+    return None if user is None else f"{port.port} is a port the pod itself uses ({user})"
+
+
+def range_clash(rng: PortRange, reserved: dict[int, str]) -> str | None:
+    """The problem with forwarding ``rng`` when it holds a port the pod itself uses (the
+    message of its ``…portRanges[k]`` entry); None when it holds none."""
+    for number, user in sorted(reserved.items()):
+        if rng.start <= number <= rng.end:
+            return f"{rng} overlaps port {number}, which the pod itself uses ({user})"
+    return None
+
+
+def reserved_port_clashes(
+    ports: tuple[Port, ...], ranges: tuple[PortRange, ...], reserved: dict[int, str]
+) -> list[tuple[str, str]]:
+    """Each listed port and range of a masquerade interface that holds a reserved port,
+    as (field relative to the interface, message): ``("ports[1].port", "49152 is …")``.
+
+    The spec reader applies the same rule at load with the default status port; ``plan``
+    and ``run`` apply it again with the status port really configured (``--status-listen``).
+    """
+    found = [
+        (f"ports[{k}].port", msg)
+        for k, port in enumerate(ports)
+        if (msg := port_clash(port, reserved)) is not None
+    ]
+    found += [
+        (f"portRanges[{k}]", msg)
+        for k, rng in enumerate(ranges)
+        if (msg := range_clash(rng, reserved)) is not None
+    ]
+    return found
 
 
 class BindingKind(enum.StrEnum):

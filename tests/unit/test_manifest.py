@@ -533,7 +533,7 @@ spec:
     memory: {guest: 1Gi}
     devices:
       interfaces:
-        - {name: default, masquerade: {}, ports: [{port: 8186}]}
+        - {name: default, masquerade: {}, mtu: 9000}
         - {name: vf, sriov: {}}
       disks: [{name: root, disk: {}}]
   networks:
@@ -553,11 +553,11 @@ spec:
     paths = [line.split(": ", 1)[0] for line in lines]
     assert paths == [
         "metadata.name",
-        "spec.domain.devices.interfaces",
+        "spec.domain.devices.interfaces[0].mtu",
         "--block-volume",
         "spec.networks[1].multus.networkName",
     ], lines
-    assert "8186" in lines[1] and "--network-resource vf=" in lines[3]
+    assert "9000 is above the MTU 1450" in lines[1] and "--network-resource vf=" in lines[3]
 
 
 def test_refusal_is_exit_2_on_stderr_and_nothing_on_stdout(

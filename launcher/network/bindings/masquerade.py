@@ -22,7 +22,7 @@ from dhcp.raconfig import RaConfig
 from dhcp.v4.config import Dhcp4Config
 from dhcp.v6.lease import Config6
 from launcher.errors import NetworkError, Problem, SpecError
-from launcher.spec.model import BindingKind, Masquerade, Protocol
+from launcher.spec.model import BindingKind, Masquerade, Protocol, reserved_port_clashes
 
 from ..model import BridgeLink, LinkSettings, NicContext, NicPlan, link_local_from_mac
 from ..names import bridge_name, derived_mac, tap_name
@@ -96,27 +96,18 @@ class _Forwards:
 
 
 def _forwards(ctx: NicContext, binding: Masquerade) -> _Forwards:
-    """The NIC's port forwards (ports and port ranges, one interval set per protocol); a
-    listed port or range holding a port the pod itself uses is refused."""
+    """The NIC's port forwards (ports and port ranges, one interval set per protocol).
+
+    A listed port or range holding a port the pod itself uses is a SpecError (exit 2)
+    naming the field. The spec reader refused those already against the default status
+    port; this check stays for the status port really configured (``--status-listen``,
+    known only to ``plan``/``run``) and for specs built in code.
+    """
     reserved = ctx.reserved_ports
-    clash = sorted({p.port for p in binding.ports} & set(reserved))
-    if clash:
-        raise NetworkError(
-            f"interface {ctx.interface.name!r} forwards port {clash[0]}, which the pod "
-            f"itself uses (reserved: {', '.join(map(str, reserved))})"
-        )
-    uses = ctx.reserved_uses  # the status port may differ from the default validate knew
-    for k, rng in enumerate(binding.port_ranges):
-        hit = next((p for p in reserved if rng.start <= p <= rng.end), None)
-        if hit is not None:
-            path = f"{ctx.spec.interface_path(ctx.index)}.portRanges[{k}]"
-            raise SpecError(
-                [
-                    Problem(
-                        path, f"{rng} overlaps port {hit}, which the pod itself uses ({uses[hit]})"
-                    )
-                ]
-            )
+    base = ctx.spec.interface_path(ctx.index)
+    clashes = reserved_port_clashes(binding.ports, binding.port_ranges, ctx.reserved_uses)
+    if clashes:
+        raise SpecError([Problem(f"{base}.{where}", message) for where, message in clashes])
     by_proto: dict[Protocol, list[str]] = {}
     for proto in Protocol:
         items = [(p.port, p.port) for p in binding.ports if p.protocol is proto]

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from launcher.errors import NetworkError
+from launcher.errors import NetworkError, SpecError
 from launcher.network import PlanOptions, plan
 from launcher.network.discover import PodLink
 from launcher.network.netlink import Route
@@ -161,7 +161,7 @@ def test_masquerade_reserved_ports() -> None:
     nic = plan(spec, pod_state()).nics[0]
     reserved = next(s for s in nic.nft.inet_sets if s.startswith("set reserved0"))
     assert all(str(p) in reserved for p in ISTIO_PORTS)
-    with pytest.raises(NetworkError, match="forwards port 8186"):
+    with pytest.raises(SpecError, match=r"ports\[0\]\.port: 8186 is a port the pod itself"):
         plan(vm_spec(Masquerade(ports=(Port(8186),))), pod_state())
 
 

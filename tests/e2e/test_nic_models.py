@@ -7,9 +7,13 @@ NIC-model test guest (Debian's generic kernel with the emulated NICs' drivers,
 (``nm-pod-<pid>``, eth0 10.94.0.5/24 behind the peer 10.94.0.1) with one bridge-bound
 interface of that model and ``mtu: 1400``. Checked: the guest's PCI bus shows exactly
 that model's vendor:device, the guest leases the pod address on it through the model's
-driver with MTU 1400 (DHCP option 26, applied by the guest), the peer reaches the guest's
+driver with MTU 1400 (DHCP option 26, applied by the guest), the guest's IPv6 MTU is
+1400 (the router advertisement's MTU option: with ``vl.mtu6=1280`` the guest starts each
+NIC's IPv6 MTU at 1280 and only the RA raises it; this proves the RA's option for virtio,
+whose link MTU is 1400 from ``host_mtu`` before DHCP; for the other models DHCPv4 changes
+the link MTU 1500 → 1400, which also sets the IPv6 MTU), the peer reaches the guest's
 HTTP server, a 1400-byte ping with DF answers and a 1401-byte one does not (the tap and
-bridge carry 1400). A model the installed QEMU lacks (``igb``
+bridge carry 1400). The pod is dual-stack (fd94::5/64). A model the installed QEMU lacks (``igb``
 before QEMU 8.0) must be refused by ``run`` with exit 2 naming field, model and
 hypervisor, the pod's eth0 left as it was. One boot per model, short timeouts.
 """
@@ -64,7 +68,7 @@ spec:
           image: localhost/nm-guest:latest
           kernelPath: /vmlinuz
           initrdPath: /initrd.gz
-        kernelArgs: "console=ttyS0 quiet loglevel=1 panic=-1 vl.ready_timeout=30"
+        kernelArgs: "console=ttyS0 quiet loglevel=1 panic=-1 vl.ready_timeout=30 vl.mtu6=1280"
     devices:
       interfaces:
         - {{name: pod, bridge: {{}}, model: {model}, mtu: {MTU}}}
@@ -80,7 +84,7 @@ def nic_guest() -> GuestImage:
 
 @pytest.fixture
 def pod() -> Iterator[None]:
-    with simulated_pod(POD, PEER, "nmp0", ("10.94.0.5", "10.94.0.1")):
+    with simulated_pod(POD, PEER, "nmp0", ("10.94.0.5", "10.94.0.1"), ("fd94::5", "fd94::1")):
         yield
 
 
@@ -113,6 +117,14 @@ def test_model_boots_and_leases_or_is_refused(
         )
         assert lease.fields["router"] == "10.94.0.1", lease
         assert lease.fields["mtu"] == str(MTU), lease
+        # the router advertisement's MTU option (vl.mtu6=1280 until an RA raises it)
+        launcher.console.wait_for(
+            "MTU",
+            BOOT_TIMEOUT_S,
+            where=lambda ln: (
+                ln.args[:1] == ("eth0",) and ln.fields == {"link": str(MTU), "ipv6": str(MTU)}
+            ),
+        )
         ids = {ln.args[1] for ln in launcher.console.vl_lines("PCI")}
         assert ids & set(PCI_IDS[model]), (model, sorted(ids))
         others = {i for m, v in PCI_IDS.items() if m != model for i in v}

@@ -33,8 +33,11 @@ wait_linklocal() {
 }
 
 # start_nic NIC [IPv4]: up, then the DHCP clients; udhcpc asks for IPv4 (-r) if given.
+# With vl.mtu6=N the NIC's IPv6 MTU starts at N (below the link's): only a router
+# advertisement's MTU option raises it again, so VL-MTU shows what the RA said.
 start_nic() {
   [ -n "${VL_MAC:-}" ] && ip link set dev "$1" address "$VL_MAC"
+  [ -n "${VL_MTU6:-}" ] && echo "$VL_MTU6" > "/proc/sys/net/ipv6/conf/$1/mtu"
   ip link set dev "$1" up
   [ "${VL_NODHCP:-0}" = 1 ] && return 0
   udhcpc -f -i "$1" -s /etc/vl/dhcp4 -p "/run/vl/udhcpc.$1.pid" -t 3 -T 1 -A 2 \
@@ -88,6 +91,7 @@ addr_report() {
     n=${dev##*/}
     echo "VL-ADDRS $n $(ip -o addr show dev "$n" | awk '{a = a (a ? " " : "") $4} END {print a}')"
     echo "VL-CARRIER $n $(cat "$dev/carrier" 2> /dev/null || echo 0)"  # issue 18: link state
+    echo "VL-MTU $n link=$(cat "$dev/mtu") ipv6=$(cat "/proc/sys/net/ipv6/conf/$n/mtu" 2> /dev/null || echo -)"
   done
   r4=$(ip -4 route show | awk '$1 == "default" {v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')
   r6=$(ip -6 route show | awk '$1 == "default" {v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } a = a (a ? "," : "") v "@" d} END {print a}')

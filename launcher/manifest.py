@@ -9,12 +9,14 @@ by :func:`render` as a multi-document YAML stream for ``kubectl apply -f -``:
 
 What is derived from what (docs/deploy.md explains each choice):
 
-* **Capabilities** from the network plan (:func:`capabilities`): the plan is made by the
-  one composition's network stage (:func:`launcher.machine.plan_pod_network`) with the
-  :class:`~launcher.options.RunOptions` the Pod's ``run`` args give (:func:`run_options`)
-  against ``plan --offline``'s synthetic pod (:func:`launcher.plandoc.synthetic_pod`) with
-  the spec's tap NICs (bridge, masquerade), so each capability is tied to something the
-  launcher will really do.
+* **Capabilities** from the network plan and the disks (:func:`capabilities`): the plan is
+  made by the one composition's network stage (:func:`launcher.machine.plan_pod_network`)
+  with the :class:`~launcher.options.RunOptions` the Pod's ``run`` args give
+  (:func:`run_options`) against ``plan --offline``'s synthetic pod
+  (:func:`launcher.plandoc.synthetic_pod`) with the spec's tap NICs (bridge, masquerade);
+  CHOWN only for a writable disk file the VMM user is given
+  (:func:`launcher.privileges.handed_over_disks`), so each capability is tied to
+  something the launcher will really do.
 * **Pod sysctls** are ``NetworkPlan.sysctls``. Contract with ``launcher.network``: that
   field holds exactly the pod-level, network-namespaced ``net.*`` sysctls the pod must
   declare (what netlink cannot set); nothing is filtered here, and the tests check that
@@ -253,10 +255,19 @@ def _has_vfio(spec: VmSpec) -> bool:
     )
 
 
-def capabilities(spec: VmSpec, network: NetworkPlan) -> tuple[str, ...]:
+def capabilities(
+    spec: VmSpec, network: NetworkPlan, settings: ManifestSettings = ManifestSettings()
+) -> tuple[str, ...]:
     """The capabilities the launcher container adds after dropping ALL: the ones ``run``
-    checks at start (:func:`launcher.privileges.needed_capabilities`, one definition)."""
-    return needed_capabilities(spec, network)
+    checks at start (:func:`launcher.privileges.needed_capabilities`, one definition),
+    for the Pod's ``run`` options (its VMM user) and the volumes ``settings`` says are in
+    block mode (a block device is not handed over: no CHOWN for it)."""
+    return needed_capabilities(
+        spec,
+        network,
+        vmm_user=run_options(settings).vmm_user,
+        block=settings.block_volumes,
+    )
 
 
 def memory_overhead(spec: VmSpec) -> int:
@@ -706,7 +717,10 @@ def _launcher_container(
             "privileged": False,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"], "add": list(capabilities(spec, network))},
+            "capabilities": {
+                "drop": ["ALL"],
+                "add": list(capabilities(spec, network, settings)),
+            },
         },
         "volumeMounts": [dict(m) for m in _COMMON_MOUNTS] + pod.mounts,
         "terminationMessagePath": TERMINATION_LOG,

@@ -69,7 +69,7 @@ from launcher.nics import NicEvent, Nics
 from launcher.options import RunOptions
 from launcher.phase import Phase
 from launcher.podinfo import load_podinfo
-from launcher.privileges import check_capabilities
+from launcher.privileges import block_volumes, check_capabilities
 from launcher.privsep import caps, vmm
 from launcher.privsep.helper import Helper
 from launcher.privsep.vmm import hand_over, parse_user
@@ -459,7 +459,9 @@ class _Run:
                 f"namespace (found: {', '.join(lk.name for lk in pod.links) or 'none'})"
             )
         composition = compose(spec, pod, options, load_podinfo(options.podinfo), volumes)
-        check_capabilities(spec, composition.network)  # before anything changes
+        check_capabilities(  # before anything changes (the network, the volumes' files)
+            spec, composition.network, vmm_user=options.vmm_user, block=block_volumes(volumes)
+        )
         if any(d.file.state is FileState.BUILD for d in volumes.disks):
             # cloud-init seed ISOs need the plan (guest MACs, SR-IOV/vDPA addresses)
             from launcher.cloudinit import build_seeds  # noqa: PLC0415 - startup: cloud-init

@@ -42,6 +42,7 @@ from launcher.spec.model import (
     CloudInitNoCloud,
     ContainerDisk,
     DataVolume,
+    Disk,
     EmptyDisk,
     HostDisk,
     PersistentVolumeClaim,
@@ -62,6 +63,7 @@ __all__ = [
     "VolumeKind",
     "VolumeLayout",
     "detect_format",
+    "guest_read_only",
     "prepare",
     "require_present",
     "resolve",
@@ -346,6 +348,12 @@ def _overlay(image: ResolvedFile, layout: VolumeLayout) -> ResolvedFile:
     )
 
 
+def guest_read_only(disk: Disk, volume: Volume) -> bool:
+    """Whether the guest only reads ``disk``: marked read-only, a CD-ROM, or the cloud-init
+    seed ISO. Every other disk is written (a containerDisk through its overlay)."""
+    return disk.read_only or disk.cdrom or isinstance(volume.source, CloudInitNoCloud)
+
+
 def resolve(spec: VmSpec, layout: VolumeLayout = VolumeLayout()) -> ResolvedVolumes:
     """Resolve the kernel, initrd and every disk of ``spec`` under ``layout``; reads only.
 
@@ -356,8 +364,9 @@ def resolve(spec: VmSpec, layout: VolumeLayout = VolumeLayout()) -> ResolvedVolu
     kernel, initrd = _kernel_files(spec, layout)
     disks = []
     for disk in spec.disks:
-        file = _volume_file(spec.volume_for(disk), layout)
-        read_only = disk.read_only or disk.cdrom or file.kind is VolumeKind.CLOUD_INIT
+        volume = spec.volume_for(disk)
+        file = _volume_file(volume, layout)
+        read_only = guest_read_only(disk, volume)
         if file.kind is VolumeKind.CONTAINER_DISK and not read_only:
             file = _overlay(file, layout)  # the image itself is never written
         disks.append(

@@ -158,7 +158,7 @@ def test_the_validator_refuses_a_wrong_object() -> None:
 
 # --- capabilities per binding ------------------------------------------------------------
 
-DHCP_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN", "KILL")
+DHCP_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "KILL")
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ DHCP_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CH
         (
             "{name: s, sriov: {}}",
             "{name: s, multus: {networkName: vf}}",
-            ("NET_ADMIN", "SYS_RESOURCE", "SETUID", "SETGID", "CHOWN", "KILL"),
+            ("NET_ADMIN", "SYS_RESOURCE", "SETUID", "SETGID", "KILL"),
         ),
         ("{name: s, bridge: {}}", "{name: s, multus: {networkName: br}}", DHCP_CAPS),
     ],
@@ -199,7 +199,7 @@ def test_why_each_capability_follows_the_plan() -> None:
     nic = network.nics[0]
     assert nic.dhcp4 is not None
     quiet = type(network)(nics=(type(nic)(**{**_fields(nic), "dhcp4": None}),))
-    assert capabilities(spec, quiet) == ("NET_ADMIN", "SETUID", "SETGID", "CHOWN", "KILL")
+    assert capabilities(spec, quiet) == ("NET_ADMIN", "SETUID", "SETGID", "KILL")
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -220,10 +220,99 @@ def test_a_vdpa_only_vm_needs_no_dhcp_capability_and_no_memlock() -> None:
         "NET_ADMIN",
         "SETUID",
         "SETGID",
-        "CHOWN",
+        "CHOWN",  # its writable containerDisk's overlay becomes uid 107's
         "KILL",
     )
     assert "SYS_RESOURCE" in capabilities(spec, plan_for_manifest(spec))
+
+
+# --- CHOWN: only for a disk file the VMM user is given -----------------------------------
+
+DISKS_VM = """\
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: t-disks, namespace: t}}
+spec:
+  domain:
+    memory: {{guest: 1Gi}}
+    devices:
+      interfaces: [{{name: pod, bridge: {{}}}}]
+      disks: [{disks}]
+  networks: [{{name: pod, pod: {{}}}}]
+  volumes: [{volumes}]
+"""
+
+
+def disks_vm(disks: str, volumes: str) -> tuple[VmSpec, str]:
+    return doc(DISKS_VM.format(disks=disks, volumes=volumes))
+
+
+def added(objs: list[dict[str, Any]]) -> list[str]:
+    caps = launcher_of(objs)["securityContext"]["capabilities"]
+    assert caps["drop"] == ["ALL"]
+    return list(caps["add"])
+
+
+def test_a_diskless_vm_gets_no_chown() -> None:
+    spec, text = vmi("{name: pod, bridge: {}}")
+    assert not spec.disks
+    objs = build(spec, text)
+    for obj in objs:
+        validate(obj)
+    assert added(objs) == list(DHCP_CAPS) and "CHOWN" not in added(objs)
+
+
+@pytest.mark.parametrize(
+    "volume",
+    [
+        "emptyDisk: {capacity: 1Gi}",
+        "containerDisk: {image: example.com/os:1}",
+        "persistentVolumeClaim: {claimName: c}",
+        "dataVolume: {name: dv}",
+        "hostDisk: {path: /var/lib/d.img, type: Disk}",
+    ],
+    ids=["emptyDisk", "containerDisk", "pvc", "dataVolume", "hostDisk"],
+)
+def test_a_writable_disk_file_gets_chown(volume: str) -> None:
+    """The VMM user (107) is given the file: the emptyDisk, the containerDisk's overlay,
+    the PVC's or dataVolume's disk.img (filesystem mode), the hostDisk file."""
+    spec, text = disks_vm("{name: d, disk: {}}", f"{{name: d, {volume}}}")
+    objs = build(spec, text)
+    for obj in objs:
+        validate(obj)
+    assert added(objs) == [
+        *("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID"),
+        "CHOWN",
+        "KILL",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("disks", "volumes", "block"),
+    [
+        (
+            "{name: d, disk: {readonly: true}}",
+            "{name: d, persistentVolumeClaim: {claimName: c}}",
+            (),
+        ),
+        ("{name: d, cdrom: {}}", "{name: d, containerDisk: {image: example.com/iso:1}}", ()),
+        ("{name: d, disk: {}}", "{name: d, cloudInitNoCloud: {userData: x}}", ()),
+        ("{name: d, disk: {}}", "{name: d, persistentVolumeClaim: {claimName: c}}", ("d",)),
+        ("{name: d, disk: {}}", "{name: d, dataVolume: {name: dv}}", ("d",)),
+    ],
+    ids=["read-only-pvc", "cdrom", "cloud-init", "block-pvc", "block-dataVolume"],
+)
+def test_a_disk_the_vmm_user_is_not_given_needs_no_chown(
+    disks: str, volumes: str, block: tuple[str, ...]
+) -> None:
+    """Read-only disks, CD-ROMs and the cloud-init ISO are only checked readable; a block
+    device is checked writable, never chowned."""
+    spec, text = disks_vm(disks, volumes)
+    objs = build(spec, text, ManifestSettings(block_volumes=block))
+    for obj in objs:
+        validate(obj)
+    assert "CHOWN" not in added(objs)
+    assert added(objs) == list(DHCP_CAPS)
 
 
 # --- sysctls -----------------------------------------------------------------------------

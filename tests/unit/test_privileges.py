@@ -1,5 +1,6 @@
 """launcher.privileges: the capabilities a plan needs (what the manifest adds and run
-checks), read from a real /proc status file, and the one-line refusal naming each."""
+checks), read from a real /proc status file, and the one-line refusal naming each; CHOWN
+only for the disks the VMM user is given, named."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from launcher.manifest import plan_for_manifest
 from launcher.privileges import (
     CAPABILITY_BITS,
     STARTUP_CAPABILITIES,
+    capability_reasons,
     check_capabilities,
     effective_capabilities,
+    handed_over_disks,
     needed_capabilities,
 )
 from launcher.spec import VmSpec, parse
@@ -59,7 +62,6 @@ def test_a_tap_nic_served_by_dhcp_needs_the_three_network_capabilities(binding: 
         "NET_BIND_SERVICE",
         "SETUID",
         "SETGID",
-        "CHOWN",
         "KILL",
     )
     check_capabilities(spec, plan_for_manifest(spec), have=STARTUP_CAPABILITIES)
@@ -82,3 +84,79 @@ def test_setuid_and_setgid_are_not_checked_at_start() -> None:
     spec = spec_for("masquerade")
     check_capabilities(spec, plan_for_manifest(spec), have=["NET_ADMIN", "NET_RAW",
                                                             "NET_BIND_SERVICE"])  # fmt: skip
+
+
+MIXED = """\
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: p, namespace: t}
+spec:
+  domain:
+    memory: {guest: 1Gi}
+    devices:
+      interfaces: [{name: pod, bridge: {}}]
+      disks:
+        - {name: root, disk: {}}
+        - {name: iso, cdrom: {}}
+        - {name: ro, disk: {readonly: true}}
+        - {name: data, disk: {}}
+        - {name: dv, disk: {}}
+        - {name: host, disk: {}}
+        - {name: scratch, disk: {}}
+        - {name: seed, disk: {}}
+  networks: [{name: pod, pod: {}}]
+  volumes:
+    - {name: root, containerDisk: {image: example.com/os:1}}
+    - {name: iso, containerDisk: {image: example.com/iso:1}}
+    - {name: ro, persistentVolumeClaim: {claimName: shared}}
+    - {name: data, persistentVolumeClaim: {claimName: data-pvc}}
+    - {name: dv, dataVolume: {name: my-dv}}
+    - {name: host, hostDisk: {path: /var/lib/h.img, type: DiskOrCreate, capacity: 1Gi}}
+    - {name: scratch, emptyDisk: {capacity: 1Gi}}
+    - {name: seed, cloudInitNoCloud: {userData: x}}
+"""
+
+
+def test_the_disks_handed_over_are_the_writable_files() -> None:
+    spec = parse(yaml.safe_load(MIXED))
+    assert [str(d) for d in handed_over_disks(spec, block={"dv"})] == [
+        "'root' (containerDisk's qcow2 overlay)",
+        "'data' (persistentVolumeClaim data-pvc)",
+        "'host' (hostDisk /var/lib/h.img)",
+        "'scratch' (emptyDisk)",
+    ]
+    assert [d.disk for d in handed_over_disks(spec)] == ["root", "data", "dv", "host", "scratch"]
+    assert handed_over_disks(spec, vmm_user="keep") == ()  # the VMM is the launcher's user
+    assert handed_over_disks(spec_for("bridge")) == ()  # no disk at all
+
+
+def test_chown_only_for_a_disk_to_hand_over_and_named_with_it() -> None:
+    spec = parse(yaml.safe_load(MIXED))
+    plan = plan_for_manifest(spec)
+    assert "CHOWN" in needed_capabilities(spec, plan)
+    assert "CHOWN" not in needed_capabilities(spec, plan, vmm_user="keep")
+    assert "CHOWN" not in needed_capabilities(
+        spec_for("bridge"), plan_for_manifest(spec_for("bridge"))
+    )
+    why = capability_reasons(spec, plan, vmm_user="107:108", block={"dv"})["CHOWN"]
+    assert why.startswith("give the VMM user (107:108) the disk files it writes: disks 'root' ")
+    assert "'scratch' (emptyDisk)" in why and "'seed'" not in why and "'dv'" not in why
+
+
+def test_missing_chown_is_exit_3_naming_the_disk_and_the_pod_field() -> None:
+    spec = parse(yaml.safe_load(MIXED))
+    plan = plan_for_manifest(spec)
+    with pytest.raises(NetworkError) as caught:
+        check_capabilities(spec, plan, have=["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"])
+    message = str(caught.value)
+    assert message.startswith("missing capability CHOWN (CHOWN: give the VMM user (107:107)")
+    assert "'scratch' (emptyDisk)" in message
+    assert "securityContext.capabilities.add" in message
+    assert caught.value.exit_code == 3
+    check_capabilities(spec, plan, have=STARTUP_CAPABILITIES)
+    check_capabilities(
+        spec, plan, have=["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"], vmm_user="keep"
+    )
+    diskless = spec_for("bridge")  # needs no CHOWN: a container without it runs
+    network_only = ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"]
+    check_capabilities(diskless, plan_for_manifest(diskless), have=network_only)

@@ -9,6 +9,11 @@ Checked against /proc, not against what the launcher says about itself:
   the helper holds exactly NET_ADMIN, NET_RAW, NET_BIND_SERVICE and KILL, and QEMU runs as
   uid/gid 107 with no capability and no supplementary group; ``/status`` shows the same;
 * the guest got its lease and serves HTTP at the pod IP through the tap fds QEMU was given;
+* CHOWN only for a disk the VMM user is given: as host root, the VM's emptyDisk becomes
+  107's; with a container's bounding set without CHOWN (what the manifest grants a
+  diskless VM), the diskless VM runs to the end (SIGTERM → power-off → exit 0), and a VM
+  with an emptyDisk exits 3 naming CHOWN, the disk and the Pod field before anything is
+  touched (no disk file, the pod as the CNI left it);
 * a VMM user that cannot reach the kernel is refused before the VMM starts (exit 4,
   naming the path);
 * SIGKILL to the launcher: the helper is gone too;
@@ -27,11 +32,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from testbed.guest.build import GuestImage
-from tests.e2e.test_run_failures import errors_of
+from tests.e2e.test_run_failures import assert_pod_as_the_cni_left_it, errors_of
 from tests.e2e.test_run_launcher import (  # the pod fixture is reused by name
     BOOT_TIMEOUT_S,
+    GRACE_S,
     POD4,
     REPO,
     Launcher,
@@ -107,26 +114,38 @@ def status_doc(vmm_dir: Path) -> dict[str, object]:
 
 
 #: What a CRI runtime grants a container the manifest asks NET_ADMIN, NET_RAW and
-#: NET_BIND_SERVICE for, plus KILL/SETUID/SETGID/CHOWN for the VMM user — and SYS_ADMIN, only
-#: because ``ip netns exec`` (the test's stand-in for the pod) needs it. No DAC_OVERRIDE,
-#: DAC_READ_SEARCH or FOWNER: the launcher must not rely on bypassing file permissions.
-CONTAINER_CAPS = (
-    "-all,+net_admin,+net_raw,+net_bind_service,+kill,+setuid,+setgid,+chown,+sys_admin"
-)
+#: NET_BIND_SERVICE for, plus KILL/SETUID/SETGID for the VMM user — and SYS_ADMIN, only
+#: because ``ip netns exec`` (the test's stand-in for the pod) needs it. No CHOWN: the
+#: manifest adds it only for a VM with a disk file to hand over, and these VMs have none.
+#: No DAC_OVERRIDE, DAC_READ_SEARCH or FOWNER: the launcher must not rely on bypassing file
+#: permissions.
+CONTAINER_CAPS = "-all,+net_admin,+net_raw,+net_bind_service,+kill,+setuid,+setgid,+sys_admin"
+
+
+def with_empty_disk(spec_text: str) -> str:
+    """``spec_text`` with a writable emptyDisk ``scratch`` (made in the state dir by run)."""
+    document = yaml.safe_load(spec_text)
+    document["spec"]["domain"]["devices"]["disks"] = [{"name": "scratch", "disk": {}}]
+    document["spec"]["volumes"] = [{"name": "scratch", "emptyDisk": {"capacity": "16Mi"}}]
+    return str(yaml.safe_dump(document, sort_keys=False))
 
 
 @pytest.mark.parametrize("bounding", [None, CONTAINER_CAPS], ids=["host-root", "container"])
 def test_launcher_holds_nothing_helper_little_vmm_is_107(
     pod: None, guest: GuestImage, vmm_dir: Path, launchers: list[Launcher], bounding: str | None
 ) -> None:
+    """As host root the VM has an emptyDisk (handed over to 107); in the container's
+    bounding set it has none and needs no CHOWN, and runs to the end without it."""
     del pod
     prefix = ["setpriv", f"--bounding-set={bounding}"] if bounding else []
+    spec = spec_yaml("bridge") if bounding else with_empty_disk(spec_yaml("bridge"))
     launcher = start(
         vmm_dir,
         guest,
         extra=["--status-listen", str(vmm_dir / STATUS_SOCKET)],
         vmm_user=None,
         prefix=prefix,
+        spec_text=spec,
     )
     launchers.append(launcher)
     lease4 = launcher.console.wait_for("LEASE4", BOOT_TIMEOUT_S)
@@ -154,6 +173,12 @@ def test_launcher_holds_nothing_helper_little_vmm_is_107(
     qmp = vmm_dir / "state" / "qemu"
     assert (qmp.stat().st_uid, qmp.stat().st_mode & 0o777) == (0, 0o700)
     assert (qmp / "qmp.sock").stat().st_uid == 0
+    scratch = vmm_dir / "state" / "empty" / "scratch.img"
+    if bounding is None:  # the writable disk file is the VMM user's, opened by QEMU
+        assert (scratch.stat().st_uid, scratch.stat().st_gid) == (107, 107)
+        assert any(str(scratch).encode() in a for a in cmdline), cmdline
+    else:
+        assert not scratch.exists()
     shown = {p["role"]: p for p in status_doc(vmm_dir)["processes"]}  # type: ignore[attr-defined]
     assert shown["launcher"]["capEffective"] == shown["launcher"]["capPermitted"] == []
     assert sorted(shown["helper"]["capPermitted"]) == [
@@ -163,6 +188,38 @@ def test_launcher_holds_nothing_helper_little_vmm_is_107(
         "NET_RAW",
     ]
     assert (shown["vmm"]["uid"], shown["vmm"]["capEffective"]) == (107, [])
+    if bounding is not None:  # to the end without CHOWN: power-off, exit cleanup, exit 0
+        mark = launcher.console.mark()
+        launcher.proc.send_signal(signal.SIGTERM)
+        launcher.console.wait_for("POWEROFF", GRACE_S, since=mark)
+        assert launcher.wait(GRACE_S + 5) == 0, launcher.stderr_path.read_text()[-3000:]
+        assert "guest powered off after SIGTERM" in launcher.termination_log.read_text()
+        assert_pod_as_the_cni_left_it()
+
+
+def test_a_writable_disk_without_chown_is_exit_3_before_anything_is_touched(
+    pod: None, guest: GuestImage, vmm_dir: Path, launchers: list[Launcher]
+) -> None:
+    del pod
+    launcher = start(
+        vmm_dir,
+        guest,
+        vmm_user=None,
+        prefix=["setpriv", f"--bounding-set={CONTAINER_CAPS}"],
+        spec_text=with_empty_disk(spec_yaml("bridge")),
+    )
+    launchers.append(launcher)
+    assert launcher.wait(60) == 3, launcher.stderr_path.read_text()[-3000:]
+    errors = errors_of(launcher)
+    assert len(errors) == 1, errors
+    message = str(errors[0]["msg"])
+    assert message.startswith("missing capability CHOWN (CHOWN: give the VMM user (107:107)")
+    assert "'scratch' (emptyDisk)" in message, message
+    assert "securityContext.capabilities.add" in message, message
+    assert "CHOWN" in launcher.termination_log.read_text()
+    assert not [r for r in launcher.records() if r.get("event") == "network-applied"]
+    assert not (vmm_dir / "state" / "empty").exists()  # the disk file was not made
+    assert_pod_as_the_cni_left_it()
 
 
 def test_killing_the_launcher_kills_the_helper(

@@ -22,11 +22,12 @@ Checked: the image is built and a second build is a cache hit; it has the qemu u
 and IPv6 and serves HTTP at both pod IPs, the Pod's own readiness probe passes, no
 process holds a capability the Pod did not add, ``/proc/sys``, ``/sys`` and ``/`` are
 read-only, and ``podman stop`` presses the power button → exit 0 + termination log; a
-masquerade VM is reached through a listed port at the pod IP and not through an unlisted
-one; without any one of NET_ADMIN, NET_RAW, NET_BIND_SERVICE, or without the pod sysctl,
-the launcher exits 3 naming it before the pod network is touched; a Virtink spec
-(cloud-hypervisor by default, not in the image) exits 4 naming the binary and
-``--hypervisor qemu``, also before.
+masquerade VM (with a writable emptyDisk: its Pod adds CHOWN, the bridge VM's has none) is
+reached through a listed port at the pod IP and not through an unlisted one; without any
+one of NET_ADMIN, NET_RAW, NET_BIND_SERVICE (or CHOWN for the VM with the emptyDisk), or
+without the pod sysctl, the launcher exits 3 naming it before the pod network is touched;
+a Virtink spec (cloud-hypervisor by default, not in the image) exits 4 naming the binary
+and ``--hypervisor qemu``, also before.
 """
 
 from __future__ import annotations
@@ -55,12 +56,19 @@ CAP_BITS = {"CHOWN": 0, "KILL": 5, "SETGID": 6, "SETUID": 7, "NET_BIND_SERVICE":
 IPV6_FORWARDING = "net.ipv6.conf.all.forwarding"
 
 
-def kubevirt_spec(name: str, binding: str) -> str:
-    """A KubeVirt VMI booting the test guest from a kernel-boot image with one pod NIC."""
+def kubevirt_spec(name: str, binding: str, *, disk: bool = False) -> str:
+    """A KubeVirt VMI booting the test guest from a kernel-boot image with one pod NIC (and
+    with ``disk``, a writable emptyDisk ``scratch``: the manifest then adds CHOWN)."""
     iface = (
         "bridge: {}"
         if binding == "bridge"
         else "masquerade: {}\n          ports:\n            - port: 80"
+    )
+    disks = "\n      disks:\n        - name: scratch\n          disk: {}" if disk else ""
+    volumes = (
+        "\n  volumes:\n    - name: scratch\n      emptyDisk:\n        capacity: 16Mi"
+        if disk
+        else ""
     )
     return f"""\
 apiVersion: kubevirt.io/v1
@@ -86,10 +94,10 @@ spec:
     devices:
       interfaces:
         - name: pod
-          {iface}
+          {iface}{disks}
   networks:
     - name: pod
-      pod: {{}}
+      pod: {{}}{volumes}
 """
 
 
@@ -202,6 +210,7 @@ def test_bridge_vm_gets_the_pod_ips_and_stops_cleanly(
 ) -> None:
     the_node, network = cluster
     objects = manifest(kubevirt_spec("bridge", "bridge"))
+    assert "CHOWN" not in added_capabilities(objects)  # no disk to give the VMM user
     pod = pod_of(objects)
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     assert grace > GRACE_S
@@ -262,7 +271,9 @@ def test_masquerade_vm_is_reached_through_a_listed_port_only(
     pods: PodStarter, manifest: Manifest, cluster: tuple[Node, Network]
 ) -> None:
     the_node, network = cluster
-    container = pods(manifest(kubevirt_spec("masq", "masquerade")))
+    objects = manifest(kubevirt_spec("masq", "masquerade", disk=True))
+    assert "CHOWN" in added_capabilities(objects)  # the emptyDisk becomes uid 107's
+    container = pods(objects)
     pod4, pod6 = container.addresses(network)
     lease4 = container.wait_for("LEASE4", BOOT_TIMEOUT_S)
     assert lease4.args[0] == "eth0" and lease4.args[1].startswith("10.0.2.2/")
@@ -275,12 +286,14 @@ def test_masquerade_vm_is_reached_through_a_listed_port_only(
     assert refused.returncode != 0 and "VL-HTTP-OK" not in refused.stdout, refused.stdout
 
 
-@pytest.mark.parametrize("capability", ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"])
-def test_without_a_network_capability_the_launcher_exits_3_naming_it(
+@pytest.mark.parametrize("capability", ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "CHOWN"])
+def test_without_a_start_up_capability_the_launcher_exits_3_naming_it(
     pods: PodStarter, manifest: Manifest, capability: str
 ) -> None:
+    """The network capabilities, and CHOWN for a VM with a writable disk (emptyDisk)."""
     name = f"no-{capability.lower().replace('_', '-')}"
-    objects = manifest(kubevirt_spec(name, "bridge"))
+    disk = capability == "CHOWN"
+    objects = manifest(kubevirt_spec(name, "bridge", disk=disk))
     caps = launcher_of(objects)["securityContext"]["capabilities"]
     assert capability in caps["add"]
     caps["add"] = [c for c in caps["add"] if c != capability]
@@ -293,6 +306,7 @@ def test_without_a_network_capability_the_launcher_exits_3_naming_it(
     message = str(errors[0]["msg"])
     assert message.startswith(f"missing capability {capability} "), message
     assert "securityContext.capabilities.add" in message, message
+    assert not disk or "disk 'scratch' (emptyDisk)" in message, message
     assert container.spec.termination_log is not None
     assert capability in container.spec.termination_log.read_text()
     # Found missing before the pod network was touched.

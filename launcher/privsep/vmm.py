@@ -140,7 +140,10 @@ def _chown(user: VmmUser, path: Path, what: str) -> None:
 def hand_over(user: VmmUser, config: MachineConfig, run_dir: Path, *, kvm: bool = False) -> RunAs:
     """Create ``run_dir`` (mode 0700, this process's), make the writable disks ``user``'s;
     check that it can read the rest. HypervisorError names the first path it cannot use;
-    everything is checked before anything changes owner.
+    everything is checked before anything changes owner. The writable disks that are
+    regular files are the only thing chowned (none: no chown at all, so a launcher
+    without CAP_CHOWN runs a VM without them); :func:`launcher.privileges.handed_over_disks`
+    names the same disks, which is why the launcher asks for CHOWN.
     Returns how to spawn the VMM: ``user`` with no supplementary group but /dev/kvm's
     (``kvm``: only what KVM needs; never the launcher's groups)."""
     given: list[tuple[Path, str]] = []

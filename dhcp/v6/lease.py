@@ -22,7 +22,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +103,10 @@ def server_duid(mac: str, state_file: Path | None = None) -> bytes:
     """DUID-LL from ``mac``, or a DUID-UUID kept in ``state_file`` when one is given."""
     if state_file is None:
         return duid_ll(mac)
+    # only here: uuid imports platform and _uuid (≈3 ms), and the launcher's plan and its
+    # netlink child import this module for Config6 on the way to the VMM spawn
+    import uuid  # noqa: PLC0415 - startup: DHCP/RA servers after the spawn
+
     try:
         text = state_file.read_bytes().decode("ascii").strip()
         return duid_uuid(uuid.UUID(text).bytes)

@@ -16,7 +16,8 @@ no asyncio), before the                                     core beside the pare
 helper and the CLI                                          ≈40 ms after exec (≈76 ms when it
                                                             was forked after the helper and
                                                             asyncio); with the rows below,
-                                                            spawn 937 → ≈300 → ≈170 ms median
+                                                            spawn 937 → ≈300 → 201–231 ms
+                                                            median (bench/README.md)
 dataclass code compiled at    ``launcher.dataclass_code``   the code ``@dataclass`` generates
 install                       (``launcher.entry``, the      for ≈150 models was 45 % of the
                               netlink child)                start-up imports: launcher

@@ -1,7 +1,9 @@
-"""Opening an existing tap interface as file descriptors for a VMM.
+"""Creating a persistent tap, and opening an existing one as file descriptors for a VMM.
 
 The launcher (which holds CAP_NET_ADMIN in the pod netns) creates the taps while applying
-the network plan; the taps are opened here, one ``/dev/net/tun`` fd per queue pair
+the network plan (:func:`create_tap`, called by ``launcher.network.netlink`` in the
+netlink child: ``TUNSETIFF`` + ``TUNSETPERSIST``, as ``ip tuntap add`` does); the taps are
+opened here, one ``/dev/net/tun`` fd per queue pair
 (``TUNSETIFF`` with ``IFF_TAP | IFF_NO_PI | IFF_VNET_HDR``, plus ``IFF_MULTI_QUEUE`` when
 the tap has several queues), and handed to the VMM (QEMU ``-netdev tap,fd=`` or QMP
 ``getfd``; cloud-hypervisor ``vm.add-net``), so the VMM needs no privilege for them.
@@ -19,10 +21,11 @@ import struct
 
 from hypervisor.errors import HypervisorError
 
-__all__ = ["open_tap"]
+__all__ = ["open_tap", "create_tap"]
 
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -44,8 +47,7 @@ def open_tap(name: str, queues: int = 1) -> list[int]:
         socket.if_nametoindex(name)  # TUNSETIFF would silently create a missing tap
     except OSError as err:
         raise HypervisorError(f"tap {name!r} does not exist in this network namespace") from err
-    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
-    request = struct.pack("16sH22x", name.encode(), flags)
+    request = _request(name, queues > 1)
     fds: list[int] = []
     try:
         for _ in range(queues):
@@ -57,3 +59,19 @@ def open_tap(name: str, queues: int = 1) -> list[int]:
             os.close(fd)
         raise HypervisorError(f"cannot open tap {name!r} with {queues} queue(s): {err}") from err
     return fds
+
+
+def _request(name: str, multi_queue: bool) -> bytes:
+    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if multi_queue else 0)
+    return struct.pack("16sH22x", name.encode(), flags)
+
+
+def create_tap(name: str, multi_queue: bool) -> None:
+    """Create the persistent tap ``name`` in the calling thread's netns (no packet info,
+    vnet header; multiqueue when asked). Raises OSError from the open or an ioctl."""
+    fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, _request(name, multi_queue))
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)

@@ -22,10 +22,11 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if command_of(args) == "run":
+    command = command_of(args)
+    if command == "run":
         pause_gc()  # until launcher.startup.start_up_done
     child, helper = fork_children(args)
-    if command_of(args) != "status":  # the exec probe defines few dataclasses
+    if command != "status":  # the exec probe defines few dataclasses
         from launcher import dataclass_code  # noqa: PLC0415 - startup: dataclass code
 
         dataclass_code.enable()  # after the forks: the helper does not carry the cache

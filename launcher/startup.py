@@ -91,6 +91,7 @@ from __future__ import annotations
 import gc
 import importlib
 import importlib.util
+import logging
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -332,8 +333,6 @@ def start_up_done() -> None:
         gc.freeze()
         gc.enable()
         _gc_paused = False
-    import logging  # noqa: PLC0415 - startup: this module imports only the standard library
-
     logging.getLogger(__name__).debug(
         "start-up done: dataclass code %d of %d texts used, %d compiled; %d objects frozen",
         stats.hits,

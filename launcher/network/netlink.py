@@ -29,12 +29,10 @@ work in a short-lived child (:mod:`launcher.netchild`), so pyroute2 (≈14 MiB o
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import logging
 import os
 import socket
-import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -42,6 +40,7 @@ from functools import cache
 from types import TracebackType
 from typing import Any, TypeVar
 
+from hypervisor.taps import create_tap
 from launcher.errors import NetworkError
 from launcher.startup import lean_pyroute2
 
@@ -84,13 +83,6 @@ ADDR_GEN_MODE_NONE = 1  # IN6_ADDR_GEN_MODE_NONE: the kernel makes no link-local
 #: secondary, tentative, dadfailed, deprecated, permanent)
 _IFA_SETTABLE = 0x02 | 0x04 | 0x10 | 0x100 | 0x200 | 0x400 | 0x800
 _IFA_F_NODAD = 0x02
-_TUN_DEVICE = "/dev/net/tun"
-_TUNSETIFF = 0x400454CA
-_TUNSETPERSIST = 0x400454CB
-_IFF_TAP = 0x0002
-_IFF_NO_PI = 0x1000
-_IFF_VNET_HDR = 0x4000
-_IFF_MULTI_QUEUE = 0x0100
 _IFA_F_PERMANENT = 0x80
 
 #: ``IPV4_DEVCONF_*`` ids (include/uapi/linux/ip.h) by their sysctl name
@@ -416,19 +408,8 @@ class Netlink:
         ≈26 of the ≈45 ms a one-NIC apply took (bench/README.md, *Launcher*).
         """
         log.debug("--> ioctl add tap %s", name, extra={"netns": self.netns})
-        flags = _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR | (_IFF_MULTI_QUEUE if multi_queue else 0)
-        request = struct.pack("16sH22x", name.encode(), flags)
-
-        def create() -> None:
-            fd = os.open(_TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                fcntl.ioctl(fd, _TUNSETIFF, request)
-                fcntl.ioctl(fd, _TUNSETPERSIST, 1)
-            finally:
-                os.close(fd)
-
         try:
-            run_in_netns(self.netns, create)
+            run_in_netns(self.netns, lambda: create_tap(name, multi_queue))
         except OSError as err:
             raise NetworkError(
                 f"creating tap {name!r} failed in netns {self.netns!r}: {err.strerror or err}"

@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from bench.idle import launcher_argv, prepare, status_once  # noqa: E402
 from bench.procstat import MIB, memory, sample  # noqa: E402
 from testbed.guest.build import GuestImage, ensure_guest  # noqa: E402
-from testbed.guest.console import ConsoleReader  # noqa: E402
+from testbed.guest.console import ConsoleReader, ConsoleTimeout  # noqa: E402
 from testbed.harness import PodNet, boot, sh, simulated_pod  # noqa: E402
 
 STOP_TIMEOUT_S = 90.0
@@ -245,8 +245,19 @@ def peers(guest: GuestImage, n: int, work: Path, args: argparse.Namespace) -> Si
             )  # fmt: skip
             spawns.append(vm.started - t0)
             vms.append(vm)
-        leases = [vm.console.wait_for("LEASE4", _lease_timeout(n)).host_time - made[i][2]
-                  for i, vm in enumerate(vms)]  # fmt: skip
+        leases = []
+        for i, vm in enumerate(vms):
+            try:
+                leases.append(
+                    vm.console.wait_for("LEASE4", _lease_timeout(n)).host_time - made[i][2]
+                )
+            except ConsoleTimeout:  # say what the peer's dnsmasq did
+                log = dirs[i] / "dnsmasq.log"
+                tail = log.read_text()[-2000:] if log.exists() else "(no log)"
+                print(
+                    f"pod {i}: dnsmasq exit {made[i][1].poll()}; log tail:\n{tail}", file=sys.stderr
+                )
+                raise
         cpu, rss, pss = _idle([made[i][1].pid for i in range(n)], args.settle, args.window)
     return Side(spawns, leases, cpu, rss, pss)
 

@@ -9,7 +9,7 @@ NIC at a time, and ``cleanup`` at exit. ``apply`` goes:
    made by ``discover`` from the recorded originals, then meets the pod as the CNI made it.
 2. **preflight**, nothing touched yet: each pod interface exists with the MAC and the
    addresses the plan moves, no foreign link has the launcher's names, ``/dev/net/tun``
-   opens, ``nft`` is there, the pod-level sysctls are set or settable (else one line
+   opens, libnftables loads, the pod-level sysctls are set or settable (else one line
    naming ``spec.securityContext.sysctls``), the state dir is writable with room for the
    records.
 3. **the transaction record** (``network-txn.json``, written atomically): a snapshot of
@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,6 +244,7 @@ def _begin(
     state_dir: Path,
     netns: str | None,
     *,
+    links: Mapping[str, Link],
     records: dict[str, InterfaceRecord],
     pending: tuple[tuple[Sysctl, str], ...],
 ) -> Transaction:
@@ -257,18 +259,20 @@ def _begin(
     entries = []
     for nic in plan.nics:
         record = records.get(nic.pod_interface)
-        existed = [n for n in (nic.tap.name, nic.bridge.name) if nl.link(n) is not None]
+        existed = [n for n in (nic.tap.name, nic.bridge.name) if n in links]
+        pod = links.get(nic.pod_interface)
         if record is not None:
             # the link refresh re-plans with the CNI's new addresses: exit restores those
             snap = follow_original(
                 record.snapshot or snapshot_from_original(record.original), nic.original
             )
-            running = [capture(nl, nic.pod_interface, pod_knobs(nic))]
+            running = [capture(nl, nic.pod_interface, pod_knobs(nic), link=pod)]
             if nic.bridge.name in existed:
-                running.append(capture(nl, nic.bridge.name, pod_knobs(nic, nic.bridge.name)))
+                br = links[nic.bridge.name]
+                running.append(capture(nl, br.name, pod_knobs(nic, br.name), link=br))
             entry = begin_record(nic, snap, existed=existed, running=running, previous=record)
         else:
-            snap = capture(nl, nic.pod_interface, pod_knobs(nic))
+            snap = capture(nl, nic.pod_interface, pod_knobs(nic), link=pod)
             entry = begin_record(nic, snap, existed=existed)
         entries.append(entry)
     ours = {nic.pod_interface for nic in plan.nics}
@@ -312,14 +316,15 @@ def apply(
         for nic in plan.nics
         if (record := state.read_record(state_dir, nic.pod_interface)) is not None
     }
-    with Netlink(netns) as nl:
-        pending = preflight(nl, plan, records, netns)
-        txn = _begin(nl, plan, state_dir, netns, records=records, pending=pending)
+    with nftables.deferred_close(), Netlink(netns) as nl:
+        links = {lk.name: lk for lk in nl.links()}  # read once for preflight and the record
+        pending = preflight(links, plan, records, netns)
+        txn = _begin(nl, plan, state_dir, netns, links=links, records=records, pending=pending)
         try:
             count = write_sysctls(pending, netns)
             with ThreadPoolExecutor(1, thread_name_prefix="nft") as pool:
-                # nft (a process: ~30 ms) loads the ruleset while the links are made;
-                # both are done (the pool waits) before anything else happens
+                # libnftables loads the ruleset while the links are made (it releases
+                # the GIL); both are done (the pool waits) before anything else happens
                 nft = pool.submit(_apply_nft, plan, state_dir, netns)
                 changed = _Changes(nl)
                 for nic in plan.nics:
@@ -366,36 +371,38 @@ def cleanup(
     state_dir = Path(state_dir)
     recover(state_dir, netns=netns)
     errors: list[str] = []
-    try:
-        nftables.delete_tables(netns)
-    except NetworkError as err:
-        if nftables.nft_binary() is not None:
-            errors.append(str(err))
     restored: list[str] = []
-    with Netlink(netns) as nl:
-        for nic in plan.nics:
-            for name in (nic.tap.name, nic.bridge.name):
+    # the tables' context closes after the links are deleted (nftables.deferred_close)
+    with nftables.deferred_close():
+        try:
+            nftables.delete_tables(netns)
+        except NetworkError as err:
+            if nftables.available():  # else no table of ours can exist
+                errors.append(str(err))
+        with Netlink(netns) as nl:
+            for nic in plan.nics:
+                for name in (nic.tap.name, nic.bridge.name):
+                    try:
+                        nl.delete(name)
+                    except NetworkError as err:
+                        errors.append(str(err))
                 try:
-                    nl.delete(name)
+                    record = state.read_record(state_dir, nic.pod_interface)
+                except StateCacheError as err:
+                    errors.append(str(err))
+                    record = None
+                if record is not None and record.snapshot is not None:
+                    snap = record.snapshot
+                elif nic.pod_port is not None:  # no usable record: what the plan was made from
+                    snap = snapshot_from_original(link_to_json(nic.original))
+                else:
+                    restored.append(nic.pod_interface)
+                    continue
+                try:
+                    restore_link(nl, snap)
+                    restored.append(nic.pod_interface)
                 except NetworkError as err:
                     errors.append(str(err))
-            try:
-                record = state.read_record(state_dir, nic.pod_interface)
-            except StateCacheError as err:
-                errors.append(str(err))
-                record = None
-            if record is not None and record.snapshot is not None:
-                snap = record.snapshot
-            elif nic.pod_port is not None:  # no usable record: what the plan was made from
-                snap = snapshot_from_original(link_to_json(nic.original))
-            else:
-                restored.append(nic.pod_interface)
-                continue
-            try:
-                restore_link(nl, snap)
-                restored.append(nic.pod_interface)
-            except NetworkError as err:
-                errors.append(str(err))
     for name in restored:  # a record whose interface could not be restored is kept
         state.remove_record(state_dir, name)
     (state_dir / NFT_DIGEST_FILE).unlink(missing_ok=True)

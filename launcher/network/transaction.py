@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -142,15 +142,11 @@ def check_tun() -> None:
 
 
 def check_nft() -> None:
-    """The nft executable is there; NetworkError otherwise."""
-    if nftables.nft_binary() is None:
-        raise NetworkError(
-            "nft (nftables) is not installed in the launcher's image (not on PATH, not at "
-            "/usr/sbin/nft): the guest's anti-spoofing and NAT rules need it"
-        )
+    """libnftables loads; NetworkError naming it otherwise."""
+    nftables.check_library()
 
 
-def _check_owned(nic: NicPlan, links: dict[str, Link]) -> None:
+def _check_owned(nic: NicPlan, links: Mapping[str, Link]) -> None:
     br = links.get(nic.bridge.name)
     if br is not None and br.kind != "bridge":
         raise NetworkError(f"{br.name!r} exists in the pod but is a {br.kind!r}, not a bridge")
@@ -168,7 +164,7 @@ def _check_owned(nic: NicPlan, links: dict[str, Link]) -> None:
 
 
 def preflight(
-    nl: Netlink,
+    links: Mapping[str, Link],
     plan: NetworkPlan,
     records: dict[str, InterfaceRecord],
     netns: str | None,
@@ -176,9 +172,9 @@ def preflight(
     """What can be checked before the pod is touched; returns the pod-level sysctls to
     write with their current values (NetworkError when they cannot be written).
 
-    ``records``: the configured interface records of the plan's NICs (a restart).
+    ``links``: the netns' links by name, as they are now; ``records``: the configured
+    interface records of the plan's NICs (a restart).
     """
-    links = {lk.name: lk for lk in nl.links()}
     for nic in plan.nics:
         pod = links.get(nic.pod_interface)
         if pod is None:
@@ -221,9 +217,12 @@ def _is_kernel_link_local(a: Address) -> bool:
     return a.address.version == 6 and a.address.ip.is_link_local
 
 
-def capture(nl: Netlink, name: str, knobs: Iterable[str] = ()) -> LinkSnapshot:
-    """The pod interface ``name`` as it is now (``knobs``: the net.ipv4.conf values to keep)."""
-    link = nl.link(name)
+def capture(
+    nl: Netlink, name: str, knobs: Iterable[str] = (), *, link: Link | None = None
+) -> LinkSnapshot:
+    """The pod interface ``name`` as it is now (``knobs``: the net.ipv4.conf values to keep;
+    ``link``: the link as just read, saving a read)."""
+    link = link if link is not None else nl.link(name)
     if link is None:
         raise NetworkError(f"pod interface {name!r} disappeared while the launcher read it")
     return LinkSnapshot(
@@ -460,9 +459,9 @@ def _restore_nft(txn: Transaction, state_dir: Path, netns: str | None) -> None:
         elif not kept:
             nftables.delete_tables(netns)
     except NetworkError as err:
-        if nftables.nft_binary() is not None:
+        if nftables.available():
             raise
-        log.debug("no nft to check the launcher's tables with (none can exist): %s", err)
+        log.debug("no libnftables to check the launcher's tables with (none can exist): %s", err)
     (state_dir / NFT_DIGEST_FILE).unlink(missing_ok=True)
 
 

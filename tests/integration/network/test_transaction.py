@@ -317,14 +317,18 @@ def test_missing_dev_net_tun_is_exit_3_and_nothing_changes(topo: Topology, tmp_p
 
 
 def test_missing_nft_is_exit_3_and_nothing_changes(topo: Topology, tmp_path: Path) -> None:
+    """libnftables replaced by an empty file (what the dynamic loader finds for it)."""
     topo.create()
     pristine = pristine_dump(topo)
     state = tmp_path / "state"
-    empty = tmp_path / "not-nft"
+    empty = tmp_path / "not-a-library"
     empty.write_text("")
-    hide = f"mount --bind {empty} /usr/sbin/nft\nexport PATH=/usr/bin:/bin"
+    real = "$(readlink -f \"$(ldconfig -p | awk '/libnftables.so.1 /{print $NF; exit}')\")"
+    hide = f'mount --bind {empty} "{real}"'
     code, out = result(runner(topo, state, "--binding", "masquerade", prefix=hide))
-    assert code == 3 and "nft (nftables) is not installed" in str(out["message"])
+    assert code == 3, out
+    assert "libnftables (libnftables.so.1) cannot be loaded" in str(out["message"])
+    assert "libnftables1" in str(out["message"])
     assert dump(topo) == pristine and leftovers(state) == []
 
 

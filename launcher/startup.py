@@ -46,7 +46,8 @@ aiohttp without ``ssl``       :func:`without_ssl`           ≈−100 ms and sev
                                                             first status request (no CA
                                                             bundle parsed for TLS contexts)
 lean pyroute2 (submodules     :func:`lean_pyroute2`         ≈−100 ms and ≈−6 MiB in the
-only)                                                       netlink child and status reader
+only)                                                       netlink child (the status reader
+                                                            needs none: ``linkstats``)
 lazy package exports          :func:`lazy_exports`          the netlink child unpickles plans
                               (``launcher.spec``,           without the spec validator
                               ``launcher.status``;          (PyYAML, the readers: ≈11 ms);

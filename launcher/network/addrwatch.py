@@ -7,7 +7,8 @@ child). What this needs from the kernel is small and unprivileged: a ``NETLINK_R
 socket bound to the ``RTMGRP_IPV4_IFADDR``/``RTMGRP_IPV6_IFADDR`` multicast groups
 receives every ``RTM_NEWADDR``/``RTM_DELADDR`` of the network namespace (rtnetlink lets
 any process listen), and an ``RTM_GETADDR`` dump lists the addresses (reads need no
-capability either). Only those two message types are decoded, with :mod:`struct`.
+capability either). Only those two message types are decoded, with :mod:`struct`
+(:mod:`launcher.network.rtnl`).
 
 * :class:`AddressMonitor` — the multicast socket; :meth:`AddressMonitor.read` returns
   the queued events without blocking (None when the kernel dropped some: the socket's
@@ -24,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
-import os
 import socket
 import struct
 from dataclasses import dataclass
+
+from . import rtnl
 
 __all__ = [
     "AddressEvent",
@@ -40,30 +42,19 @@ __all__ = [
     "RTM_DELADDR",
 ]
 
-NETLINK_ROUTE = 0
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
 RTM_GETADDR = 22
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFA_FLAGS = 8
 IFA_F_DADFAILED = 0x08
 RT_SCOPE_UNIVERSE = 0
 
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
-_RTATTR = struct.Struct("=HH")  # len, type
-_RECV_BYTES = 1 << 16
 _RCVBUF = 1 << 20
-#: Bounds one dump: reads (each up to 64 KiB) and seconds per read.
-_DUMP_READS = 256
-_DUMP_TIMEOUT_S = 2.0
 
 Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -97,10 +88,6 @@ class LinkAddresses:
     addresses6: tuple[ipaddress.IPv6Interface, ...] = ()
 
 
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
 def _address(family: int, prefixlen: int, attrs: dict[int, bytes]) -> Address | None:
     if family == socket.AF_INET:
         raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
@@ -119,40 +106,19 @@ def decode(data: bytes) -> tuple[list[AddressEvent], bool]:
     """The address messages in one netlink datagram, and whether it ended a dump
     (``NLMSG_DONE``). Anything else is skipped; a truncated message ends the parse.
     An ``NLMSG_ERROR`` with a non-zero code raises the OSError it carries."""
-    events: list[AddressEvent] = []
-    done = False
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size or offset + length > len(data):
-            break
-        body = data[offset + _NLMSGHDR.size : offset + length]
-        offset += _align(length)
-        if kind == NLMSG_DONE:
-            done = True
-            continue
-        if kind == NLMSG_ERROR:
-            code = -struct.unpack_from("=i", body)[0] if len(body) >= 4 else errno.EIO
-            if code:
-                raise OSError(code, f"rtnetlink: {os.strerror(code)}")
-            continue
-        if kind not in (RTM_NEWADDR, RTM_DELADDR) or len(body) < _IFADDRMSG.size:
-            continue
-        family, prefixlen, flags, scope, index = _IFADDRMSG.unpack_from(body)
-        attrs: dict[int, bytes] = {}
-        pos = _IFADDRMSG.size
-        while pos + _RTATTR.size <= len(body):
-            alen, atype = _RTATTR.unpack_from(body, pos)
-            if alen < _RTATTR.size or pos + alen > len(body):
-                break
-            attrs[atype & 0x3FFF] = body[pos + _RTATTR.size : pos + alen]
-            pos += _align(alen)
-        if IFA_FLAGS in attrs and len(attrs[IFA_FLAGS]) == 4:
-            flags = struct.unpack("=I", attrs[IFA_FLAGS])[0]
-        address = _address(family, prefixlen, attrs)
-        if address is not None:
-            events.append(AddressEvent(kind, index, address, scope, flags))
-    return events, done
+    found, done = rtnl.messages(data)
+    return [e for kind, body in found if (e := _event(kind, body)) is not None], done
+
+
+def _event(kind: int, body: bytes) -> AddressEvent | None:
+    if kind not in (RTM_NEWADDR, RTM_DELADDR) or len(body) < _IFADDRMSG.size:
+        return None
+    family, prefixlen, flags, scope, index = _IFADDRMSG.unpack_from(body)
+    attrs = rtnl.attributes(body, _IFADDRMSG.size)
+    if IFA_FLAGS in attrs and len(attrs[IFA_FLAGS]) == 4:
+        flags = struct.unpack("=I", attrs[IFA_FLAGS])[0]
+    address = _address(family, prefixlen, attrs)
+    return None if address is None else AddressEvent(kind, index, address, scope, flags)
 
 
 class AddressMonitor:
@@ -160,7 +126,7 @@ class AddressMonitor:
 
     def __init__(self) -> None:
         sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_ROUTE
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, rtnl.NETLINK_ROUTE
         )
         try:
             # Room for a burst (a CNI adding a few addresses); an overrun is reported.
@@ -183,9 +149,9 @@ class AddressMonitor:
             raise ValueError("the address monitor is closed")
         events: list[AddressEvent] = []
         lost = False
-        for _ in range(_DUMP_READS):  # bounded: a flood cannot keep this loop busy
+        for _ in range(rtnl.DUMP_READS):  # bounded: a flood cannot keep this loop busy
             try:
-                data = self._sock.recv(_RECV_BYTES)
+                data = self._sock.recv(rtnl.RECV_BYTES)
             except BlockingIOError:
                 break
             except OSError as err:
@@ -225,21 +191,9 @@ async def wait_readable(fd: int) -> None:
 
 def link_addresses(index: int) -> LinkAddresses:
     """The global addresses of link ``index`` now (one bounded ``RTM_GETADDR`` dump)."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
-        sock.settimeout(_DUMP_TIMEOUT_S)
-        sock.bind((0, 0))
-        request = _NLMSGHDR.pack(
-            _NLMSGHDR.size + _IFADDRMSG.size, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
-        ) + _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        sock.send(request)
-        events: list[AddressEvent] = []
-        for _ in range(_DUMP_READS):
-            batch, done = decode(sock.recv(_RECV_BYTES))
-            events.extend(batch)
-            if done:
-                break
-        else:
-            raise OSError(errno.EMSGSIZE, "rtnetlink address dump did not end")
+    with rtnl.open_socket() as sock:
+        found = rtnl.dump(sock, RTM_GETADDR, _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+    events = [e for kind, body in found if (e := _event(kind, body)) is not None]
     mine = [e for e in events if e.index == index and e.is_global and not e.flags & IFA_F_DADFAILED]
     v4 = tuple(e.address for e in mine if isinstance(e.address, ipaddress.IPv4Interface))
     v6 = tuple(e.address for e in reversed(mine) if isinstance(e.address, ipaddress.IPv6Interface))

@@ -1,7 +1,8 @@
 """The ONE pyroute2 adapter: typed reads and idempotent-friendly writes of links, addresses, routes.
 
-Called by ``discover`` (reads), ``apply``/``cleanup`` (writes) and the status endpoint
-(:class:`NetlinkReader`: neighbours and link counters, read-only). pyroute2 message
+Called by ``discover`` (reads) and ``apply``/``cleanup`` (writes), in the netlink child
+(the status endpoint reads counters and neighbours without pyroute2:
+:mod:`launcher.network.linkstats`). pyroute2 message
 objects never leave this module: reads return the frozen :class:`Link`,
 :class:`Address` and :class:`Route` values; every netlink failure becomes a
 :class:`NetworkError` naming the interface.
@@ -34,7 +35,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cache
 from types import TracebackType
@@ -51,9 +52,6 @@ __all__ = [
     "Route",
     "run_in_netns",
     "lean_import",
-    "NetlinkReader",
-    "Neighbour",
-    "LinkCounters",
     "ADDR_GEN_MODE_NONE",
     "IPV4_CONF_IDS",
     "RTPROT_RA",
@@ -735,138 +733,3 @@ def run_in_netns(netns: str | None, fn: Callable[[], T]) -> T:
             raise err
         raise NetworkError(f"work in netns {netns!r} failed: {err}") from err
     return result[0]
-
-
-# --------------------------------------------------------------------------- status reads
-# Read-only, for the status endpoint (``launcher.status.collect``, on each cached
-# snapshot, in a worker thread): the guest's addresses from the pod's neighbour table on
-# the guest-facing bridge (no guest agent needed) and the guest NIC counters from its tap.
-
-_NUD_FAILED = 0x20
-_NUD_NOARP = 0x40
-
-
-@dataclass(frozen=True, slots=True)
-class Neighbour:
-    """One neighbour table entry: an address seen at a MAC on an interface."""
-
-    interface: str
-    address: str
-    mac: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkCounters:
-    """A link's operational state and its kernel counters (from the link's own side)."""
-
-    name: str
-    oper_state: str  # up, down, unknown…
-    rx_bytes: int
-    tx_bytes: int
-    rx_packets: int
-    tx_packets: int
-    rx_errors: int = 0
-    tx_errors: int = 0
-    rx_dropped: int = 0
-    tx_dropped: int = 0
-    mtu: int = 0
-    mac: str = ""
-
-
-class NetlinkReader:
-    """One netlink socket (opened lazily, in ``netns`` or the current one), used under a lock.
-
-    Methods block for well under a millisecond on a pod-sized netns; callers run them in a
-    worker thread. Failures raise :class:`NetworkError` naming the interface.
-    """
-
-    def __init__(self, netns: str | None = None) -> None:
-        self.netns = netns
-        self._ip: Any = None
-        self._lock = threading.Lock()
-
-    def _socket(self) -> Any:
-        if self._ip is None:
-            lean_import()
-            IPRoute, NetlinkError = _api()
-            try:
-                self._ip = IPRoute(netns=self.netns) if self.netns else IPRoute()
-            except (OSError, NetlinkError) as err:
-                raise NetworkError(f"cannot open netlink in netns {self.netns!r}: {err}") from err
-        return self._ip
-
-    def close(self) -> None:
-        """Close the socket (a later call opens a new one)."""
-        with self._lock:
-            if self._ip is not None:
-                self._ip.close()
-                self._ip = None
-
-    def links(self, names: Iterable[str] | None) -> dict[str, LinkCounters]:
-        """Counters of the named links that exist (missing ones are left out); every
-        link of the netns when ``names`` is None."""
-        wanted = None if names is None else set(names)
-        out: dict[str, LinkCounters] = {}
-        if wanted is not None and not wanted:
-            return out
-        with self._lock:
-            try:
-                raw = list(self._socket().get_links())
-            except (OSError, _api()[1]) as err:
-                self._drop()
-                raise NetworkError(f"cannot list links in netns {self.netns!r}: {err}") from err
-        for msg in raw:
-            name = _attr(msg, "IFLA_IFNAME")
-            if wanted is not None and name not in wanted:
-                continue
-            stats = _attr(msg, "IFLA_STATS64") or _attr(msg, "IFLA_STATS") or {}
-            out[name] = LinkCounters(
-                name=name,
-                oper_state=str(_attr(msg, "IFLA_OPERSTATE") or "unknown").lower(),
-                rx_bytes=int(stats.get("rx_bytes", 0)),
-                tx_bytes=int(stats.get("tx_bytes", 0)),
-                rx_packets=int(stats.get("rx_packets", 0)),
-                tx_packets=int(stats.get("tx_packets", 0)),
-                rx_errors=int(stats.get("rx_errors", 0)),
-                tx_errors=int(stats.get("tx_errors", 0)),
-                rx_dropped=int(stats.get("rx_dropped", 0)),
-                tx_dropped=int(stats.get("tx_dropped", 0)),
-                mtu=int(_attr(msg, "IFLA_MTU") or 0),
-                mac=str(_attr(msg, "IFLA_ADDRESS") or "").lower(),
-            )
-        return out
-
-    def neighbours(self, interfaces: Iterable[str]) -> tuple[Neighbour, ...]:
-        """Resolved (not failed, not NOARP) neighbour entries on ``interfaces``."""
-        wanted = set(interfaces)
-        if not wanted:
-            return ()
-        with self._lock:
-            try:
-                ip = self._socket()
-                index = {
-                    msg["index"]: _attr(msg, "IFLA_IFNAME")
-                    for msg in ip.get_links()
-                    if _attr(msg, "IFLA_IFNAME") in wanted
-                }
-                raw = list(ip.get_neighbours()) if index else []
-            except (OSError, _api()[1]) as err:
-                self._drop()
-                raise NetworkError(
-                    f"cannot read the neighbour table of {sorted(wanted)} in netns "
-                    f"{self.netns!r}: {err}"
-                ) from err
-        out: list[Neighbour] = []
-        for msg in raw:
-            name = index.get(msg["ifindex"])
-            if name is None or msg["state"] & (_NUD_FAILED | _NUD_NOARP):
-                continue
-            dst, mac = _attr(msg, "NDA_DST"), _attr(msg, "NDA_LLADDR")
-            if dst and mac:
-                out.append(Neighbour(name, str(dst), str(mac).lower()))
-        return tuple(out)
-
-    def _drop(self) -> None:
-        if self._ip is not None:
-            self._ip.close()
-            self._ip = None

@@ -25,7 +25,7 @@ from dhcp.v4.server import Dhcp4Snapshot
 from dhcp.v6.server import Dhcp6Snapshot
 from hypervisor.machine import VmState
 from launcher.errors import NetworkError
-from launcher.network.netlink import LinkCounters, Neighbour, NetlinkReader
+from launcher.network.linkstats import LinkCounters, LinkReader, Neighbour
 from launcher.network.plan import NicPlan
 from launcher.privsep import caps
 
@@ -71,11 +71,11 @@ class Collector:
         self,
         source: StatusSource,
         *,
-        netlink: NetlinkReader | None = None,
+        netlink: LinkReader | None = None,
         ttl: float = 0.5,
     ) -> None:
         self.source = source
-        self.netlink = netlink if netlink is not None else NetlinkReader()
+        self.netlink = netlink if netlink is not None else LinkReader()
         self.ttl = ttl
         self.loop_lag_s = 0.0
         self._cached: StatusSnapshot | None = None

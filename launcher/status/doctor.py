@@ -23,7 +23,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from launcher.network.netlink import LinkCounters
+from launcher.network.linkstats import LinkCounters
 from launcher.network.plan import NicPlan
 
 from .probe import LinkOpener, ProbeResult, arp_probe, link_local_from_mac, nd_probe

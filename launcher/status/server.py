@@ -23,7 +23,7 @@ from types import TracebackType
 
 from launcher.errors import StatusServerError
 from launcher.liveness import Liveness
-from launcher.network.netlink import NetlinkReader
+from launcher.network.linkstats import LinkReader
 
 from .collect import Collector
 from .conncap import connection_limit
@@ -64,7 +64,7 @@ class StatusServer:
     ) -> None:
         self.listen = parse_listen(listen) if isinstance(listen, str) else listen
         self._sock = sock  # already bound by the caller (launcher.status.task), or None
-        self.collector = Collector(source, netlink=NetlinkReader(netns), ttl=ttl)
+        self.collector = Collector(source, netlink=LinkReader(netns), ttl=ttl)
         self.metrics = Metrics()
         self.liveness = Liveness(lambda: source.hypervisor)  # checked on request, no timer
         self._http: HttpServer | None = None

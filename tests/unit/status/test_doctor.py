@@ -17,7 +17,8 @@ from dhcp.v4.server import Dhcp4Counters, Dhcp4Event, Dhcp4Snapshot
 from dhcp.v6.server import Dhcp6Snapshot, Event6
 from launcher.network import plan
 from launcher.network.discover import PodLink
-from launcher.network.netlink import LinkCounters, Route
+from launcher.network.linkstats import LinkCounters
+from launcher.network.netlink import Route
 from launcher.network.plan import NicPlan
 from launcher.status.doctor import (
     DAD_GRACE_S,

@@ -277,8 +277,8 @@ def _child(sock: socket.socket | None) -> int:
     log.debug("netlink child started", extra={"event": "netlink-child-started"})
     from launcher import dataclass_code  # noqa: PLC0415 - startup: dataclass code
 
-    # apply runs nft in a thread beside the netlink work: hand the GIL over every 0.5 ms,
-    # not every 5, or the nft thread waits for it at each step of talking to nft
+    # apply loads the ruleset in a thread beside the netlink work: hand the GIL over every
+    # 0.5 ms, not every 5, or that thread waits for it between its libnftables calls
     sys.setswitchinterval(0.0005)
     dataclass_code.enable()  # before the network package defines its models (kept: the
     # plans this child unpickles may import more; it exits after start-up)

@@ -73,11 +73,14 @@ light                         loader, the run stack, the    every few seconds) l
 One measure was tried and dropped because it bought nothing measurable: importing the
 DHCP codecs at start-up instead of after the spawn. (Pausing the GC was dropped once on a
 noisy spawn median, 306 vs 289 ms over 7 runs, and taken up again when the minimum of 12
-import timings showed its ≈5 ms.) Two more start-up measures live where their work is: the
-netlink child creates taps by ``TUNSETIFF`` instead of pyroute2's forked helper process
-(:meth:`launcher.network.netlink.Netlink.add_tap`, ≈−12 to −26 ms of apply) and hands the
-GIL over every 0.5 ms so apply's nft thread is not kept waiting (:mod:`launcher.netchild`;
-nft finished 7–30 ms after the last netlink change, now with it).
+import timings showed its ≈5 ms.) Three more start-up measures live where their work is:
+the netlink child creates taps by ``TUNSETIFF`` instead of pyroute2's forked helper process
+(:meth:`launcher.network.netlink.Netlink.add_tap`, ≈−12 to −26 ms of apply), hands the
+GIL over every 0.5 ms so apply's ruleset thread is not kept waiting
+(:mod:`launcher.netchild`; ``nft`` finished 7–30 ms after the last netlink change, then
+with it), and loads the ruleset through libnftables in-process, its context closed after
+the links are made (:mod:`launcher.network.nftables`; first apply −5 to −14 ms, no-op
+re-apply −20 to −26 ms, bench/README.md *Start-up and memory, third stop*).
 
 A deferred import elsewhere in the launcher names its row here in its ``noqa`` comment
 (``# noqa: PLC0415 - startup: <row>``) or the import cycle it breaks; any other local

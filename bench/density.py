@@ -166,6 +166,9 @@ def _peer_setup(i: int, work: Path) -> tuple[PodNet, subprocess.Popen[bytes]]:
     # dnsmasq needs an address of the subnet on the interface it serves
     sh(*ip, "addr", "add", f"10.246.{i}.2/24", "dev", "br0")
     sh(*ip, "addr", "add", f"fd00:10:246:{i}::2/64", "dev", "br0", "nodad")
+    # no DAD for br0's link-local either: dnsmasq (--bind-interfaces) binds to it at once
+    # and exits 3 (address not available) if it is still tentative, seen under load
+    sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.br0.accept_dad=0")
     sh(*ip, "link", "set", "br0", "up")
     subprocess.run(
         ["ip", "netns", "exec", ns, "nft", "-f", "-"],
@@ -199,7 +202,7 @@ def _peer_setup(i: int, work: Path) -> tuple[PodNet, subprocess.Popen[bytes]]:
             f"--log-facility={log}",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(work / "dnsmasq.err").open("wb"),
     )
     net = PodNet(ns, "br0", ("tap0",), f"10.246.{i}.2/24", f"fd00:10:246:{i}::2/64")
     return net, dnsmasq
@@ -252,8 +255,9 @@ def peers(guest: GuestImage, n: int, work: Path, args: argparse.Namespace) -> Si
                     vm.console.wait_for("LEASE4", _lease_timeout(n)).host_time - made[i][2]
                 )
             except ConsoleTimeout:  # say what the peer's dnsmasq did
-                log = dirs[i] / "dnsmasq.log"
+                log, err = dirs[i] / "dnsmasq.log", dirs[i] / "dnsmasq.err"
                 tail = log.read_text()[-2000:] if log.exists() else "(no log)"
+                tail += err.read_text()[-2000:] if err.exists() else ""
                 print(
                     f"pod {i}: dnsmasq exit {made[i][1].poll()}; log tail:\n{tail}", file=sys.stderr
                 )

@@ -381,30 +381,39 @@ def cleanup(
                 errors.append(str(err))
         with Netlink(netns) as nl:
             for nic in plan.nics:
-                for name in (nic.tap.name, nic.bridge.name):
-                    try:
-                        nl.delete(name)
-                    except NetworkError as err:
-                        errors.append(str(err))
-                try:
-                    record = state.read_record(state_dir, nic.pod_interface)
-                except StateCacheError as err:
-                    errors.append(str(err))
-                    record = None
-                if record is not None and record.snapshot is not None:
-                    snap = record.snapshot
-                elif nic.pod_port is not None:  # no usable record: what the plan was made from
-                    snap = snapshot_from_original(link_to_json(nic.original))
-                else:
-                    restored.append(nic.pod_interface)
-                    continue
-                try:
-                    restore_link(nl, snap)
-                    restored.append(nic.pod_interface)
-                except NetworkError as err:
-                    errors.append(str(err))
+                _remove_nic(nl, nic, state_dir, errors, restored)
     for name in restored:  # a record whose interface could not be restored is kept
         state.remove_record(state_dir, name)
     (state_dir / NFT_DIGEST_FILE).unlink(missing_ok=True)
     if errors:
         raise NetworkError(f"network cleanup failed: {'; '.join(errors)}")
+
+
+def _remove_nic(
+    nl: Netlink, nic: NicPlan, state_dir: Path, errors: list[str], restored: list[str]
+) -> None:
+    """cleanup for one NIC: its tap and bridge deleted, its pod interface restored from
+    its record (or from the plan's view of it); failures go to ``errors``, the restored
+    interface's name to ``restored``."""
+    for name in (nic.tap.name, nic.bridge.name):
+        try:
+            nl.delete(name)
+        except NetworkError as err:
+            errors.append(str(err))
+    try:
+        record = state.read_record(state_dir, nic.pod_interface)
+    except StateCacheError as err:
+        errors.append(str(err))
+        record = None
+    if record is not None and record.snapshot is not None:
+        snap = record.snapshot
+    elif nic.pod_port is not None:  # no usable record: what the plan was made from
+        snap = snapshot_from_original(link_to_json(nic.original))
+    else:
+        restored.append(nic.pod_interface)
+        return
+    try:
+        restore_link(nl, snap)
+        restored.append(nic.pod_interface)
+    except NetworkError as err:
+        errors.append(str(err))

@@ -119,7 +119,6 @@ class _Library:
         run = lib.nft_run_cmd_from_filename
         run.argtypes, run.restype = [ptr, ctypes.c_char_p], ctypes.c_int
         self.lib = lib
-
         self.held = 0  # open deferred_close() blocks
         self.kept: list[int] = []  # contexts they keep open
 
@@ -137,13 +136,18 @@ class _Library:
                 raise NetworkError("libnftables could not buffer its output")
             # read from a file, not a buffer: libnftables 1.0.6 quotes the wrong line of
             # a multi-line buffer in its error messages
-            fd = os.memfd_create("nft-ruleset", os.MFD_CLOEXEC)
             try:
-                os.write(fd, command.encode())
-                path = f"/proc/self/fd/{fd}"
-                status = lib.nft_run_cmd_from_filename(ctx, path.encode())
-            finally:
-                os.close(fd)
+                fd = os.memfd_create("nft-ruleset", os.MFD_CLOEXEC)
+                try:
+                    os.write(fd, command.encode())
+                    path = f"/proc/self/fd/{fd}"
+                    status = lib.nft_run_cmd_from_filename(ctx, path.encode())
+                finally:
+                    os.close(fd)
+            except OSError as failure:
+                lib.nft_ctx_free(ctx)
+                reason = f"cannot hand the ruleset to libnftables: {failure}"
+                raise NetworkError(reason) from failure
             out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
             err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
             err = err.replace(f"{path}:", "line ")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from launcher import signals
 from launcher.startup import command_of, fork_children, pause_gc
 
 __all__ = ["main"]
@@ -32,7 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataclass_code.enable()  # after the forks: the helper does not carry the cache
     from launcher.cli import main as cli_main  # noqa: PLC0415 - startup: the forks come first
 
-    return cli_main(args, child=child, helper=helper)
+    code = cli_main(args, child=child, helper=helper)
+    if command == "run":
+        signals.ignore()  # the exit code is decided: no late SIGTERM may turn it into a kill
+    return code
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ milliseconds after exec (before the event loop handles signals) or while the pro
 is already exiting. :mod:`launcher.entry` calls :func:`hold` first thing for ``run``
 (before forking the netlink child, which calls :func:`release`); the composition root
 (:mod:`launcher.run`) installs its loop handlers, replays what :func:`take` returns as
-stop requests, and calls :func:`hold` again when it removes them. Imports nothing but
+stop requests, and calls :func:`hold` again when it removes them; once the CLI returns the
+exit code, :mod:`launcher.entry` calls :func:`ignore` for the shutdown. Imports nothing but
 the standard library's ``signal`` (it runs before anything else is imported).
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
-__all__ = ["hold", "release", "take", "STOP_SIGNALS"]
+__all__ = ["hold", "ignore", "release", "take", "STOP_SIGNALS"]
 
 #: The signals that ask the launcher to stop.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -32,6 +33,18 @@ def hold() -> None:
     """From now on SIGTERM/SIGINT are recorded (see :func:`take`) instead of ending the process."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _record)
+
+
+def ignore() -> None:
+    """Ignore SIGTERM/SIGINT from now to the exit: the exit code is decided.
+
+    Recording is not enough then: the interpreter's own shutdown puts the default
+    handler back for every signal that has a Python handler (before it tears down the
+    modules, which takes tens of ms in a launcher), so a second SIGTERM from kubelet in
+    that window would still kill the process and turn its documented exit code into
+    "killed by signal 15". An ignored signal stays ignored through the shutdown."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def release() -> None:

@@ -328,3 +328,31 @@ def test_sigterm_at_random_moments_always_ends_with_a_documented_exit(
         assert_pod_as_the_cni_left_it()
         seen.append((delay, twice, code, took, message[:60]))
     print("\n".join(f"{d:.3f}s twice={t} -> exit {c} in {s:.1f}s: {m}" for d, t, c, s, m in seen))
+
+
+def test_a_sigterm_flood_until_the_exit_never_kills_the_launcher(
+    pod: None, guest: GuestImage, tmp_path: Path
+) -> None:
+    """SIGTERM every 2 ms from the launcher's first line until it has exited: the first one
+    stops it before the VM starts (exit 0); the rest land in its exit, down to the
+    interpreter's own shutdown (which puts default handlers back for Python-handled
+    signals — the window run 3 of the random test above once hit in CI, exit -15). Bounded:
+    at most 10 s of signals."""
+    del pod
+    launcher = start(tmp_path, guest, spec_yaml("bridge", grace_s=4))
+    sent = 0
+    try:
+        wait_signal_handler(launcher)
+        deadline = time.monotonic() + 10.0
+        while launcher.proc.poll() is None and time.monotonic() < deadline:
+            launcher.proc.send_signal(signal.SIGTERM)  # checks poll() first: no stray pid
+            sent += 1
+            time.sleep(0.002)
+        code = launcher.wait(20)
+    finally:
+        launcher.stop()
+    err = launcher.stderr_path.read_text()
+    assert code == 0, f"exit {code} after {sent} SIGTERMs: {err[-2000:]}"
+    assert sent > 5 and "Traceback" not in err
+    assert "stopped by SIGTERM before the VM started" in launcher.termination_log.read_text()
+    assert_pod_as_the_cni_left_it()

@@ -3,6 +3,7 @@ and only for run; the cyclic GC is paused for run's start-up and frozen after it
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from launcher import cli, entry, netchild, startup
+from launcher import cli, entry, netchild, signals, startup
 from launcher.errors import NetworkError
 from launcher.privsep.helper import Helper
 
@@ -42,6 +43,15 @@ def test_the_command_is_found_after_global_options(argv: list[str], command: str
 
 
 HELPER = object()
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers() -> Any:
+    """``run`` changes this process's SIGTERM/SIGINT handlers: put them back after each test."""
+    saved = {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 def _record(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -87,6 +97,21 @@ def test_run_gets_the_forked_child(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     calls = _record(monkeypatch)
     assert entry.main(["--log-level", "debug", "run", "--spec", str(tmp_path)]) == 0
     assert made == ["debug"] and calls[0][1] is sentinel
+
+
+def test_run_ignores_stop_signals_once_its_exit_code_is_decided(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The interpreter's shutdown puts default handlers back for Python-handled signals;
+    a SIGTERM then would kill the process after it decided its exit code."""
+    monkeypatch.setattr(netchild, "fork", lambda log_level=None: None)
+    _record(monkeypatch)
+    assert entry.main(["run"]) == 0
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert entry.main(["validate", "--spec", "x"]) == 0  # other commands: untouched
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_a_failed_fork_leaves_it_to_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,15 +8,12 @@ exist; the reader opens its socket in the named netns like the tests' launchers 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from launcher.errors import NetworkError
 from launcher.network.linkstats import LinkReader
 from testbed.netns import PEER4, PEER6, Topology, nsrun
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns)")
 
 
 def ip_json(ns: str, *args: str) -> list[dict[str, object]]:

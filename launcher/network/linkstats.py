@@ -105,7 +105,7 @@ def decode_link(body: bytes) -> tuple[int, LinkCounters] | None:
     name = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
     if not name:
         return None
-    oper = attrs.get(IFLA_OPERSTATE, b"\0")[0]
+    oper = (attrs.get(IFLA_OPERSTATE) or b"\0")[0]
     return index, LinkCounters(
         name=name,
         oper_state=_OPER_STATES[oper] if oper < len(_OPER_STATES) else "unknown",
